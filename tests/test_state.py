@@ -1,0 +1,131 @@
+"""Durable state: the database, the vault key, and validated ids and file names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from walletd.errors import InvalidRequest
+from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
+from walletd.store import SCHEMA_VERSION, EscrowRecord, Store, WalletRef, utcnow
+from walletd.vault import Vault, VaultError
+
+
+def _record(escrow_id: str = "e1") -> EscrowRecord:
+    now = utcnow()
+    return EscrowRecord(
+        escrow_id=escrow_id,
+        state="awaiting_funding",
+        amount=5,
+        required_confirmations=10,
+        multisig_address="4abc",
+        origin="adopted",
+        wallets={r: WalletRef(f"{escrow_id}-{r}", "sealed") for r in ("buyer", "vendor", "arbiter")},
+        request_digest="d",
+        funding={"balance": 0},
+        payout=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_event_sequence_survives_reopen(tmp_path: Path) -> None:
+    """Event sequence numbers only grow, also across a restart (reopening the database)."""
+    store = Store(tmp_path / "db")
+    first = store.append_event("escrow_created", "e1", {"amount": 1})
+    store.close()
+    store = Store(tmp_path / "db")
+    second = store.append_event("funded", "e1", {})
+    assert second.seq > first.seq
+    assert [e.type for e in store.events_after(0)] == ["escrow_created", "funded"]
+    assert store.schema_version == SCHEMA_VERSION
+
+
+def test_escrow_round_trip_and_update(tmp_path: Path) -> None:
+    """An escrow comes back as it was stored; an update changes only what it names."""
+    store = Store(tmp_path / "db")
+    store.insert_escrow(_record())
+    rec = store.update_escrow("e1", state="funded", funding={"balance": 7})
+    assert (rec.state, rec.funding["balance"], rec.amount) == ("funded", 7, 5)
+    assert store.wallet_files_in_use() == {"e1-buyer", "e1-vendor", "e1-arbiter"}
+    assert [r.escrow_id for r in store.list_escrows("funded")] == ["e1"]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database from a newer walletd is left untouched rather than misread."""
+    store = Store(tmp_path / "db")
+    store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        Store(tmp_path / "db")
+
+
+def test_vault_key_file_is_private_and_stable(tmp_path: Path) -> None:
+    """The key file is created 0600 once; derived passwords are the same after a restart."""
+    key = tmp_path / "walletd.key"
+    pw = Vault.open(key).derived_password("e1", "buyer")
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    again = Vault.open(key)
+    assert again.derived_password("e1", "buyer") == pw
+    assert again.derived_password("e1", "vendor") != pw
+    assert "e1" not in repr(again) and pw not in repr(again)
+
+
+def test_vault_refuses_an_open_key_file(tmp_path: Path) -> None:
+    """A key file readable by others is refused, not silently used."""
+    key = tmp_path / "walletd.key"
+    Vault.open(key)
+    key.chmod(0o644)
+    with pytest.raises(VaultError, match="0600"):
+        Vault.open(key)
+
+
+def test_sealed_password_is_bound_to_its_wallet(tmp_path: Path) -> None:
+    """An adopted wallet's password decrypts only for the escrow and role it was sealed for."""
+    vault = Vault.open(tmp_path / "k")
+    sealed = vault.seal("e1", "buyer", "hunter2")
+    assert "hunter2" not in sealed
+    assert vault.unseal("e1", "buyer", sealed) == "hunter2"
+    with pytest.raises(VaultError):
+        vault.unseal("e1", "vendor", sealed)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "-abc", "a" * 65, "../etc", "a/b", "a b", "é", "a\x00b", 5, None, ["a"], "ａ"],
+)
+def test_hostile_escrow_ids_are_refused(bad: object) -> None:
+    """Anything outside 1-64 of [A-Za-z0-9_-] starting alphanumeric is invalid_request."""
+    with pytest.raises(InvalidRequest):
+        check_escrow_id(bad)
+
+
+def test_good_escrow_ids() -> None:
+    """UUIDs and plain names are accepted, and file names are derived from them."""
+    uid = "0b7c6f0e-6d1a-4c52-9b0e-7f1f2b3c4d5e"
+    assert check_escrow_id(uid) == uid
+    assert wallet_file_for("order_42", "vendor") == "escrow-order_42-vendor"
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", ".hidden", "w.keys", "..", "x" * 200])
+def test_wallet_files_outside_the_wallet_dir_are_refused(tmp_path: Path, bad: str) -> None:
+    """Adopted wallet files are plain names inside the wallet directory, nothing else."""
+    with pytest.raises(InvalidRequest):
+        check_wallet_file(bad, tmp_path)
+
+
+def test_wallet_file_must_exist(tmp_path: Path) -> None:
+    """A wallet file is accepted only when its .keys file is there."""
+    with pytest.raises(InvalidRequest, match="no such wallet"):
+        check_wallet_file("w1", tmp_path)
+    (tmp_path / "w1.keys").write_bytes(b"k")
+    assert check_wallet_file("w1", tmp_path) == "w1"
+
+
+def test_txid_is_checked() -> None:
+    """A txid is 64 hex characters; upper case is folded, anything else refused."""
+    assert check_txid("AB" * 32) == "ab" * 32
+    with pytest.raises(InvalidRequest):
+        check_txid("zz" * 32)
