@@ -1,0 +1,92 @@
+"""Test helpers: a walletd App on fake wallet-rpc processes, and ready multisig sets to adopt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from walletd import multisig
+from walletd.app import App, prepare_dirs
+from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
+from walletd.httpserver import PeerCred, Request, Response
+from walletd.ids import ROLES, Role
+from walletd.rpc import WalletRpc
+from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+
+PASSWORD = "pw"
+
+
+@attrs.frozen
+class MultisigSet:
+    files: dict[Role, str]
+    password: str
+    address: str
+
+    def adopt_body(self, escrow_id: str, amount: int = 10**12) -> dict[str, Any]:
+        return {
+            "escrow_id": escrow_id,
+            "amount": amount,
+            "wallets": {r: {"file": self.files[r], "password": self.password} for r in ROLES},
+        }
+
+
+async def make_fake_multisig(world: FakeWalletWorld, prefix: str) -> MultisigSet:
+    """Three wallets in the fake world made one ready 2-of-3 multisig, then closed."""
+    fakes = {r: FakeWalletRpc(world, open_delay=0, create_delay=0) for r in ROLES}
+    rpcs = {
+        r: WalletRpc(f.url, user="u", password="p", transport=FakeTransport(f))
+        for r, f in fakes.items()
+    }
+    names = {r: f"{prefix}-{r}" for r in ROLES}
+    await multisig.create_wallets(rpcs, names, dict.fromkeys(ROLES, PASSWORD))
+    address = await multisig.make_multisig(rpcs, dict.fromkeys(ROLES, PASSWORD))
+    for rpc in rpcs.values():
+        await rpc.call("close_wallet")
+        await rpc.aclose()
+    for fake in fakes.values():
+        fake.terminate()
+    return MultisigSet(names, PASSWORD, address)
+
+
+def fake_config(root: Path, **sessions: Any) -> Config:
+    return Config(
+        daemon=DaemonConfig(socket_path=root / "s.sock", state_dir=root / "state"),
+        monero=MoneroConfig(daemon_address="127.0.0.1:1", wallet_dir=root / "wallets"),
+        sessions=SessionsConfig(**sessions),
+        monitor=MonitorConfig(enabled=False),
+    )
+
+
+def fake_app(root: Path, world: FakeWalletWorld, pool: FakePool, **sessions: Any) -> App:
+    config = fake_config(root, **sessions)
+    prepare_dirs(config)
+    app = App(config, pool=pool)
+    # The fake world's wallet directory is in memory: mirror each name as a .keys file so
+    # walletd's own file checks (adoption refuses files that do not exist) see them.
+    for name in world.wallets:
+        (config.monero.wallet_dir / f"{name}.keys").write_bytes(b"fake")
+    return app
+
+
+async def call(app: App, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """Call the API in-process (no socket), as the server would."""
+    target, _, query = path.partition("?")
+    params = dict(p.split("=", 1) for p in query.split("&") if p)
+    raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = Request(
+        method=method, path=target, query=params, headers={}, body=raw, peer=PeerCred(0, 0, 0)
+    )
+    response: Response = await app.api(request)
+    return response.status, json.loads(response.body) if response.body else None
+
+
+async def start(nursery: trio.Nursery, app: App) -> None:
+    """Run the app's registry, lifecycle and pool (not the socket server)."""
+    await nursery.start(app.pool.run)
+    await nursery.start(app.registry.run)
+    await nursery.start(app.lifecycle.run)

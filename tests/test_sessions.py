@@ -1,0 +1,232 @@
+"""Sessions and the registry on fake wallet-rpc processes, with trio's autojump clock.
+
+House rules: no real sockets here (the fake is plugged in-process), so the clock can jump over
+opens (1.5 s each), TTLs and sweeps; every scenario is what an operator would check from outside:
+the API's answers, the events, and what the wallet-rpc processes were asked to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.fakes import MultisigSet, call, fake_app, make_fake_multisig, start
+from walletd.app import App
+from walletd.registry import Limits
+from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_wallet_rpc import FakeWalletWorld
+
+
+async def _setup(
+    nursery: trio.Nursery, tmp_path: Path, n: int, **sessions: Any
+) -> tuple[App, FakeWalletWorld, FakePool, list[MultisigSet]]:
+    world = FakeWalletWorld()
+    sets = [await make_fake_multisig(world, f"w{i}") for i in range(n)]
+    pool = FakePool(world)
+    app = fake_app(tmp_path, world, pool, **sessions)
+    await start(nursery, app)
+    for i, s in enumerate(sets):
+        status, body = await call(app, "POST", "/v1/escrows", s.adopt_body(f"e{i}"))
+        assert status == 201, body
+    return app, world, pool, sets
+
+
+def _closed(app: App) -> list[tuple[str, str]]:
+    return [
+        (e.escrow_id or "", e.data["reason"])
+        for e in app.store.events_after(0)
+        if e.type == "session_closed"
+    ]
+
+
+async def test_concurrent_opens_share_one(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Five concurrent get-or-create calls for one escrow open its three wallets once."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, _ = await _setup(nursery, tmp_path, 1)
+        await app.registry.close("e0")
+        opens_before = world.call_count("open_wallet")
+        results: list[tuple[int, Any]] = []
+
+        async def one() -> None:
+            results.append(await call(app, "POST", "/v1/escrows/e0/session"))
+
+        async with trio.open_nursery() as inner:
+            for _ in range(5):
+                inner.start_soon(one)
+        assert world.call_count("open_wallet") - opens_before == 3
+        assert sorted(r[1]["created"] for r in results) == [False, False, False, False, True]
+        assert app.registry.stats().active_sessions == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_lru_eviction_stores_and_closes(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """At the cap, the least recently used idle session is stored, closed and reported evicted."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, sets = await _setup(nursery, tmp_path, 3, max_active=2)
+        # Adopting e2 evicted e0 already (cap 2); bring the sessions to a known order.
+        assert [s.escrow_id for s in app.registry.sessions()] == ["e2", "e1"]
+        await trio.sleep(1)
+        assert (await call(app, "GET", "/v1/escrows/e1/balance"))[0] == 200  # e1 most recent
+        stores_before = {f: world.stores[f] for f in sets[2].files.values()}
+        status, body = await call(app, "POST", "/v1/escrows/e0/session")
+        assert (status, body["created"]) == (200, True)
+        assert [s.escrow_id for s in app.registry.sessions()] == ["e0", "e1"]
+        assert _closed(app)[-1] == ("e2", "evicted")
+        for f in sets[2].files.values():
+            assert world.stores[f] > stores_before[f], "evicted wallet was not stored"
+            assert f not in world.locks, "evicted wallet still open"
+        stats = (await call(app, "GET", "/v1/stats"))[1]
+        assert (stats["evicted"], stats["active_sessions"]) == (2, 2)
+        assert (stats["max_sessions"], stats["utilization"]) == (2, 1.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_evicted_slot_reused_only_after_close(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The new session opens its wallets only after the evicted one closed all of its own."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, _ = await _setup(nursery, tmp_path, 2, max_active=1)
+        world.calls.clear()
+        await call(app, "POST", "/v1/escrows/e0/session")
+        methods = [m for _, m in world.calls if m in ("close_wallet", "open_wallet")]
+        assert methods == ["close_wallet"] * 3 + ["open_wallet"] * 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_busy_session_is_never_evicted(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """With the only slot busy, a new escrow gets 503 capacity and the busy call completes."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 2, max_active=1, capacity_wait=5)
+        await call(app, "POST", "/v1/escrows/e1/session")
+        pool.fake_of(sets[1].files["buyer"]).call_delay = 20.0  # a slow call in hand
+        slow: list[int] = []
+
+        async def busy() -> None:
+            slow.append((await call(app, "GET", "/v1/escrows/e1/balance"))[0])
+
+        nursery.start_soon(busy)
+        await trio.sleep(1)
+        assert app.registry.sessions()[0].busy
+        status, body = await call(app, "POST", "/v1/escrows/e0/session")
+        assert (status, body["error"]["code"]) == (503, "capacity")
+        await trio.sleep(60)
+        assert slow == [200]
+        assert [s.escrow_id for s in app.registry.sessions()] == ["e1"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_ttl_sweep(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """An idle session closes at the first sweep after its TTL; a used one stays open."""
+    async with trio.open_nursery() as nursery:
+        app, *_ = await _setup(nursery, tmp_path, 2, idle_ttl=100, sweep_interval=10, max_active=5)
+        await trio.sleep(60)
+        await call(app, "GET", "/v1/escrows/e1/balance")
+        await trio.sleep(55)  # e0 idle 115 s > TTL; e1 idle 55 s
+        assert [s.escrow_id for s in app.registry.sessions()] == ["e1"]
+        assert ("e0", "expired") in _closed(app)
+        await trio.sleep(60)
+        assert app.registry.sessions() == []
+        assert (await call(app, "GET", "/v1/stats"))[1]["expired"] == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_monitor_use_does_not_keep_a_session(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Monitor calls do not refresh LRU order: a monitor-only session is evicted first."""
+    from walletd.messages import GetBalance
+
+    async with trio.open_nursery() as nursery:
+        app, *_ = await _setup(nursery, tmp_path, 3, max_active=2)
+        await app.registry.close("e1")
+        await app.registry.close("e2")
+        await call(app, "GET", "/v1/escrows/e0/balance")
+        await app.registry.call("e1", GetBalance(), api=False)  # opened for the monitor only
+        await trio.sleep(5)
+        await app.registry.call("e1", GetBalance(), api=False)
+        await call(app, "POST", "/v1/escrows/e2/session")
+        assert _closed(app)[-1] == ("e1", "evicted")
+        nursery.cancel_scope.cancel()
+
+
+async def test_killed_wallet_rpc_is_restored(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """kill -9 of one wallet-rpc: the next call still succeeds and the restart is reported."""
+    async with trio.open_nursery() as nursery:
+        app, world, pool, sets = await _setup(nursery, tmp_path, 1)
+        pool.fake_of(sets[0].files["vendor"]).kill()
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 200, body
+        restarted = [e for e in app.store.events_after(0) if e.type == "wallet_rpc_restarted"]
+        assert [(e.escrow_id, e.data["role"]) for e in restarted] == [("e0", "vendor")]
+        assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 1
+        assert sets[0].files["vendor"] in world.locks  # reopened in a fresh process
+        nursery.cancel_scope.cancel()
+
+
+async def test_restart_rate_is_bounded(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Past the restart intensity the session fails as a unit, is reported, and can reopen."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(
+            nursery, tmp_path, 1, restart_intensity=2, restart_period=60
+        )
+        for _ in range(2):
+            pool.fake_of(sets[0].files["buyer"]).kill()
+            assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        pool.fake_of(sets[0].files["buyer"]).kill()
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert (status, body["error"]["code"]) == (503, "unavailable")
+        await trio.sleep(1)
+        assert _closed(app)[-1] == ("e0", "failed")
+        # Reported, not dropped: the next call opens a fresh session.
+        assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_hung_wallet_rpc_is_replaced(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """A wallet-rpc that stops answering times out, is replaced, and the call succeeds."""
+    async with trio.open_nursery() as nursery:
+        world = FakeWalletWorld()
+        s = await make_fake_multisig(world, "h")
+        pool = FakePool(world, call_timeout=5)
+        app = fake_app(tmp_path, world, pool)
+        await start(nursery, app)
+        assert (await call(app, "POST", "/v1/escrows", s.adopt_body("e0")))[0] == 201
+        hung = pool.fake_of(s.files["buyer"])
+        hung.hang()
+        status, _ = await call(app, "GET", "/v1/escrows/e0/transfers/" + "ab" * 32)
+        assert status == 404  # answered (the wallets do not know it), not a hang
+        assert hung.dead
+        nursery.cancel_scope.cancel()
+
+
+async def test_lower_cap_evicts_down(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Lowering the cap at run time evicts idle sessions down to it, least recent first."""
+    async with trio.open_nursery() as nursery:
+        app, *_ = await _setup(nursery, tmp_path, 3, max_active=3)
+        app.registry.set_limits(Limits(max_active=1))
+        await trio.sleep(5)
+        assert [s.escrow_id for s in app.registry.sessions()] == ["e2"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+async def test_shutdown_stores_and_closes_everything(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, cap: int
+) -> None:
+    """Registry shutdown stores and closes every wallet and reports reason shutdown."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, _ = await _setup(nursery, tmp_path, 3, max_active=cap)
+        await app.registry.shutdown(timeout=30)
+        assert world.locks == {}
+        assert [r for _, r in _closed(app)][-cap:] == ["shutdown"] * cap
+        nursery.cancel_scope.cancel()

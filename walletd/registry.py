@@ -1,0 +1,484 @@
+"""The session registry: a supervisor of escrow sessions with a cap, LRU eviction and an idle TTL.
+
+It is OTP's simple_one_for_one: sessions are transient children started in the registry's nursery
+and registered as soon as their entry exists, so concurrent callers for one escrow share one
+opening (the check and the insert happen with no checkpoint in between: never two sessions for one
+escrow). An entry holds its slot from the moment its opening starts until its wallets are closed.
+
+When a slot is needed at the cap, the least recently used session that is idle (no call in hand or
+queued) is sent `Leave("evicted")`: it finishes, stores and closes its wallets, and only then is its
+slot handed to the caller that asked, which reserved it (no third party can take it meanwhile). A
+busy session is never chosen; if no slot can be freed within `capacity_wait`, the caller gets
+`Capacity` (503). A session that outlives `evict_grace` after being told to leave is cancelled.
+
+Only API calls count as use: the monitor's checks never refresh a session's LRU position or idle
+time, and a session opened only for the monitor sorts first for eviction.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from walletd.errors import Capacity, Unavailable, api_error_for
+from walletd.messages import Leave, Message
+from walletd.session import SessionClosed, SessionHandle, SessionSpec
+
+__all__ = ["Limits", "Registry", "RegistryStats", "SessionInfo"]
+
+log = structlog.get_logger(__name__)
+
+SessionRunner = Callable[[SessionSpec], Any]  # returns an object with `run(task_status=...)`
+SpecLookup = Callable[[str], Awaitable[SessionSpec]]
+EventSink = Callable[..., object]
+
+
+class _State(enum.Enum):
+    OPENING = "opening"
+    OPEN = "open"
+    LEAVING = "leaving"
+
+
+@attrs.define
+class _Entry:
+    escrow_id: str
+    created_at: float
+    state: _State = _State.OPENING
+    handle: SessionHandle | None = None
+    ready: trio.Event = attrs.field(factory=trio.Event)
+    closed: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+    opened_at: float | None = None
+    last_api_use: float | None = None
+    inflight: int = 0
+    leave_reason: str | None = None
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def lru_key(self) -> tuple[bool, float]:
+        # Monitor-only sessions (never used by the API) leave first.
+        used = self.last_api_use
+        return (used is not None, used if used is not None else self.created_at)
+
+
+@attrs.frozen
+class Limits:
+    max_active: int = 10
+    idle_ttl: float = 7200.0
+    sweep_interval: float = 600.0
+    capacity_wait: float = 30.0
+    evict_grace: float = 60.0
+
+
+@attrs.frozen
+class SessionInfo:
+    escrow_id: str
+    age_s: float
+    idle_s: float
+    busy: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "escrow_id": self.escrow_id,
+            "age_s": round(self.age_s, 3),
+            "idle_s": round(self.idle_s, 3),
+            "busy": self.busy,
+        }
+
+
+@attrs.frozen
+class RegistryStats:
+    active_sessions: int
+    max_sessions: int
+    utilization: float
+    avg_age_s: float
+    oldest_age_s: float
+    opened: int
+    closed: int
+    evicted: int
+    expired: int
+    hits: int
+    misses: int
+    failed: int
+
+
+class Registry:
+    def __init__(
+        self,
+        lookup: SpecLookup,
+        new_session: SessionRunner,
+        limits: Limits,
+        *,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self._lookup = lookup
+        self._new_session = new_session
+        self.limits = limits
+        self._on_event = on_event or (lambda *a, **k: None)
+        self._entries: dict[str, _Entry] = {}
+        self._reserved = 0
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._sweep_changed = trio.Event()
+        self._closing = False
+        self._counters = dict.fromkeys(
+            ("opened", "closed", "evicted", "expired", "hits", "misses", "failed"), 0
+        )
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The registry's nursery: every session lives here; the idle sweep runs beside them."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._sweep_loop)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Tell every session to leave (they store and close), wait up to `timeout`, then cancel."""
+        self._closing = True
+        for entry in list(self._entries.values()):
+            self._tell_leave(entry, "shutdown")
+        with trio.move_on_after(timeout):
+            while self._entries:
+                await self._wait_changed()
+        for entry in list(self._entries.values()):
+            log.error("session did not close in time; cancelling", escrow_id=entry.escrow_id)
+            entry.scope.cancel()
+        with trio.move_on_after(5):
+            while self._entries:
+                await self._wait_changed()
+
+    def set_limits(self, limits: Limits) -> None:
+        """Apply new limits now; a lower cap evicts idle sessions down to it."""
+        self.limits = limits
+        self._sweep_changed.set()
+        excess = len(self._entries) - limits.max_active
+        for entry in self._lru_idle():
+            if excess <= 0:
+                break
+            self._tell_leave(entry, "evicted")
+            excess -= 1
+        self._notify()
+
+    # ---- the public operations -------------------------------------------------------------------
+
+    def session_address(self, escrow_id: str) -> str | None:
+        """The multisig address the open session verified on every wallet."""
+        entry = self._entries.get(escrow_id)
+        return entry.handle.address if entry and entry.handle else None
+
+    async def call(
+        self,
+        escrow_id: str,
+        message: Message,
+        *,
+        api: bool = True,
+        spec: SessionSpec | None = None,
+        may_evict_api: bool = True,
+    ) -> Any:
+        """Send `message` to the escrow's session, opening it first if needed.
+
+        `may_evict_api=False` (the monitor's cold checks) opens a session only into a free slot
+        or one held by another monitor-only session, and answers Capacity at once otherwise."""
+        for _attempt in range(3):
+            entry, _ = await self._acquire(
+                escrow_id, api=api, spec=spec, may_evict_api=may_evict_api
+            )
+            try:
+                assert entry.handle is not None
+                return await entry.handle.request(message)
+            except SessionClosed:
+                # It left between our lookup and our message (shutdown, failure): open anew.
+                continue
+            finally:
+                self._release(entry, api=api)
+        raise Unavailable(f"session for {escrow_id} keeps closing; try again later")
+
+    async def open(
+        self, escrow_id: str, *, api: bool = True, spec: SessionSpec | None = None
+    ) -> tuple[bool, float]:
+        """Get-or-create the session; returns (created, seconds the caller waited for it).
+
+        `spec` opens wallets not yet recorded as an escrow (adoption checks them this way)."""
+        start = trio.current_time()
+        entry, created = await self._acquire(escrow_id, api=api, spec=spec)
+        self._release(entry, api=api)
+        return (created, trio.current_time() - start)
+
+    async def close(self, escrow_id: str, reason: str = "explicit") -> bool:
+        """Close the escrow's session if one is open; waits until its wallets are closed."""
+        entry = self._entries.get(escrow_id)
+        if entry is None:
+            return False
+        if entry.state is _State.OPENING:
+            await entry.ready.wait()
+        self._tell_leave(entry, reason)
+        await entry.closed.wait()
+        return True
+
+    def is_open(self, escrow_id: str) -> bool:
+        return self._is_open(escrow_id)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Open sessions, most recently used first."""
+        now = trio.current_time()
+        entries = [e for e in self._entries.values() if e.state is _State.OPEN]
+        entries.sort(key=_Entry.lru_key, reverse=True)
+        return [self._info(e, now) for e in entries]
+
+    def session_info(self, escrow_id: str) -> SessionInfo | None:
+        entry = self._entries.get(escrow_id)
+        if entry is None or entry.state is not _State.OPEN:
+            return None
+        return self._info(entry, trio.current_time())
+
+    def stats(self) -> RegistryStats:
+        now = trio.current_time()
+        open_entries = [e for e in self._entries.values() if e.state is _State.OPEN]
+        ages = [now - (e.opened_at or now) for e in open_entries]
+        return RegistryStats(
+            active_sessions=len(open_entries),
+            max_sessions=self.limits.max_active,
+            utilization=round(len(open_entries) / self.limits.max_active, 4),
+            avg_age_s=round(sum(ages) / len(ages), 3) if ages else 0.0,
+            oldest_age_s=round(max(ages), 3) if ages else 0.0,
+            **self._counters,
+        )
+
+    # ---- slots and entries -----------------------------------------------------------------------
+
+    def _is_open(self, escrow_id: str) -> bool:
+        entry = self._entries.get(escrow_id)
+        return entry is not None and entry.state is _State.OPEN
+
+    def can_open_for_monitor(self) -> bool:
+        """A monitor-only opening would find a slot without evicting any API-used session."""
+        if len(self._entries) + self._reserved < self.limits.max_active:
+            return True
+        return any(e.last_api_use is None for e in self._lru_idle())
+
+    async def _acquire(
+        self,
+        escrow_id: str,
+        *,
+        api: bool,
+        spec: SessionSpec | None = None,
+        may_evict_api: bool = True,
+    ) -> tuple[_Entry, bool]:
+        """The escrow's open entry with one more call in flight (the caller must `_release`),
+        and whether this caller started its opening."""
+        created = False
+        while True:
+            entry = self._entries.get(escrow_id)
+            if entry is not None and entry.state is _State.OPEN:
+                self._counters["hits"] += 1
+                break
+            if entry is not None and entry.state is _State.LEAVING:
+                await entry.closed.wait()
+                continue
+            self._counters["misses"] += 1
+            if entry is None:
+                entry, created = await self._start_entry(escrow_id, spec, may_evict_api)
+            # Shared opening: every caller for this escrow waits on the same event. The opening
+            # runs in the registry's nursery, so one caller giving up harms no other.
+            await entry.ready.wait()
+            if entry.error is not None:
+                raise _fresh(entry.error)
+            if entry.state is _State.OPEN:
+                break
+        entry.inflight += 1
+        if api:
+            entry.last_api_use = trio.current_time()
+        return entry, created
+
+    def _release(self, entry: _Entry, *, api: bool) -> None:
+        entry.inflight -= 1
+        if api:
+            entry.last_api_use = trio.current_time()
+        if entry.inflight == 0:
+            self._notify()
+
+    async def _start_entry(
+        self, escrow_id: str, spec: SessionSpec | None, may_evict_api: bool = True
+    ) -> tuple[_Entry, bool]:
+        """Reserve a slot (evicting if needed), then start the session's opening.
+
+        Returns the entry and True, or someone else's entry for the escrow and False."""
+        if spec is None:
+            spec = await self._lookup(escrow_id)  # NotFound before any slot is touched
+        existing = self._entries.get(escrow_id)
+        if existing is not None:  # someone else started it while we looked it up
+            return existing, False
+        await self._reserve_slot(may_evict_api)
+        existing = self._entries.get(escrow_id)
+        if existing is not None:
+            self._reserved -= 1
+            self._notify()
+            return existing, False
+        self._reserved -= 1
+        entry = _Entry(escrow_id, created_at=trio.current_time())
+        self._entries[escrow_id] = entry
+        assert self._nursery is not None, "registry is not running"
+        self._nursery.start_soon(self._supervise, entry, spec)
+        return entry, True
+
+    async def _reserve_slot(self, may_evict_api: bool = True) -> None:
+        if self._closing:
+            raise Unavailable("walletd is shutting down")
+        wait = self.limits.capacity_wait if may_evict_api else 0.0
+        with trio.move_on_after(wait):
+            while True:
+                if len(self._entries) + self._reserved < self.limits.max_active:
+                    self._reserved += 1
+                    return
+                leaving = sum(e.state is _State.LEAVING for e in self._entries.values())
+                victims = self._lru_idle()
+                if not may_evict_api:
+                    victims = [v for v in victims if v.last_api_use is None]
+                if leaving <= self._reserved and victims:
+                    # Reserve before awaiting, so no other caller takes the slot it frees.
+                    victim = victims[0]
+                    self._reserved += 1
+                    self._tell_leave(victim, "evicted")
+                    with trio.CancelScope(shield=True):
+                        # Shielded: the reservation must not leak if our caller gives up; the
+                        # victim's own evict_grace bounds this wait.
+                        await victim.closed.wait()
+                    return
+                await self._wait_changed()
+        raise Capacity(
+            f"no session slot could be freed within {self.limits.capacity_wait:g} s "
+            f"({len(self._entries)} of {self.limits.max_active} in use and busy)"
+        )
+
+    def _lru_idle(self) -> list[_Entry]:
+        idle = [e for e in self._entries.values() if e.state is _State.OPEN and e.inflight == 0]
+        idle.sort(key=_Entry.lru_key)
+        return idle
+
+    def _tell_leave(self, entry: _Entry, reason: str) -> None:
+        if entry.state is not _State.OPEN:
+            return
+        entry.state = _State.LEAVING
+        entry.leave_reason = reason
+        assert entry.handle is not None
+        if not entry.handle.tell(Leave(reason)):
+            entry.scope.cancel()
+        else:
+            entry.scope.deadline = trio.current_time() + self.limits.evict_grace
+        self._notify()
+
+    async def _supervise(self, entry: _Entry, spec: SessionSpec) -> None:
+        session = self._new_session(spec)
+        try:
+            with entry.scope:
+                await session.run(task_status=_OnReady(self, entry))
+        except trio.Cancelled:
+            entry.leave_reason = entry.leave_reason or "shutdown"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing session is reported, never crashes us
+            if entry.opened_at is None:
+                entry.error = exc
+                log.warning("session open failed", escrow_id=entry.escrow_id, error=str(exc))
+            else:
+                entry.leave_reason = "failed"
+                self._counters["failed"] += 1
+                log.error("session failed", escrow_id=entry.escrow_id, error=str(exc))
+        finally:
+            self._finish(entry)
+
+    def _opened(self, entry: _Entry, handle: SessionHandle) -> None:
+        entry.handle = handle
+        entry.opened_at = trio.current_time()
+        if entry.state is _State.OPENING:
+            entry.state = _State.OPEN
+        self._counters["opened"] += 1
+        self._on_event("session_opened", entry.escrow_id)
+        entry.ready.set()
+        self._notify()
+
+    def _finish(self, entry: _Entry) -> None:
+        if self._entries.get(entry.escrow_id) is entry:
+            del self._entries[entry.escrow_id]
+        if entry.opened_at is not None:
+            reason = entry.leave_reason or "failed"
+            self._counters["closed"] += 1
+            if reason == "evicted":
+                self._counters["evicted"] += 1
+            elif reason == "expired":
+                self._counters["expired"] += 1
+            self._on_event("session_closed", entry.escrow_id, reason=reason)
+        if entry.error is None and entry.opened_at is None:
+            entry.error = Unavailable("session closed while opening")
+        entry.ready.set()
+        entry.closed.set()
+        self._notify()
+
+    # ---- idle TTL --------------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.limits.sweep_interval):
+                await self._sweep_changed.wait()
+                self._sweep_changed = trio.Event()
+                continue
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Close every idle session whose last API use is older than the idle TTL."""
+        now = trio.current_time()
+        expired = 0
+        for entry in list(self._entries.values()):
+            if entry.state is not _State.OPEN or entry.inflight:
+                continue
+            last = entry.last_api_use if entry.last_api_use is not None else entry.opened_at
+            if last is not None and now - last >= self.limits.idle_ttl:
+                self._tell_leave(entry, "expired")
+                expired += 1
+        if expired:
+            log.info("idle sessions expired", count=expired)
+        return expired
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    @staticmethod
+    def _info(entry: _Entry, now: float) -> SessionInfo:
+        last = entry.last_api_use if entry.last_api_use is not None else entry.opened_at or now
+        return SessionInfo(
+            escrow_id=entry.escrow_id,
+            age_s=now - (entry.opened_at or now),
+            idle_s=now - last,
+            busy=entry.inflight > 0,
+        )
+
+
+class _OnReady:
+    """The task_status a session reports to: registers it the moment its wallets are open."""
+
+    def __init__(self, registry: Registry, entry: _Entry) -> None:
+        self._registry = registry
+        self._entry = entry
+
+    def started(self, value: SessionHandle | None = None) -> None:
+        assert value is not None
+        self._registry._opened(self._entry, value)
+
+
+def _fresh(error: BaseException) -> Exception:
+    """A new exception for each waiter of a failed opening (one instance raised in many tasks
+    would share and grow one traceback)."""
+    api = api_error_for(error)
+    return type(api)(api.message)

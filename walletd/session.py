@@ -1,0 +1,469 @@
+"""An escrow session: one supervised trio task owning the escrow's three wallet-rpc handles.
+
+The session opens the buyer, vendor and arbiter wallets concurrently (each in its own process),
+turns auto-refresh off (it would run on wallet-rpc's only RPC thread and stall our calls), checks
+that each process holds the wallet it expects, then serves its inbox one message at a time.
+
+The three handles fail together (OTP's one_for_all): when a process dies, hangs or loses its
+wallet, the session restores the whole set (a fresh process for each lost handle, every wallet
+reopened and its address checked) before it serves again. Restorations are bounded by an
+intensity/period limit on `trio.current_time()`; past it the session fails as a unit and the
+registry reports it.
+
+Why a talk to the wrong wallet cannot happen: each process has its own random digest credentials,
+so if a dead child's port is taken by another process our calls get HTTP 401, not an answer; a
+process is owned by exactly one session from `acquire` to `release`; and before every message that
+moves money the session checks each wallet's address again.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import outcome
+import structlog
+import trio
+
+from walletd import multisig
+from walletd.children import ProcessPool, WalletProcess
+from walletd.errors import (
+    NoWalletFile,
+    RpcAuthError,
+    RpcCallError,
+    RpcError,
+    RpcTimeout,
+    RpcUnreachable,
+    Unavailable,
+    WalletdError,
+)
+from walletd.ids import ROLES, Role
+from walletd.messages import (
+    Balance,
+    Funding,
+    GetBalance,
+    GetFunding,
+    GetTransfer,
+    Leave,
+    Message,
+    PreparePayout,
+    Refresh,
+    SetupMultisig,
+    Store,
+    SubmitPayout,
+    SyncAll,
+    Transfer,
+    WalletCall,
+)
+
+__all__ = [
+    "EscrowSession",
+    "SessionClosed",
+    "SessionFailed",
+    "SessionHandle",
+    "SessionSpec",
+    "WalletSpec",
+]
+
+log = structlog.get_logger(__name__)
+
+Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+Envelope = tuple[Message, Reply]
+
+# Errors that mean "this handle's process is gone or no longer holds our wallet".
+LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
+TX_NOT_FOUND = -8
+
+
+class SessionClosed(WalletdError):
+    """The session stopped before it could take the request; the caller may open a new one."""
+
+
+class SessionFailed(WalletdError):
+    """The session could not restore its wallets within its restart limit."""
+
+
+@attrs.frozen
+class WalletSpec:
+    file: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class SessionSpec:
+    """What a session opens: three wallet files and the multisig address they must all show."""
+
+    escrow_id: str
+    wallets: Mapping[Role, WalletSpec]
+    address: str | None  # None while adopting (learnt and checked equal) or creating
+    create: bool = False  # create the three wallets instead of opening them
+
+
+@attrs.define
+class _Handle:
+    role: Role
+    spec: WalletSpec
+    proc: WalletProcess | None = None
+    created: bool = False  # create mode: the wallet file exists now, reopen rather than recreate
+
+
+class SessionHandle:
+    """The registry's and callers' side of a session: a mailbox and nothing else."""
+
+    def __init__(self, escrow_id: str, send: trio.MemorySendChannel[Envelope]) -> None:
+        self.escrow_id = escrow_id
+        self._send = send
+        self.address: str | None = None
+
+    async def request(self, message: Message) -> Any:
+        """Send `message` and wait for its reply; SessionClosed if the session is gone."""
+        reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        try:
+            await self._send.send((message, reply_send))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise SessionClosed(self.escrow_id) from None
+        with reply_recv:
+            try:
+                result = await reply_recv.receive()
+            except trio.EndOfChannel:
+                raise SessionClosed(self.escrow_id) from None
+        return result.unwrap()
+
+    def tell(self, message: Message) -> bool:
+        """Deliver `message` without waiting for a reply (Leave); False if the inbox is gone."""
+        reply_send, _ = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        try:
+            self._send.send_nowait((message, reply_send))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+
+@attrs.define
+class RestartLimiter:
+    """At most `intensity` restarts within any `period` seconds (OTP's MaxR/MaxT)."""
+
+    intensity: int
+    period: float
+    _times: collections.deque[float] = attrs.field(factory=collections.deque)
+
+    def allow(self) -> bool:
+        now = trio.current_time()
+        while self._times and now - self._times[0] > self.period:
+            self._times.popleft()
+        if len(self._times) >= self.intensity:
+            return False
+        self._times.append(now)
+        return True
+
+
+class EscrowSession:
+    def __init__(
+        self,
+        spec: SessionSpec,
+        pool: ProcessPool,
+        *,
+        open_timeout: float = 120.0,
+        close_timeout: float = 30.0,
+        restart_intensity: int = 3,
+        restart_period: float = 60.0,
+        on_restart: Callable[[str, Role, str], Awaitable[None] | None] | None = None,
+        on_backup: Callable[[str, list[str], str], object] | None = None,
+        on_call: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.escrow_id = spec.escrow_id
+        self._pool = pool
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._limiter = RestartLimiter(restart_intensity, restart_period)
+        self._on_restart = on_restart
+        self._on_backup = on_backup
+        self._on_call = on_call
+        self._handles = {role: _Handle(role, spec.wallets[role]) for role in ROLES}
+        self.address = spec.address
+        self.leave_reason: str | None = None
+        self.restarts = 0
+
+    # ---- the actor loop --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None:
+        """Open the wallets, report ready with a handle, serve until told to leave, then close."""
+        send, inbox = trio.open_memory_channel[Envelope](64)
+        handle = SessionHandle(self.escrow_id, send)
+        structlog.contextvars.bind_contextvars(escrow_id=self.escrow_id)
+        try:
+            with trio.fail_after(self._open_timeout):
+                await self._open_all()
+            handle.address = self.address
+            task_status.started(handle)
+            async with inbox:
+                async for message, reply in inbox:
+                    if isinstance(message, Leave):
+                        self.leave_reason = message.reason
+                        break
+                    try:
+                        result: outcome.Outcome[Any] = outcome.Value(await self._serve(message))
+                    except SessionFailed as exc:
+                        _answer(reply, outcome.Error(Unavailable(str(exc))))
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+                        result = outcome.Error(exc)
+                    _answer(reply, result)
+                # Whatever is still queued gets SessionClosed (channel closed) and is retried
+                # by the registry on a new session: nothing is silently dropped.
+        finally:
+            send.close()
+            with trio.move_on_after(self._close_timeout, shield=True) as scope:
+                await self._close_all()
+            if scope.cancelled_caught:
+                log.error("session close timed out; processes discarded", escrow_id=self.escrow_id)
+
+    async def _serve(self, message: Message) -> Any:
+        repeated = False
+        while True:
+            if any(not h.proc or not h.proc.alive() for h in self._handles.values()):
+                await self._restore("process exited")
+            try:
+                if message.checks_identity:
+                    await self._check_identity()
+                return await self._dispatch(message)
+            except LOST as exc:
+                log.warning("wallet-rpc lost", error=str(exc))
+                await self._restore(type(exc).__name__)
+                if not message.idempotent or repeated:
+                    raise Unavailable(
+                        f"wallet-rpc lost during {type(message).__name__}; wallets restored, "
+                        "retry the call"
+                    ) from exc
+                repeated = True
+
+    async def _dispatch(self, message: Message) -> Any:
+        match message:
+            case GetBalance(refresh=refresh):
+                return await self._balance(refresh)
+            case GetFunding(refresh=refresh):
+                return await self._funding(refresh)
+            case Refresh():
+                await self._rpc("buyer").call("refresh")
+                return None
+            case GetTransfer(txid=txid):
+                return await self._transfer(txid)
+            case Store():
+                await self._store_all()
+                return None
+            case WalletCall(role=role, method=method, params=params, timeout=timeout):
+                return await self._rpc(role).call(method, params, timeout=timeout)
+            case SetupMultisig():
+                return await self._setup_multisig()
+            case PreparePayout(proposer=proposer, cosigner=cosigner, address=address):
+                signers = [self._rpc(proposer), self._rpc(cosigner)]
+                await self._store_and_backup("before payout")
+                await multisig.refresh(signers)
+                await multisig.sync_multisig_info(signers)
+                proposal = await multisig.propose(signers[0], address)
+                return await multisig.cosign(signers[1], proposal)
+            case SubmitPayout(role=role, txids=txids, signed_txset=signed):
+                payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)
+                return await multisig.submit(self._rpc(role), payout)
+            case SyncAll():
+                rpcs = [self._rpc(role) for role in ROLES]
+                await multisig.refresh(rpcs)
+                await multisig.sync_multisig_info(rpcs)
+                return None
+            case _:
+                raise TypeError(f"unknown message {message!r}")
+
+    # ---- operations ------------------------------------------------------------------------------
+
+    async def _setup_multisig(self) -> str:
+        if self.address is not None:
+            return self.address  # already done (a repeated request)
+        rpcs = {role: self._rpc(role) for role in ROLES}
+        passwords = {role: self.spec.wallets[role].password for role in ROLES}
+        await self._store_and_backup("before multisig setup")
+        address = await multisig.make_multisig(rpcs, passwords)
+        await self._store_all()
+        self.address = address
+        return address
+
+    async def _store_all(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for role in ROLES:
+                nursery.start_soon(self._rpc(role).call, "store")
+
+    async def _store_and_backup(self, label: str) -> None:
+        """Store every wallet, then copy their files aside (wallet-rpc writes only on store)."""
+        await self._store_all()
+        if self._on_backup is not None:
+            files = [self.spec.wallets[role].file for role in ROLES]
+            await trio.to_thread.run_sync(self._on_backup, self.escrow_id, files, label)
+
+    def _rpc(self, role: Role) -> Any:
+        proc = self._handles[role].proc
+        if proc is None:
+            raise Unavailable(f"{role} wallet is not open")
+        return proc.rpc
+
+    async def _balance(self, refresh: bool) -> Balance:
+        rpc = self._rpc("buyer")
+        if refresh:
+            await rpc.call("refresh")
+        bal = await rpc.call("get_balance", {"account_index": 0})
+        height = await rpc.call("get_height")
+        return Balance(
+            balance=int(bal.get("balance", 0)),
+            unlocked_balance=int(bal.get("unlocked_balance", 0)),
+            blocks_to_unlock=int(bal.get("blocks_to_unlock", 0)),
+            height=int(height.get("height", 0)),
+        )
+
+    async def _funding(self, refresh: bool) -> Funding:
+        bal = await self._balance(refresh)
+        incoming = await self._rpc("buyer").call("get_transfers", {"in": True})
+        confirmations = [int(t.get("confirmations", 0)) for t in incoming.get("in", [])]
+        return Funding(
+            balance=bal.balance,
+            unlocked_balance=bal.unlocked_balance,
+            confirmations=min(confirmations) if confirmations else 0,
+            height=bal.height,
+        )
+
+    async def _transfer(self, txid: str) -> Transfer | None:
+        try:
+            result = await self._rpc("buyer").call("get_transfer_by_txid", {"txid": txid})
+        except RpcCallError as exc:
+            if exc.code == TX_NOT_FOUND:
+                return None
+            raise
+        t = result.get("transfer") or {}
+        kind = str(t.get("type", "in"))
+        return Transfer(
+            txid=str(t.get("txid", txid)),
+            direction="out" if kind in ("out", "pending", "failed") else "in",
+            amount=int(t.get("amount", 0)),
+            height=int(t.get("height", 0)),
+            confirmations=int(t.get("confirmations", 0)),
+            in_pool=kind in ("pool", "pending"),
+        )
+
+    # ---- opening, identity, restoring, closing ---------------------------------------------------
+
+    async def _open_all(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for handle in self._handles.values():
+                    nursery.start_soon(self._open_one, handle)
+        except BaseException:
+            with trio.move_on_after(self._close_timeout, shield=True):
+                await self._close_all()
+            raise
+        await self._check_identity()
+        log.info("session opened", address=_short(self.address))
+
+    async def _open_one(self, handle: _Handle) -> None:
+        if handle.proc is None or not handle.proc.alive():
+            if handle.proc is not None:
+                await self._pool.discard(handle.proc)
+                handle.proc = None
+            handle.proc = await self._pool.acquire()
+            handle.proc.rpc.observer = self._on_call
+        rpc = handle.proc.rpc
+        params = {"filename": handle.spec.file, "password": handle.spec.password}
+        if self.spec.create and not handle.created:
+            await rpc.call(
+                "create_wallet", {**params, "language": "English"}, timeout=self._open_timeout
+            )
+            handle.created = True
+        else:
+            await rpc.call("open_wallet", params, timeout=self._open_timeout)
+        await rpc.call("auto_refresh", {"enable": False})
+
+    async def _check_identity(self) -> None:
+        """Every process must hold a wallet whose address is the escrow's multisig address."""
+        if self.spec.create and self.address is None:
+            return  # three distinct plain wallets until SetupMultisig makes them one
+        addresses: dict[Role, str] = {}
+        for role, handle in self._handles.items():
+            assert handle.proc is not None
+            result = await handle.proc.rpc.call("get_address", {"account_index": 0})
+            addresses[role] = str(result.get("address", ""))
+        expected = self.address or addresses["buyer"]
+        wrong = [r for r, a in addresses.items() if a != expected]
+        if wrong:
+            # Never go on with a process that holds something else: discard it.
+            for role in wrong:
+                proc = self._handles[role].proc
+                self._handles[role].proc = None
+                if proc is not None:
+                    await self._pool.discard(proc)
+            raise SessionFailed(
+                f"wallet address mismatch for {', '.join(wrong)}: refusing to use those wallets"
+            )
+        self.address = expected
+
+    async def _restore(self, why: str) -> None:
+        if not self._limiter.allow():
+            raise SessionFailed(f"restart limit reached ({why}); session gives up")
+        self.restarts += 1
+        log.warning("restoring session wallets", why=why, restart=self.restarts)
+        lost: list[_Handle] = []
+        for handle in self._handles.values():
+            if handle.proc is None or not handle.proc.alive() or not await self._still_open(handle):
+                lost.append(handle)
+        with trio.fail_after(self._open_timeout):
+            async with trio.open_nursery() as nursery:
+                for handle in lost:
+                    nursery.start_soon(self._reopen, handle)
+        await self._check_identity()
+        for handle in lost:
+            if self._on_restart is not None:
+                maybe = self._on_restart(self.escrow_id, handle.role, why)
+                if maybe is not None:
+                    await maybe
+
+    async def _still_open(self, handle: _Handle) -> bool:
+        assert handle.proc is not None
+        try:
+            await handle.proc.rpc.call("get_address", {"account_index": 0}, timeout=5.0)
+        except (RpcError, OSError):
+            return False
+        return True
+
+    async def _reopen(self, handle: _Handle) -> None:
+        proc, handle.proc = handle.proc, None
+        if proc is not None:
+            await self._pool.discard(proc)
+        await self._open_one(handle)
+
+    async def _close_all(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for handle in self._handles.values():
+                nursery.start_soon(self._close_one, handle)
+
+    async def _close_one(self, handle: _Handle) -> None:
+        proc, handle.proc = handle.proc, None
+        if proc is None:
+            return
+        try:
+            # close_wallet stores first; a clean close makes the process reusable.
+            await proc.rpc.call("close_wallet", {"autosave_current": True}, timeout=10.0)
+        except (RpcError, OSError) as exc:
+            log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
+            await self._pool.discard(proc)
+            return
+        await self._pool.release(proc)
+
+
+def _answer(reply: Reply, result: outcome.Outcome[Any]) -> None:
+    # The caller may have timed out and gone: that must never crash the actor.
+    try:
+        reply.send_nowait(result)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+        log.debug("reply dropped: caller gone")
+
+
+def _short(address: str | None) -> str | None:
+    return f"{address[:8]}…{address[-6:]}" if address else None

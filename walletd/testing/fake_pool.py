@@ -1,0 +1,91 @@
+"""A `ProcessPool` of fake wallet-rpc processes, for session and registry tests.
+
+It keeps the pool's contract (a process is owned by one caller from acquire to release or discard;
+a discarded dead process counts as a restart) and lets a test reach the fake behind any handle to
+kill it, hang it or make it fail.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from walletd.children import WalletProcess
+from walletd.rpc import WalletRpc
+from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+
+__all__ = ["FakePool", "FakeProcess"]
+
+
+class FakeProcess(WalletProcess):
+    def __init__(self, fake: FakeWalletRpc, timeout: float) -> None:
+        rpc = WalletRpc(
+            fake.url, user="u", password="p", timeout=timeout, transport=FakeTransport(fake)
+        )
+        super().__init__(f"fake-wallet-rpc:{fake.pid}", rpc, pid=fake.pid)
+        self.fake = fake
+
+    def alive(self) -> bool:
+        return not self.fake.dead
+
+
+class FakePool:
+    def __init__(
+        self,
+        world: FakeWalletWorld,
+        *,
+        open_delay: float = 1.5,
+        create_delay: float = 1.7,
+        call_timeout: float = 30.0,
+    ) -> None:
+        self.world = world
+        self.open_delay = open_delay
+        self.create_delay = create_delay
+        self.call_timeout = call_timeout
+        self.restarts = 0
+        self.capacity: int | None = None
+        self.idle: list[FakeProcess] = []
+        self.in_use: dict[int, FakeProcess] = {}
+        self.started = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            for proc in [*self.idle, *self.in_use.values()]:
+                proc.fake.terminate()
+
+    async def acquire(self) -> WalletProcess:
+        await trio.lowlevel.checkpoint()
+        if self.idle:
+            proc = self.idle.pop()
+        else:
+            fake = FakeWalletRpc(
+                self.world, open_delay=self.open_delay, create_delay=self.create_delay
+            )
+            proc = FakeProcess(fake, self.call_timeout)
+            self.started += 1
+        self.in_use[proc.fake.pid] = proc
+        proc.uses += 1
+        return proc
+
+    async def release(self, proc: WalletProcess) -> None:
+        await trio.lowlevel.checkpoint()
+        fake_proc = self.in_use.pop(proc.pid or -1)
+        self.idle.append(fake_proc)
+
+    async def discard(self, proc: WalletProcess) -> None:
+        await trio.lowlevel.checkpoint()
+        fake_proc = self.in_use.pop(proc.pid or -1, None)
+        if fake_proc is None:
+            return
+        if fake_proc.fake.dead:
+            self.restarts += 1
+        fake_proc.fake.terminate()
+
+    def fake_of(self, escrow_wallet: str) -> FakeWalletRpc:
+        """The fake process that has `escrow_wallet` open."""
+        for proc in self.in_use.values():
+            if proc.fake.wallet is not None and proc.fake.wallet.name == escrow_wallet:
+                return proc.fake
+        raise KeyError(escrow_wallet)
