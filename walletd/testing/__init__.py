@@ -1,0 +1,1 @@
+"""Test doubles for walletd: a fake monero-wallet-rpc (`walletd.testing.fake_wallet_rpc`)."""
