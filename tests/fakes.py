@@ -14,7 +14,8 @@ from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.httpserver import PeerCred, Request, Response
 from walletd.ids import ROLES, Role
-from walletd.rpc import WalletRpc
+from walletd.errors import RpcUnreachable
+from walletd.rpc import TxStatus, WalletRpc
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
 
@@ -90,3 +91,27 @@ async def start(nursery: trio.Nursery, app: App) -> None:
     await nursery.start(app.pool.run)
     await nursery.start(app.registry.run)
     await nursery.start(app.lifecycle.run)
+
+
+class FakeDaemon:
+    """monerod as the monitor and lifecycle see it, backed by the fake world's chain."""
+
+    def __init__(self, world: FakeWalletWorld) -> None:
+        self.world = world
+        self.down = False
+
+    async def height(self) -> int:
+        await trio.lowlevel.checkpoint()
+        if self.down:
+            raise RpcUnreachable("get_info", "ConnectError")
+        return self.world.height
+
+    async def tx_status(self, txid: str) -> TxStatus | None:
+        await trio.lowlevel.checkpoint()
+        tx = self.world.txs.get(txid)
+        if tx is None:
+            return None
+        return TxStatus(in_pool=tx.height is None, block_height=tx.height)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

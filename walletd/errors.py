@@ -12,6 +12,7 @@ The hierarchy::
     │   ├── TooLarge                  413 too_large
     │   ├── Capacity                  503 capacity (no session slot could be freed in time)
     │   ├── Unavailable               503 unavailable (monerod or wallet-rpc unreachable)
+    │   │   └── SessionFailed         a session gave up (restart limit, wrong wallet)
     │   ├── WalletError               502 wallet_error (wallet-rpc refused; message says why)
     │   └── Timeout                   504 timeout
     ├── ConfigError                   start-up stops; the message names the key
@@ -44,12 +45,14 @@ __all__ = [
     "RpcError",
     "RpcTimeout",
     "RpcUnreachable",
+    "SessionFailed",
     "Timeout",
     "TooLarge",
     "Unavailable",
     "WalletError",
     "WalletdError",
     "api_error_for",
+    "first_error",
 ]
 
 
@@ -103,6 +106,10 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class SessionFailed(Unavailable):
+    """A session gave up: its wallets could not be restored, or a process held the wrong wallet."""
+
+
 class WalletError(ApiError):
     status, code = 502, "wallet_error"
 
@@ -147,6 +154,18 @@ class RpcCallError(RpcError):
 
 class NoWalletFile(RpcCallError):
     """-13 "No wallet file": the process has no wallet open (it lost it or never had it)."""
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The error a caller should see from a nursery's ExceptionGroup: its first leaf that is
+    not a cancellation (concurrent wallet calls fail together; one reason is enough)."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [first_error(e) for e in exc.exceptions]
+        for leaf in leaves:
+            if isinstance(leaf, Exception):
+                return leaf
+        return leaves[0] if leaves else exc
+    return exc
 
 
 def api_error_for(exc: BaseException) -> ApiError:

@@ -481,4 +481,4 @@ def _fresh(error: BaseException) -> Exception:
     """A new exception for each waiter of a failed opening (one instance raised in many tasks
     would share and grow one traceback)."""
     api = api_error_for(error)
-    return type(api)(api.message)
+    return type(api)(api.message)  # the same class: SessionFailed stays SessionFailed

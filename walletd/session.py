@@ -19,7 +19,7 @@ moves money the session checks each wallet's address again.
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -36,8 +36,10 @@ from walletd.errors import (
     RpcError,
     RpcTimeout,
     RpcUnreachable,
+    SessionFailed,
     Unavailable,
     WalletdError,
+    first_error,
 )
 from walletd.ids import ROLES, Role
 from walletd.messages import (
@@ -79,10 +81,6 @@ TX_NOT_FOUND = -8
 
 class SessionClosed(WalletdError):
     """The session stopped before it could take the request; the caller may open a new one."""
-
-
-class SessionFailed(WalletdError):
-    """The session could not restore its wallets within its restart limit."""
 
 
 @attrs.frozen
@@ -207,7 +205,7 @@ class EscrowSession:
                     try:
                         result: outcome.Outcome[Any] = outcome.Value(await self._serve(message))
                     except SessionFailed as exc:
-                        _answer(reply, outcome.Error(Unavailable(str(exc))))
+                        _answer(reply, outcome.Error(SessionFailed(exc.message)))
                         raise
                     except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
                         result = outcome.Error(exc)
@@ -353,9 +351,7 @@ class EscrowSession:
 
     async def _open_all(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                for handle in self._handles.values():
-                    nursery.start_soon(self._open_one, handle)
+            await _together(self._open_one, self._handles.values())
         except BaseException:
             with trio.move_on_after(self._close_timeout, shield=True):
                 await self._close_all()
@@ -414,9 +410,7 @@ class EscrowSession:
             if handle.proc is None or not handle.proc.alive() or not await self._still_open(handle):
                 lost.append(handle)
         with trio.fail_after(self._open_timeout):
-            async with trio.open_nursery() as nursery:
-                for handle in lost:
-                    nursery.start_soon(self._reopen, handle)
+            await _together(self._reopen, lost)
         await self._check_identity()
         for handle in lost:
             if self._on_restart is not None:
@@ -450,11 +444,24 @@ class EscrowSession:
         try:
             # close_wallet stores first; a clean close makes the process reusable.
             await proc.rpc.call("close_wallet", {"autosave_current": True}, timeout=10.0)
+        except NoWalletFile:
+            pass  # it never opened (a failed open): the process is clean
         except (RpcError, OSError) as exc:
             log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
             await self._pool.discard(proc)
             return
         await self._pool.release(proc)
+
+
+async def _together(fn: Callable[[_Handle], Awaitable[None]], handles: Iterable[_Handle]) -> None:
+    """Run `fn` on each handle concurrently (one per process); raise the first real error
+    rather than an ExceptionGroup, so callers see e.g. RpcCallError(-1) as such."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(fn, handle)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from group
 
 
 def _answer(reply: Reply, result: outcome.Outcome[Any]) -> None:

@@ -1,0 +1,270 @@
+"""The socket API of api.md: routes, request validation, and the error format.
+
+Every handler gets a parsed `Request` and returns a `Response`; every failure becomes the documented
+`{"error": {"code", "message"}}`. Bodies are parsed strictly: a JSON object, no unknown fields, the
+right types, bounded nesting. Nothing here logs a request body (it may carry wallet passwords).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from walletd.errors import ApiError, InvalidRequest, NotFound, api_error_for
+from walletd.httpserver import Request, Response
+from walletd.ids import ROLES, Role, check_escrow_id, check_txid
+
+__all__ = ["Api", "parse_json_object"]
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+MAX_AMOUNT = 2**64 - 1
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or InvalidRequest saying what is wrong with it."""
+    if not body:
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidRequest("request body is not UTF-8") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return value
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _fields(body: dict[str, Any], required: set[str], optional: set[str]) -> None:
+    unknown = set(body) - required - optional
+    if unknown:
+        raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}")
+    missing = required - set(body)
+    if missing:
+        raise InvalidRequest(f"missing field {sorted(missing)[0]!r}")
+
+
+def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = body[name]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequest(f"{name} must be an integer in {low}..{high}")
+    return value
+
+
+def _query_bool(request: Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidRequest(f"query parameter {name} must be true or false")
+    return value in ("true", "1")
+
+
+def _query_float(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"query parameter {name} must be a number") from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"query parameter {name} must be in {low:g}..{high:g}")
+    return value
+
+
+def _query_int(request: Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest(f"query parameter {name} must be a non-negative integer")
+    return int(raw)
+
+
+class Api:
+    """Routes requests to the daemon's services (an `App`, see walletd/app.py)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        seg = r"(?P<id>[^/]+)"
+        self._route(r"/v1/escrows", POST=self.create_escrow, GET=self.list_escrows)
+        self._route(rf"/v1/escrows/{seg}", GET=self.get_escrow)
+        self._route(rf"/v1/escrows/{seg}/balance", GET=self.balance)
+        self._route(rf"/v1/escrows/{seg}/transfers/(?P<txid>[^/]+)", GET=self.transfer)
+        self._route(
+            rf"/v1/escrows/{seg}/session", POST=self.open_session, DELETE=self.close_session
+        )
+        self._route(rf"/v1/escrows/{seg}/release", POST=self.release)
+        self._route(rf"/v1/escrows/{seg}/refund", POST=self.refund)
+        self._route(r"/v1/sessions", GET=self.sessions)
+        self._route(r"/v1/stats", GET=self.stats)
+        self._route(r"/v1/health", GET=self.health)
+        self._route(r"/v1/events", GET=self.events)
+        self._route(r"/metrics", GET=self.metrics)
+
+    def _route(self, pattern: str, **methods: Handler) -> None:
+        self._routes.append((re.compile(pattern), methods))
+
+    def add_route(self, pattern: str, **methods: Handler) -> None:
+        """Extra routes (the dev sandbox adds its own)."""
+        self._route(pattern, **methods)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            handler, params = self._match(request)
+            if "id" in params:
+                params["id"] = check_escrow_id(params["id"])
+            return await handler(request, params)
+        except ApiError as exc:
+            return Response.json(exc.status, exc.to_json())
+        except Exception as exc:
+            api = api_error_for(exc)
+            if api.status >= 500 and type(api).__name__ == "ApiError":
+                log.exception("request failed", method=request.method, path=request.path)
+            else:
+                log.warning("request failed", path=request.path, error=str(exc))
+            return Response.json(api.status, api.to_json())
+
+    def _match(self, request: Request) -> tuple[Handler, dict[str, str]]:
+        for pattern, methods in self._routes:
+            m = pattern.fullmatch(request.path)
+            if m is None:
+                continue
+            handler = methods.get(request.method)
+            if handler is None:
+                allowed = ", ".join(sorted(methods))
+                raise InvalidRequest(f"method {request.method} not allowed here (use {allowed})")
+            return handler, {k: v for k, v in m.groupdict().items() if v is not None}
+        raise NotFound(f"no such endpoint: {request.path[:200]}")
+
+    # ---- escrows ---------------------------------------------------------------------------------
+
+    async def create_escrow(self, request: Request, _: dict[str, str]) -> Response:
+        body = parse_json_object(request.body)
+        _fields(body, {"escrow_id", "amount"}, {"required_confirmations", "wallets"})
+        escrow_id = check_escrow_id(body["escrow_id"])
+        amount = _int_field(body, "amount", 1, MAX_AMOUNT)
+        confirmations = (
+            _int_field(body, "required_confirmations", 1, 1000)
+            if "required_confirmations" in body
+            else None
+        )
+        digest = self.app.escrows.request_digest(body)
+        if "wallets" in body:
+            wallets = _parse_wallets(body["wallets"])
+            rec, created = await self.app.escrows.adopt(
+                escrow_id, amount, confirmations, wallets, digest
+            )
+        else:
+            rec, created = await self.app.lifecycle.create(escrow_id, amount, confirmations, digest)
+        return Response.json(201 if created else 200, self.app.escrows.to_json(rec))
+
+    async def list_escrows(self, request: Request, _: dict[str, str]) -> Response:
+        unknown = set(request.query) - {"state"}
+        if unknown:
+            raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
+        recs = self.app.escrows.list(request.query.get("state"))
+        return Response.json(200, {"escrows": [self.app.escrows.to_json(r) for r in recs]})
+
+    async def get_escrow(self, _: Request, params: dict[str, str]) -> Response:
+        rec = self.app.escrows.get(params["id"])
+        return Response.json(200, self.app.escrows.to_json(rec))
+
+    async def balance(self, request: Request, params: dict[str, str]) -> Response:
+        refresh = _query_bool(request, "refresh")
+        result = await self.app.escrows.balance(params["id"], refresh=refresh)
+        return Response.json(200, result.to_json())
+
+    async def transfer(self, _: Request, params: dict[str, str]) -> Response:
+        txid = check_txid(params["txid"])
+        result = await self.app.escrows.transfer(params["id"], txid)
+        return Response.json(200, result.to_json())
+
+    async def release(self, request: Request, params: dict[str, str]) -> Response:
+        return await self._payout(request, params["id"], "release")
+
+    async def refund(self, request: Request, params: dict[str, str]) -> Response:
+        return await self._payout(request, params["id"], "refund")
+
+    async def _payout(self, request: Request, escrow_id: str, kind: str) -> Response:
+        body = parse_json_object(request.body)
+        _fields(body, {"address"}, set())
+        address = body["address"]
+        if not isinstance(address, str) or not 1 <= len(address) <= 200:
+            raise InvalidRequest("address must be a Monero address string")
+        rec = await self.app.lifecycle.payout(escrow_id, kind, address)
+        return Response.json(202, self.app.escrows.to_json(rec))
+
+    # ---- sessions --------------------------------------------------------------------------------
+
+    async def open_session(self, _: Request, params: dict[str, str]) -> Response:
+        escrow_id = params["id"]
+        self.app.escrows.get(escrow_id)
+        created, waited = await self.app.registry.open(escrow_id)
+        return Response.json(
+            200, {"escrow_id": escrow_id, "created": created, "open_s": round(waited, 3)}
+        )
+
+    async def close_session(self, _: Request, params: dict[str, str]) -> Response:
+        escrow_id = params["id"]
+        self.app.escrows.get(escrow_id)
+        closed = await self.app.registry.close(escrow_id, reason="explicit")
+        return Response.json(200, {"escrow_id": escrow_id, "closed": closed})
+
+    async def sessions(self, _: Request, __: dict[str, str]) -> Response:
+        infos = self.app.registry.sessions()
+        return Response.json(200, {"sessions": [i.to_json() for i in infos]})
+
+    async def stats(self, _: Request, __: dict[str, str]) -> Response:
+        return Response.json(200, self.app.stats_json())
+
+    # ---- events, health, metrics -----------------------------------------------------------------
+
+    async def events(self, request: Request, _: dict[str, str]) -> Response:
+        unknown = set(request.query) - {"after", "timeout"}
+        if unknown:
+            raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
+        after = _query_int(request, "after", 0)
+        timeout = _query_float(request, "timeout", 0.0, 0.0, 60.0)
+        events = await self.app.events.wait_after(after, timeout)
+        next_seq = events[-1].seq if events else max(after, 0)
+        return Response.json(200, {"events": [e.to_json() for e in events], "next": next_seq})
+
+    async def health(self, _: Request, __: dict[str, str]) -> Response:
+        status, body = await self.app.health()
+        return Response.json(status, body)
+
+    async def metrics(self, _: Request, __: dict[str, str]) -> Response:
+        body, content_type = self.app.metrics_text()
+        return Response(200, body, content_type=content_type)
+
+
+def _parse_wallets(value: object) -> dict[Role, tuple[str, str]]:
+    if not isinstance(value, dict):
+        raise InvalidRequest("wallets must be an object with buyer, vendor and arbiter")
+    _fields(value, set(ROLES), set())
+    out: dict[Role, tuple[str, str]] = {}
+    for role in ROLES:
+        item = value[role]
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"wallets.{role} must be an object with file and password")
+        unknown = set(item) - {"file", "password"}
+        if unknown or "file" not in item:
+            raise InvalidRequest(f"wallets.{role} must have exactly file and password")
+        password = item.get("password", "")
+        if not isinstance(password, str) or len(password) > 1024:
+            raise InvalidRequest(f"wallets.{role}.password must be a string")
+        out[role] = (item["file"], password)
+    return out

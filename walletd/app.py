@@ -1,0 +1,328 @@
+"""The daemon: builds every part from the config, runs them in one nursery, stops them in order.
+
+Start-up: state directories (0700) and the vault key; children left by a walletd that died are
+removed (they hold the wallets' locks); the process pool, the registry, the monitor and the socket
+server start in that order. The server binds last, so a client never reaches a half-started daemon.
+
+Shutdown (SIGTERM/SIGINT), bounded by `daemon.shutdown_timeout`: the server stops accepting and lets
+calls in flight finish; every session stores and closes its wallets; the pool stops every child
+(store, SIGTERM, SIGKILL). Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from walletd import __version__
+from walletd.api import Api
+from walletd.backups import Backups
+from walletd.children import (
+    ChildPool,
+    ChildSettings,
+    Endpoint,
+    EndpointPool,
+    ProcessPool,
+    remove_orphans,
+)
+from walletd.config import Config, load_config
+from walletd.errors import ConfigError, RpcError
+from walletd.escrows import STATES, EscrowService
+from walletd.events import EventLog
+from walletd.httpserver import ServerLimits, serve_unix
+from walletd.ids import Role
+from walletd.lifecycle import Lifecycle
+from walletd.metrics import Metrics
+from walletd.monitor import Monitor
+from walletd.registry import Limits, Registry
+from walletd.rpc import DaemonRpc
+from walletd.session import EscrowSession, SessionSpec
+from walletd.store import Store
+from walletd.vault import Vault
+
+__all__ = ["App", "limits_from", "prepare_dirs"]
+
+log = structlog.get_logger(__name__)
+
+
+def limits_from(config: Config) -> Limits:
+    s = config.sessions
+    return Limits(
+        max_active=config.effective_max_active,
+        idle_ttl=s.idle_ttl,
+        sweep_interval=s.sweep_interval,
+        capacity_wait=s.capacity_wait,
+        evict_grace=s.evict_grace,
+    )
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"{path}: owned by uid {st.st_uid}, walletd runs as {os.getuid()}")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def prepare_dirs(config: Config) -> None:
+    """Create walletd's directories: private state, and a socket directory only we can write."""
+    _private_dir(config.daemon.state_dir)
+    _private_dir(config.monero.wallet_dir)
+    _private_dir(config.daemon.state_dir / "run")
+    sock_dir = config.daemon.socket_path.parent
+    sock_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    st = sock_dir.stat()
+    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"daemon.socket_path: directory {sock_dir} must be owned by walletd's user and "
+            "writable by nobody else"
+        )
+
+
+class App:
+    """Every long-lived part of the daemon, and the operations that span them."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        *,
+        pool: ProcessPool | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        state = config.daemon.state_dir
+        self.run_dir = state / "run"
+        self.store = Store(state / "walletd.sqlite3")
+        self.vault = Vault.open(state / "walletd.key")
+        self.events = EventLog(self.store)
+        self.metrics = Metrics()
+        self.backups = Backups(config.monero.wallet_dir, state / "backups")
+        self.daemon = DaemonRpc(f"http://{config.monero.daemon_address}", timeout=10.0)
+        self.wallet_rpc_restarts = 0
+        m = config.monero
+        self.child_settings = ChildSettings(
+            wallet_rpc_path=m.wallet_rpc_path,
+            wallet_dir=m.wallet_dir,
+            daemon_address=m.daemon_address,
+            run_dir=self.run_dir,
+            spares=m.spare_processes,
+            call_timeout=m.call_timeout,
+        )
+        self.pool: ProcessPool
+        if pool is not None:
+            self.pool = pool  # tests: fake wallet-rpc processes
+        elif m.wallet_rpc_endpoints:
+            self.pool = EndpointPool(
+                [Endpoint(e.url, e.user, e.password) for e in m.wallet_rpc_endpoints],
+                call_timeout=m.call_timeout,
+            )
+        else:
+            self.pool = ChildPool(self.child_settings)
+        self.escrows: EscrowService
+        self.registry = Registry(
+            lookup=lambda escrow_id: self.escrows.spec_for(escrow_id),
+            new_session=self._new_session,
+            limits=limits_from(config),
+            on_event=self._session_event,
+        )
+        self.escrows = EscrowService(
+            self.store,
+            self.vault,
+            self.registry,
+            self.events,
+            wallet_dir=m.wallet_dir,
+            required_confirmations=config.monitor.required_confirmations,
+        )
+        self.lifecycle = Lifecycle(self)
+        self.monitor = Monitor(self)
+        self.api = Api(self)
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._done: dict[str, trio.Event] = {}
+        self._stop = trio.Event()
+        self.stopped = trio.Event()
+
+    # ---- wiring ----------------------------------------------------------------------------------
+
+    def _new_session(self, spec: SessionSpec) -> EscrowSession:
+        s = self.config.sessions
+        return EscrowSession(
+            spec,
+            self.pool,
+            open_timeout=self.config.monero.open_timeout,
+            restart_intensity=s.restart_intensity,
+            restart_period=s.restart_period,
+            on_restart=self._wallet_rpc_restarted,
+            on_backup=self.backups.take,
+            on_call=self.metrics.observe_rpc,
+        )
+
+    def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
+        self.wallet_rpc_restarts += 1
+        self.metrics.wallet_rpc_restarts.inc()
+        self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
+
+    def _session_event(self, type_: str, escrow_id: str, **data: Any) -> None:
+        if type_ == "session_opened":
+            self.metrics.session_opens.inc()
+        elif type_ == "session_closed":
+            self.metrics.session_closes.labels(reason=data.get("reason", "unknown")).inc()
+        if self.store.get_escrow(escrow_id) is not None:
+            self.events.emit(type_, escrow_id, **data)
+
+    def stats_json(self) -> dict[str, Any]:
+        stats = self.registry.stats()
+        return {
+            "active_sessions": stats.active_sessions,
+            "max_sessions": stats.max_sessions,
+            "utilization": stats.utilization,
+            "avg_age_s": stats.avg_age_s,
+            "oldest_age_s": stats.oldest_age_s,
+            "opened": stats.opened,
+            "closed": stats.closed,
+            "evicted": stats.evicted,
+            "expired": stats.expired,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "failed": stats.failed,
+            "wallet_rpc_restarts": self.wallet_rpc_restarts,
+        }
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "version": __version__,
+            "active_sessions": self.registry.stats().active_sessions,
+            "escrows": self.store.count_escrows(),
+        }
+        try:
+            with trio.fail_after(3):
+                body["daemon_height"] = await self.daemon.height()
+        except (RpcError, trio.TooSlowError, KeyError, ValueError) as exc:
+            body.update(status="degraded", daemon_height=None, reason=f"monerod: {exc}")
+            return 503, body
+        body["status"] = "ok"
+        return 200, body
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        stats = self.registry.stats()
+        by_state = {s: 0 for s in STATES[1:]}
+        for rec in self.store.list_escrows():
+            if rec.state in by_state:
+                by_state[rec.state] += 1
+        return self.metrics.render(stats, [i.age_s for i in self.registry.sessions()], by_state)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the limits from the config file; other keys need a restart."""
+        if self.config_path is None:
+            return
+        try:
+            fresh = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused; keeping the running config", error=str(exc))
+            return
+        self.config = fresh
+        self.registry.set_limits(limits_from(fresh))
+        self.monitor.set_interval(fresh.monitor.poll_interval)
+        log.info("limits reloaded", max_active=fresh.effective_max_active)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        if cfg.monero.wallet_rpc_endpoints:
+            log.warning(
+                "using external wallet-rpc endpoints: session cap limited to endpoints/3",
+                endpoints=len(cfg.monero.wallet_rpc_endpoints),
+                max_active=cfg.effective_max_active,
+                configured_max_active=cfg.sessions.max_active,
+            )
+        elif isinstance(self.pool, ChildPool):
+            stopped = await trio.to_thread.run_sync(remove_orphans, self.child_settings)
+            if stopped:
+                log.warning("stopped wallet-rpc children left by a previous walletd", count=stopped)
+        limits = ServerLimits(
+            max_body_bytes=cfg.daemon.max_body_bytes,
+            max_connections=cfg.daemon.max_connections,
+            handler_timeout=cfg.daemon.request_timeout,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._scoped, "pool", self.pool.run)
+                await nursery.start(self._scoped, "registry", self.registry.run)
+                await nursery.start(self._scoped, "lifecycle", self.lifecycle.run)
+                await nursery.start(self._scoped, "monitor", self.monitor.run)
+                await nursery.start(
+                    self._scoped,
+                    "server",
+                    lambda task_status: serve_unix(
+                        cfg.daemon.socket_path,
+                        self.api,
+                        mode=cfg.daemon.socket_mode,
+                        limits=limits,
+                        allow_uids=cfg.daemon.allow_uids or None,
+                        allow_gids=cfg.daemon.allow_gids or None,
+                        task_status=task_status,
+                    ),
+                )
+                nursery.start_soon(self._signals)
+                log.info(
+                    "walletd ready",
+                    socket=str(cfg.daemon.socket_path),
+                    max_active=self.registry.limits.max_active,
+                    escrows=self.store.count_escrows(),
+                )
+                task_status.started(self)
+                await self._stop.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.daemon.aclose()
+            self.store.close()
+            self.stopped.set()
+            log.info("walletd stopped")
+
+    async def _scoped(
+        self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: Any
+    ) -> None:
+        done = self._done[name] = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes[name] = scope
+                await fn(task_status=task_status)
+        finally:
+            done.set()
+
+    async def _shutdown(self) -> None:
+        total = self.config.daemon.shutdown_timeout
+        deadline = trio.current_time() + total
+        log.info("shutting down", timeout_s=total)
+        with trio.CancelScope(shield=True):
+            self._scopes["monitor"].cancel()
+            self._scopes["server"].cancel()  # stops accepting; calls in flight get a grace
+            with trio.move_on_after(max(0.0, deadline - trio.current_time())):
+                await self._done["server"].wait()
+            await self.registry.shutdown(timeout=max(1.0, (deadline - trio.current_time()) * 0.7))
+            self._scopes["lifecycle"].cancel()
+            self._scopes["registry"].cancel()
+            self._scopes["pool"].cancel()  # stores, SIGTERM, SIGKILL every child (bounded)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("stop requested", signal=signal.Signals(signum).name)
+                    self.request_stop()

@@ -1,0 +1,58 @@
+"""Rolling backups of an escrow's wallet files (cache and keys), taken before risky steps.
+
+Haveno's lesson: keep a few copies and fall back to them when a wallet no longer opens. walletd
+takes one before multisig setup and one before each payout, keeps the newest `keep` per escrow,
+and writes each copy to a temporary directory renamed into place, so a backup is whole or absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+
+__all__ = ["Backups"]
+
+log = structlog.get_logger(__name__)
+
+
+class Backups:
+    def __init__(self, wallet_dir: Path, backup_dir: Path, keep: int = 3) -> None:
+        self.wallet_dir = wallet_dir
+        self.backup_dir = backup_dir
+        self.keep = keep
+
+    def take(self, escrow_id: str, files: Iterable[str], label: str) -> Path:
+        """Copy the wallets' files (already stored by wallet-rpc) into a new backup directory."""
+        root = self.backup_dir / escrow_id
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stamp = f"{time.time_ns()}"
+        tmp = root / f".{stamp}.tmp"
+        tmp.mkdir(mode=0o700)
+        for name in files:
+            for suffix in ("", ".keys"):
+                src = self.wallet_dir / f"{name}{suffix}"
+                if src.exists():
+                    shutil.copy2(src, tmp / src.name)
+        (tmp / "LABEL").write_text(label + "\n")
+        final = root / stamp
+        os.rename(tmp, final)
+        self._prune(root)
+        log.info("wallet backup taken", escrow_id=escrow_id, label=label, path=str(final))
+        return final
+
+    def newest(self, escrow_id: str) -> list[Path]:
+        """Backups of one escrow, newest first."""
+        root = self.backup_dir / escrow_id
+        if not root.is_dir():
+            return []
+        entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(entries, key=lambda p: int(p.name), reverse=True)
+
+    def _prune(self, root: Path) -> None:
+        for old in self.newest(root.name)[self.keep :]:
+            shutil.rmtree(old)

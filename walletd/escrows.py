@@ -1,0 +1,257 @@
+"""Escrows: their records, the wallet specs their sessions open, and the read operations on them.
+
+This is the layer between the API and the registry: it turns an escrow id into the three wallet
+files and passwords a session needs (passwords come from the vault, never from the database in
+clear), adopts existing multisig wallet files, and shapes the escrow object of api.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from walletd.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RpcCallError,
+    SessionFailed,
+    WalletdError,
+    WalletError,
+)
+from walletd.events import EventLog
+from walletd.ids import ROLES, Role, check_wallet_file
+from walletd.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
+from walletd.registry import Registry
+from walletd.session import SessionSpec, WalletSpec
+from walletd.store import EscrowRecord, Store, WalletRef, utcnow
+from walletd.vault import Vault
+
+__all__ = ["STATES", "EscrowService"]
+
+log = structlog.get_logger(__name__)
+
+STATES = (
+    "creating",
+    "awaiting_funding",
+    "funded",
+    "ready",
+    "releasing",
+    "refunding",
+    "completed",
+    "refunded",
+)
+
+
+def _empty_funding() -> dict[str, Any]:
+    return {"balance": 0, "unlocked_balance": 0, "confirmations": 0, "checked_at": None}
+
+
+class EscrowService:
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        registry: Registry,
+        events: EventLog,
+        *,
+        wallet_dir: Path,
+        required_confirmations: int,
+    ) -> None:
+        self.store = store
+        self.vault = vault
+        self.registry = registry
+        self.events = events
+        self.wallet_dir = wallet_dir
+        self.required_confirmations = required_confirmations
+        self._adopting: set[str] = set()
+
+    # ---- lookups ---------------------------------------------------------------------------------
+
+    def get(self, escrow_id: str) -> EscrowRecord:
+        rec = self.store.get_escrow(escrow_id)
+        if rec is None or rec.state == "creating":
+            raise NotFound(f"no escrow {escrow_id!r}")
+        return rec
+
+    async def spec_for(self, escrow_id: str) -> SessionSpec:
+        """What the escrow's session opens (the registry's lookup)."""
+        rec = self.get(escrow_id)
+        return self._spec(rec)
+
+    def _spec(self, rec: EscrowRecord) -> SessionSpec:
+        return SessionSpec(
+            escrow_id=rec.escrow_id,
+            wallets={
+                role: self._wallet_spec(rec.escrow_id, role, rec.wallets[role]) for role in ROLES
+            },
+            address=rec.multisig_address,
+        )
+
+    def _wallet_spec(self, escrow_id: str, role: Role, ref: WalletRef) -> WalletSpec:
+        if ref.sealed_password is None:
+            password = self.vault.derived_password(escrow_id, role)
+        else:
+            password = self.vault.unseal(escrow_id, role, ref.sealed_password)
+        return WalletSpec(file=ref.file, password=password)
+
+    def to_json(self, rec: EscrowRecord) -> dict[str, Any]:
+        info = self.registry.session_info(rec.escrow_id)
+        session: dict[str, Any] = (
+            {"open": True, "age_s": round(info.age_s, 3), "idle_s": round(info.idle_s, 3)}
+            if info
+            else {"open": False}
+        )
+        return {
+            "escrow_id": rec.escrow_id,
+            "state": rec.state,
+            "multisig_address": rec.multisig_address,
+            "amount": rec.amount,
+            "required_confirmations": rec.required_confirmations,
+            "funding": dict(rec.funding),
+            "payout": _public_payout(rec.payout),
+            "session": session,
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+        }
+
+    def list(self, state: str | None) -> list[EscrowRecord]:
+        if state is not None and state not in STATES[1:]:
+            raise InvalidRequest(f"state must be one of {', '.join(STATES[1:])}")
+        return [r for r in self.store.list_escrows(state) if r.state != "creating"]
+
+    # ---- reads through the session ---------------------------------------------------------------
+
+    async def balance(self, escrow_id: str, *, refresh: bool) -> Balance:
+        self.get(escrow_id)
+        result: Balance = await self.registry.call(escrow_id, GetBalance(refresh=refresh))
+        return result
+
+    async def transfer(self, escrow_id: str, txid: str) -> Transfer:
+        self.get(escrow_id)
+        result: Transfer | None = await self.registry.call(escrow_id, GetTransfer(txid))
+        if result is None:
+            raise NotFound(f"escrow {escrow_id!r} wallets do not know transaction {txid}")
+        return result
+
+    # ---- adopting existing multisig wallet files -------------------------------------------------
+
+    def request_digest(self, request: Mapping[str, Any]) -> str:
+        """A keyed digest of a create request, to tell an identical retry from a conflict
+        without keeping the request's passwords (a plain hash of a password is guessable)."""
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
+        return self.vault.mac(canonical)
+
+    def existing_for_retry(self, escrow_id: str, digest: str) -> EscrowRecord | None:
+        """The escrow if this is an identical retry; Conflict if the id is taken otherwise."""
+        rec = self.store.get_escrow(escrow_id)
+        if rec is None:
+            return None
+        if rec.request_digest != digest:
+            raise Conflict(f"escrow {escrow_id!r} exists with other values")
+        return rec
+
+    async def adopt(
+        self,
+        escrow_id: str,
+        amount: int,
+        required_confirmations: int | None,
+        wallets: Mapping[Role, tuple[str, str]],
+        digest: str,
+    ) -> tuple[EscrowRecord, bool]:
+        """Register three existing wallet files of one ready 2-of-3 multisig as an escrow.
+
+        Returns (record, created). The session is opened first and the files checked to be one
+        ready 2-of-3 multisig; only then is the escrow recorded, so a failure leaves nothing.
+        """
+        existing = self.existing_for_retry(escrow_id, digest)
+        if existing is not None:
+            return existing, False
+        if escrow_id in self._adopting:
+            raise Conflict(f"escrow {escrow_id!r} is being registered by another request")
+        files = {role: check_wallet_file(wallets[role][0], self.wallet_dir) for role in ROLES}
+        if len(set(files.values())) != 3:
+            raise InvalidRequest("the three roles must name three different wallet files")
+        taken = self.store.wallet_files_in_use() & set(files.values())
+        if taken:
+            raise Conflict(f"wallet file {sorted(taken)[0]!r} belongs to another escrow")
+        self._adopting.add(escrow_id)
+        try:
+            spec = SessionSpec(
+                escrow_id=escrow_id,
+                wallets={r: WalletSpec(files[r], wallets[r][1]) for r in ROLES},
+                address=None,
+            )
+            address = await self._open_and_check_multisig(spec)
+            now = utcnow()
+            rec = EscrowRecord(
+                escrow_id=escrow_id,
+                state="awaiting_funding",
+                amount=amount,
+                required_confirmations=required_confirmations or self.required_confirmations,
+                multisig_address=address,
+                origin="adopted",
+                wallets={
+                    r: WalletRef(files[r], self.vault.seal(escrow_id, r, wallets[r][1]))
+                    for r in ROLES
+                },
+                request_digest=digest,
+                funding=_empty_funding(),
+                payout=None,
+                created_at=now,
+                updated_at=now,
+            )
+            self.store.insert_escrow(rec)
+        finally:
+            self._adopting.discard(escrow_id)
+        self.events.emit("escrow_created", escrow_id, origin="adopted", amount=amount)
+        return rec, True
+
+    async def _open_and_check_multisig(self, spec: SessionSpec) -> str:
+        registry = self.registry
+        try:
+            await registry.open(spec.escrow_id, spec=spec)
+            infos = [
+                await registry.call(spec.escrow_id, WalletCall(role, "is_multisig"))
+                for role in ROLES
+            ]
+            address = registry.session_address(spec.escrow_id)
+        except (RpcCallError, WalletError) as exc:
+            await self._close_quietly(spec.escrow_id)
+            said = exc.rpc_message if isinstance(exc, RpcCallError) else exc.message
+            raise InvalidRequest(
+                f"cannot open the wallets ({said}): a missing file, a wrong password, "
+                "or a wallet open elsewhere"
+            ) from exc
+        except SessionFailed as exc:
+            await self._close_quietly(spec.escrow_id)
+            raise InvalidRequest(
+                f"the three wallets are not one 2-of-3 multisig ({exc.message})"
+            ) from exc
+        except WalletdError:
+            await self._close_quietly(spec.escrow_id)
+            raise
+        ok = all(
+            i.get("multisig") and i.get("ready") and i.get("threshold") == 2 and i.get("total") == 3
+            for i in infos
+        )
+        if not ok or address is None:
+            await self._close_quietly(spec.escrow_id)
+            raise InvalidRequest("the three wallets are not one ready 2-of-3 multisig")
+        return address
+
+    async def _close_quietly(self, escrow_id: str) -> None:
+        with trio.CancelScope(shield=True):
+            await self.registry.close(escrow_id, reason="explicit")
+
+
+def _public_payout(payout: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if payout is None:
+        return None
+    keys = ("kind", "address", "txid", "confirmations", "submitted_at")
+    return {k: payout.get(k) for k in keys}
