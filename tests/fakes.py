@@ -12,9 +12,9 @@ import trio
 from walletd import multisig
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
+from walletd.errors import RpcUnreachable
 from walletd.httpserver import PeerCred, Request, Response
 from walletd.ids import ROLES, Role
-from walletd.errors import RpcUnreachable
 from walletd.rpc import TxStatus, WalletRpc
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld

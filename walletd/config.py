@@ -107,7 +107,7 @@ class Config:
         return self.sessions.max_active
 
 
-# ---- value parsers: each takes (key, raw value) and returns the typed value or raises -------------
+# ---- value parsers: each takes (key, raw value) and returns the typed value or raises ------------
 
 
 def _int(low: int, high: int | None = None) -> Callable[[str, object], int]:
@@ -161,7 +161,7 @@ def _one_of(*choices: str) -> Callable[[str, object], str]:
 def _mode(key: str, value: object) -> int:
     # A string of octal digits: "0660". An integer would be read as decimal 660 by mistake.
     if not isinstance(value, str) or not value.isdigit() or any(c > "7" for c in value):
-        raise ConfigError(f"{key}: must be an octal string such as \"0660\", got {value!r}")
+        raise ConfigError(f'{key}: must be an octal string such as "0660", got {value!r}')
     mode = int(value, 8)
     if mode & ~0o777 or mode & 0o007:
         raise ConfigError(f"{key}: must give no permission to others (like 0660), got {value!r}")

@@ -184,8 +184,9 @@ class Registry:
     ) -> Any:
         """Send `message` to the escrow's session, opening it first if needed.
 
-        `may_evict_api=False` (the monitor's cold checks) opens a session only into a free slot
-        or one held by another monitor-only session, and answers Capacity at once otherwise."""
+        `may_evict_api=False` (the monitor's cold checks) opens a session only into a free slot,
+        one held by a monitor-only session, or one whose API use is older than a quarter of the
+        idle TTL; otherwise it answers Capacity at once, so monitoring never thrashes the cap."""
         for _attempt in range(3):
             entry, _ = await self._acquire(
                 escrow_id, api=api, spec=spec, may_evict_api=may_evict_api
@@ -258,10 +259,15 @@ class Registry:
         return entry is not None and entry.state is _State.OPEN
 
     def can_open_for_monitor(self) -> bool:
-        """A monitor-only opening would find a slot without evicting any API-used session."""
+        """A monitor-only opening would find a slot without evicting a recently used session."""
         if len(self._entries) + self._reserved < self.limits.max_active:
             return True
-        return any(e.last_api_use is None for e in self._lru_idle())
+        return any(self._cold(e) for e in self._lru_idle())
+
+    def _cold(self, entry: _Entry) -> bool:
+        """Evictable for the monitor: never used by the API, or not for a quarter of the TTL."""
+        used = entry.last_api_use
+        return used is None or trio.current_time() - used >= self.limits.idle_ttl / 4
 
     async def _acquire(
         self,
@@ -340,7 +346,7 @@ class Registry:
                 leaving = sum(e.state is _State.LEAVING for e in self._entries.values())
                 victims = self._lru_idle()
                 if not may_evict_api:
-                    victims = [v for v in victims if v.last_api_use is None]
+                    victims = [v for v in victims if self._cold(v)]
                 if leaving <= self._reserved and victims:
                     # Reserve before awaiting, so no other caller takes the slot it frees.
                     victim = victims[0]

@@ -1,0 +1,224 @@
+"""The escrow lifecycle on the fake wallet-rpc: create, fund, ready, release/refund, complete.
+
+Each transition is observed the way the marketplace server sees it: through /v1/events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests.fakes import FakeDaemon, call, fake_app, start
+from walletd.app import App
+from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_wallet_rpc import FEE, FakeWalletWorld
+
+AMOUNT = 10**12
+
+
+async def _app(
+    nursery: trio.Nursery, tmp_path: Path, **sessions: Any
+) -> tuple[App, FakeWalletWorld]:
+    world = FakeWalletWorld()
+    app = fake_app(tmp_path, world, FakePool(world), **sessions)
+    app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+    await start(nursery, app)
+    return app, world
+
+
+async def _run_monitor(nursery: trio.Nursery, app: App) -> None:
+    app.monitor.enabled = True
+    app.monitor.interval = 5
+    app.monitor.height_check = 1
+    app.monitor.cold_interval = 5
+    await nursery.start(app.monitor.run)
+
+
+def _received(world: FakeWalletWorld, address: str) -> list[int]:
+    """Amounts of mined outputs paying `address` on the fake chain."""
+    return [
+        amount
+        for tx in world.txs.values()
+        if tx.height is not None
+        for to, amount in tx.outputs
+        if to == address
+    ]
+
+
+async def _events(app: App, escrow_id: str) -> list[str]:
+    _, body = await call(app, "GET", "/v1/events?after=0")
+    return [e["type"] for e in body["events"] if e["escrow_id"] == escrow_id]
+
+
+async def _wait_state(app: App, escrow_id: str, state: str, timeout: float = 300) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        while True:
+            _, body = await call(app, "GET", f"/v1/escrows/{escrow_id}")
+            if body.get("state") == state:
+                result: dict[str, Any] = body
+                return result
+            await trio.sleep(1)
+
+
+async def test_create_fund_release_complete(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """The release path, every transition seen in /v1/events, vendor paid the amount less fee."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o1", "amount": AMOUNT})
+        assert status == 201, esc
+        assert len(esc["multisig_address"]) == 95
+        assert (esc["state"], esc["session"]["open"]) == ("awaiting_funding", True)
+        # An identical retry is safe; other values conflict.
+        assert (await call(app, "POST", "/v1/escrows", {"escrow_id": "o1", "amount": AMOUNT}))[
+            0
+        ] == 200
+        assert (await call(app, "POST", "/v1/escrows", {"escrow_id": "o1", "amount": 5}))[0] == 409
+
+        vendor = world.add_wallet("vendor-payout", "x")
+        status, body = await call(
+            app, "POST", "/v1/escrows/o1/release", {"address": vendor.address}
+        )
+        assert (status, body["error"]["code"]) == (409, "not_ready")
+
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
+        await _wait_state(app, "o1", "funded")
+        world.mine(10)
+        await _wait_state(app, "o1", "ready")
+
+        status, esc = await call(app, "POST", "/v1/escrows/o1/release", {"address": vendor.address})
+        assert status == 202, esc
+        txid = esc["payout"]["txid"]
+        assert esc["state"] == "releasing"
+        again = await call(app, "POST", "/v1/escrows/o1/release", {"address": vendor.address})
+        assert (again[0], again[1]["payout"]["txid"]) == (202, txid)
+        refund = await call(app, "POST", "/v1/escrows/o1/refund", {"address": vendor.address})
+        assert (refund[0], refund[1]["error"]["code"]) == (409, "conflict")
+
+        world.mine(10)
+        esc = await _wait_state(app, "o1", "completed")
+        assert esc["session"] == {"open": False}
+        assert _received(world, vendor.address) == [AMOUNT - FEE]
+        types = await _events(app, "o1")
+        for earlier, later in [
+            ("escrow_created", "funded"),
+            ("funded", "ready"),
+            ("ready", "payout_submitted"),
+            ("payout_submitted", "completed"),
+        ]:
+            assert types.index(earlier) < types.index(later), types
+        assert types[-1] == "session_closed"
+        closed = [
+            e
+            for e in (await call(app, "GET", "/v1/events?after=0"))[1]["events"]
+            if e["type"] == "session_closed" and e["escrow_id"] == "o1"
+        ]
+        assert closed[-1]["reason"] == "finished"
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_releases_send_once(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Two concurrent releases and a repeat give one payout transaction."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o2", "amount": AMOUNT})
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+        await _wait_state(app, "o2", "ready")
+        vendor = world.add_wallet("v2", "x")
+        answers: list[tuple[int, Any]] = []
+
+        async def release() -> None:
+            answers.append(
+                await call(app, "POST", "/v1/escrows/o2/release", {"address": vendor.address})
+            )
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(release)
+            inner.start_soon(release)
+        answers.append(
+            await call(app, "POST", "/v1/escrows/o2/release", {"address": vendor.address})
+        )
+        assert [a[0] for a in answers] == [202, 202, 202]
+        assert len({a[1]["payout"]["txid"] for a in answers}) == 1
+        assert world.epoch(esc["multisig_address"]) == 1  # one spend left the escrow
+        nursery.cancel_scope.cancel()
+
+
+async def test_refund_path(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """The refund path ends `refunded`, and the buyer receives the amount less the fee."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o3", "amount": AMOUNT})
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+        await _wait_state(app, "o3", "ready")
+        buyer = world.add_wallet("b3", "x")
+        status, esc = await call(app, "POST", "/v1/escrows/o3/refund", {"address": buyer.address})
+        assert (status, esc["state"]) == (202, "refunding")
+        world.mine(10)
+        await _wait_state(app, "o3", "refunded")
+        assert _received(world, buyer.address) == [AMOUNT - FEE]
+        nursery.cancel_scope.cancel()
+
+
+async def test_failed_creation_leaves_nothing(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A creation failing half way leaves no escrow, no open wallet, and names the failed step;
+    the identical retry then succeeds."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        original = app.pool.acquire
+
+        async def failing_acquire() -> Any:
+            proc = await original()
+            proc.fake.fail_next("make_multisig", -1, "boom")  # type: ignore[attr-defined]
+            return proc
+
+        app.pool.acquire = failing_acquire  # type: ignore[method-assign]
+        status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "o4", "amount": AMOUNT})
+        assert (status, body["error"]["code"]) == (502, "wallet_error"), body
+        assert "make_multisig" in body["error"]["message"]
+        assert (await call(app, "GET", "/v1/escrows/o4"))[0] == 404
+        assert world.locks == {}
+        assert app.store.get_escrow("o4") is None
+        app.pool.acquire = original  # type: ignore[method-assign]
+        # walletd moved the new wallet files aside; the fake's directory is in memory, so do
+        # the same to it (the regtest suite checks the real files).
+        for role in ("buyer", "vendor", "arbiter"):
+            del world.wallets[f"escrow-o4-{role}"]
+        status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "o4", "amount": AMOUNT})
+        assert status == 201, body
+        nursery.cancel_scope.cancel()
+
+
+async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """With 30 watched escrows and a cap of 10, every escrow's funding is detected, and the
+    monitor never evicts a session the API is using."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path, max_active=10)
+        await _run_monitor(nursery, app)
+        addresses = {}
+        for i in range(30):
+            status, esc = await call(
+                app, "POST", "/v1/escrows", {"escrow_id": f"m{i}", "amount": AMOUNT}
+            )
+            assert status == 201
+            addresses[f"m{i}"] = esc["multisig_address"]
+        for address in addresses.values():
+            world.credit(address, AMOUNT, unlocked=False)
+        deadline = trio.current_time() + 3600
+        while trio.current_time() < deadline:
+            funded = [e for e in app.store.list_escrows() if e.state in ("funded", "ready")]
+            if len(funded) == 30:
+                break
+            await trio.sleep(5)
+        states = [e.state for e in app.store.list_escrows()]
+        assert states.count("funded") + states.count("ready") == 30, states
+        assert app.registry.stats().active_sessions <= 10
+        nursery.cancel_scope.cancel()

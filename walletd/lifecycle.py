@@ -1,0 +1,325 @@
+"""Creating escrows and paying them out, exactly once.
+
+Creation: the escrow is recorded as `creating` first (so a crash leaves a trace to clean up), its
+three wallets are created in three processes and made one 2-of-3 multisig by the session, and only
+then does it become `awaiting_funding`. A failure half way closes the session, moves the new wallet
+files aside (never deletes a wallet) and removes the record; the error names the step.
+
+Payout (release or refund), recorded before every step that could send money::
+
+    intent    the kind and address are recorded; nothing signed yet. Redoing from here is safe.
+    signed    the fully signed blob and its txids are recorded BEFORE submitting. From here only
+              this blob is ever submitted; resubmitting it yields the same txids, never a 2nd tx.
+    submitted the daemon accepted it; the monitor counts its confirmations.
+
+Payouts run in the lifecycle's own nursery, not in the caller's task: a client that times out or
+disconnects never cancels a payout half way; its retry finds the same payout and waits for it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from walletd import multisig
+from walletd.errors import (
+    ApiError,
+    Conflict,
+    InvalidRequest,
+    NotReady,
+    RpcCallError,
+    Unavailable,
+    WalletdError,
+    WalletError,
+    api_error_for,
+)
+from walletd.ids import ROLES, Role, wallet_file_for
+from walletd.messages import PreparePayout, SetupMultisig, SubmitPayout, SyncAll, WalletCall
+from walletd.session import SessionSpec, WalletSpec
+from walletd.store import EscrowRecord, WalletRef, utcnow
+
+__all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
+
+log = structlog.get_logger(__name__)
+
+# Who signs what: the arbiter co-signs both; the receiving side proposes.
+SIGNERS: dict[str, tuple[Role, Role]] = {
+    "release": ("vendor", "arbiter"),
+    "refund": ("buyer", "arbiter"),
+}
+_PAYOUT_STATE = {"release": "releasing", "refund": "refunding"}
+_BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
+
+
+def check_address_format(address: str) -> str:
+    """Reject anything that is not shaped like a Monero address before any wallet sees it.
+
+    wallet-rpc treats a string that does not parse as an OpenAlias name and asks DNS, so a name
+    such as `donate.getmonero.org` must never reach it."""
+    if len(address) not in (95, 106) or not _BASE58.fullmatch(address) or address[0] not in "48":
+        raise InvalidRequest(
+            "address must be a standard (95 characters) or integrated (106) Monero address; "
+            "OpenAlias names are not accepted"
+        )
+    return address
+
+
+class Lifecycle:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._locks: dict[str, trio.Lock] = {}
+        self._creating: dict[str, trio.Event] = {}
+        self._payouts: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def _store(self) -> Any:
+        return self.app.store
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self.recover()
+            await trio.sleep_forever()
+
+    # ---- creation --------------------------------------------------------------------------------
+
+    async def create(
+        self, escrow_id: str, amount: int, confirmations: int | None, digest: str
+    ) -> tuple[EscrowRecord, bool]:
+        """Create the escrow's wallets and multisig; returns (record, created) like `adopt`."""
+        while True:
+            existing = self.app.escrows.existing_for_retry(escrow_id, digest)
+            if existing is None:
+                break
+            if existing.state != "creating":
+                return existing, False
+            waiting = self._creating.get(escrow_id)
+            if waiting is None:  # left by a crash; recovery at start-up normally clears these
+                await self._abandon(existing, "stale creating record")
+                continue
+            await waiting.wait()  # an identical request is creating it: share its result
+        now = utcnow()
+        rec = EscrowRecord(
+            escrow_id=escrow_id,
+            state="creating",
+            amount=amount,
+            required_confirmations=confirmations or self.app.config.monitor.required_confirmations,
+            multisig_address=None,
+            origin="created",
+            wallets={role: WalletRef(wallet_file_for(escrow_id, role)) for role in ROLES},
+            request_digest=digest,
+            funding={"balance": 0, "unlocked_balance": 0, "confirmations": 0, "checked_at": None},
+            payout=None,
+            created_at=now,
+            updated_at=now,
+        )
+        self._set_aside_files(rec, "leftover before create")
+        self._store.insert_escrow(rec)
+        done = self._creating[escrow_id] = trio.Event()
+        try:
+            spec = SessionSpec(
+                escrow_id=escrow_id,
+                wallets={
+                    role: WalletSpec(ref.file, self.app.vault.derived_password(escrow_id, role))
+                    for role, ref in rec.wallets.items()
+                },
+                address=None,
+                create=True,
+            )
+            address = await self.app.registry.call(escrow_id, SetupMultisig(), spec=spec)
+            rec = self._store.update_escrow(
+                escrow_id, state="awaiting_funding", multisig_address=address
+            )
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._abandon(rec, f"creation failed: {exc}")
+            if isinstance(exc, Exception):
+                raise _creation_error(exc) from exc
+            raise
+        finally:
+            del self._creating[escrow_id]
+            done.set()
+        self.app.events.emit(
+            "escrow_created", escrow_id, origin="created", amount=amount, address=address
+        )
+        return rec, True
+
+    async def _abandon(self, rec: EscrowRecord, why: str) -> None:
+        """Undo a creation: close the session, move the files aside, forget the record."""
+        log.warning("abandoning escrow creation", escrow_id=rec.escrow_id, why=why[:300])
+        await self.app.registry.close(rec.escrow_id, reason="explicit")
+        self._set_aside_files(rec, why)
+        self._store.delete_escrow(rec.escrow_id)
+
+    def _set_aside_files(self, rec: EscrowRecord, why: str) -> None:
+        """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete)."""
+        wallet_dir: Path = self.app.config.monero.wallet_dir
+        target = self.app.config.daemon.state_dir / "abandoned" / f"{int(time.time() * 1000)}"
+        moved = []
+        for ref in rec.wallets.values():
+            for suffix in ("", ".keys", ".address.txt"):
+                path = wallet_dir / f"{ref.file}{suffix}"
+                if path.exists():
+                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    shutil.move(path, target / path.name)
+                    moved.append(path.name)
+        if moved:
+            log.warning("wallet files set aside", files=moved, to=str(target), why=why[:300])
+
+    # ---- payouts ---------------------------------------------------------------------------------
+
+    async def payout(self, escrow_id: str, kind: str, address: str) -> EscrowRecord:
+        """Release or refund the whole balance to `address`, at most once (see module doc)."""
+        check_address_format(address)
+        escrows = self.app.escrows
+        lock = self._locks.setdefault(escrow_id, trio.Lock())
+        async with lock:
+            rec = escrows.get(escrow_id)
+            if rec.payout is not None:
+                if rec.payout["kind"] != kind or rec.payout["address"] != address:
+                    raise Conflict(
+                        f"escrow {escrow_id!r} already has a {rec.payout['kind']} payout "
+                        "to another address"
+                    )
+            elif rec.state != "ready":
+                raise NotReady(f"escrow {escrow_id!r} is {rec.state}; a payout needs ready")
+            else:
+                await self._validate(escrow_id, address)
+                rec = self._store.update_escrow(
+                    escrow_id,
+                    payout={
+                        "kind": kind,
+                        "address": address,
+                        "phase": "intent",
+                        "created_at": utcnow(),
+                        "txid": None,
+                        "confirmations": 0,
+                        "submitted_at": None,
+                    },
+                )
+                log.info("payout recorded", escrow_id=escrow_id, kind=kind)
+            if rec.payout is not None and rec.payout.get("phase") != "submitted":
+                await self._run_payout(escrow_id)
+        final: EscrowRecord = escrows.get(escrow_id)
+        return final
+
+    async def _validate(self, escrow_id: str, address: str) -> None:
+        params = {"address": address, "any_net_type": False, "allow_openalias": False}
+        answer = await self.app.registry.call(
+            escrow_id, WalletCall("arbiter", "validate_address", params)
+        )
+        if not answer.get("valid") or answer.get("openalias_address"):
+            raise InvalidRequest("address is not a valid Monero address for this network")
+
+    async def _run_payout(self, escrow_id: str) -> None:
+        """Drive the payout in the lifecycle's nursery; wait for it here."""
+        done = self._payouts.get(escrow_id)
+        if done is None:
+            done = self._payouts[escrow_id] = trio.Event()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._drive_payout, escrow_id, done)
+        await done.wait()
+        rec = self.app.escrows.get(escrow_id)
+        error = rec.payout.get("last_error") if rec.payout else None
+        if rec.payout and rec.payout.get("phase") != "submitted":
+            raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
+
+    async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
+        try:
+            await self._payout_steps(escrow_id)
+        except WalletdError as exc:
+            log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
+            rec = self.app.escrows.get(escrow_id)
+            payout = dict(rec.payout or {})
+            payout["last_error"] = api_error_for(exc).message[:300]
+            self._store.update_escrow(escrow_id, payout=payout)
+        finally:
+            del self._payouts[escrow_id]
+            done.set()
+
+    async def _payout_steps(self, escrow_id: str) -> None:
+        registry = self.app.registry
+        rec = self.app.escrows.get(escrow_id)
+        assert rec.payout is not None
+        payout = dict(rec.payout)
+        proposer, cosigner = SIGNERS[payout["kind"]]
+        if payout["phase"] == "intent":
+            tx: multisig.PayoutTx = await registry.call(
+                escrow_id, PreparePayout(proposer, cosigner, payout["address"]), api=False
+            )
+            payout.update(
+                phase="signed",
+                txids=list(tx.txids),
+                signed_txset=tx.signed_txset,
+                amount=tx.amount,
+                fee=tx.fee,
+                last_error=None,
+            )
+            # Durable before it can be sent: from here only this blob is ever submitted.
+            self._store.update_escrow(escrow_id, payout=payout)
+        txids = tuple(payout["txids"])
+        try:
+            await registry.call(
+                escrow_id,
+                SubmitPayout(cosigner, txids, payout["signed_txset"]),
+                api=False,
+            )
+        except RpcCallError as exc:
+            # Already mined or in the pool (e.g. submitted before a crash): confirm it from the
+            # daemon instead of failing; anything else is an error to report.
+            if not await self._known_to_daemon(txids[0]):
+                raise WalletError(f"submit_multisig refused: {exc.rpc_message}") from exc
+        payout.update(phase="submitted", txid=txids[0], submitted_at=utcnow(), last_error=None)
+        self._store.update_escrow(escrow_id, payout=payout, state=_PAYOUT_STATE[payout["kind"]])
+        self.app.events.emit(
+            "payout_submitted",
+            escrow_id,
+            kind=payout["kind"],
+            txid=txids[0],
+            amount=payout.get("amount"),
+            fee=payout.get("fee"),
+        )
+        # So the wallet that did not sign shows the right balance; failure here is harmless.
+        try:
+            await registry.call(escrow_id, SyncAll(), api=False)
+        except (WalletdError, ApiError) as exc:
+            log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
+
+    async def _known_to_daemon(self, txid: str) -> bool:
+        try:
+            status = await self.app.daemon.tx_status(txid)
+        except WalletdError:
+            return False
+        return status is not None
+
+    # ---- start-up recovery -----------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Finish what a previous walletd left half done: creations are undone, payouts resumed
+        (most urgent first: payouts in flight before anything else opens a session)."""
+        for rec in self._store.list_escrows("creating"):
+            await self._abandon(rec, "walletd stopped during creation")
+        for rec in self._store.list_escrows("ready"):
+            if rec.payout is not None and rec.payout.get("phase") != "submitted":
+                log.warning("resuming payout", escrow_id=rec.escrow_id, phase=rec.payout["phase"])
+                try:
+                    await self._run_payout(rec.escrow_id)
+                except WalletdError as exc:
+                    log.error("payout resume failed", escrow_id=rec.escrow_id, error=str(exc))
+
+
+def _creation_error(exc: Exception) -> ApiError:
+    if isinstance(exc, multisig.MultisigError):
+        return WalletError(f"escrow creation failed at step {exc.step}: {exc}")
+    if isinstance(exc, RpcCallError):
+        return WalletError(f"escrow creation failed at step {exc.method}: {exc.rpc_message}")
+    api = api_error_for(exc)
+    return type(api)(f"escrow creation failed: {api.message}")

@@ -1,0 +1,225 @@
+"""The chain monitor: moves escrows through their states by asking their sessions.
+
+It learns of new blocks cheaply (monerod's height, about a millisecond, every `height_check`
+seconds) and runs a cycle at once when the chain grows, else every `poll_interval`. A wallet is
+refreshed only when the chain grew since its last refresh: a cycle without a new block makes no
+wallet-rpc call at all, because nothing a wallet could report has changed.
+
+Warm escrows (session open) are checked every cycle through their session's inbox. Cold escrows
+(no session) are checked by a separate worker, one at a time, at most once per `cold_interval`
+each, and only into a free slot or one held by another monitor-only session: watching many escrows
+never evicts a session the API is using, and never thrashes the cap.
+
+Payout confirmations are read from monerod directly (the transaction's block height): no wallet,
+no session. A completed or refunded escrow's session is closed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import structlog
+import trio
+
+from walletd.errors import ApiError, Capacity, WalletdError
+from walletd.messages import Funding, GetFunding, SubmitPayout
+from walletd.store import EscrowRecord, utcnow
+
+__all__ = ["Monitor"]
+
+log = structlog.get_logger(__name__)
+
+WATCHED = ("awaiting_funding", "funded")
+PAYING = ("releasing", "refunding")
+_FINAL = {"releasing": "completed", "refunding": "refunded"}
+
+
+class Monitor:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        cfg = app.config.monitor
+        self.enabled: bool = cfg.enabled
+        self.interval: float = cfg.poll_interval
+        self.cold_interval: float = cfg.cold_interval
+        self.height_check: float = cfg.height_check
+        self._wake = trio.Event()
+        self._cold_wake = trio.Event()
+        self._refreshed_at: dict[str, int] = {}  # escrow -> chain height of its last refresh
+        self._cold_checked: dict[str, float] = {}
+        self.height: int | None = None
+        self.cycles = 0
+        self.session_calls: Counter[str] = Counter()  # what the monitor asked sessions, by kind
+        self.cold_opens = 0
+
+    def set_interval(self, seconds: float) -> None:
+        self.interval = seconds
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Run a cycle now (a new escrow, a payout submitted)."""
+        self._wake.set()
+        self._cold_wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not self.enabled:
+            task_status.started()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_height)
+            nursery.start_soon(self._cold_worker)
+            task_status.started()
+            while True:
+                with trio.move_on_after(self.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await self.cycle()
+
+    async def _watch_height(self) -> None:
+        while True:
+            try:
+                height = await self.app.daemon.height()
+            except (WalletdError, KeyError, ValueError) as exc:
+                log.warning("monerod height unavailable", error=str(exc))
+            else:
+                if height != self.height:
+                    self.height = height
+                    self._wake.set()
+                    self._cold_wake.set()
+            await trio.sleep(self.height_check)
+
+    # ---- one cycle -------------------------------------------------------------------------------
+
+    async def cycle(self) -> None:
+        """Check every warm watched escrow and every payout in flight once."""
+        started = trio.current_time()
+        height = self.height
+        if height is None:
+            return
+        self.cycles += 1
+        for rec in self.app.store.list_escrows():
+            try:
+                if rec.state in WATCHED and self.app.registry.is_open(rec.escrow_id):
+                    await self.check_funding(rec, height, cold=False)
+                elif rec.state in PAYING:
+                    await self.check_payout(rec, height)
+            except (WalletdError, ApiError) as exc:
+                log.warning("monitor check failed", escrow_id=rec.escrow_id, error=str(exc))
+        self.app.metrics.monitor_cycle.observe(trio.current_time() - started)
+
+    async def check_funding(self, rec: EscrowRecord, height: int, *, cold: bool) -> None:
+        if self._refreshed_at.get(rec.escrow_id) == height:
+            return  # no new block since this wallet last looked: nothing can have changed
+        self.session_calls["funding"] += 1
+        funding: Funding = await self.app.registry.call(
+            rec.escrow_id, GetFunding(refresh=True), api=False, may_evict_api=not cold
+        )
+        self._refreshed_at[rec.escrow_id] = height
+        self._apply_funding(rec, funding)
+
+    def _apply_funding(self, rec: EscrowRecord, f: Funding) -> None:
+        fresh = self.app.store.get_escrow(rec.escrow_id)
+        if fresh is None or fresh.state not in WATCHED:
+            return  # moved on meanwhile (a payout started)
+        state = fresh.state
+        funding = {
+            "balance": f.balance,
+            "unlocked_balance": f.unlocked_balance,
+            "confirmations": f.confirmations,
+            "checked_at": utcnow(),
+        }
+        events = []
+        if state == "awaiting_funding" and f.balance >= fresh.amount:
+            state = "funded"
+            events.append("funded")
+        if (
+            state == "funded"
+            and f.unlocked_balance >= fresh.amount
+            and f.confirmations >= fresh.required_confirmations
+        ):
+            state = "ready"
+            events.append("ready")
+        self.app.store.update_escrow(rec.escrow_id, state=state, funding=funding)
+        for type_ in events:
+            self.app.events.emit(
+                type_,
+                rec.escrow_id,
+                balance=f.balance,
+                unlocked_balance=f.unlocked_balance,
+                confirmations=f.confirmations,
+            )
+
+    async def check_payout(self, rec: EscrowRecord, height: int) -> None:
+        payout = dict(rec.payout or {})
+        txid = payout.get("txid")
+        if not txid:
+            return
+        status = await self.app.daemon.tx_status(txid)
+        if status is None:
+            await self._resubmit(rec)
+            return
+        confirmations = status.confirmations(height)
+        if confirmations != payout.get("confirmations"):
+            payout["confirmations"] = confirmations
+            rec = self.app.store.update_escrow(rec.escrow_id, payout=payout)
+        if confirmations >= rec.required_confirmations:
+            final = _FINAL[rec.state]
+            self.app.store.update_escrow(rec.escrow_id, state=final)
+            self.app.events.emit(final, rec.escrow_id, txid=txid, confirmations=confirmations)
+            await self.app.registry.close(rec.escrow_id, reason="finished")
+
+    async def _resubmit(self, rec: EscrowRecord) -> None:
+        """The daemon lost the payout (pool flushed, restart): relay the recorded blob again. It
+        is the same signed transaction, so this can never make a second payout."""
+        payout = rec.payout or {}
+        log.warning(
+            "payout not known to monerod; resubmitting the recorded blob",
+            escrow_id=rec.escrow_id,
+            txid=payout.get("txid"),
+        )
+        self.session_calls["resubmit"] += 1
+        await self.app.registry.call(
+            rec.escrow_id,
+            SubmitPayout("arbiter", tuple(payout["txids"]), payout["signed_txset"]),
+            api=False,
+        )
+
+    # ---- cold escrows ----------------------------------------------------------------------------
+
+    async def _cold_worker(self) -> None:
+        while True:
+            rec = self._next_cold()
+            if rec is None or not self.app.registry.can_open_for_monitor():
+                with trio.move_on_after(max(1.0, min(self.cold_interval, 5.0))):
+                    await self._cold_wake.wait()
+                self._cold_wake = trio.Event()
+                continue
+            self._cold_checked[rec.escrow_id] = trio.current_time()
+            assert self.height is not None
+            try:
+                self.cold_opens += 1
+                await self.check_funding(rec, self.height, cold=True)
+            except Capacity:
+                self.cold_opens -= 1
+            except (WalletdError, ApiError) as exc:
+                log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
+
+    def _next_cold(self) -> EscrowRecord | None:
+        if self.height is None:
+            return None
+        now = trio.current_time()
+        due: list[tuple[float, EscrowRecord]] = []
+        for state in WATCHED:
+            for rec in self.app.store.list_escrows(state):
+                if self.app.registry.is_open(rec.escrow_id):
+                    continue
+                if self._refreshed_at.get(rec.escrow_id) == self.height:
+                    continue
+                last = self._cold_checked.get(rec.escrow_id, -math.inf)
+                if now - last >= self.cold_interval:
+                    due.append((last, rec))
+        if not due:
+            return None
+        due.sort(key=lambda item: item[0])
+        return due[0][1]
