@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what walletd needs on a fresh Debian machine: Debian's monero package (monerod and
+# monero-wallet-rpc) and a virtualenv with walletd and its development tools. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v monerod >/dev/null 2>&1 || ! command -v monero-wallet-rpc >/dev/null 2>&1; then
+  echo "setup: installing Debian's monero package" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq monero >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  python3 -m venv .venv
+fi
+echo "setup: installing walletd and its dependencies into .venv" >&2
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
