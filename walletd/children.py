@@ -1,0 +1,1047 @@
+"""The monero-wallet-rpc processes walletd talks to: its own supervised children or fixed endpoints.
+
+Why walletd runs its own children (monero-facts.md): wallet-rpc holds one wallet per process and
+serves one call at a time, so every open escrow wallet needs a process of its own; a process takes
+~1 s to start (a fixed busy-wait) and gives no memory back on `close_wallet`. Hence a pool that
+keeps `spares` started, idle processes ready (opening a session never waits for a start), hands
+each process to exactly one owner from `acquire` to `release`/`discard` (the peer Rust manager
+reused ports whose lock had expired while a wallet was still open there: never again), and
+retires a process after `max_uses` wallets.
+
+How a child is started and kept safe:
+
+- The digest credentials are fresh random values per process, written to a 0600 `--config-file`
+  in walletd's private run dir (never on the command line, so not in /proc/PID/cmdline) and
+  deleted when the child stops. With a random password per process, a port taken over by another
+  process answers HTTP 401 (RpcAuthError), never another escrow's wallet.
+- Loopback only, `--no-dns` plus `DNS_PUBLIC=tcp://127.0.0.1` in a minimal environment (OpenAlias
+  look-ups otherwise leak to public resolvers), `--rpc-ssl disabled` (autodetect makes an RSA-4096
+  certificate at every start), ring database and logs in the run dir.
+- Children must not outlive walletd, even after kill -9: each child asks the kernel for SIGTERM
+  when its parent dies (PR_SET_PDEATHSIG; SIGTERM makes wallet-rpc store its wallet and exit).
+  That signal follows the *thread* that forked, so children are forked from the trio thread
+  itself, never through `trio.lowlevel.open_process` (which forks in a worker thread that trio
+  retires after ~10 s idle, which would SIGTERM the child). A pid record per child
+  (run_dir/children/PID.json with the /proc start time) lets `remove_orphans` find and stop what a
+  dead walletd left behind, without ever signalling an unrelated process that reused the pid.
+- Output is always drained (a full pipe would block the child) and logged at debug level.
+- Every stop is bounded: `store` (2 s) if a wallet may be open, SIGTERM, `stop_timeout`, SIGKILL,
+  always reaped, and shielded so that it completes during cancellation. Each child is supervised
+  by a task in the pool's nursery; an unexpected exit sets `exited` and is logged, and a dead spare
+  is replaced.
+
+`EndpointPool` is the alternative for externally run wallet-rpc processes: a fixed list, each
+owned exclusively by walletd, handed out one owner at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import attrs
+import structlog
+import trio
+
+from walletd.errors import Capacity, NoWalletFile, RpcAuthError, RpcError, Unavailable
+from walletd.rpc import WalletRpc
+
+__all__ = [
+    "ChildPool",
+    "ChildSettings",
+    "ChildStartError",
+    "Endpoint",
+    "EndpointPool",
+    "ProcessPool",
+    "WalletProcess",
+    "remove_orphans",
+    "wallet_rpc_argv",
+]
+
+log = structlog.get_logger(__name__)
+
+EXECUTABLE = "monero-wallet-rpc"
+STORE_TIMEOUT = 2.0  # `store` before SIGTERM when a wallet may be open
+KILL_WAIT = 5.0  # after SIGKILL the kernel reaps at once; bounded anyway
+READY_POLL_INTERVAL = 0.05
+READY_CALL_TIMEOUT = 2.0
+START_ATTEMPTS = 3  # a child that exits before it is ready (port taken) is retried on a new port
+OUTPUT_TAIL = 20  # lines of output kept for error messages
+MAX_LINE = 400  # characters of one output line that reach the log
+DRAIN_GRACE = 1.0  # how long to read a dead child's last output
+MAX_START_BACKOFF = 30.0
+
+# Children of this process that are still running, and the ports they hold: `remove_orphans`
+# never touches these, and a new child never gets a port one of them holds.
+_LIVE_PIDS: set[int] = set()
+_LIVE_PORTS: set[int] = set()
+
+_PR_SET_PDEATHSIG = 1
+_SIGTERM = int(signal.SIGTERM)
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    fn: Callable[..., int] = prctl
+    return fn
+
+
+_prctl = _load_prctl()
+
+
+class ChildStartError(Unavailable):
+    """monero-wallet-rpc could not be started; `detail` says why, with its last output lines."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("monero-wallet-rpc could not be started")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.detail}"
+
+
+@attrs.frozen
+class ChildSettings:
+    wallet_rpc_path: str
+    wallet_dir: Path
+    daemon_address: str
+    run_dir: Path
+    spares: int = 3
+    call_timeout: float = 30.0
+    start_timeout: float = 30.0
+    stop_timeout: float = 10.0
+    max_uses: int = 20
+
+
+@attrs.frozen
+class Endpoint:
+    url: str
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+def wallet_rpc_argv(
+    settings: ChildSettings, port: int, config_file: Path, log_file: Path
+) -> list[str]:
+    """The command line of one child; the credentials come from `config_file` (`rpc-login=`)."""
+    return [
+        settings.wallet_rpc_path,
+        "--wallet-dir",
+        str(settings.wallet_dir),
+        "--rpc-bind-ip",
+        "127.0.0.1",
+        "--rpc-bind-port",
+        str(port),
+        "--daemon-address",
+        settings.daemon_address,
+        "--trusted-daemon",
+        "--non-interactive",
+        "--no-dns",
+        "--shared-ringdb-dir",
+        str(settings.run_dir / "ringdb"),
+        "--rpc-ssl",
+        "disabled",
+        "--daemon-ssl",
+        "disabled",
+        "--log-file",
+        str(log_file),
+        "--max-log-file-size",
+        "10000000",
+        "--config-file",
+        str(config_file),
+    ]
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+
+class _Child:
+    """What only the pool needs to know about a managed child."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        *,
+        port: int,
+        pidfd: int | None,
+        output: trio.lowlevel.FdStream,
+        config_file: Path,
+        record_file: Path,
+    ) -> None:
+        self.popen = popen
+        self.port = port
+        self.pidfd = pidfd
+        self.output = output
+        self.config_file = config_file
+        self.record_file = record_file
+        self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
+        self.drained = trio.Event()
+        self.gone = trio.Event()  # its supervisor finished: reaped and cleaned up
+        self.stopping = False  # we asked it to stop: its exit is expected
+        self.died = False  # it exited without being asked
+
+
+class WalletProcess:
+    """One monero-wallet-rpc: a managed child or an external endpoint, with its RPC client."""
+
+    def __init__(
+        self, ident: str, rpc: WalletRpc, *, pid: int | None = None, external: bool = False
+    ) -> None:
+        self.ident = ident
+        self.rpc = rpc
+        self.pid = pid
+        self.external = external
+        self.exited = trio.Event()
+        self.uses = 0
+        self.returncode: int | None = None
+        self.start_seconds: float | None = None  # managed: spawn to RPC-ready
+        self._child: _Child | None = None
+
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+    def __repr__(self) -> str:  # never shows the credentials
+        return f"WalletProcess({self.ident}, pid={self.pid})"
+
+
+class ProcessPool(Protocol):
+    restarts: int
+    capacity: int | None
+
+    async def acquire(self) -> WalletProcess: ...
+
+    async def release(self, proc: WalletProcess) -> None: ...
+
+    async def discard(self, proc: WalletProcess) -> None: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+# ---- managed children ----------------------------------------------------------------------------
+
+
+class ChildPool:
+    """walletd's own monero-wallet-rpc children, with `spares` idle ones kept ready."""
+
+    def __init__(self, settings: ChildSettings) -> None:
+        self.settings = settings
+        self.restarts = 0
+        self.capacity: int | None = None
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+        self._idle: list[WalletProcess] = []
+        self._busy: set[WalletProcess] = set()
+        self._live: dict[int, WalletProcess] = {}
+        self._starting = 0
+        self._start_failures = 0
+
+    @property
+    def idle(self) -> tuple[WalletProcess, ...]:
+        """The ready spares (started, no wallet, owned by nobody)."""
+        return tuple(self._idle)
+
+    @property
+    def pids(self) -> list[int]:
+        """The pids of every child still running, idle, busy or starting."""
+        return sorted(self._live)
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the spares, report started, supervise until cancelled, then stop every child."""
+        _prepare_run_dir(self.settings.run_dir)
+        self._closing = False
+        error: ChildStartError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                error = await self._warm_up()
+                if error is None:
+                    task_status.started()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self._closing = True  # no new children while the old ones stop
+                nursery.cancel_scope.cancel()
+        finally:
+            # Every child task has stopped its child (shielded) by the time the nursery exits.
+            self._closing = True
+            self._nursery = None
+            self._idle.clear()
+        if error is not None:
+            raise error
+
+    async def _warm_up(self) -> ChildStartError | None:
+        """Start the spares together; fail only if none could be started."""
+        errors: list[ChildStartError] = []
+
+        async def one() -> None:
+            try:
+                self._idle.append(await self._start())
+            except ChildStartError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.settings.spares):
+                nursery.start_soon(one)
+        if errors and not self._idle:
+            log.error("no wallet-rpc child could be started", error=str(errors[0]))
+            return errors[0]
+        for exc in errors:
+            log.warning("a spare wallet-rpc did not start", error=str(exc))
+        self._top_up()
+        return None
+
+    # ---- the pool's interface --------------------------------------------------------------------
+
+    async def acquire(self) -> WalletProcess:
+        """A ready process with no wallet open, owned by the caller until release/discard."""
+        await trio.lowlevel.checkpoint()
+        proc: WalletProcess | None = None
+        while self._idle:
+            candidate = self._idle.pop(0)
+            if candidate.alive():
+                proc = candidate
+                break
+            self.restarts += 1  # a spare that died while idle: replaced below
+        self._top_up()
+        if proc is None:
+            proc = await self._start()
+        proc.uses += 1
+        self._busy.add(proc)
+        return proc
+
+    async def release(self, proc: WalletProcess) -> None:
+        """The caller closed its wallet cleanly: keep the process as a spare or retire it."""
+        if proc not in self._busy:
+            raise ValueError(f"{proc!r} is not held by anyone")
+        if not proc.alive():
+            await self.discard(proc)
+            return
+        self._busy.discard(proc)
+        if self._closing or self._nursery is None:
+            reason = "pool closing"
+        elif proc.uses >= self.settings.max_uses:
+            reason = "served max_uses wallets"
+        elif len(self._idle) >= self.settings.spares:
+            reason = "enough spares"
+        else:
+            self._idle.append(proc)
+            await trio.lowlevel.checkpoint()
+            return
+        log.debug("retiring wallet-rpc", ident=proc.ident, pid=proc.pid, reason=reason)
+        await self._stop(proc, store=False)
+
+    async def discard(self, proc: WalletProcess) -> None:
+        """Dead, hung or unknown state: stop it with escalation; count a restart if it died."""
+        self._busy.discard(proc)
+        if proc in self._idle:
+            self._idle.remove(proc)
+        child = _managed(proc)
+        died = child.died
+        await self._stop(proc, store=proc.alive())
+        if died:
+            self.restarts += 1
+            log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid)
+        self._top_up()
+
+    # ---- starting --------------------------------------------------------------------------------
+
+    def _top_up(self) -> None:
+        """Start spares in the background until idle + starting reaches `spares`."""
+        nursery = self._nursery
+        if nursery is None or self._closing:
+            return
+        while len(self._idle) + self._starting < self.settings.spares:
+            self._starting += 1
+            nursery.start_soon(self._start_spare)
+
+    async def _start_spare(self) -> None:
+        proc: WalletProcess | None = None
+        try:
+            proc = await self._start()
+        except ChildStartError as exc:
+            # Back off (holding this spare's slot) so a broken binary is not restarted in a loop.
+            self._start_failures += 1
+            delay = min(MAX_START_BACKOFF, 0.5 * 2**self._start_failures)
+            log.error("could not start a spare wallet-rpc", error=str(exc), retry_in=delay)
+            await trio.sleep(delay)
+        finally:
+            self._starting -= 1
+        if proc is not None:
+            self._start_failures = 0
+            if len(self._idle) >= self.settings.spares or self._closing:
+                await self._stop(proc, store=False)
+            else:
+                self._idle.append(proc)
+        self._top_up()
+
+    async def _start(self) -> WalletProcess:
+        """Start one child in the pool's nursery and return it once it answers `get_version`."""
+        nursery = self._nursery
+        if nursery is None or self._closing:
+            raise ChildStartError("the process pool is not running")
+        reason = "not tried"
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                proc: WalletProcess = await nursery.start(self._run_child)
+            except _ExitedEarly as exc:
+                reason = str(exc)
+                log.info("wallet-rpc exited before it was ready", attempt=attempt, reason=reason)
+                continue
+            return proc
+        raise ChildStartError(f"{START_ATTEMPTS} attempts failed; last: {reason}")
+
+    async def _run_child(self, *, task_status: trio.TaskStatus[WalletProcess]) -> None:
+        """One child's whole life: spawn, wait until ready, supervise, stop (shielded), clean up."""
+        spawned_at = trio.current_time()
+        try:
+            port = _free_port()
+        except OSError as exc:
+            raise ChildStartError(f"no free loopback port: {exc}") from exc
+        user, password = secrets.token_hex(8), secrets.token_hex(32)
+        # httpx builds an SSL context per client (~15-30 ms): not on the trio thread.
+        rpc = await trio.to_thread.run_sync(
+            functools.partial(
+                WalletRpc,
+                f"http://127.0.0.1:{port}",
+                user=user,
+                password=password,
+                timeout=self.settings.call_timeout,
+            )
+        )
+        try:
+            proc = _spawn(self.settings, port, rpc, user=user, password=password)
+        except (OSError, subprocess.SubprocessError) as exc:
+            with trio.CancelScope(shield=True):
+                await rpc.aclose()
+            raise ChildStartError(f"cannot run {self.settings.wallet_rpc_path}: {exc}") from exc
+        child = _managed(proc)
+        assert proc.pid is not None
+        self._live[proc.pid] = proc
+        failure: str | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drain, proc)
+                nursery.start_soon(self._wait_exit, proc)
+                failure = await self._wait_ready(proc)
+                if failure is None:
+                    proc.start_seconds = trio.current_time() - spawned_at
+                    log.info(
+                        "wallet-rpc started",
+                        ident=proc.ident,
+                        pid=proc.pid,
+                        seconds=round(proc.start_seconds, 3),
+                    )
+                    task_status.started(proc)
+                    await proc.exited.wait()
+                    self._after_exit(proc)
+                if proc.exited.is_set():
+                    with trio.move_on_after(DRAIN_GRACE):
+                        await child.drained.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            try:
+                bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
+                with trio.move_on_after(bound) as cs:
+                    cs.shield = True
+                    await self._terminate(proc, store=proc in self._busy, reap=True)
+                if not proc.exited.is_set():
+                    log.error("wallet-rpc could not be stopped or reaped", pid=proc.pid)
+                self._forget(proc)
+                if proc not in self._busy:  # an owner keeps its client until release/discard
+                    with trio.move_on_after(1.0) as cs:
+                        cs.shield = True
+                        await proc.rpc.aclose()
+            finally:
+                child.gone.set()
+        if failure is not None:
+            detail = f"{failure}; last output: {' | '.join(child.tail) or '(none)'}"
+            if proc.exited.is_set():
+                raise _ExitedEarly(detail)
+            raise ChildStartError(detail)
+
+    async def _wait_ready(self, proc: WalletProcess) -> str | None:
+        """None once `get_version` answers with our credentials, else why it never did."""
+        with trio.move_on_after(self.settings.start_timeout):
+            while True:
+                if proc.exited.is_set():
+                    return f"exited with code {proc.returncode} before it was ready"
+                try:
+                    await proc.rpc.call("get_version", timeout=READY_CALL_TIMEOUT)
+                except RpcAuthError:
+                    # Someone else answers on that port: ours will fail to bind and exit.
+                    with trio.move_on_after(self.settings.stop_timeout):
+                        await proc.exited.wait()
+                    if proc.exited.is_set():
+                        return f"port taken, exited with code {proc.returncode}"
+                    return "another process answers on its port (HTTP 401)"
+                except RpcError:
+                    pass  # not listening yet (or busy): poll again
+                else:
+                    return None
+                with trio.move_on_after(READY_POLL_INTERVAL):
+                    await proc.exited.wait()
+        return f"not ready within {self.settings.start_timeout:g} s"
+
+    # ---- supervising -----------------------------------------------------------------------------
+
+    async def _drain(self, proc: WalletProcess) -> None:
+        """Read the child's stdout+stderr to the end, logging each line (bounded) at debug."""
+        child = _managed(proc)
+        pending = b""
+        try:
+            while chunk := await child.output.receive_some(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._output_line(proc, line)
+                if len(pending) > MAX_LINE * 4:  # no newline for a long time: log what we have
+                    self._output_line(proc, pending)
+                    pending = b""
+            if pending:
+                self._output_line(proc, pending)
+        except (trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            child.drained.set()
+
+    def _output_line(self, proc: WalletProcess, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip()[:MAX_LINE]
+        if line:
+            _managed(proc).tail.append(line)
+            log.debug("wallet-rpc output", pid=proc.pid, line=line)
+
+    async def _wait_exit(self, proc: WalletProcess) -> None:
+        """Wait for the child to exit, reap it and set `exited` (one waiter at a time)."""
+        child = _managed(proc)
+        if proc.exited.is_set():
+            return
+        if child.pidfd is not None:
+            await trio.lowlevel.wait_readable(child.pidfd)
+        while True:  # the pidfd said it exited; poll() reaps it (or we poll without a pidfd)
+            code = child.popen.poll()
+            if code is not None:
+                break
+            await trio.sleep(0.05)
+        proc.returncode = code
+        if child.pidfd is not None:
+            os.close(child.pidfd)
+            child.pidfd = None
+        child.died = not child.stopping
+        proc.exited.set()
+
+    def _after_exit(self, proc: WalletProcess) -> None:
+        child = _managed(proc)
+        if not child.died:
+            return
+        log.warning(
+            "wallet-rpc exited unexpectedly",
+            ident=proc.ident,
+            pid=proc.pid,
+            returncode=proc.returncode,
+            last_output=list(child.tail)[-3:],
+        )
+        if proc in self._idle:
+            self._idle.remove(proc)
+            self.restarts += 1
+            self._top_up()
+
+    # ---- stopping --------------------------------------------------------------------------------
+
+    async def _stop(self, proc: WalletProcess, *, store: bool) -> None:
+        """Stop a child from the owner's task; its supervisor reaps it and cleans up."""
+        bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
+        with trio.move_on_after(bound) as cs:
+            cs.shield = True
+            await self._terminate(proc, store=store, reap=False)
+            await _managed(proc).gone.wait()
+            await proc.rpc.aclose()
+        if not proc.exited.is_set():
+            log.error("wallet-rpc did not stop", ident=proc.ident, pid=proc.pid)
+
+    async def _terminate(self, proc: WalletProcess, *, store: bool, reap: bool) -> None:
+        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited."""
+        child = _managed(proc)
+        child.stopping = True
+        if proc.exited.is_set():
+            return
+
+        async def wait() -> None:
+            if reap:
+                await self._wait_exit(proc)
+            else:
+                await proc.exited.wait()
+
+        if store:
+            try:
+                await proc.rpc.call("store", timeout=STORE_TIMEOUT)
+            except (RpcError, OSError) as exc:
+                log.debug("store before stop failed", pid=proc.pid, error=str(exc))
+        _signal(proc, signal.SIGTERM)
+        with trio.move_on_after(self.settings.stop_timeout):
+            await wait()
+        if proc.exited.is_set():
+            return
+        log.warning("wallet-rpc ignored SIGTERM; sending SIGKILL", ident=proc.ident, pid=proc.pid)
+        _signal(proc, signal.SIGKILL)
+        await wait()
+
+    def _forget(self, proc: WalletProcess) -> None:
+        child = _managed(proc)
+        if proc.pid is not None:
+            self._live.pop(proc.pid, None)
+        if proc in self._idle:
+            self._idle.remove(proc)
+        child.output.close()
+        with contextlib.suppress(OSError):
+            child.config_file.unlink(missing_ok=True)
+        if proc.exited.is_set():  # keep the record of a child we could not stop: remove_orphans
+            with contextlib.suppress(OSError):
+                child.record_file.unlink(missing_ok=True)
+            if proc.pid is not None:
+                _LIVE_PIDS.discard(proc.pid)
+            _LIVE_PORTS.discard(child.port)
+
+
+class _ExitedEarly(Exception):
+    """The child exited before it was ready (most often: its port was taken meanwhile)."""
+
+
+def _managed(proc: WalletProcess) -> _Child:
+    if proc._child is None:
+        raise ValueError(f"{proc!r} is not a managed child")
+    return proc._child
+
+
+def _signal(proc: WalletProcess, sig: signal.Signals) -> None:
+    """Signal a child that has not been reaped yet (so its pid cannot have been reused)."""
+    child = _managed(proc)
+    if proc.exited.is_set() or child.popen.returncode is not None:
+        return
+    try:
+        if child.pidfd is not None:
+            signal.pidfd_send_signal(child.pidfd, sig)
+        else:
+            child.popen.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _free_port() -> int:
+    """A loopback port that was free a moment ago and that none of our children holds."""
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _LIVE_PORTS:
+            return port
+    return port
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    for path in (run_dir, run_dir / "children", run_dir / "logs"):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create `path` with mode 0600 from the start (never briefly world-readable)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: SIGTERM this child when the forking thread (the trio thread) dies."""
+
+    def preexec() -> None:
+        if _prctl is None or _prctl(_PR_SET_PDEATHSIG, _SIGTERM, 0, 0, 0) != 0:
+            raise OSError("prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            raise OSError("parent exited while the child started")
+
+    return preexec
+
+
+def _child_env(settings: ChildSettings) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(settings.run_dir),
+        "LANG": "C",
+        "DNS_PUBLIC": "tcp://127.0.0.1",  # OpenAlias look-ups go nowhere instead of public DNS
+    }
+
+
+def _spawn(
+    settings: ChildSettings, port: int, rpc: WalletRpc, *, user: str, password: str
+) -> WalletProcess:
+    """Fork and exec one child from the calling (trio) thread; see the module docstring."""
+    _prepare_run_dir(settings.run_dir)
+    config_file = settings.run_dir / f"child-{port}.conf"
+    log_file = settings.run_dir / "logs" / f"wallet-rpc-{port}.log"
+    _write_private(config_file, f"rpc-login={user}:{password}\n")
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        popen = subprocess.Popen(
+            wallet_rpc_argv(settings, port, config_file, log_file),
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=_child_env(settings),
+            cwd=settings.run_dir,
+            close_fds=True,
+            start_new_session=True,  # a Ctrl-C on walletd's terminal is walletd's to handle
+            preexec_fn=_die_with_parent(os.getpid()),  # forks here, in the trio thread
+        )
+    except BaseException:
+        os.close(read_fd)
+        config_file.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(write_fd)
+    _LIVE_PIDS.add(popen.pid)
+    _LIVE_PORTS.add(port)
+    try:
+        pidfd: int | None = os.pidfd_open(popen.pid)
+    except OSError:
+        pidfd = None
+    record_file = settings.run_dir / "children" / f"{popen.pid}.json"
+    record = {"pid": popen.pid, "port": port, "start_time": _start_time(popen.pid)}
+    try:
+        _write_private(record_file, json.dumps(record) + "\n")
+    except OSError as exc:  # the /proc scan of remove_orphans still covers it
+        log.warning("cannot write wallet-rpc pid record", pid=popen.pid, error=str(exc))
+    proc = WalletProcess(f"wallet-rpc:127.0.0.1:{port}", rpc, pid=popen.pid)
+    proc._child = _Child(
+        popen,
+        port=port,
+        pidfd=pidfd,
+        output=trio.lowlevel.FdStream(read_fd),
+        config_file=config_file,
+        record_file=record_file,
+    )
+    return proc
+
+
+# ---- orphans -------------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) from /proc/PID/stat, or None if there is no such pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    fields = raw.rsplit(b")", 1)[-1].split()
+    try:
+        return fields[0].decode(), int(fields[19])  # fields 3 and 22 of proc(5)
+    except (IndexError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _exe_name(pid: int) -> str | None:
+    try:
+        target = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return os.path.basename(target.removesuffix(" (deleted)"))
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return []
+    return [arg.decode("utf-8", "replace") for arg in raw.split(b"\0") if arg]
+
+
+def _uses_wallet_dir(argv: list[str], wallet_dir: Path) -> bool:
+    wanted = {str(wallet_dir), os.path.realpath(wallet_dir)}
+    for i, arg in enumerate(argv):
+        value: str | None = None
+        if arg == "--wallet-dir" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--wallet-dir="):
+            value = arg.split("=", 1)[1]
+        if value is not None and (value in wanted or os.path.realpath(value) in wanted):
+            return True
+    return False
+
+
+@attrs.define
+class _Orphan:
+    pid: int
+    start_time: int
+    pidfd: int | None = None
+
+    def same_process(self) -> bool:
+        stat = _proc_stat(self.pid)
+        return stat is not None and stat[1] == self.start_time
+
+    def gone(self) -> bool:
+        if self.pidfd is not None:
+            ready, _, _ = select.select([self.pidfd], [], [], 0)
+            return bool(ready)
+        stat = _proc_stat(self.pid)
+        return stat is None or stat[1] != self.start_time or stat[0] in ("Z", "X")
+
+    def kill(self, sig: signal.Signals) -> None:
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            elif self.same_process():
+                os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _find_orphans(settings: ChildSettings) -> tuple[dict[int, int], list[Path]]:
+    """pid -> start time of every orphan, and the record files read."""
+    names = {EXECUTABLE, os.path.basename(settings.wallet_rpc_path)}
+    found: dict[int, int] = {}
+    records_dir = settings.run_dir / "children"
+    records = sorted(records_dir.glob("*.json")) if records_dir.is_dir() else []
+    for record in records:
+        try:
+            data: Any = json.loads(record.read_text())
+            pid, started = int(data["pid"]), data.get("start_time")
+        except (OSError, ValueError, TypeError, KeyError):
+            log.warning("unreadable wallet-rpc pid record", record=str(record))
+            continue
+        if pid in _LIVE_PIDS or pid == os.getpid() or started is None:
+            continue
+        if _start_time(pid) == int(started) and _exe_name(pid) in names:
+            found[pid] = int(started)
+        else:
+            log.info("stale wallet-rpc pid record: process gone or not ours", pid=pid)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in found or pid in _LIVE_PIDS or pid == os.getpid():
+            continue
+        argv = _cmdline(pid)
+        if not argv or os.path.basename(argv[0]) not in names or _exe_name(pid) not in names:
+            continue
+        if _uses_wallet_dir(argv, settings.wallet_dir):
+            started = _start_time(pid)
+            if started is not None:
+                found[pid] = started
+    return found, records
+
+
+def _pin(pid: int, start_time: int) -> _Orphan | None:
+    """Hold the process by a pidfd, then check it is still the one we identified."""
+    orphan = _Orphan(pid, start_time)
+    try:
+        orphan.pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except OSError:
+        orphan.pidfd = None
+    if not orphan.same_process():
+        if orphan.pidfd is not None:
+            os.close(orphan.pidfd)
+        return None
+    return orphan
+
+
+def _wait_gone(orphans: list[_Orphan], timeout: float) -> list[_Orphan]:
+    deadline = time.monotonic() + timeout
+    alive = [o for o in orphans if not o.gone()]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [o for o in alive if not o.gone()]
+    return alive
+
+
+def remove_orphans(settings: ChildSettings) -> int:
+    """Stop the wallet-rpc children a dead walletd left behind; returns how many were stopped.
+
+    Synchronous (run it at start-up, before anything opens a wallet, e.g. in a worker thread).
+    A process is stopped only if it is a monero-wallet-rpc and either matches a pid record (same
+    /proc start time) or serves our wallet dir; children of a running pool in this process are
+    never touched. SIGTERM (wallet-rpc stores and exits), `stop_timeout`, then SIGKILL.
+    """
+    found, records = _find_orphans(settings)
+    orphans = [o for pid, start in sorted(found.items()) if (o := _pin(pid, start)) is not None]
+    try:
+        for orphan in orphans:
+            log.warning("stopping orphaned wallet-rpc", pid=orphan.pid)
+            orphan.kill(signal.SIGTERM)
+        stubborn = _wait_gone(orphans, settings.stop_timeout)
+        for orphan in stubborn:
+            log.warning("orphaned wallet-rpc ignored SIGTERM; sending SIGKILL", pid=orphan.pid)
+            orphan.kill(signal.SIGKILL)
+        left = _wait_gone(stubborn, KILL_WAIT)
+    finally:
+        for orphan in orphans:
+            if orphan.pidfd is not None:
+                os.close(orphan.pidfd)
+    for orphan in left:
+        log.error("orphaned wallet-rpc could not be stopped", pid=orphan.pid)
+    kept = {o.pid for o in left} | _LIVE_PIDS
+    for record in records:
+        if record.stem.isdigit() and int(record.stem) in kept:
+            continue
+        with contextlib.suppress(OSError):
+            record.unlink()
+    live_ports = set(_LIVE_PORTS)
+    for conf in settings.run_dir.glob("child-*.conf") if settings.run_dir.is_dir() else []:
+        port = conf.stem.removeprefix("child-")
+        if not (port.isdigit() and int(port) in live_ports):
+            with contextlib.suppress(OSError):
+                conf.unlink()  # credentials of a process that is gone
+    return len(orphans) - len(left)
+
+
+# ---- external endpoints --------------------------------------------------------------------------
+
+
+class EndpointPool:
+    """A fixed list of externally run wallet-rpc processes, each handed to one owner at a time.
+
+    walletd owns every endpoint exclusively, so a process is free exactly when walletd released
+    it; nothing is ever closed on the way out (that could close an owner's wallet).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        call_timeout: float = 30.0,
+        acquire_timeout: float = 30.0,
+        close_timeout: float = 5.0,
+        retry_interval: float = 30.0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("EndpointPool needs at least one endpoint")
+        self.restarts = 0
+        self.capacity: int | None = len(endpoints)
+        self._acquire_timeout = acquire_timeout
+        self._close_timeout = close_timeout
+        self._retry_interval = retry_interval
+        self._procs = [
+            WalletProcess(
+                _endpoint_ident(e.url),
+                WalletRpc(e.url, user=e.user, password=e.password, timeout=call_timeout),
+                external=True,
+            )
+            for e in endpoints
+        ]
+        self._free_send, self._free_recv = trio.open_memory_channel[WalletProcess](len(endpoints))
+        for proc in self._procs:
+            self._free_send.send_nowait(proc)
+        self._busy: set[WalletProcess] = set()
+        self._out: list[WalletProcess] = []  # discarded and not yet known clean
+
+    @property
+    def free(self) -> int:
+        return len(self._procs) - len(self._busy) - len(self._out)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Check each endpoint once, then retry the ones kept out; close the clients at the end."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for proc in self._procs:
+                    nursery.start_soon(self._probe, proc)
+            task_status.started()
+            while True:
+                await trio.sleep(self._retry_interval)
+                for proc in list(self._out):
+                    if await self._try_close(proc):
+                        self._out.remove(proc)
+                        self._free_send.send_nowait(proc)
+                        log.info("wallet-rpc endpoint usable again", ident=proc.ident)
+        finally:
+            with trio.move_on_after(2.0) as cs:
+                cs.shield = True
+                for proc in self._procs:
+                    await proc.rpc.aclose()
+
+    async def _probe(self, proc: WalletProcess) -> None:
+        try:
+            await proc.rpc.call("get_version", timeout=5.0)
+        except RpcError as exc:
+            log.warning("wallet-rpc endpoint unreachable", ident=proc.ident, error=str(exc))
+        else:
+            log.info("wallet-rpc endpoint reachable", ident=proc.ident)
+
+    async def acquire(self) -> WalletProcess:
+        """A free endpoint, owned by the caller until release/discard; Capacity after a timeout."""
+        with trio.move_on_after(self._acquire_timeout):
+            proc = await self._free_recv.receive()
+            proc.uses += 1
+            self._busy.add(proc)
+            return proc
+        raise Capacity(
+            f"no wallet-rpc endpoint became free within {self._acquire_timeout:g} s "
+            f"({len(self._procs)} configured)"
+        )
+
+    async def release(self, proc: WalletProcess) -> None:
+        if proc not in self._busy:
+            raise ValueError(f"{proc!r} is not held by anyone")
+        self._busy.discard(proc)
+        self._free_send.send_nowait(proc)
+        await trio.lowlevel.checkpoint()
+
+    async def discard(self, proc: WalletProcess) -> None:
+        """Put it back only if `close_wallet` works now; else keep it out and retry later."""
+        if proc not in self._busy:
+            raise ValueError(f"{proc!r} is not held by anyone")
+        self._busy.discard(proc)
+        with trio.CancelScope(shield=True):
+            clean = await self._try_close(proc)
+        if clean:
+            self._free_send.send_nowait(proc)
+        else:
+            self._out.append(proc)
+            log.warning("wallet-rpc endpoint kept out until it answers", ident=proc.ident)
+
+    async def _try_close(self, proc: WalletProcess) -> bool:
+        try:
+            await proc.rpc.call(
+                "close_wallet", {"autosave_current": True}, timeout=self._close_timeout
+            )
+        except NoWalletFile:
+            return True  # nothing open: clean
+        except RpcError as exc:
+            log.debug("close_wallet on endpoint failed", ident=proc.ident, error=str(exc))
+            return False
+        return True
+
+
+def _endpoint_ident(url: str) -> str:
+    parts = urlsplit(url)
+    return f"wallet-rpc:{parts.hostname}:{parts.port}"
