@@ -42,13 +42,25 @@ def test_example_documents_every_key() -> None:
         ({"log": {"level": "loud"}}, "log.level"),
         ({"monitor": {"poll_interval": -1}}, "monitor.poll_interval"),
         (
-            {"monero": {"wallet_rpc_endpoints": [{"url": "http://10.0.0.1:1", "user": "u",
-                                                  "password": "p"}] * 3}},
+            {
+                "monero": {
+                    "wallet_rpc_endpoints": [
+                        {"url": "http://10.0.0.1:1", "user": "u", "password": "p"}
+                    ]
+                    * 3
+                }
+            },
             "monero.wallet_rpc_endpoints[0].url",
         ),
         (
-            {"monero": {"wallet_rpc_endpoints": [{"url": "http://127.0.0.1:1", "user": "u",
-                                                  "password": "p"}] * 4}},
+            {
+                "monero": {
+                    "wallet_rpc_endpoints": [
+                        {"url": "http://127.0.0.1:1", "user": "u", "password": "p"}
+                    ]
+                    * 4
+                }
+            },
             "monero.wallet_rpc_endpoints",
         ),
     ],

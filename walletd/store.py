@@ -170,7 +170,7 @@ class Store:
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    # ---- escrows ----------------------------------------------------------------------------------
+    # ---- escrows ---------------------------------------------------------------------------------
 
     def insert_escrow(self, rec: EscrowRecord) -> None:
         with self._tx() as db:
@@ -239,7 +239,7 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM escrows WHERE escrow_id = ?", (escrow_id,))
 
-    # ---- events -----------------------------------------------------------------------------------
+    # ---- events ----------------------------------------------------------------------------------
 
     def append_event(
         self, type_: str, escrow_id: str | None, data: Mapping[str, Any]

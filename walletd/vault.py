@@ -81,5 +81,5 @@ class Vault:
             blob = base64.b64decode(sealed, validate=True)
             aad = f"{escrow_id}\0{role}".encode()
             return self._aead.decrypt(blob[:12], blob[12:], aad).decode()
-        except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+        except Exception as exc:
             raise VaultError(f"password of {escrow_id}/{role} does not decrypt") from exc
