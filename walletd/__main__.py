@@ -1,0 +1,7 @@
+"""`python -m walletd` is the `walletd` command."""
+
+import sys
+
+from walletd.cli import main
+
+sys.exit(main())
