@@ -1,0 +1,130 @@
+"""Fixtures for tests against a real regtest monerod and real monero-wallet-rpc processes.
+
+House rules: every process listens on 127.0.0.1 on a port the kernel picked, lives in the
+session's temporary directory, and is stopped (SIGTERM, then SIGKILL) however the session ends.
+Session fixtures are synchronous (pytest-trio only runs function-scoped async fixtures); async
+clients are function-scoped fixtures opened in the test's own trio run.
+
+- `monerod`: one regtest node per session (`walletd.regtest.MonerodProcess`).
+- `wallet_rpc_pool`: six wallet-rpc processes; `wallet_rpcs` gives a test async clients to them
+  and closes whatever wallets the test left open.
+- `miner` / `miner_rpc`: a plain wallet with unlocked coinbase outputs, to fund escrows.
+- `make_multisig_sets(wallet_dir, n, password)`: ready 2-of-3 sets, closed, in `wallet_dir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.regtest.wallet_rpc_proc import (
+    Miner,
+    MultisigSetFactory,
+    WalletRpcProcess,
+    close_wallets,
+    create_plain_wallet,
+    run_trio,
+)
+from walletd.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
+from walletd.rpc import DaemonRpc, WalletRpc
+
+POOL_SIZE = 6  # two multisig sets at a time; more gains nothing on 2 cores (CPU-bound opens)
+MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs to spend
+
+
+@pytest.fixture(scope="session")
+def regtest_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for binary in ("monerod", "monero-wallet-rpc"):
+        if shutil.which(binary) is None:
+            pytest.skip(f"{binary} is not installed")
+    return tmp_path_factory.mktemp("regtest")
+
+
+@pytest.fixture(scope="session")
+def monerod(regtest_dir: Path) -> Iterator[MonerodProcess]:
+    with MonerodProcess(regtest_dir / "monerod") as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def wallet_rpc_pool(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[list[WalletRpcProcess]]:
+    """Six processes sharing one wallet dir; started together, then waited for."""
+    with contextlib.ExitStack() as stack:
+        pool = [
+            stack.enter_context(
+                WalletRpcProcess(
+                    wallet_dir=regtest_dir / "pool-wallets",
+                    work_dir=regtest_dir / f"wallet-rpc-{index}",
+                    daemon_address=monerod.daemon_address,
+                )
+            )
+            for index in range(POOL_SIZE)
+        ]
+        for proc in pool:
+            proc.wait_ready()
+        yield pool
+
+
+@pytest.fixture(scope="session")
+def miner(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[Miner]:
+    """A plain wallet in its own process, with MINER_BLOCKS coinbase outputs (40 unlocked)."""
+    with WalletRpcProcess(
+        wallet_dir=regtest_dir / "miner-wallets",
+        work_dir=regtest_dir / "wallet-rpc-miner",
+        daemon_address=monerod.daemon_address,
+    ) as proc:
+        proc.wait_ready()
+        address = run_trio(functools.partial(_create_wallet, proc, "miner"))
+        monerod.mine(MINER_BLOCKS, address)
+        yield Miner(process=proc, address=address)
+
+
+async def _create_wallet(proc: WalletRpcProcess, name: str) -> str:
+    rpc = proc.client()
+    try:
+        return await create_plain_wallet(rpc, name)
+    finally:
+        await rpc.aclose()
+
+
+@pytest.fixture(scope="session")
+def make_multisig_sets(wallet_rpc_pool: list[WalletRpcProcess]) -> MultisigSetFactory:
+    """`make_multisig_sets(wallet_dir, n, password) -> list[MultisigSet]` (or `.acreate`)."""
+    return MultisigSetFactory(wallet_rpc_pool)
+
+
+@pytest.fixture
+async def wallet_rpcs(wallet_rpc_pool: list[WalletRpcProcess]) -> AsyncIterator[list[WalletRpc]]:
+    """Clients to every pool process; afterwards no pool process has a wallet open."""
+    rpcs = [proc.client() for proc in wallet_rpc_pool]
+    try:
+        yield rpcs
+    finally:
+        await close_wallets(rpcs)
+        for rpc in rpcs:
+            await rpc.aclose()
+
+
+@pytest.fixture
+async def miner_rpc(miner: Miner) -> AsyncIterator[WalletRpc]:
+    """A client to the miner's wallet, refreshed (it sees every block mined so far)."""
+    rpc = miner.process.client()
+    try:
+        await rpc.call("refresh")
+        yield rpc
+    finally:
+        await rpc.aclose()
+
+
+@pytest.fixture
+async def daemon_rpc(monerod: MonerodProcess) -> AsyncIterator[DaemonRpc]:
+    rpc = DaemonRpc(monerod.rpc_url, timeout=60.0)
+    try:
+        yield rpc
+    finally:
+        await rpc.aclose()

@@ -1,0 +1,315 @@
+"""A private monerod in regtest mode, for `walletd dev` and the regtest tests.
+
+Two ways to run it, same command line (monero-facts.md, "Starting the pieces"):
+
+- `start_monerod`: a trio task for `nursery.start`; it hands back a `Monerod` once `get_info`
+  answers and stops the process when its scope is cancelled.
+- `MonerodProcess`: a synchronous context manager (subprocess + sync httpx) for pytest session
+  fixtures, which cannot be async under pytest-trio.
+
+Mining needs a valid address (there is no burn address constant): create a plain wallet and mine
+to its address. Coinbase outputs unlock after 60 blocks.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+import httpx
+import structlog
+import trio
+
+from walletd.errors import RpcError
+from walletd.rpc import DaemonRpc
+
+__all__ = [
+    "COINBASE_UNLOCK_BLOCKS",
+    "Monerod",
+    "MonerodError",
+    "MonerodProcess",
+    "free_port",
+    "mine",
+    "monerod_argv",
+    "start_monerod",
+]
+
+log = structlog.get_logger(__name__)
+
+COINBASE_UNLOCK_BLOCKS = 60
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.2
+_LOG_NAME = "monerod.log"
+_OUTPUT_NAME = "monerod.out"
+
+
+class MonerodError(Exception):
+    """monerod did not start, or exited while we relied on it."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the kernel picks it for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def monerod_argv(
+    data_dir: Path,
+    rpc_port: int,
+    p2p_port: int,
+    *,
+    keep_chain: bool = False,
+    binary: str = "monerod",
+) -> list[str]:
+    """The command line of a private regtest monerod bound to loopback only.
+
+    `--offline` and `--disable-dns-checkpoints` keep it off the network; `--fixed-difficulty 1`
+    makes `generateblocks` fast. Without `keep_chain` regtest wipes the chain at start.
+    Our clients speak plain HTTP on loopback (wallet-rpc with `--daemon-ssl disabled`).
+    """
+    argv = [
+        binary,
+        "--regtest",
+        "--offline",
+        "--fixed-difficulty",
+        "1",
+        "--no-igd",
+        "--data-dir",
+        str(data_dir),
+        "--log-file",
+        str(data_dir / _LOG_NAME),
+        "--rpc-bind-ip",
+        "127.0.0.1",
+        "--rpc-bind-port",
+        str(rpc_port),
+        "--rpc-ssl",
+        "disabled",  # autodetect makes an RSA-4096 certificate at every start (~2 s)
+        "--p2p-bind-ip",
+        "127.0.0.1",
+        "--p2p-bind-port",
+        str(p2p_port),
+        "--no-zmq",
+        "--non-interactive",
+        "--check-updates",
+        "disabled",
+        "--disable-dns-checkpoints",
+    ]
+    if keep_chain:
+        argv.append("--keep-fakechain")
+    return argv
+
+
+@attrs.define(repr=False)
+class Monerod:
+    """A running regtest monerod started by `start_monerod`."""
+
+    process: trio.Process
+    rpc_port: int
+    p2p_port: int
+    data_dir: Path
+    rpc: DaemonRpc
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.rpc_port}"
+
+    @property
+    def daemon_address(self) -> str:
+        """`host:port` as monero-wallet-rpc's `--daemon-address` wants it."""
+        return f"127.0.0.1:{self.rpc_port}"
+
+    def __repr__(self) -> str:
+        return f"Monerod(pid={self.process.pid}, rpc_port={self.rpc_port})"
+
+
+async def mine(daemon: DaemonRpc, blocks: int, address: str) -> int:
+    """Mine `blocks` blocks paying `address` and return the new chain height."""
+    await daemon.generate_blocks(blocks, address)
+    return await daemon.height()
+
+
+async def start_monerod(
+    data_dir: Path,
+    *,
+    keep_chain: bool = False,
+    binary: str = "monerod",
+    ready_timeout: float = READY_TIMEOUT,
+    task_status: trio.TaskStatus[Monerod] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a regtest monerod until cancelled; use with `await nursery.start(start_monerod, ...)`.
+
+    Its stdout/stderr go to `data_dir/monerod.out` (a file, so the pipe can never fill up).
+    Reports the `Monerod` once `get_info` answers. Raises `MonerodError` if it exits on its own.
+    """
+    await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    rpc_port, p2p_port = free_port(), free_port()
+    argv = monerod_argv(data_dir, rpc_port, p2p_port, keep_chain=keep_chain, binary=binary)
+    output = await trio.open_file(data_dir / _OUTPUT_NAME, "ab")
+    try:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.DEVNULL, stdout=output.fileno(), stderr=subprocess.STDOUT
+        )
+    finally:
+        await output.aclose()  # the child holds its own copy of the descriptor
+    log.info("monerod_started", pid=process.pid, rpc_port=rpc_port, data_dir=str(data_dir))
+    daemon = DaemonRpc(f"http://127.0.0.1:{rpc_port}", timeout=30.0)
+    try:
+        with trio.move_on_after(ready_timeout) as waiting:
+            await _wait_ready(daemon, process)
+        if waiting.cancelled_caught:
+            raise MonerodError(f"monerod did not answer get_info within {ready_timeout:.0f} s")
+        task_status.started(Monerod(process, rpc_port, p2p_port, data_dir, daemon))
+        await process.wait()
+        raise MonerodError(f"monerod exited with status {process.returncode}; see {data_dir}")
+    finally:
+        with trio.CancelScope(shield=True):
+            await daemon.aclose()
+            await _stop_process(process)
+
+
+async def _wait_ready(daemon: DaemonRpc, process: trio.Process) -> None:
+    """Poll `get_info` until it answers; fail early if the process exits."""
+    while process.returncode is None:
+        try:
+            await daemon.call("get_info", timeout=5.0)
+            return
+        except RpcError:
+            await trio.sleep(_POLL_INTERVAL)  # not listening yet
+    raise MonerodError(f"monerod exited with status {process.returncode} before answering")
+
+
+async def _stop_process(process: trio.Process) -> None:
+    """SIGTERM (monerod saves and exits), then SIGKILL if it is still running after 10 s."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(STOP_TIMEOUT):
+        await process.wait()
+        log.info("monerod_stopped", pid=process.pid, status=process.returncode)
+        return
+    log.warning("monerod_killed", pid=process.pid, after_s=STOP_TIMEOUT)
+    process.kill()
+    await process.wait()
+
+
+class MonerodProcess:
+    """A regtest monerod as a synchronous context manager, for pytest session fixtures.
+
+    >>> with MonerodProcess(tmp_path / "monerod") as node:  # doctest: +SKIP
+    ...     node.mine(80, address)
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        keep_chain: bool = False,
+        binary: str = "monerod",
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        self.data_dir = data_dir
+        self.rpc_port = free_port()
+        self.p2p_port = free_port()
+        self._argv = monerod_argv(
+            data_dir, self.rpc_port, self.p2p_port, keep_chain=keep_chain, binary=binary
+        )
+        self._ready_timeout = ready_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._client = httpx.Client(base_url=self.rpc_url, timeout=30.0, trust_env=False)
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.rpc_port}"
+
+    @property
+    def daemon_address(self) -> str:
+        """`host:port` as monero-wallet-rpc's `--daemon-address` wants it."""
+        return f"127.0.0.1:{self.rpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def __enter__(self) -> MonerodProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start monerod and wait until `get_info` answers; stops it again if that fails."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / _OUTPUT_NAME, "ab") as output:
+            self._process = subprocess.Popen(
+                self._argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self._ready_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise MonerodError(
+                    f"monerod exited with status {self._process.returncode}; see {self.data_dir}"
+                )
+            try:
+                self.call("get_info", timeout=5.0)
+                return
+            except httpx.TransportError:
+                time.sleep(_POLL_INTERVAL)  # not listening yet
+        raise MonerodError(f"monerod did not answer get_info within {self._ready_timeout:.0f} s")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; safe to call twice."""
+        self._client.close()
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """A monerod JSON-RPC call; raises `MonerodError` on a JSON-RPC error object."""
+        body = {"jsonrpc": "2.0", "id": 0, "method": method, "params": params or {}}
+        resp = self._client.post("/json_rpc", json=body, timeout=timeout)
+        resp.raise_for_status()
+        payload = resp.json()
+        if "error" in payload:
+            raise MonerodError(f"{method}: {payload['error']}")
+        result: dict[str, Any] = payload["result"]
+        return result
+
+    def height(self) -> int:
+        return int(self.call("get_info")["height"])
+
+    def mine(self, blocks: int, address: str) -> int:
+        """Mine `blocks` blocks paying `address`; returns the new chain height."""
+        params = {"amount_of_blocks": blocks, "wallet_address": address, "starting_nonce": 0}
+        self.call("generateblocks", params, timeout=max(60.0, blocks * 2.0))
+        return self.height()
