@@ -1,0 +1,161 @@
+"""walletd against a real `monerod --regtest` and real monero-wallet-rpc children.
+
+These prove what the fake cannot: that real wallet-rpc processes are opened, evicted, stored,
+restored after kill -9 and left behind by nobody. Each test runs walletd as its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory
+from tests.regtest.walletd_proc import WalletdProcess
+from walletd.ids import ROLES
+from walletd.regtest import MonerodProcess
+
+pytestmark = pytest.mark.regtest
+PASSWORD = "regtest-pw"
+
+
+def _adopt_body(escrow_id: str, s: MultisigSet, amount: int = 10**12) -> dict[str, Any]:
+    return {
+        "escrow_id": escrow_id,
+        "amount": amount,
+        "wallets": {r: {"file": s.files[r], "password": s.password} for r in ROLES},
+    }
+
+
+async def _events(client: httpx.AsyncClient, type_: str) -> list[dict[str, Any]]:
+    body = (await client.get("/v1/events", params={"after": 0})).json()
+    return [e for e in body["events"] if e["type"] == type_]
+
+
+async def _wait_event(client: httpx.AsyncClient, type_: str) -> dict[str, Any]:
+    """Long-poll /v1/events until an event of `type_` arrives (the API's own way to wait)."""
+    after = 0
+    while True:
+        body = (await client.get("/v1/events", params={"after": after, "timeout": 30})).json()
+        for event in body["events"]:
+            if event["type"] == type_:
+                return dict(event)
+        after = body["next"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_cap_of_ten_evicts_the_least_recently_used(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """Eleven escrows of real multisig wallets with cap 10: the least recently used session is
+    stored, closed and reported evicted; calling it again reopens it."""
+    root = tmp_path / "w"
+    daemon = WalletdProcess(root, monerod.daemon_address, sessions={"max_active": 10})
+    sets = await make_multisig_sets.acreate(daemon.wallet_dir, 11, PASSWORD)
+    with daemon, trio.fail_after(600):
+        async with daemon.client() as client:
+            for i, s in enumerate(sets):
+                r = await client.post("/v1/escrows", json=_adopt_body(f"e{i}", s))
+                assert r.status_code == 201, r.text
+                assert r.json()["multisig_address"] == s.address
+            sessions = (await client.get("/v1/sessions")).json()["sessions"]
+            assert [x["escrow_id"] for x in sessions] == [f"e{i}" for i in range(10, 0, -1)]
+            evicted = [e for e in await _events(client, "session_closed")]
+            assert [(e["escrow_id"], e["reason"]) for e in evicted] == [("e0", "evicted")]
+            stats = (await client.get("/v1/stats")).json()
+            assert (stats["active_sessions"], stats["evicted"], stats["max_sessions"]) == (
+                10,
+                1,
+                10,
+            )
+            # e0's wallets were stored and closed: nothing holds their lock, files are whole.
+            for role in ROLES:
+                assert (daemon.wallet_dir / f"{sets[0].files[role]}.keys").is_file()
+            r = await client.get("/v1/escrows/e0/balance")
+            assert r.status_code == 200, r.text
+            assert r.json()["height"] > 0
+            sessions = (await client.get("/v1/sessions")).json()["sessions"]
+            assert (sessions[0]["escrow_id"], len(sessions)) == ("e0", 10)
+            assert "e1" not in {x["escrow_id"] for x in sessions}
+
+
+async def test_idle_ttl_closes_a_real_session(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """With a TTL of a few seconds an idle session is closed and reported expired."""
+    daemon = WalletdProcess(
+        tmp_path / "w", monerod.daemon_address, sessions={"idle_ttl": 3, "sweep_interval": 1}
+    )
+    (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
+    with daemon, trio.fail_after(120):
+        async with daemon.client() as client:
+            assert (await client.post("/v1/escrows", json=_adopt_body("t1", s))).status_code == 201
+            await _wait_event(client, "session_closed")
+            assert (await client.get("/v1/sessions")).json()["sessions"] == []
+            closed = await _events(client, "session_closed")
+            assert [(e["escrow_id"], e["reason"]) for e in closed] == [("t1", "expired")]
+
+
+async def test_kill_9_of_children_then_next_call_succeeds(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """kill -9 of every wallet-rpc child: the next call on the escrow still succeeds."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address)
+    (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
+    with daemon, trio.fail_after(180):
+        async with daemon.client() as client:
+            assert (await client.post("/v1/escrows", json=_adopt_body("k1", s))).status_code == 201
+            before = daemon.children()
+            assert len(before) >= 3
+            for pid in before:
+                os.kill(pid, signal.SIGKILL)
+            r = await client.get("/v1/escrows/k1/balance")
+            assert r.status_code == 200, r.text
+            restarted = await _events(client, "wallet_rpc_restarted")
+            assert {e["role"] for e in restarted} == set(ROLES)
+            assert not set(before) & set(daemon.children())
+            assert (await client.get("/v1/stats")).json()["wallet_rpc_restarts"] >= 3
+
+
+async def test_sigterm_stores_everything_and_leaves_no_child(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """SIGTERM: walletd exits 0, no wallet-rpc child is left, and every wallet was stored."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address)
+    sets = await make_multisig_sets.acreate(daemon.wallet_dir, 2, PASSWORD)
+    with daemon, trio.fail_after(180):
+        async with daemon.client() as client:
+            for i, s in enumerate(sets):
+                r = await client.post("/v1/escrows", json=_adopt_body(f"s{i}", s))
+                assert r.status_code == 201
+            started = time.time()
+            kids = daemon.children()
+            assert len(kids) >= 6
+        daemon.signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(daemon.wait) == 0
+        for pid in kids:
+            assert not _alive(pid), f"wallet-rpc {pid} outlived walletd"
+        for s in sets:
+            for role in ROLES:
+                cache = daemon.wallet_dir / s.files[role]
+                assert cache.stat().st_mtime >= started - 1, f"{cache.name} not stored at exit"
+        log = daemon.log_text()
+        assert '"event": "walletd stopped"' in log
+        assert PASSWORD not in log
