@@ -23,13 +23,14 @@ a crash. Every failure is a `MultisigError` naming the step and the wallets that
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import structlog
 import trio
 
 from walletd.errors import RpcError
+from walletd.ids import ROLES, Role
 from walletd.rpc import WalletRpc
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-Role = Literal["buyer", "vendor", "arbiter"]
-ROLES: tuple[Role, ...] = ("buyer", "vendor", "arbiter")
 THRESHOLD = 2
 TOTAL = 3
 EXCHANGE_ROUNDS = 2  # 2-of-3 in 0.18: make_multisig, then two key exchange rounds
