@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
 from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory
-from tests.regtest.walletd_proc import WalletdProcess
+from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.ids import ROLES
 from walletd.regtest import MonerodProcess
 
@@ -31,22 +30,6 @@ def _adopt_body(escrow_id: str, s: MultisigSet, amount: int = 10**12) -> dict[st
         "amount": amount,
         "wallets": {r: {"file": s.files[r], "password": s.password} for r in ROLES},
     }
-
-
-async def _events(client: httpx.AsyncClient, type_: str) -> list[dict[str, Any]]:
-    body = (await client.get("/v1/events", params={"after": 0})).json()
-    return [e for e in body["events"] if e["type"] == type_]
-
-
-async def _wait_event(client: httpx.AsyncClient, type_: str) -> dict[str, Any]:
-    """Long-poll /v1/events until an event of `type_` arrives (the API's own way to wait)."""
-    after = 0
-    while True:
-        body = (await client.get("/v1/events", params={"after": after, "timeout": 30})).json()
-        for event in body["events"]:
-            if event["type"] == type_:
-                return dict(event)
-        after = body["next"]
 
 
 def _alive(pid: int) -> bool:
@@ -77,7 +60,7 @@ async def test_cap_of_ten_evicts_the_least_recently_used(
                 assert r.json()["multisig_address"] == s.address
             sessions = (await client.get("/v1/sessions")).json()["sessions"]
             assert [x["escrow_id"] for x in sessions] == [f"e{i}" for i in range(10, 0, -1)]
-            evicted = [e for e in await _events(client, "session_closed")]
+            evicted = [e for e in await events_of(client, "session_closed")]
             assert [(e["escrow_id"], e["reason"]) for e in evicted] == [("e0", "evicted")]
             stats = (await client.get("/v1/stats")).json()
             assert (stats["active_sessions"], stats["evicted"], stats["max_sessions"]) == (
@@ -107,9 +90,9 @@ async def test_idle_ttl_closes_a_real_session(
     with daemon, trio.fail_after(120):
         async with daemon.client() as client:
             assert (await client.post("/v1/escrows", json=_adopt_body("t1", s))).status_code == 201
-            await _wait_event(client, "session_closed")
+            await wait_event(client, "session_closed")
             assert (await client.get("/v1/sessions")).json()["sessions"] == []
-            closed = await _events(client, "session_closed")
+            closed = await events_of(client, "session_closed")
             assert [(e["escrow_id"], e["reason"]) for e in closed] == [("t1", "expired")]
 
 
@@ -128,7 +111,7 @@ async def test_kill_9_of_children_then_next_call_succeeds(
                 os.kill(pid, signal.SIGKILL)
             r = await client.get("/v1/escrows/k1/balance")
             assert r.status_code == 200, r.text
-            restarted = await _events(client, "wallet_rpc_restarted")
+            restarted = await events_of(client, "wallet_rpc_restarted")
             assert {e["role"] for e in restarted} == set(ROLES)
             assert not set(before) & set(daemon.children())
             assert (await client.get("/v1/stats")).json()["wallet_rpc_restarts"] >= 3

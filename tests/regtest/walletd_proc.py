@@ -159,3 +159,22 @@ class WalletdProcess:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+async def events_of(client: httpx.AsyncClient, type_: str) -> list[dict[str, Any]]:
+    """Every event of `type_` so far."""
+    body = (await client.get("/v1/events", params={"after": 0})).json()
+    return [e for e in body["events"] if e["type"] == type_]
+
+
+async def wait_event(
+    client: httpx.AsyncClient, type_: str, escrow_id: str | None = None
+) -> dict[str, Any]:
+    """Long-poll /v1/events until an event of `type_` (for `escrow_id`) arrives."""
+    after = 0
+    while True:
+        body = (await client.get("/v1/events", params={"after": after, "timeout": 30})).json()
+        for event in body["events"]:
+            if event["type"] == type_ and escrow_id in (None, event["escrow_id"]):
+                return dict(event)
+        after = body["next"]

@@ -1,0 +1,156 @@
+"""`walletd dev`: a private regtest monerod, a funded faucet wallet, and walletd against them.
+
+One command gives the marketplace server's developers the whole escrow flow on one machine:
+create an escrow, pay it from the faucet, mine blocks, release or refund. Two dev-only endpoints
+are added to the API (never present in a normal `walletd --config` run):
+
+- `POST /v1/dev/mine {"blocks": N}` -> `{"height": H}`: mine N blocks (to the faucet).
+- `POST /v1/dev/pay {"escrow_id": ID, "amount": N}` or `{"address": A, "amount": N}` ->
+  `{"txid": T}`: pay from the faucet wallet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from walletd.api import parse_json_object
+from walletd.app import App, prepare_dirs
+from walletd.children import WalletProcess
+from walletd.config import Config, DaemonConfig, LogConfig, MoneroConfig, MonitorConfig
+from walletd.errors import InvalidRequest, NotFound, RpcCallError, Unavailable
+from walletd.httpserver import Request, Response
+from walletd.ids import check_escrow_id
+from walletd.lifecycle import check_address_format
+from walletd.logs import configure_logging
+from walletd.regtest import Monerod, start_monerod
+
+__all__ = ["Faucet", "dev_config", "run_dev"]
+
+log = structlog.get_logger(__name__)
+
+FAUCET_WALLET = "dev-faucet"
+FAUCET_PASSWORD = "dev-faucet"  # noqa: S105 - a throwaway regtest wallet, by design
+# Coinbase outputs unlock after 60 blocks: mine past that so the faucet can pay at once.
+FIRST_BLOCKS = 80
+
+
+def dev_config(root: Path, daemon_address: str, socket_path: Path, log_format: str) -> Config:
+    """The sandbox's config: everything under `root`, a fast monitor for a regtest chain."""
+    return Config(
+        daemon=DaemonConfig(socket_path=socket_path, state_dir=root / "state"),
+        monero=MoneroConfig(daemon_address=daemon_address, wallet_dir=root / "wallets"),
+        monitor=MonitorConfig(poll_interval=5.0, cold_interval=5.0, height_check=0.5),
+        log=LogConfig(level="info", format=log_format),
+    )
+
+
+class Faucet:
+    """A plain wallet with mined coins, in a wallet-rpc process of its own."""
+
+    def __init__(self, app: App, monerod: Monerod) -> None:
+        self.app = app
+        self.monerod = monerod
+        self.proc: WalletProcess | None = None
+        self.address: str | None = None
+        self._lock = trio.Lock()
+
+    async def start(self) -> None:
+        self.proc = await self.app.pool.acquire()
+        rpc = self.proc.rpc
+        params = {"filename": FAUCET_WALLET, "password": FAUCET_PASSWORD}
+        try:
+            await rpc.call("open_wallet", params)
+        except RpcCallError:
+            await rpc.call("create_wallet", {**params, "language": "English"})
+        self.address = str((await rpc.call("get_address"))["address"])
+        if await self.monerod.rpc.height() < FIRST_BLOCKS:
+            await self.monerod.rpc.generate_blocks(FIRST_BLOCKS, self.address)
+        await rpc.call("refresh")
+        log.info("dev faucet ready", address=self.address)
+
+    async def mine(self, request: Request, _: dict[str, str]) -> Response:
+        body = parse_json_object(request.body)
+        blocks = body.get("blocks", 1)
+        if set(body) - {"blocks"} or not isinstance(blocks, int) or not 1 <= blocks <= 1000:
+            raise InvalidRequest('body must be {"blocks": 1..1000}')
+        if self.address is None:
+            raise Unavailable("the faucet is still starting")
+        await self.monerod.rpc.generate_blocks(blocks, self.address)
+        return Response.json(200, {"height": await self.monerod.rpc.height()})
+
+    async def pay(self, request: Request, _: dict[str, str]) -> Response:
+        body = parse_json_object(request.body)
+        if set(body) - {"escrow_id", "address", "amount"} or "amount" not in body:
+            raise InvalidRequest('body must be {"escrow_id" or "address", "amount"}')
+        amount = body["amount"]
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise InvalidRequest("amount must be a positive integer (atomic units)")
+        if "escrow_id" in body:
+            rec = self.app.store.get_escrow(check_escrow_id(body["escrow_id"]))
+            if rec is None or rec.multisig_address is None:
+                raise NotFound("no such escrow")
+            address = rec.multisig_address
+        elif isinstance(body.get("address"), str):
+            address = check_address_format(body["address"])
+        else:
+            raise InvalidRequest("give escrow_id or address")
+        if self.proc is None:
+            raise Unavailable("the faucet is still starting")
+        async with self._lock:  # one wallet-rpc call at a time, and no double spend of outputs
+            rpc = self.proc.rpc
+            await rpc.call("refresh")
+            result = await rpc.call(
+                "transfer", {"destinations": [{"amount": amount, "address": address}]}
+            )
+        return Response.json(200, {"txid": result.get("tx_hash"), "fee": result.get("fee")})
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    root: Path = args.dir.resolve()
+    if args.fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    socket_path: Path = (args.socket or root / "walletd.sock").resolve()
+    fmt = args.log_format or ("console" if sys.stderr.isatty() else "json")
+    configure_logging("info", fmt)
+    trio.run(_dev_main, root, socket_path, fmt)
+    return 0
+
+
+async def _dev_main(root: Path, socket_path: Path, fmt: str) -> None:
+    async with trio.open_nursery() as nursery:
+        monerod: Monerod = await nursery.start(start_monerod, root / "monerod")
+        config = dev_config(root, monerod.daemon_address, socket_path, fmt)
+        prepare_dirs(config)
+        app = App(config)
+        faucet = Faucet(app, monerod)
+        app.api.add_route(r"/v1/dev/mine", POST=faucet.mine)
+        app.api.add_route(r"/v1/dev/pay", POST=faucet.pay)
+        await nursery.start(app.run)
+        await faucet.start()
+        print(_banner(socket_path, monerod), file=sys.stderr, flush=True)
+        await app.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+def _banner(socket_path: Path, monerod: Monerod) -> str:
+    s = f"curl -s --unix-socket {socket_path} http://walletd"
+    lines: list[Any] = [
+        "",
+        f"walletd dev sandbox ready: socket {socket_path}, regtest monerod {monerod.rpc_url}",
+        "try:",
+        f'  {s}/v1/escrows -d \'{{"escrow_id": "demo1", "amount": 1000000000000}}\'',
+        f'  {s}/v1/dev/pay -d \'{{"escrow_id": "demo1", "amount": 1000000000000}}\'',
+        f"  {s}/v1/dev/mine -d '{{\"blocks\": 10}}'",
+        f"  {s}/v1/events?timeout=30",
+        f"  {s}/v1/escrows/demo1",
+        "stop with Ctrl-C",
+    ]
+    return "\n".join(str(x) for x in lines)
