@@ -210,6 +210,8 @@ class EscrowService:
         finally:
             self._adopting.discard(escrow_id)
         self.events.emit("escrow_created", escrow_id, origin="adopted", amount=amount)
+        if self.registry.is_open(escrow_id):
+            self.events.emit("session_opened", escrow_id)
         return rec, True
 
     async def _open_and_check_multisig(self, spec: SessionSpec) -> str:
