@@ -230,3 +230,16 @@ async def test_shutdown_stores_and_closes_everything(
         assert world.locks == {}
         assert [r for _, r in _closed(app)][-cap:] == ["shutdown"] * cap
         nursery.cancel_scope.cancel()
+
+
+async def test_open_wallets_are_stored_periodically(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """An open session stores its wallets every store_interval, even when nobody calls it."""
+    async with trio.open_nursery() as nursery:
+        _, world, _, sets = await _setup(nursery, tmp_path, 1, store_interval=60)
+        before = {f: world.stores[f] for f in sets[0].files.values()}
+        await trio.sleep(130)
+        for f in sets[0].files.values():
+            assert world.stores[f] - before[f] >= 2, f
+        nursery.cancel_scope.cancel()

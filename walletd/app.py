@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import structlog
 import trio
 
-from walletd import __version__
+from walletd import __version__, notify
 from walletd.api import Api
 from walletd.backups import Backups
 from walletd.children import (
@@ -149,6 +150,7 @@ class App:
         self._done: dict[str, trio.Event] = {}
         self._stop = trio.Event()
         self.stopped = trio.Event()
+        self.exit_backstop: float | None = None  # set by the CLI: seconds after a stop request
 
     # ---- wiring ----------------------------------------------------------------------------------
 
@@ -163,7 +165,22 @@ class App:
             on_restart=self._wallet_rpc_restarted,
             on_backup=self.backups.take,
             on_call=self.metrics.observe_rpc,
+            store_interval=s.store_interval,
+            repair=self._repair_wallet,
+            close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
+
+    def _repair_wallet(self, escrow_id: str, role: Role, file: str, stage: int) -> str | None:
+        """A wallet did not open: set its cache aside (stage 0), then restore the newest backup
+        (stage 1). Returns what was done, or None when nothing is left to try."""
+        how = None
+        if stage == 0 and self.backups.set_aside_cache(escrow_id, file):
+            how = "cache set aside; rebuilt from the keys file and the chain"
+        elif stage <= 1 and self.backups.restore_newest(escrow_id, file):
+            how = "restored from the newest backup"
+        if how is not None:
+            self.events.emit("wallet_repaired", escrow_id, role=role, how=how)
+        return how
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
         self.wallet_rpc_restarts += 1
@@ -175,7 +192,9 @@ class App:
             self.metrics.session_opens.inc()
         elif type_ == "session_closed":
             self.metrics.session_closes.labels(reason=data.get("reason", "unknown")).inc()
-        if self.store.get_escrow(escrow_id) is not None:
+        # Escrows being created or adopted get their session_opened after escrow_created.
+        rec = self.store.get_escrow(escrow_id)
+        if rec is not None and rec.state != "creating":
             self.events.emit(type_, escrow_id, **data)
 
     def stats_json(self) -> dict[str, Any]:
@@ -258,6 +277,9 @@ class App:
         )
         try:
             async with trio.open_nursery() as nursery:
+                watchdog = notify.watchdog_interval()
+                if watchdog:  # first, so that a slow start-up cannot miss a ping
+                    nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
                 await nursery.start(self._scoped, "lifecycle", self.lifecycle.run)
@@ -276,6 +298,7 @@ class App:
                     ),
                 )
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self._notify_ready)
                 log.info(
                     "walletd ready",
                     socket=str(cfg.daemon.socket_path),
@@ -304,7 +327,21 @@ class App:
         finally:
             done.set()
 
+    async def _notify_ready(self) -> None:
+        """READY=1 for systemd once the socket is bound and start-up recovery has finished."""
+        await self.lifecycle.recovered.wait()
+        if not self._stop.is_set():
+            path = self.config.daemon.socket_path
+            notify.ready(f"serving {path}, {self.store.count_escrows()} escrows")
+
     async def _shutdown(self) -> None:
+        notify.stopping()
+        if self.exit_backstop is not None:
+            # Last resort if something ignores every bound below: the process exits anyway
+            # (children get SIGTERM through PDEATHSIG and store their wallets).
+            timer = threading.Timer(self.exit_backstop, _hard_exit, args=(self.exit_backstop,))
+            timer.daemon = True
+            timer.start()
         total = self.config.daemon.shutdown_timeout
         deadline = trio.current_time() + total
         log.info("shutting down", timeout_s=total)
@@ -322,7 +359,14 @@ class App:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    notify.reloading()
                     self.reload()
+                    notify.ready()
                 else:
                     log.info("stop requested", signal=signal.Signals(signum).name)
                     self.request_stop()
+
+
+def _hard_exit(after: float) -> None:
+    log.critical("shutdown overran its bound; exiting now", after_s=after)
+    os._exit(70)

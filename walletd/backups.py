@@ -50,8 +50,38 @@ class Backups:
         root = self.backup_dir / escrow_id
         if not root.is_dir():
             return []
-        entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        entries = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
         return sorted(entries, key=lambda p: int(p.name), reverse=True)
+
+    def set_aside_cache(self, escrow_id: str, name: str) -> Path | None:
+        """Move a wallet's cache file (not its keys) aside; wallet-rpc rebuilds it from the chain.
+
+        Deleting the cache is safe (monero-facts.md); moving it keeps it for a post-mortem."""
+        cache = self.wallet_dir / name
+        if not cache.exists():
+            return None
+        target = self.backup_dir / escrow_id / f"damaged-{time.time_ns()}"
+        target.mkdir(mode=0o700, parents=True)
+        shutil.move(cache, target / name)
+        log.warning("damaged wallet cache set aside", escrow_id=escrow_id, path=str(target))
+        return target
+
+    def restore_newest(self, escrow_id: str, name: str) -> Path | None:
+        """Put back the newest backup of one wallet (cache and keys); the old files are kept."""
+        for backup in self.newest(escrow_id):
+            if (backup / f"{name}.keys").exists():
+                keep = self.backup_dir / escrow_id / f"replaced-{time.time_ns()}"
+                keep.mkdir(mode=0o700, parents=True)
+                for suffix in ("", ".keys"):
+                    current = self.wallet_dir / f"{name}{suffix}"
+                    if current.exists():
+                        shutil.move(current, keep / current.name)
+                    saved = backup / f"{name}{suffix}"
+                    if saved.exists():
+                        shutil.copy2(saved, current)
+                log.warning("wallet restored from backup", escrow_id=escrow_id, path=str(backup))
+                return backup
+        return None
 
     def _prune(self, root: Path) -> None:
         for old in self.newest(root.name)[self.keep :]:

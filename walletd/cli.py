@@ -69,6 +69,8 @@ def run_daemon(config: object, config_path: Path | None) -> int:
         log.error("cannot start", error=str(exc))
         return 2
 
+    app.exit_backstop = config.daemon.shutdown_timeout + 10
+
     async def _main() -> None:
         await app.run()
 

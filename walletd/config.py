@@ -73,6 +73,7 @@ class SessionsConfig:
     evict_grace: float = 60.0
     restart_intensity: int = 3
     restart_period: float = 60.0
+    store_interval: float = 300.0
 
 
 @attrs.frozen
@@ -252,6 +253,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[str, object], Any]]]] = 
             "evict_grace": _seconds(1),
             "restart_intensity": _int(0, 100),
             "restart_period": _seconds(1),
+            "store_interval": _seconds(1),
         },
     ),
     "monitor": (

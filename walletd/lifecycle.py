@@ -77,6 +77,7 @@ class Lifecycle:
         self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self.recovered = trio.Event()  # recover() is done: walletd may report itself ready
 
     @property
     def _store(self) -> Any:
@@ -150,6 +151,8 @@ class Lifecycle:
         self.app.events.emit(
             "escrow_created", escrow_id, origin="created", amount=amount, address=address
         )
+        if self.app.registry.is_open(escrow_id):
+            self.app.events.emit("session_opened", escrow_id)
         return rec, True
 
     async def _abandon(self, rec: EscrowRecord, why: str) -> None:
@@ -303,17 +306,36 @@ class Lifecycle:
     # ---- start-up recovery -----------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Finish what a previous walletd left half done: creations are undone, payouts resumed
-        (most urgent first: payouts in flight before anything else opens a session)."""
-        for rec in self._store.list_escrows("creating"):
-            await self._abandon(rec, "walletd stopped during creation")
-        for rec in self._store.list_escrows("ready"):
-            if rec.payout is not None and rec.payout.get("phase") != "submitted":
-                log.warning("resuming payout", escrow_id=rec.escrow_id, phase=rec.payout["phase"])
-                try:
-                    await self._run_payout(rec.escrow_id)
-                except WalletdError as exc:
-                    log.error("payout resume failed", escrow_id=rec.escrow_id, error=str(exc))
+        """Finish what a previous walletd left half done, most urgent first: creations are
+        undone, payouts in flight resumed, then sessions reopened for ready and funded escrows
+        (up to the cap) so the monitor and the API find them warm."""
+        try:
+            for rec in self._store.list_escrows("creating"):
+                await self._abandon(rec, "walletd stopped during creation")
+            for rec in self._store.list_escrows("ready"):
+                if rec.payout is not None and rec.payout.get("phase") != "submitted":
+                    log.warning(
+                        "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout["phase"]
+                    )
+                    try:
+                        await self._run_payout(rec.escrow_id)
+                    except WalletdError as exc:
+                        log.error("payout resume failed", escrow_id=rec.escrow_id, error=str(exc))
+            await self._reopen_warm()
+        finally:
+            self.recovered.set()
+
+    async def _reopen_warm(self) -> None:
+        registry = self.app.registry
+        wanted = [r for r in self._store.list_escrows("ready") if r.payout is None]
+        wanted += self._store.list_escrows("funded")
+        room = registry.limits.max_active - registry.stats().active_sessions
+        for rec in wanted[: max(0, room)]:
+            try:
+                # api=False: reopened for the monitor, first to leave if the API needs a slot.
+                await registry.open(rec.escrow_id, api=False)
+            except WalletdError as exc:
+                log.warning("could not reopen session", escrow_id=rec.escrow_id, error=str(exc))
 
 
 def _creation_error(exc: Exception) -> ApiError:

@@ -38,6 +38,8 @@ class Message:
     # Messages that move money check, before anything else, that each process holds the wallet
     # the session expects (its address), even though the session checked it when it opened.
     checks_identity: ClassVar[bool] = False
+    # Messages after which the session stores every wallet (multisig import state, a spend).
+    changes_wallets: ClassVar[bool] = False
 
 
 @attrs.frozen
@@ -92,6 +94,7 @@ class PreparePayout(Message):
 
     Nothing leaves the wallets until `SubmitPayout`, so repeating this after a restore is safe."""
 
+    changes_wallets: ClassVar[bool] = True
     checks_identity: ClassVar[bool] = True
     proposer: Role
     cosigner: Role
@@ -103,6 +106,7 @@ class SubmitPayout(Message):
     """Relay a signed payout that the caller has already recorded. Repeating it relays the same
     blob, which yields the same txids and never a second transaction."""
 
+    changes_wallets: ClassVar[bool] = True
     checks_identity: ClassVar[bool] = True
     role: Role
     txids: tuple[str, ...]
@@ -113,6 +117,8 @@ class SubmitPayout(Message):
 class SyncAll(Message):
     """Refresh all three wallets and exchange multisig info among them (after a spend, so the
     party that did not sign shows the right balance)."""
+
+    changes_wallets: ClassVar[bool] = True
 
 
 @attrs.frozen

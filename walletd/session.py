@@ -77,6 +77,7 @@ Envelope = tuple[Message, Reply]
 # Errors that mean "this handle's process is gone or no longer holds our wallet".
 LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
 TX_NOT_FOUND = -8
+OPEN_FAILED = -1
 
 
 class SessionClosed(WalletdError):
@@ -170,6 +171,8 @@ class EscrowSession:
         on_restart: Callable[[str, Role, str], Awaitable[None] | None] | None = None,
         on_backup: Callable[[str, list[str], str], object] | None = None,
         on_call: Callable[[str, float], None] | None = None,
+        store_interval: float = 300.0,
+        repair: Callable[[str, Role, str, int], str | None] | None = None,
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
@@ -180,6 +183,8 @@ class EscrowSession:
         self._on_restart = on_restart
         self._on_backup = on_backup
         self._on_call = on_call
+        self._store_interval = store_interval
+        self._repair = repair
         self._handles = {role: _Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
         self.leave_reason: str | None = None
@@ -198,7 +203,19 @@ class EscrowSession:
             handle.address = self.address
             task_status.started(handle)
             async with inbox:
-                async for message, reply in inbox:
+                next_store = trio.current_time() + self._store_interval
+                while True:
+                    with trio.move_on_at(next_store) as waiting:
+                        try:
+                            message, reply = await inbox.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if waiting.cancelled_caught:
+                        # Periodic store: wallet-rpc saves nothing by itself, and kill -9
+                        # loses whatever happened since the last store.
+                        await self._periodic_store()
+                        next_store = trio.current_time() + self._store_interval
+                        continue
                     if isinstance(message, Leave):
                         self.leave_reason = message.reason
                         break
@@ -219,6 +236,12 @@ class EscrowSession:
             if scope.cancelled_caught:
                 log.error("session close timed out; processes discarded", escrow_id=self.escrow_id)
 
+    async def _periodic_store(self) -> None:
+        try:
+            await self._serve(Store())
+        except (WalletdError, RpcError) as exc:
+            log.warning("periodic store failed", error=str(exc))
+
     async def _serve(self, message: Message) -> Any:
         repeated = False
         while True:
@@ -227,7 +250,10 @@ class EscrowSession:
             try:
                 if message.checks_identity:
                     await self._check_identity()
-                return await self._dispatch(message)
+                result = await self._dispatch(message)
+                if message.changes_wallets:
+                    await self._store_all()  # multisig state is lost on kill -9 unless stored
+                return result
             except LOST as exc:
                 log.warning("wallet-rpc lost", error=str(exc))
                 await self._restore(type(exc).__name__)
@@ -374,8 +400,25 @@ class EscrowSession:
             )
             handle.created = True
         else:
-            await rpc.call("open_wallet", params, timeout=self._open_timeout)
+            await self._open_or_repair(handle, rpc, params)
         await rpc.call("auto_refresh", {"enable": False})
+
+    async def _open_or_repair(self, handle: _Handle, rpc: Any, params: dict[str, str]) -> None:
+        """open_wallet; if it fails (-1), repair step by step (cache set aside, then the newest
+        backup) and try again after each step. The last error stands if nothing helps."""
+        stage = 0
+        while True:
+            try:
+                await rpc.call("open_wallet", params, timeout=self._open_timeout)
+                return
+            except RpcCallError as exc:
+                if exc.code != OPEN_FAILED or self._repair is None:
+                    raise
+                # A few renames and copies of small files: quick enough to run inline.
+                done = self._repair(self.escrow_id, handle.role, handle.spec.file, stage)
+                if done is None:
+                    raise
+                stage += 1
 
     async def _check_identity(self) -> None:
         """Every process must hold a wallet whose address is the escrow's multisig address."""

@@ -142,3 +142,24 @@ async def test_sigterm_stores_everything_and_leaves_no_child(
         log = daemon.log_text()
         assert '"event": "walletd stopped"' in log
         assert PASSWORD not in log
+
+
+async def test_truncated_cache_is_repaired_on_open(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """A truncated wallet cache does not stop the session: it is set aside, the wallet rebuilds
+    from its keys file, and an event says so."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address)
+    (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
+    with daemon, trio.fail_after(180):
+        async with daemon.client() as client:
+            assert (await client.post("/v1/escrows", json=_adopt_body("c1", s))).status_code == 201
+            assert (await client.delete("/v1/escrows/c1/session")).json()["closed"] is True
+            cache = daemon.wallet_dir / s.files["vendor"]
+            data = cache.read_bytes()
+            cache.write_bytes(data[: len(data) // 2])
+            r = await client.post("/v1/escrows/c1/session")
+            assert r.status_code == 200, r.text
+            repaired = await events_of(client, "wallet_repaired")
+            assert [(e["escrow_id"], e["role"]) for e in repaired] == [("c1", "vendor")]
+            assert (await client.get("/v1/escrows/c1/balance")).status_code == 200
