@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 import trio
 
-from walletd import multisig
+from walletd import failpoints, multisig
 from walletd.errors import (
     ApiError,
     Conflict,
@@ -268,6 +268,7 @@ class Lifecycle:
             )
             # Durable before it can be sent: from here only this blob is ever submitted.
             self._store.update_escrow(escrow_id, payout=payout)
+            failpoints.hit("after_sign")
         txids = tuple(payout["txids"])
         try:
             await registry.call(
@@ -280,6 +281,7 @@ class Lifecycle:
             # daemon instead of failing; anything else is an error to report.
             if not await self._known_to_daemon(txids[0]):
                 raise WalletError(f"submit_multisig refused: {exc.rpc_message}") from exc
+        failpoints.hit("after_submit")
         payout.update(phase="submitted", txid=txids[0], submitted_at=utcnow(), last_error=None)
         self._store.update_escrow(escrow_id, payout=payout, state=_PAYOUT_STATE[payout["kind"]])
         self.app.events.emit(

@@ -27,7 +27,7 @@ import outcome
 import structlog
 import trio
 
-from walletd import multisig
+from walletd import failpoints, multisig
 from walletd.children import ProcessPool, WalletProcess
 from walletd.errors import (
     NoWalletFile,
@@ -308,6 +308,7 @@ class EscrowSession:
         rpcs = {role: self._rpc(role) for role in ROLES}
         passwords = {role: self.spec.wallets[role].password for role in ROLES}
         await self._store_and_backup("before multisig setup")
+        failpoints.hit("creating_multisig")
         address = await multisig.make_multisig(rpcs, passwords)
         await self._store_all()
         self.address = address

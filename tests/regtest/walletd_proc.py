@@ -60,8 +60,16 @@ def wallet_rpc_pids() -> list[int]:
 
 
 class WalletdProcess:
-    def __init__(self, root: Path, daemon_address: str, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        daemon_address: str,
+        *,
+        env: dict[str, str] | None = None,
+        **sections: dict[str, Any],
+    ) -> None:
         self.root = root
+        self.env = env or {}
         # A short path (AF_UNIX limit) in a directory only we can write, as walletd demands.
         self.socket = Path(tempfile.mkdtemp(prefix="wd-", dir="/tmp")) / "walletd.sock"
         self.wallet_dir = root / "wallets"
@@ -91,6 +99,7 @@ class WalletdProcess:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
