@@ -75,6 +75,12 @@ def fake_app(root: Path, world: FakeWalletWorld, pool: FakePool, **sessions: Any
 
 
 async def call(app: App, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """Call the API in-process (no socket), as the server would; the answer's JSON."""
+    response = await raw_call(app, method, path, body)
+    return response.status, json.loads(response.body) if response.body else None
+
+
+async def raw_call(app: App, method: str, path: str, body: object = None) -> Response:
     """Call the API in-process (no socket), as the server would."""
     target, _, query = path.partition("?")
     params = dict(p.split("=", 1) for p in query.split("&") if p)
@@ -83,7 +89,7 @@ async def call(app: App, method: str, path: str, body: object = None) -> tuple[i
         method=method, path=target, query=params, headers={}, body=raw, peer=PeerCred(0, 0, 0)
     )
     response: Response = await app.api(request)
-    return response.status, json.loads(response.body) if response.body else None
+    return response
 
 
 async def start(nursery: trio.Nursery, app: App) -> None:

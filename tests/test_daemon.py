@@ -1,0 +1,94 @@
+"""The whole daemon in-process (App.run) on fake wallet-rpc processes: signals, reload,
+bounded shutdown, metrics. The socket is bound for real; requests go through `Api` directly."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, raw_call
+from walletd.app import App
+from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_wallet_rpc import FakeWalletWorld
+
+
+async def _running(
+    nursery: trio.Nursery, tmp_path: Path, n: int, **sessions: object
+) -> tuple[App, FakeWalletWorld, FakePool]:
+    world = FakeWalletWorld()
+    sets = [await make_fake_multisig(world, f"d{i}") for i in range(n)]
+    pool = FakePool(world)
+    app = fake_app(tmp_path, world, pool, **sessions)
+    app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+    await nursery.start(app.run)
+    for i, s in enumerate(sets):
+        status, body = await call(app, "POST", "/v1/escrows", s.adopt_body(f"d{i}"))
+        assert status == 201, body
+    return app, world, pool
+
+
+async def test_sighup_reloads_limits(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """SIGHUP re-reads the config file: a lower cap evicts down to it, sessions stay otherwise."""
+    async with trio.open_nursery() as nursery:
+        app, _, _ = await _running(nursery, tmp_path, 3, max_active=3)
+        config = tmp_path / "walletd.toml"
+        cfg = app.config
+        config.write_text(
+            f'[daemon]\nsocket_path = "{cfg.daemon.socket_path}"\n'
+            f'state_dir = "{cfg.daemon.state_dir}"\n'
+            f'[monero]\ndaemon_address = "127.0.0.1:1"\nwallet_dir = "{cfg.monero.wallet_dir}"\n'
+            "[sessions]\nmax_active = 2\n[monitor]\nenabled = false\n"
+        )
+        app.config_path = config
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(5)
+        assert app.registry.limits.max_active == 2
+        assert [s.escrow_id for s in app.registry.sessions()] == ["d2", "d1"]
+        assert (await call(app, "GET", "/v1/stats"))[1]["max_sessions"] == 2
+        # A bad file is refused and the running limits stay.
+        config.write_text("[sessions]\nmax_active = 0\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(5)
+        assert app.registry.limits.max_active == 2
+        app.request_stop()
+
+
+async def test_shutdown_is_bounded_with_a_hung_wallet_rpc(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A wallet-rpc that never answers cannot hold shutdown past its bound."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool = await _running(nursery, tmp_path, 2)
+        for proc in pool.in_use.values():
+            proc.fake.hang()
+        started = trio.current_time()
+        app.request_stop()
+        await app.stopped.wait()
+        assert trio.current_time() - started <= app.config.daemon.shutdown_timeout + 1
+
+
+async def test_metrics_expose_the_operational_figures(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """/metrics is Prometheus text with sessions, opens/closes by reason, latency, escrows."""
+    async with trio.open_nursery() as nursery:
+        app, _, _ = await _running(nursery, tmp_path, 2, max_active=1)
+        await call(app, "GET", "/v1/escrows/d0/balance")
+        metrics = await raw_call(app, "GET", "/metrics")
+        text = metrics.body.decode()
+        assert metrics.content_type.startswith("text/plain")
+        for needle in (
+            "walletd_sessions_active 1.0",
+            "walletd_sessions_max 1.0",
+            'walletd_session_closes_total{reason="evicted"}',
+            'walletd_wallet_rpc_call_seconds_count{method="get_balance"}',
+            'walletd_escrows{state="awaiting_funding"} 2.0',
+            "walletd_session_age_seconds_count 1.0",
+            "walletd_wallet_rpc_restarts_total 0.0",
+            "walletd_monitor_cycle_seconds",
+        ):
+            assert needle in text, needle
+        app.request_stop()
