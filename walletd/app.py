@@ -278,7 +278,7 @@ class App:
         try:
             async with trio.open_nursery() as nursery:
                 watchdog = notify.watchdog_interval()
-                if watchdog:  # first, so that a slow start-up cannot miss a ping
+                if watchdog:  # systemd counts the pings from READY=1 on
                     nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
