@@ -243,3 +243,41 @@ async def test_open_wallets_are_stored_periodically(
         for f in sets[0].files.values():
             assert world.stores[f] - before[f] >= 2, f
         nursery.cancel_scope.cancel()
+
+
+async def test_lost_wallet_minus_13_is_reopened(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A process that lost its wallet (-13 "No wallet file") gets it reopened; the call works."""
+    async with trio.open_nursery() as nursery:
+        app, world, pool, sets = await _setup(nursery, tmp_path, 1)
+        fake = pool.fake_of(sets[0].files["buyer"])
+        fake.wallet = None  # as if wallet-rpc had closed it behind our back
+        world.locks.pop(sets[0].files["buyer"])
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 200, body
+        assert sets[0].files["buyer"] in world.locks
+        nursery.cancel_scope.cancel()
+
+
+async def test_wrong_wallet_is_never_used(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """If a process holds another wallet than expected, a money-moving call is refused and the
+    session fails as a unit rather than use it."""
+    from tests.fakes import PASSWORD
+    from walletd.messages import WalletCall
+    from walletd.rpc import WalletRpc
+    from walletd.testing.fake_wallet_rpc import FakeTransport
+
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 2, max_active=1)
+        # e1 is open (e0 was evicted); make e1's vendor process hold e0's vendor wallet.
+        fake = pool.fake_of(sets[1].files["vendor"])
+        intruder = WalletRpc(fake.url, user="u", password="p", transport=FakeTransport(fake))
+        await intruder.call(
+            "open_wallet", {"filename": sets[0].files["vendor"], "password": PASSWORD}
+        )
+        with pytest.raises(Exception, match="address mismatch"):
+            await app.registry.call("e1", WalletCall("vendor", "export_multisig_info"))
+        await trio.sleep(1)
+        assert _closed(app)[-1] == ("e1", "failed")
+        nursery.cancel_scope.cancel()
