@@ -281,3 +281,16 @@ async def test_wrong_wallet_is_never_used(tmp_path: Path, autojump_clock: trio.a
         await trio.sleep(1)
         assert _closed(app)[-1] == ("e1", "failed")
         nursery.cancel_scope.cancel()
+
+
+async def test_lost_daemon_link_is_relinked(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """A wallet-rpc that lost its monerod link (-38) is pointed at the daemon again and the
+    refresh succeeds."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        fake = pool.fake_of(sets[0].files["buyer"])
+        fake.lose_daemon()
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance?refresh=true")
+        assert status == 200, body
+        assert fake.daemon_linked
+        nursery.cancel_scope.cancel()

@@ -61,6 +61,7 @@ def limits_from(config: Config) -> Limits:
         sweep_interval=s.sweep_interval,
         capacity_wait=s.capacity_wait,
         evict_grace=s.evict_grace,
+        monitor_evict_after=config.monitor.cold_interval,
     )
 
 
@@ -166,6 +167,7 @@ class App:
             on_backup=self.backups.take,
             on_call=self.metrics.observe_rpc,
             store_interval=s.store_interval,
+            daemon_address=self.config.monero.daemon_address,
             repair=self._repair_wallet,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )

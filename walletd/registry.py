@@ -72,6 +72,9 @@ class Limits:
     sweep_interval: float = 600.0
     capacity_wait: float = 30.0
     evict_grace: float = 60.0
+    # The monitor may take the slot of a session the API has not used for this long: such a
+    # session is as cold as the escrows the monitor is waiting to check.
+    monitor_evict_after: float = 300.0
 
 
 @attrs.frozen
@@ -185,8 +188,9 @@ class Registry:
         """Send `message` to the escrow's session, opening it first if needed.
 
         `may_evict_api=False` (the monitor's cold checks) opens a session only into a free slot,
-        one held by a monitor-only session, or one whose API use is older than a quarter of the
-        idle TTL; otherwise it answers Capacity at once, so monitoring never thrashes the cap."""
+        one held by a monitor-only session, or one the API has not used for monitor_evict_after
+        (the monitor's cold_interval); else it answers Capacity at once, so monitoring never
+        thrashes the cap."""
         for _attempt in range(3):
             entry, _ = await self._acquire(
                 escrow_id, api=api, spec=spec, may_evict_api=may_evict_api
@@ -265,9 +269,9 @@ class Registry:
         return any(self._cold(e) for e in self._lru_idle())
 
     def _cold(self, entry: _Entry) -> bool:
-        """Evictable for the monitor: never used by the API, or not for a quarter of the TTL."""
+        """Evictable for the monitor: never used by the API, or not for monitor_evict_after."""
         used = entry.last_api_use
-        return used is None or trio.current_time() - used >= self.limits.idle_ttl / 4
+        return used is None or trio.current_time() - used >= self.limits.monitor_evict_after
 
     async def _acquire(
         self,

@@ -78,6 +78,7 @@ Envelope = tuple[Message, Reply]
 LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
 TX_NOT_FOUND = -8
 OPEN_FAILED = -1
+NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
 
 
 class SessionClosed(WalletdError):
@@ -172,6 +173,7 @@ class EscrowSession:
         on_backup: Callable[[str, list[str], str], object] | None = None,
         on_call: Callable[[str, float], None] | None = None,
         store_interval: float = 300.0,
+        daemon_address: str = "127.0.0.1:18081",
         repair: Callable[[str, Role, str, int], str | None] | None = None,
     ) -> None:
         self.spec = spec
@@ -184,6 +186,7 @@ class EscrowSession:
         self._on_backup = on_backup
         self._on_call = on_call
         self._store_interval = store_interval
+        self._daemon_address = daemon_address
         self._repair = repair
         self._handles = {role: _Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
@@ -236,6 +239,16 @@ class EscrowSession:
             if scope.cancelled_caught:
                 log.error("session close timed out; processes discarded", escrow_id=self.escrow_id)
 
+    async def _relink_daemon(self) -> None:
+        log.warning("wallet-rpc lost its daemon connection; relinking")
+        for role in ROLES:
+            try:
+                await self._rpc(role).call(
+                    "set_daemon", {"address": self._daemon_address, "trusted": True}
+                )
+            except RpcError as exc:
+                log.warning("set_daemon failed", role=role, error=str(exc))
+
     async def _periodic_store(self) -> None:
         try:
             await self._serve(Store())
@@ -244,6 +257,7 @@ class EscrowSession:
 
     async def _serve(self, message: Message) -> Any:
         repeated = False
+        relinked = False
         while True:
             if any(not h.proc or not h.proc.alive() for h in self._handles.values()):
                 await self._restore("process exited")
@@ -263,6 +277,13 @@ class EscrowSession:
                         "retry the call"
                     ) from exc
                 repeated = True
+            except RpcCallError as exc:
+                if exc.code != NO_DAEMON_CONNECTION or relinked or not message.idempotent:
+                    raise
+                # Many wallet-rpc processes on one monerod sometimes lose the daemon link:
+                # point them at the daemon again (set_daemon) and retry once.
+                relinked = True
+                await self._relink_daemon()
 
     async def _dispatch(self, message: Message) -> Any:
         match message:

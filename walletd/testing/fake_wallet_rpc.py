@@ -566,6 +566,7 @@ class FakeWalletRpc:
         self._auto_refresh_at = math.inf
         self.dead = False
         self.hung = False
+        self.daemon_linked = True  # False after lose_daemon(): refresh answers -38
         self._exiting = False
         self._died = trio.Event()
         self._lock = trio.Lock()  # the single RPC thread; trio.Lock is FIFO
@@ -606,6 +607,10 @@ class FakeWalletRpc:
         if not self.dead and self.wallet is not None:
             self._store()
         self.kill()
+
+    def lose_daemon(self) -> None:
+        """The daemon link drops (monero issue 5044): refresh fails -38 until set_daemon."""
+        self.daemon_linked = False
 
     def hang(self) -> None:
         """From now on no request gets an answer (until `kill`, which drops them)."""
@@ -814,7 +819,13 @@ class FakeWalletRpc:
         self._auto_refresh_at = trio.current_time() + self.auto_refresh_period
         return {}
 
+    def _rpc_set_daemon(self, params: JsonObject) -> JsonObject:
+        self.daemon_linked = True
+        return {}
+
     def _rpc_refresh(self, params: JsonObject) -> JsonObject:
+        if not self.daemon_linked:
+            raise RpcFault(-38, "no connection to daemon")
         fetched, received = self.world._sync(self._wallet())
         return {"blocks_fetched": fetched, "received_money": received}
 
