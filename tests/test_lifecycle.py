@@ -222,3 +222,20 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
         assert states.count("funded") + states.count("ready") == 30, states
         assert app.registry.stats().active_sessions <= 10
         nursery.cancel_scope.cancel()
+
+
+async def test_one_stuck_wallet_does_not_stop_the_monitor(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A wallet-rpc that stops answering for one escrow never holds up another's funding."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        pool = app.pool
+        _, stuck = await call(app, "POST", "/v1/escrows", {"escrow_id": "s1", "amount": AMOUNT})
+        _, fine = await call(app, "POST", "/v1/escrows", {"escrow_id": "s2", "amount": AMOUNT})
+        pool.fake_of("escrow-s1-buyer").hang()  # type: ignore[attr-defined]
+        world.credit(stuck["multisig_address"], AMOUNT, unlocked=False)
+        world.credit(fine["multisig_address"], AMOUNT, unlocked=False)
+        await _wait_state(app, "s2", "funded", timeout=120)
+        nursery.cancel_scope.cancel()

@@ -32,6 +32,8 @@ __all__ = ["Monitor"]
 log = structlog.get_logger(__name__)
 
 WATCHED = ("awaiting_funding", "funded")
+CHECK_TIMEOUT = 120.0  # one escrow's check; a refresh after a long absence can take a while
+CONCURRENT_CHECKS = 4
 PAYING = ("releasing", "refunding")
 _FINAL = {"releasing": "completed", "refunding": "refunded"}
 
@@ -52,6 +54,7 @@ class Monitor:
         self.cycles = 0
         self.session_calls: Counter[str] = Counter()  # what the monitor asked sessions, by kind
         self.cold_opens = 0
+        self._limiter = trio.CapacityLimiter(CONCURRENT_CHECKS)
 
     def set_interval(self, seconds: float) -> None:
         self.interval = seconds
@@ -92,23 +95,34 @@ class Monitor:
     # ---- one cycle -------------------------------------------------------------------------------
 
     async def cycle(self) -> None:
-        """Check every warm watched escrow and every payout in flight once."""
+        """Check every warm watched escrow and every payout in flight once.
+
+        Checks run concurrently (each escrow's wallets are separate processes), a few at a
+        time, and each within CHECK_TIMEOUT: one stuck wallet-rpc never holds up the others."""
         started = trio.current_time()
         height = self.height
         if height is None:
             return
         self.cycles += 1
-        for rec in self.app.store.list_escrows():
-            try:
+        async with trio.open_nursery() as nursery:
+            for rec in self.app.store.list_escrows():
                 if rec.state in WATCHED and self.app.registry.is_open(rec.escrow_id):
-                    await self.check_funding(rec, height, cold=False)
+                    nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
-                    await self.check_payout(rec, height)
-            except (WalletdError, ApiError) as exc:
-                log.warning("monitor check failed", escrow_id=rec.escrow_id, error=str(exc))
+                    nursery.start_soon(self._guarded, rec, height, self.check_payout)
         self.app.metrics.monitor_cycle.observe(trio.current_time() - started)
 
-    async def check_funding(self, rec: EscrowRecord, height: int, *, cold: bool) -> None:
+    async def _guarded(self, rec: EscrowRecord, height: int, check: Any) -> None:
+        async with self._limiter:
+            with trio.move_on_after(CHECK_TIMEOUT) as scope:
+                try:
+                    await check(rec, height)
+                except (WalletdError, ApiError) as exc:
+                    log.warning("monitor check failed", escrow_id=rec.escrow_id, error=str(exc))
+            if scope.cancelled_caught:
+                log.warning("monitor check timed out", escrow_id=rec.escrow_id)
+
+    async def check_funding(self, rec: EscrowRecord, height: int, *, cold: bool = False) -> None:
         if self._refreshed_at.get(rec.escrow_id) == height:
             return  # no new block since this wallet last looked: nothing can have changed
         self.session_calls["funding"] += 1
@@ -197,13 +211,16 @@ class Monitor:
                 continue
             self._cold_checked[rec.escrow_id] = trio.current_time()
             assert self.height is not None
-            try:
-                self.cold_opens += 1
-                await self.check_funding(rec, self.height, cold=True)
-            except Capacity:
-                self.cold_opens -= 1
-            except (WalletdError, ApiError) as exc:
-                log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
+            with trio.move_on_after(CHECK_TIMEOUT) as scope:
+                try:
+                    self.cold_opens += 1
+                    await self.check_funding(rec, self.height, cold=True)
+                except Capacity:
+                    self.cold_opens -= 1
+                except (WalletdError, ApiError) as exc:
+                    log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
+            if scope.cancelled_caught:
+                log.warning("cold check timed out", escrow_id=rec.escrow_id)
 
     def _next_cold(self) -> EscrowRecord | None:
         if self.height is None:
