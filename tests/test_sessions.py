@@ -294,3 +294,21 @@ async def test_lost_daemon_link_is_relinked(tmp_path: Path, autojump_clock: trio
         assert status == 200, body
         assert fake.daemon_linked
         nursery.cancel_scope.cancel()
+
+
+async def test_warm_balance_is_one_wallet_call(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A warm balance read costs one wallet-rpc call; its height follows the wallet's own
+    refreshes (auto-refresh is off), so refresh=true shows new blocks and plain reads do not."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, _ = await _setup(nursery, tmp_path, 1)
+        first = (await call(app, "GET", "/v1/escrows/e0/balance"))[1]
+        world.calls.clear()
+        world.mine(5)
+        again = (await call(app, "GET", "/v1/escrows/e0/balance"))[1]
+        assert [m for _, m in world.calls] == ["get_balance"]
+        assert again["height"] == first["height"]
+        fresh = (await call(app, "GET", "/v1/escrows/e0/balance?refresh=true"))[1]
+        assert fresh["height"] == first["height"] + 5
+        nursery.cancel_scope.cancel()

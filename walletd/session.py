@@ -192,6 +192,7 @@ class EscrowSession:
         self.address = spec.address
         self.leave_reason: str | None = None
         self.restarts = 0
+        self._reader_height: int | None = None
 
     # ---- the actor loop --------------------------------------------------------------------------
 
@@ -286,6 +287,8 @@ class EscrowSession:
                 await self._relink_daemon()
 
     async def _dispatch(self, message: Message) -> Any:
+        if not isinstance(message, GetBalance | GetTransfer | Store):
+            self._reader_height = None  # anything else may have refreshed the reader wallet
         match message:
             case GetBalance(refresh=refresh):
                 return await self._balance(refresh)
@@ -357,13 +360,17 @@ class EscrowSession:
         rpc = self._rpc("buyer")
         if refresh:
             await rpc.call("refresh")
+            self._reader_height = None
+        if self._reader_height is None:
+            # Auto-refresh is off, so the wallet's height moves only when we refresh it: one
+            # get_height after each refresh serves every balance read until the next one.
+            self._reader_height = int((await rpc.call("get_height")).get("height", 0))
         bal = await rpc.call("get_balance", {"account_index": 0})
-        height = await rpc.call("get_height")
         return Balance(
             balance=int(bal.get("balance", 0)),
             unlocked_balance=int(bal.get("unlocked_balance", 0)),
             blocks_to_unlock=int(bal.get("blocks_to_unlock", 0)),
-            height=int(height.get("height", 0)),
+            height=self._reader_height,
         )
 
     async def _funding(self, refresh: bool) -> Funding:
@@ -466,6 +473,7 @@ class EscrowSession:
         self.address = expected
 
     async def _restore(self, why: str) -> None:
+        self._reader_height = None
         if not self._limiter.allow():
             raise SessionFailed(f"restart limit reached ({why}); session gives up")
         self.restarts += 1
