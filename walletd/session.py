@@ -331,6 +331,11 @@ class EscrowSession:
             return self.address  # already done (a repeated request)
         rpcs = {role: self._rpc(role) for role in ROLES}
         passwords = {role: self.spec.wallets[role].password for role in ROLES}
+        # A wallet created while its wallet-rpc could not reach monerod takes an estimated
+        # restore height (a mainnet one, useless on regtest) and never sees its funds: refresh
+        # now, so such a wallet fails the creation (which is undone and can be retried) instead
+        # of becoming an escrow that silently never gets funded.
+        await multisig.refresh(list(rpcs.values()))
         await self._store_and_backup("before multisig setup")
         failpoints.hit("creating_multisig")
         address = await multisig.make_multisig(rpcs, passwords)
