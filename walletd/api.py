@@ -23,7 +23,7 @@ __all__ = ["Api", "parse_json_object"]
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
-MAX_AMOUNT = 2**64 - 1
+MAX_AMOUNT = 2**63 - 1  # SQLite integers are signed 64-bit; more than all XMR ever paid at once
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def _query_int(request: Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise InvalidRequest(f"query parameter {name} must be a non-negative integer")
     return int(raw)
 

@@ -206,7 +206,13 @@ class EscrowService:
                 created_at=now,
                 updated_at=now,
             )
-            self.store.insert_escrow(rec)
+            try:
+                self.store.insert_escrow(rec)
+            except BaseException:
+                # Not recorded: the session opened to check the wallets must not stay behind
+                # holding them for an escrow that does not exist.
+                await self._close_quietly(escrow_id)
+                raise
         finally:
             self._adopting.discard(escrow_id)
         self.events.emit("escrow_created", escrow_id, origin="adopted", amount=amount)

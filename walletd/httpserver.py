@@ -325,6 +325,7 @@ class _Connection:
         self._eof = False
         self._allowed = True
         self._timer = trio.CancelScope()
+        self._method: str | None = None
         self._h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes
         )
@@ -378,6 +379,8 @@ class _Connection:
             return None
         if not isinstance(event, h11.Request):  # h11 yields nothing else in this state
             raise _Abort(_error(400, "invalid_request", "malformed HTTP request"))
+        # Remembered for an abort's answer: a refused HEAD must still get a body-less answer.
+        self._method = event.method.decode("ascii")
         self._check_head(event)
         if self._h11.they_are_waiting_for_100_continue:
             informational = h11.InformationalResponse(status_code=100, headers=[])
@@ -474,7 +477,7 @@ class _Connection:
     async def abort(self, response: Response) -> None:
         """Send an error answer, then close after a short linger so the client can read it."""
         log.debug("http_rejected", status=response.status)
-        await self._send_response(response, method=None, close=True)
+        await self._send_response(response, method=self._method, close=True)
         with trio.move_on_after(_LINGER_SECONDS):
             # Closing with unread input resets the peer, which may then miss our answer.
             await self.stream.send_eof()
@@ -570,7 +573,10 @@ def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
     except UnicodeDecodeError:
         raise _BadTarget("request target is not ASCII") from None
     if text.startswith(("http://", "https://")):
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError:  # e.g. an unclosed IPv6 bracket in the host
+            raise _BadTarget("request target is not a valid URL") from None
         raw_path, raw_query = parts.path or "/", parts.query
     elif text.startswith("/"):
         raw_path, _, raw_query = text.partition("?")

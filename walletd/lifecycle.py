@@ -183,6 +183,7 @@ class Lifecycle:
         """Release or refund the whole balance to `address`, at most once (see module doc)."""
         check_address_format(address)
         escrows = self.app.escrows
+        escrows.get(escrow_id)  # NotFound before anything is kept for this id
         lock = self._locks.setdefault(escrow_id, trio.Lock())
         async with lock:
             rec = escrows.get(escrow_id)
