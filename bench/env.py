@@ -1,0 +1,156 @@
+"""The regtest world the benchmark runs in: its own monerod, wallet-rpc processes, a miner with
+unlocked coins, ready 2-of-3 multisig sets and funded escrow addresses.
+
+Everything is entered into the caller's ExitStack, so every process stops however the run ends.
+The wallet-rpc processes serve `direct_dir`; the first three of them stay up after the sets are
+made and serve the "old way" and floor baselines (wallets opened straight on wallet-rpc).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from functools import partial
+from pathlib import Path
+
+import attrs
+
+from tests.regtest.wallet_rpc_proc import (
+    Miner,
+    MultisigSet,
+    MultisigSetFactory,
+    WalletRpcProcess,
+    create_plain_wallet,
+    run_trio,
+)
+from walletd.ids import ROLES
+from walletd.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
+
+__all__ = [
+    "PASSWORD",
+    "XMR",
+    "Regtest",
+    "copy_set",
+    "copy_wallet",
+    "move_set",
+    "start_regtest",
+]
+
+XMR = 10**12
+PASSWORD = "bench-pw"  # noqa: S105 - throwaway regtest wallets
+POOL_SIZE = 6  # two sets made at a time; more gains nothing on 2 cores (opens are CPU-bound)
+MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs
+UNLOCK_BLOCKS = 12  # a received output unlocks after 10 blocks; 2 spare
+# monerod accepts at most 25 RPC connections from localhost by default, and every wallet-rpc
+# holds one: 10 sessions are 30+ children, whose refreshes then fail with "no connection to
+# daemon". The benchmark needs headroom for every process it runs.
+RPC_CONNECTIONS = 500
+
+
+class BenchMonerod(MonerodProcess):
+    """walletd's regtest monerod, with room for more than 25 RPC connections from localhost."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self._argv += [
+            "--rpc-max-connections-per-private-ip",
+            str(RPC_CONNECTIONS),
+            "--rpc-max-connections",
+            str(RPC_CONNECTIONS),
+        ]
+
+
+@attrs.define
+class Regtest:
+    root: Path
+    monerod: MonerodProcess
+    pool: list[WalletRpcProcess]
+    miner: Miner
+    direct_dir: Path
+
+    def make_sets(self, n: int) -> list[MultisigSet]:
+        """`n` ready 2-of-3 sets, closed, in `direct_dir`."""
+        return MultisigSetFactory(self.pool)(self.direct_dir, n, PASSWORD)
+
+    def shrink_pool(self, keep: int) -> None:
+        """Stop the pool processes past `keep` (set making is over; they would only add noise)."""
+        for proc in self.pool[keep:]:
+            proc.stop()
+        del self.pool[keep:]
+
+    def fund(self, addresses: list[str], amount: int) -> str:
+        """Pay `amount` to each address in one transaction, then mine until it is unlocked."""
+        txid = run_trio(partial(self._transfer, addresses, amount))
+        self.monerod.mine(UNLOCK_BLOCKS, self.miner.address)
+        return txid
+
+    async def _transfer(self, addresses: list[str], amount: int) -> str:
+        rpc = self.miner.process.client()
+        try:
+            await rpc.call("refresh")
+            dests = [{"address": a, "amount": amount} for a in addresses]
+            answer = await rpc.call("transfer", {"destinations": dests})
+            return str(answer["tx_hash"])
+        finally:
+            await rpc.aclose()
+
+
+def start_regtest(stack: contextlib.ExitStack, root: Path) -> Regtest:
+    monerod = stack.enter_context(BenchMonerod(root / "monerod"))
+    direct_dir = root / "direct"
+    procs = [
+        stack.enter_context(
+            WalletRpcProcess(
+                wallet_dir=direct_dir,
+                work_dir=root / f"wallet-rpc-{i}",
+                daemon_address=monerod.daemon_address,
+            )
+        )
+        for i in range(POOL_SIZE)
+    ]
+    miner_proc = stack.enter_context(
+        WalletRpcProcess(
+            wallet_dir=root / "miner-wallets",
+            work_dir=root / "wallet-rpc-miner",
+            daemon_address=monerod.daemon_address,
+        )
+    )
+    for proc in [*procs, miner_proc]:  # started together above, so their starts overlap
+        proc.wait_ready()
+    address = run_trio(partial(_create_miner, miner_proc))
+    monerod.mine(MINER_BLOCKS, address)
+    return Regtest(root, monerod, procs, Miner(process=miner_proc, address=address), direct_dir)
+
+
+async def _create_miner(proc: WalletRpcProcess) -> str:
+    rpc = proc.client()
+    try:
+        return await create_plain_wallet(rpc, "miner")
+    finally:
+        await rpc.aclose()
+
+
+def _wallet_files(directory: Path, name: str) -> list[Path]:
+    return [directory / f"{name}{suffix}" for suffix in ("", ".keys", ".address.txt")]
+
+
+def move_set(s: MultisigSet, src: Path, dst: Path) -> None:
+    dst.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for role in ROLES:
+        for path in _wallet_files(src, s.files[role]):
+            if path.exists():
+                shutil.move(path, dst / path.name)
+
+
+def copy_set(s: MultisigSet, src: Path, dst: Path, prefix: str) -> MultisigSet:
+    """Byte copies of a set's three wallets under new names: the same multisig, other files."""
+    files = {role: f"{prefix}-{role}" for role in ROLES}
+    for role in ROLES:
+        copy_wallet(src, s.files[role], dst, files[role])
+    return MultisigSet(files=files, password=s.password, address=s.address)
+
+
+def copy_wallet(src: Path, name: str, dst: Path, new_name: str) -> None:
+    """A byte copy under another name: same keys and address, its own keys-file lock."""
+    for path in _wallet_files(src, name)[:2]:
+        shutil.copy2(path, dst / path.name.replace(name, new_name, 1))

@@ -1,0 +1,1 @@
+"""One module per figure of the benchmark; each returns `ItemResult`s for the report."""
