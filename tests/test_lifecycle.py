@@ -239,3 +239,42 @@ async def test_one_stuck_wallet_does_not_stop_the_monitor(
         world.credit(fine["multisig_address"], AMOUNT, unlocked=False)
         await _wait_state(app, "s2", "funded", timeout=120)
         nursery.cancel_scope.cancel()
+
+
+async def test_cosigner_killed_mid_payout_is_restored(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """kill -9 of the co-signer while a release is being prepared: the session restores it,
+    the release is answered, walletd keeps serving, and one payout leaves the escrow."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "k1", "amount": AMOUNT})
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+        await _wait_state(app, "k1", "ready")
+        vendor = world.add_wallet("vk", "x")
+        arbiter = app.pool.fake_of("escrow-k1-arbiter")  # type: ignore[attr-defined]
+        arbiter.call_delay = 10.0
+        answers: list[tuple[int, Any]] = []
+        answered = trio.Event()
+
+        async def release() -> None:
+            body = {"address": vendor.address}
+            answers.append(await call(app, "POST", "/v1/escrows/k1/release", body))
+            answered.set()
+
+        nursery.start_soon(release)
+        await trio.sleep(3)  # inside the payout's first multisig step on the arbiter
+        arbiter.kill()
+        with trio.fail_after(120):
+            await answered.wait()
+        assert answers[0][0] in (202, 503), answers
+        if answers[0][0] == 503:
+            assert (
+                await call(
+                    app, "POST", "/v1/escrows/k1/release", body := {"address": vendor.address}
+                )
+            )[0] == 202, body
+        assert (await call(app, "GET", "/v1/health"))[0] in (200, 503)
+        assert world.epoch(esc["multisig_address"]) == 1
+        nursery.cancel_scope.cancel()

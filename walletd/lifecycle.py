@@ -239,7 +239,7 @@ class Lifecycle:
     async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
         try:
             await self._payout_steps(escrow_id)
-        except WalletdError as exc:
+        except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             rec = self.app.escrows.get(escrow_id)
             payout = dict(rec.payout or {})
@@ -277,11 +277,11 @@ class Lifecycle:
                 SubmitPayout(cosigner, txids, payout["signed_txset"]),
                 api=False,
             )
-        except RpcCallError as exc:
+        except (RpcCallError, multisig.MultisigError) as exc:
             # Already mined or in the pool (e.g. submitted before a crash): confirm it from the
             # daemon instead of failing; anything else is an error to report.
             if not await self._known_to_daemon(txids[0]):
-                raise WalletError(f"submit_multisig refused: {exc.rpc_message}") from exc
+                raise WalletError(f"submit_multisig refused: {exc}") from exc
         failpoints.hit("after_submit")
         payout.update(phase="submitted", txid=txids[0], submitted_at=utcnow(), last_error=None)
         self._store.update_escrow(escrow_id, payout=payout, state=_PAYOUT_STATE[payout["kind"]])

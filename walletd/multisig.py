@@ -29,7 +29,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import RpcError
+from walletd.errors import RpcError, WalletdError
 from walletd.ids import ROLES, Role
 from walletd.rpc import WalletRpc
 
@@ -64,7 +64,7 @@ JsonObject = dict[str, Any]
 K = TypeVar("K", bound=str)
 
 
-class MultisigError(Exception):
+class MultisigError(WalletdError):
     """A step of the recipe failed.
 
     Attributes:

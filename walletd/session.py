@@ -269,7 +269,9 @@ class EscrowSession:
                 if message.changes_wallets:
                     await self._store_all()  # multisig state is lost on kill -9 unless stored
                 return result
-            except LOST as exc:
+            except (*LOST, multisig.MultisigError) as exc:
+                if isinstance(exc, multisig.MultisigError) and not isinstance(exc.rpc_error, LOST):
+                    raise  # a wallet refused a multisig step: the caller gets the step and why
                 log.warning("wallet-rpc lost", error=str(exc))
                 await self._restore(type(exc).__name__)
                 if not message.idempotent or repeated:
