@@ -374,6 +374,7 @@ class _Connection:
         return f"request not received within {self._limits.header_timeout:g} s"
 
     async def _read_message(self) -> _Incoming | None:
+        self._method = None  # this request's, not the previous one's on a kept-alive connection
         event = await self._next_event()
         if isinstance(event, h11.ConnectionClosed):
             return None

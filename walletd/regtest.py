@@ -62,6 +62,9 @@ def free_port() -> int:
         return port
 
 
+RPC_CONNECTIONS = 1000
+
+
 def monerod_argv(
     data_dir: Path,
     rpc_port: int,
@@ -102,6 +105,13 @@ def monerod_argv(
         "--check-updates",
         "disabled",
         "--disable-dns-checkpoints",
+        # Every wallet-rpc child keeps an RPC connection to monerod, and monerod allows only 25
+        # from a private (loopback) address by default: with 10 sessions walletd runs 33
+        # children, and those past the limit answer -38 "no connection to daemon".
+        "--rpc-max-connections-per-private-ip",
+        str(RPC_CONNECTIONS),
+        "--rpc-max-connections",
+        str(RPC_CONNECTIONS),
     ]
     if keep_chain:
         argv.append("--keep-fakechain")
