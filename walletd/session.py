@@ -517,6 +517,10 @@ class EscrowSession:
         if proc is not None:
             await self._pool.discard(proc)
         await self._open_one(handle)
+        if not self.spec.create:
+            # A killed process lost everything since its last store, chain sync included: catch
+            # up before answering, or a transaction the wallet knew a moment ago reads as unknown.
+            await self._rpc(handle.role).call("refresh")
 
     async def _close_all(self) -> None:
         async with trio.open_nursery() as nursery:
