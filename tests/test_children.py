@@ -85,15 +85,19 @@ def _start_time(pid: int) -> int:
     return int(stat[19])
 
 
-def _our_wallet_rpc_children() -> list[int]:
-    """Live monero-wallet-rpc processes whose parent is this test process."""
+def _our_wallet_rpc_children(wallet_dir: Path) -> list[int]:
+    """Live monero-wallet-rpc processes of this test process serving `wallet_dir` (the regtest
+    fixtures of the same pytest run have children of their own, on other directories)."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             stat = _stat(int(entry.name))
             if stat and stat[0] != "Z" and int(stat[1]) == os.getpid():
                 with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry.name}/exe").endswith(WALLET_RPC):
+                    argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+                    if os.readlink(f"/proc/{entry.name}/exe").endswith(WALLET_RPC) and (
+                        str(wallet_dir).encode() in argv
+                    ):
                         pids.append(int(entry.name))
     return pids
 
@@ -291,7 +295,7 @@ async def test_cancelled_pool_leaves_no_process(tmp_path: Path) -> None:
             starting = pool.pids
             nursery.cancel_scope.cancel()
         assert not any(_running(pid) for pid in starting)
-        assert _our_wallet_rpc_children() == []
+        assert _our_wallet_rpc_children(s.wallet_dir) == []
 
 
 def _start_outside(argv: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
