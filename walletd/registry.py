@@ -200,6 +200,10 @@ class Registry:
                 return await entry.handle.request(message)
             except SessionClosed:
                 # It left between our lookup and our message (shutdown, failure): open anew.
+                with trio.move_on_after(
+                    self.limits.evict_grace
+                ):  # the old entry must be gone first
+                    await entry.closed.wait()
                 continue
             finally:
                 self._release(entry, api=api)

@@ -207,30 +207,38 @@ class EscrowSession:
             handle.address = self.address
             task_status.started(handle)
             async with inbox:
-                next_store = trio.current_time() + self._store_interval
-                while True:
-                    with trio.move_on_at(next_store) as waiting:
-                        try:
-                            message, reply = await inbox.receive()
-                        except trio.EndOfChannel:
+                try:
+                    next_store = trio.current_time() + self._store_interval
+                    while True:
+                        with trio.move_on_at(next_store) as waiting:
+                            try:
+                                message, reply = await inbox.receive()
+                            except trio.EndOfChannel:
+                                break
+                        if waiting.cancelled_caught:
+                            # Periodic store: wallet-rpc saves nothing by itself, and kill -9
+                            # loses whatever happened since the last store.
+                            await self._periodic_store()
+                            next_store = trio.current_time() + self._store_interval
+                            continue
+                        if isinstance(message, Leave):
+                            self.leave_reason = message.reason
                             break
-                    if waiting.cancelled_caught:
-                        # Periodic store: wallet-rpc saves nothing by itself, and kill -9
-                        # loses whatever happened since the last store.
-                        await self._periodic_store()
-                        next_store = trio.current_time() + self._store_interval
-                        continue
-                    if isinstance(message, Leave):
-                        self.leave_reason = message.reason
-                        break
-                    try:
-                        result: outcome.Outcome[Any] = outcome.Value(await self._serve(message))
-                    except SessionFailed as exc:
-                        _answer(reply, outcome.Error(SessionFailed(exc.message)))
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
-                        result = outcome.Error(exc)
-                    _answer(reply, result)
+                        try:
+                            result: outcome.Outcome[Any] = outcome.Value(await self._serve(message))
+                        except SessionFailed as exc:
+                            _answer(reply, outcome.Error(SessionFailed(exc.message)))
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+                            result = outcome.Error(exc)
+                        _answer(reply, result)
+                finally:  # answer what is still queued: its caller retries
+                    while True:
+                        try:
+                            _, queued = inbox.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        queued.close()
                 # Whatever is still queued gets SessionClosed (channel closed) and is retried
                 # by the registry on a new session: nothing is silently dropped.
         finally:
