@@ -521,8 +521,9 @@ class ChildPool:
                     pending = b""
             if pending:
                 self._output_line(proc, pending)
-        except (trio.ClosedResourceError, OSError):
-            pass
+        except (trio.ClosedResourceError, OSError) as exc:
+            # The pipe closes when the child exits or is stopped: nothing left to drain.
+            log.debug("wallet-rpc output closed", pid=proc.pid, reason=type(exc).__name__)
         finally:
             child.drained.set()
 
@@ -645,7 +646,7 @@ def _signal(proc: WalletProcess, sig: signal.Signals) -> None:
         else:
             child.popen.send_signal(sig)
     except ProcessLookupError:
-        pass
+        pass  # it exited between our check and the signal: what we wanted anyway
 
 
 def _free_port() -> int:
@@ -822,7 +823,7 @@ class _Orphan:
             elif self.same_process():
                 os.kill(self.pid, sig)
         except (ProcessLookupError, PermissionError):
-            pass
+            pass  # gone, or no longer ours (pid reused): in both cases never to be signalled
 
 
 def _find_orphans(settings: ChildSettings) -> tuple[dict[int, int], list[Path]]:

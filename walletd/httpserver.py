@@ -189,7 +189,7 @@ async def _remove_stale_socket(path: Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        pass  # already gone: the stale socket is exactly what we wanted removed
 
 
 async def _socket_is_live(path: Path) -> bool:
