@@ -354,15 +354,10 @@ class EscrowSession:
         return address
 
     async def _store_all(self) -> None:
-        rpcs = [self._rpc(role) for role in ROLES]
-        try:
-            async with trio.open_nursery() as nursery:
-                for rpc in rpcs:
-                    nursery.start_soon(rpc.call, "store")
-        except BaseExceptionGroup as group:
-            # The error itself (e.g. RpcUnreachable from a killed child), so that the session
-            # recognises a lost process and restores it, rather than an opaque group.
-            raise first_error(group) from group
+        await _together(self._store_one, self._handles.values())
+
+    async def _store_one(self, handle: _Handle) -> None:
+        await self._rpc(handle.role).call("store")
 
     async def _store_and_backup(self, label: str) -> None:
         """Store every wallet, then copy their files aside (wallet-rpc writes only on store)."""
