@@ -173,6 +173,21 @@ async def test_killed_wallet_rpc_is_restored(
         nursery.cancel_scope.cancel()
 
 
+async def test_dead_spares_are_passed_over(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """kill -9 of every process, spares included: the restore takes another process for each
+    spare that turns out dead, and the next call still succeeds."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        await pool.kill_spares_unnoticed(2)
+        pool.fake_of(sets[0].files["vendor"]).kill()
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 200, body
+        assert pool.fake_of(sets[0].files["vendor"]).dead is False
+        assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 1
+        assert pool.restarts == 3  # the vendor's process and both dead spares were discarded
+        nursery.cancel_scope.cancel()
+
+
 async def test_restart_rate_is_bounded(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     """Past the restart intensity the session fails as a unit, is reported, and can reopen."""
     async with trio.open_nursery() as nursery:
@@ -229,6 +244,35 @@ async def test_shutdown_stores_and_closes_everything(
         await app.registry.shutdown(timeout=30)
         assert world.locks == {}
         assert [r for _, r in _closed(app)][-cap:] == ["shutdown"] * cap
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_during_an_opening_closes_it_cleanly(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """SIGTERM while a session is still opening: once open it is told to leave at once, stores
+    and closes its wallets, and is reported closed for shutdown (not failed, not cancelled)."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, sets = await _setup(nursery, tmp_path, 1)
+        assert await app.registry.close("e0")
+        answers: list[int] = []
+
+        async def balance() -> None:
+            answers.append((await call(app, "GET", "/v1/escrows/e0/balance"))[0])
+
+        nursery.start_soon(balance)
+        await trio.sleep(0.5)  # the opening (1.5 s per wallet) is under way
+        assert app.registry.sessions() == []
+        stores = {f: world.stores[f] for f in sets[0].files.values()}
+        started = trio.current_time()
+        await app.registry.shutdown(timeout=30)
+        assert trio.current_time() - started < 30  # it did not sit out the timeout
+        assert _closed(app)[-1] == ("e0", "shutdown")
+        assert world.locks == {}
+        for f in sets[0].files.values():
+            assert world.stores[f] > stores[f], f
+        await trio.sleep(1)
+        assert answers == [503]  # told plainly that walletd is shutting down
         nursery.cancel_scope.cancel()
 
 

@@ -152,6 +152,7 @@ class Registry:
                 await self._wait_changed()
         for entry in list(self._entries.values()):
             log.error("session did not close in time; cancelling", escrow_id=entry.escrow_id)
+            entry.leave_reason = entry.leave_reason or "shutdown"  # ours: not a session failure
             entry.scope.cancel()
         with trio.move_on_after(5):
             while self._entries:
@@ -415,6 +416,9 @@ class Registry:
         self._counters["opened"] += 1
         self._on_event("session_opened", entry.escrow_id)
         entry.ready.set()
+        if self._closing:
+            # Shutdown began while it was opening (and could not be told then): leave now.
+            self._tell_leave(entry, "shutdown")
         self._notify()
 
     def _finish(self, entry: _Entry) -> None:

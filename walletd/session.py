@@ -78,6 +78,7 @@ Envelope = tuple[Message, Reply]
 LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
 TX_NOT_FOUND = -8
 OPEN_FAILED = -1
+FRESH_PROCESS_TRIES = 3  # processes tried for one open when the ones handed over turn out dead
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
 
 
@@ -431,13 +432,27 @@ class EscrowSession:
         log.info("session opened", address=_short(self.address))
 
     async def _open_one(self, handle: _Handle) -> None:
-        if handle.proc is None or not handle.proc.alive():
-            if handle.proc is not None:
-                await self._pool.discard(handle.proc)
-                handle.proc = None
-            handle.proc = await self._pool.acquire()
-            handle.proc.rpc.observer = self._on_call
-        rpc = handle.proc.rpc
+        fresh = 0
+        while True:
+            if handle.proc is None or not handle.proc.alive():
+                if handle.proc is not None:
+                    await self._pool.discard(handle.proc)
+                    handle.proc = None
+                handle.proc = await self._pool.acquire()
+                handle.proc.rpc.observer = self._on_call
+                fresh += 1
+            try:
+                await self._open_in(handle, handle.proc.rpc)
+                return
+            except RpcUnreachable:
+                # A spare killed a moment ago can still look alive (its exit not yet reaped):
+                # take another process rather than fail the open; bounded, a broken binary fails.
+                if fresh == 0 or fresh >= FRESH_PROCESS_TRIES:
+                    raise
+                proc, handle.proc = handle.proc, None
+                await self._pool.discard(proc)
+
+    async def _open_in(self, handle: _Handle, rpc: Any) -> None:
         params = {"filename": handle.spec.file, "password": handle.spec.password}
         if self.spec.create and not handle.created:
             await rpc.call(

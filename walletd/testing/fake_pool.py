@@ -23,9 +23,10 @@ class FakeProcess(WalletProcess):
         )
         super().__init__(f"fake-wallet-rpc:{fake.pid}", rpc, pid=fake.pid)
         self.fake = fake
+        self.unreaped = False  # killed a moment ago: dead, but its exit not yet noticed
 
     def alive(self) -> bool:
-        return not self.fake.dead
+        return self.unreaped or not self.fake.dead
 
 
 class FakePool:
@@ -82,6 +83,16 @@ class FakePool:
         if fake_proc.fake.dead:
             self.restarts += 1
         fake_proc.fake.terminate()
+
+    async def kill_spares_unnoticed(self, n: int) -> None:
+        """Add `n` spares killed so recently that they still look alive, as real spares do
+        between SIGKILL and the pool reaping them."""
+        procs = [await self.acquire() for _ in range(n)]
+        for proc in procs:
+            await self.release(proc)
+        for fake_proc in self.idle[-n:]:
+            fake_proc.fake.kill()
+            fake_proc.unreaped = True
 
     def fake_of(self, escrow_wallet: str) -> FakeWalletRpc:
         """The fake process that has `escrow_wallet` open."""
