@@ -55,6 +55,27 @@ def test_escrow_round_trip_and_update(tmp_path: Path) -> None:
     assert [r.escrow_id for r in store.list_escrows("funded")] == ["e1"]
 
 
+def test_state_change_and_its_event_are_one_transaction(tmp_path: Path) -> None:
+    """A state change and the event announcing it land together or not at all: an event that
+    cannot be written leaves the escrow as it was, and a change to no escrow writes no event."""
+    store = Store(tmp_path / "db")
+    inserted = store.insert_escrow(_record(), [("escrow_created", {"amount": 5})])
+    assert [e.type for e in inserted] == ["escrow_created"]
+    with pytest.raises(TypeError):
+        store.change_escrow("e1", {"state": "funded"}, [("funded", {"bad": object()})])
+    assert store.get_escrow("e1").state == "awaiting_funding"  # type: ignore[union-attr]
+    with pytest.raises(KeyError):
+        store.change_escrow("nobody", {"state": "funded"}, [("funded", {})])
+    rec, events = store.change_escrow("e1", {"state": "funded"}, [("funded", {"balance": 5})])
+    assert rec.state == "funded"
+    store.close()
+    store = Store(tmp_path / "db")  # what a restart reads back
+    assert [(e.type, e.escrow_id, e.seq) for e in store.events_after(0)] == [
+        ("escrow_created", "e1", inserted[0].seq),
+        ("funded", "e1", events[0].seq),
+    ]
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A database from a newer walletd is left untouched rather than misread."""
     store = Store(tmp_path / "db")

@@ -207,7 +207,9 @@ class EscrowService:
                 updated_at=now,
             )
             try:
-                self.store.insert_escrow(rec)
+                self.events.insert(
+                    rec, [("escrow_created", {"origin": "adopted", "amount": amount})]
+                )
             except BaseException:
                 # Not recorded: the session opened to check the wallets must not stay behind
                 # holding them for an escrow that does not exist.
@@ -215,7 +217,6 @@ class EscrowService:
                 raise
         finally:
             self._adopting.discard(escrow_id)
-        self.events.emit("escrow_created", escrow_id, origin="adopted", amount=amount)
         if self.registry.is_open(escrow_id):
             self.events.emit("session_opened", escrow_id)
         return rec, True

@@ -5,12 +5,13 @@ Sequence numbers come from SQLite's AUTOINCREMENT, so they only grow and survive
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 import trio
 
-from walletd.store import EventRecord, Store
+from walletd.store import EscrowRecord, EventRecord, NewEvent, Store
 
 __all__ = ["EventLog"]
 
@@ -27,10 +28,27 @@ class EventLog:
     def emit(self, type_: str, escrow_id: str | None = None, **data: Any) -> EventRecord:
         """Record an event and wake every waiting long poll."""
         event = self._store.append_event(type_, escrow_id, data)
-        log.info("event", type=type_, escrow_id=escrow_id, seq=event.seq, **data)
-        self._changed.set()
-        self._changed = trio.Event()
+        self._published([event])
         return event
+
+    def insert(self, rec: EscrowRecord, events: Sequence[NewEvent]) -> None:
+        """Record a new escrow together with its events (one transaction), then publish them."""
+        self._published(self._store.insert_escrow(rec, events))
+
+    def change(self, escrow_id: str, events: Sequence[NewEvent], **changes: Any) -> EscrowRecord:
+        """Change an escrow and record the events that say so in one transaction."""
+        rec, appended = self._store.change_escrow(escrow_id, changes, events)
+        self._published(appended)
+        return rec
+
+    def _published(self, events: Sequence[EventRecord]) -> None:
+        for event in events:
+            log.info(
+                "event", type=event.type, escrow_id=event.escrow_id, seq=event.seq, **event.data
+            )
+        if events:
+            self._changed.set()
+            self._changed = trio.Event()
 
     @property
     def last_seq(self) -> int:

@@ -136,8 +136,12 @@ class Lifecycle:
                 create=True,
             )
             address = await self.app.registry.call(escrow_id, SetupMultisig(), spec=spec)
-            rec = self._store.update_escrow(
-                escrow_id, state="awaiting_funding", multisig_address=address
+            created = {"origin": "created", "amount": amount, "address": address}
+            rec = self.app.events.change(
+                escrow_id,
+                [("escrow_created", created)],
+                state="awaiting_funding",
+                multisig_address=address,
             )
         except BaseException as exc:
             with trio.CancelScope(shield=True):
@@ -148,9 +152,6 @@ class Lifecycle:
         finally:
             del self._creating[escrow_id]
             done.set()
-        self.app.events.emit(
-            "escrow_created", escrow_id, origin="created", amount=amount, address=address
-        )
         if self.app.registry.is_open(escrow_id):
             self.app.events.emit("session_opened", escrow_id)
         return rec, True
@@ -284,14 +285,17 @@ class Lifecycle:
                 raise WalletError(f"submit_multisig refused: {exc}") from exc
         failpoints.hit("after_submit")
         payout.update(phase="submitted", txid=txids[0], submitted_at=utcnow(), last_error=None)
-        self._store.update_escrow(escrow_id, payout=payout, state=_PAYOUT_STATE[payout["kind"]])
-        self.app.events.emit(
-            "payout_submitted",
+        submitted = {
+            "kind": payout["kind"],
+            "txid": txids[0],
+            "amount": payout.get("amount"),
+            "fee": payout.get("fee"),
+        }
+        self.app.events.change(
             escrow_id,
-            kind=payout["kind"],
-            txid=txids[0],
-            amount=payout.get("amount"),
-            fee=payout.get("fee"),
+            [("payout_submitted", submitted)],
+            payout=payout,
+            state=_PAYOUT_STATE[payout["kind"]],
         )
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:

@@ -154,15 +154,14 @@ class Monitor:
         ):
             state = "ready"
             events.append("ready")
-        self.app.store.update_escrow(rec.escrow_id, state=state, funding=funding)
-        for type_ in events:
-            self.app.events.emit(
-                type_,
-                rec.escrow_id,
-                balance=f.balance,
-                unlocked_balance=f.unlocked_balance,
-                confirmations=f.confirmations,
-            )
+        seen = {
+            "balance": f.balance,
+            "unlocked_balance": f.unlocked_balance,
+            "confirmations": f.confirmations,
+        }
+        self.app.events.change(
+            rec.escrow_id, [(t, seen) for t in events], state=state, funding=funding
+        )
 
     async def check_payout(self, rec: EscrowRecord, height: int) -> None:
         payout = dict(rec.payout or {})
@@ -179,8 +178,8 @@ class Monitor:
             rec = self.app.store.update_escrow(rec.escrow_id, payout=payout)
         if confirmations >= rec.required_confirmations:
             final = _FINAL[rec.state]
-            self.app.store.update_escrow(rec.escrow_id, state=final)
-            self.app.events.emit(final, rec.escrow_id, txid=txid, confirmations=confirmations)
+            done = {"txid": txid, "confirmations": confirmations}
+            self.app.events.change(rec.escrow_id, [(final, done)], state=final)
             await self.app.registry.close(rec.escrow_id, reason="finished")
 
     async def _resubmit(self, rec: EscrowRecord) -> None:

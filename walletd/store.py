@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,15 @@ import attrs
 
 from walletd.ids import ROLES, Role
 
-__all__ = ["SCHEMA_VERSION", "EscrowRecord", "EventRecord", "Store", "WalletRef", "utcnow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "EscrowRecord",
+    "EventRecord",
+    "NewEvent",
+    "Store",
+    "WalletRef",
+    "utcnow",
+]
 
 SCHEMA_VERSION = 1
 
@@ -101,6 +109,9 @@ class EventRecord:
         }
 
 
+NewEvent = tuple[str, Mapping[str, Any]]  # (type, data) of an event to append with a change
+
+
 def _wallets_to_json(wallets: Mapping[Role, WalletRef]) -> str:
     return json.dumps(
         {r: {"file": w.file, "sealed_password": w.sealed_password} for r, w in wallets.items()}
@@ -172,7 +183,10 @@ class Store:
 
     # ---- escrows ---------------------------------------------------------------------------------
 
-    def insert_escrow(self, rec: EscrowRecord) -> None:
+    def insert_escrow(
+        self, rec: EscrowRecord, events: Sequence[NewEvent] = ()
+    ) -> list[EventRecord]:
+        """Record a new escrow and its events in one transaction: both or neither."""
         with self._tx() as db:
             db.execute(
                 "INSERT INTO escrows VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -191,6 +205,7 @@ class Store:
                     rec.updated_at,
                 ),
             )
+            return [_insert_event(db, t, rec.escrow_id, d) for t, d in events]
 
     def get_escrow(self, escrow_id: str) -> EscrowRecord | None:
         row = self._db.execute("SELECT * FROM escrows WHERE escrow_id = ?", (escrow_id,)).fetchone()
@@ -216,6 +231,13 @@ class Store:
 
     def update_escrow(self, escrow_id: str, **changes: Any) -> EscrowRecord:
         """Change some columns of one escrow in one transaction and return the new record."""
+        return self.change_escrow(escrow_id, changes)[0]
+
+    def change_escrow(
+        self, escrow_id: str, changes: Mapping[str, Any], events: Sequence[NewEvent] = ()
+    ) -> tuple[EscrowRecord, list[EventRecord]]:
+        """Change some columns of one escrow and append its events in one transaction, so a
+        crash can never keep a state change whose event the server would then never see."""
         allowed = {"state", "multisig_address", "funding", "payout"}
         if not changes or set(changes) - allowed:
             raise ValueError(f"cannot update {sorted(set(changes) - allowed)}")
@@ -226,14 +248,17 @@ class Store:
         cols.append("updated_at = ?")
         values.append(utcnow())
         with self._tx() as db:
-            db.execute(
+            cur = db.execute(
                 f"UPDATE escrows SET {', '.join(cols)} WHERE escrow_id = ?",  # noqa: S608 - column names are fixed above
                 (*values, escrow_id),
             )
+            if cur.rowcount != 1:
+                raise KeyError(escrow_id)
+            appended = [_insert_event(db, t, escrow_id, d) for t, d in events]
         rec = self.get_escrow(escrow_id)
         if rec is None:
             raise KeyError(escrow_id)
-        return rec
+        return rec, appended
 
     def delete_escrow(self, escrow_id: str) -> None:
         with self._tx() as db:
@@ -244,14 +269,8 @@ class Store:
     def append_event(
         self, type_: str, escrow_id: str | None, data: Mapping[str, Any]
     ) -> EventRecord:
-        at = utcnow()
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO events (type, escrow_id, at, data) VALUES (?,?,?,?)",
-                (type_, escrow_id, at, json.dumps(dict(data))),
-            )
-            seq = int(cur.lastrowid or 0)
-        return EventRecord(seq, type_, escrow_id, at, dict(data))
+            return _insert_event(db, type_, escrow_id, data)
 
     def events_after(self, seq: int, limit: int = 500) -> list[EventRecord]:
         rows = self._db.execute(
@@ -265,3 +284,14 @@ class Store:
     def last_event_seq(self) -> int:
         row = self._db.execute("SELECT max(seq) FROM events").fetchone()
         return int(row[0] or 0)
+
+
+def _insert_event(
+    db: sqlite3.Connection, type_: str, escrow_id: str | None, data: Mapping[str, Any]
+) -> EventRecord:
+    at = utcnow()
+    cur = db.execute(
+        "INSERT INTO events (type, escrow_id, at, data) VALUES (?,?,?,?)",
+        (type_, escrow_id, at, json.dumps(dict(data))),
+    )
+    return EventRecord(int(cur.lastrowid or 0), type_, escrow_id, at, dict(data))
