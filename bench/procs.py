@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.regtest.walletd_proc import children_of
+from walletd.testing.walletd_process import children_of
 
 __all__ = [
     "children_of",

@@ -38,6 +38,7 @@ __all__ = [
     "mine",
     "monerod_argv",
     "start_monerod",
+    "stop_process",
 ]
 
 log = structlog.get_logger(__name__)
@@ -293,14 +294,8 @@ class MonerodProcess:
         """SIGTERM, then SIGKILL after 10 s; safe to call twice."""
         self._client.close()
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, STOP_TIMEOUT)
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0
@@ -323,3 +318,15 @@ class MonerodProcess:
         params = {"amount_of_blocks": blocks, "wallet_address": address, "starting_nonce": 0}
         self.call("generateblocks", params, timeout=max(60.0, blocks * 2.0))
         return self.height()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM (monerod and wallet-rpc store and exit), SIGKILL after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

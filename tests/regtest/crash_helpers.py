@@ -125,7 +125,7 @@ class CrashableWalletd:
     def __init__(self, root: Path, daemon_address: str, **sections: dict[str, Any]) -> None:
         self.root = root
         self.daemon_address = daemon_address
-        self.sections = sections
+        self.sections: dict[str, Any] = dict(sections)
         self.proc: WalletdProcess | None = None
         self.log_offset = 0
         self.starts = 0

@@ -30,7 +30,7 @@ import trio
 
 from walletd.errors import NoWalletFile
 from walletd.multisig import ROLES, Role, create_wallets, make_multisig
-from walletd.regtest import free_port
+from walletd.regtest import free_port, stop_process
 from walletd.rpc import WalletRpc
 
 __all__ = [
@@ -197,14 +197,8 @@ class WalletRpcProcess:
     def stop(self) -> None:
         """SIGTERM (wallet-rpc stores the open wallet and exits), SIGKILL after 10 s."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, STOP_TIMEOUT)
 
 
 def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
