@@ -21,12 +21,9 @@ from typing import Any
 
 import trio
 
-from walletd import multisig
-from walletd.ids import ROLES
 from walletd.logs import configure_logging
-from walletd.rpc import WalletRpc
+from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_wallet_rpc import (
-    FakeTransport,
     FakeWalletRpc,
     FakeWalletWorld,
     serve_tcp,
@@ -39,19 +36,7 @@ PASSWORD = "fake-pw"  # noqa: S105 - fake wallets in memory
 
 async def _make_set(world: FakeWalletWorld, prefix: str) -> dict[str, Any]:
     """Three fake wallets made one ready 2-of-3 multisig with the real recipe, then closed."""
-    fakes = {r: FakeWalletRpc(world, open_delay=0, create_delay=0) for r in ROLES}
-    rpcs = {
-        r: WalletRpc(f.url, user="u", password="p", transport=FakeTransport(f))  # noqa: S106
-        for r, f in fakes.items()
-    }
-    names = {r: f"{prefix}-{r}" for r in ROLES}
-    await multisig.create_wallets(rpcs, names, dict.fromkeys(ROLES, PASSWORD))
-    address = await multisig.make_multisig(rpcs, dict.fromkeys(ROLES, PASSWORD))
-    for rpc in rpcs.values():
-        await rpc.call("close_wallet")
-        await rpc.aclose()
-    for fake in fakes.values():
-        fake.terminate()
+    names, address = await make_fake_multisig_files(world, prefix, PASSWORD)
     return {"files": names, "password": PASSWORD, "address": address}
 
 

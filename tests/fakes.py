@@ -9,15 +9,15 @@ from typing import Any
 import attrs
 import trio
 
-from walletd import multisig
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable
 from walletd.httpserver import PeerCred, Request, Response
 from walletd.ids import ROLES, Role
-from walletd.rpc import TxStatus, WalletRpc
+from walletd.rpc import TxStatus
+from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
 PASSWORD = "pw"
 
@@ -38,19 +38,7 @@ class MultisigSet:
 
 async def make_fake_multisig(world: FakeWalletWorld, prefix: str) -> MultisigSet:
     """Three wallets in the fake world made one ready 2-of-3 multisig, then closed."""
-    fakes = {r: FakeWalletRpc(world, open_delay=0, create_delay=0) for r in ROLES}
-    rpcs = {
-        r: WalletRpc(f.url, user="u", password="p", transport=FakeTransport(f))
-        for r, f in fakes.items()
-    }
-    names = {r: f"{prefix}-{r}" for r in ROLES}
-    await multisig.create_wallets(rpcs, names, dict.fromkeys(ROLES, PASSWORD))
-    address = await multisig.make_multisig(rpcs, dict.fromkeys(ROLES, PASSWORD))
-    for rpc in rpcs.values():
-        await rpc.call("close_wallet")
-        await rpc.aclose()
-    for fake in fakes.values():
-        fake.terminate()
+    names, address = await make_fake_multisig_files(world, prefix, PASSWORD)
     return MultisigSet(names, PASSWORD, address)
 
 
