@@ -299,6 +299,22 @@ async def _check_payees(
         assert submitted[escrow_id] == 1, f"{escrow_id}: {submitted[escrow_id]} payout events"
 
 
+async def _complete_and_check(
+    client: httpx.AsyncClient,
+    monerod: MonerodProcess,
+    miner: Miner,
+    payee: WalletRpc,
+    paid: dict[str, int],
+    figures: Figures,
+) -> None:
+    """Mine the confirmations, wait until every paid escrow is completed, check the payees."""
+    await _mine(monerod, miner, 10)
+    for escrow_id in paid:
+        final = await _wait_state(client, escrow_id, "completed")
+        assert final["payout"]["confirmations"] >= 10
+    await _check_payees(payee, client, paid, figures)
+
+
 # ---- walletd killed at exact points --------------------------------------------------------------
 
 
@@ -409,11 +425,8 @@ async def test_kill_after_sign_and_after_submit_pays_once(
         await resumed("pay-2", before)
 
         async with wd.client() as client:
-            await _mine(monerod, miner, 10)
-            for escrow_id in address:
-                final = await _wait_state(client, escrow_id, "completed")
-                assert final["payout"]["confirmations"] >= 10
-            await _check_payees(payee, client, {e: a[1] for e, a in address.items()}, figures)
+            paid = {e: a[1] for e, a in address.items()}
+            await _complete_and_check(client, monerod, miner, payee, paid, figures)
     assert calls.lost == []
     print(f"\npayout crashes: {wd.kills} walletd kills, {calls.calls} retried release calls")
 
@@ -514,10 +527,8 @@ async def test_random_kills_under_load(
                 await _check_restarted(wd, client, before)
 
         async with wd.client() as client:
-            await _mine(monerod, miner, 10)
-            for escrow_id in funded:
-                await _wait_state(client, escrow_id, "completed")
-            await _check_payees(payee, client, {e: a[1] for e, a in address.items()}, figures)
+            paid = {e: a[1] for e, a in address.items()}
+            await _complete_and_check(client, monerod, miner, payee, paid, figures)
     print(
         f"\nrandom kills: {wd.kills} walletd kills, {calls.calls} calls answered "
         f"({dict(calls.outcomes)}), {calls.cut} cut by a kill, lost {len(calls.lost)}"
@@ -526,6 +537,107 @@ async def test_random_kills_under_load(
 
 
 # ---- wallet-rpc children killed under a stream of calls ------------------------------------------
+
+
+async def test_child_kills_under_a_stream_of_calls(
+    walletd_root: CrashableWalletd,
+    monerod: MonerodProcess,
+    miner: Miner,
+    payee: WalletRpc,
+    figures: Figures,
+) -> None:
+    """kill -9 of random wallet-rpc children during balance, confirmation and release calls:
+    every call succeeds or fails with a documented error, sessions recover (a final call on
+    each escrow succeeds), and each payee got exactly one transaction."""
+    rng = random.Random(SEED + 1)
+    wd = walletd_root
+    ids = ["kid-1", "kid-2"]
+    address = {eid: await new_payee_address(payee, eid) for eid in ids}
+    calls = figures.call_log()
+    kills = 0
+    gave_up = 0
+    stream_s = 20.0
+    with trio.fail_after(300):
+        await wd.start()
+        async with wd.client() as client:
+            escrows = await _create_many(client, ids)
+            txid = await _fund_until_ready(client, monerod, miner, escrows)
+            files = {f"escrow-{eid}-{role}.keys" for eid in ids for role in ROLES}
+            stop = trio.Event()
+
+            async def reads(escrow_id: str) -> None:
+                turn = 0
+                while not stop.is_set():
+                    turn += 1
+                    if turn % 3 == 0:
+                        url = f"/v1/escrows/{escrow_id}/transfers/{txid}"
+                    else:
+                        url = f"/v1/escrows/{escrow_id}/balance?refresh={turn % 3 == 1}"
+                    try:
+                        r = await client.get(url)
+                    except httpx.TransportError as exc:
+                        calls.record(url, None, exc)
+                        await trio.sleep(0.5)
+                        continue
+                    if calls.record(url, r) == "ok" and "transfers" in url:
+                        t = r.json()
+                        assert (t["txid"], t["direction"], t["amount"]) == (txid, "in", AMOUNT)
+
+            async def release(escrow_id: str, after: float) -> None:
+                await trio.sleep(after)
+                try:
+                    await _release_until_accepted(client, escrow_id, address[escrow_id][0], calls)
+                except AssertionError:
+                    await _assert_serving(wd)  # if walletd died, fail with its last words
+                    raise
+
+            async def killer() -> None:
+                nonlocal kills
+                while not stop.is_set():
+                    await trio.sleep(rng.uniform(1.5, 3.5))
+                    held = keys_holders(wd.wallet_dir)
+                    assert all(len(p) == 1 for p in held.values()), held
+                    victims = sorted(p for f, pids in held.items() if f in files for p in pids)
+                    victims = victims or sorted(wd.proc.children() if wd.proc else [])
+                    if victims:
+                        os.kill(rng.choice(victims), signal.SIGKILL)
+                        kills += 1
+                        figures.counts["child_kills"] += 1
+
+            async with trio.open_nursery() as nursery:
+                for escrow_id in ids:
+                    nursery.start_soon(reads, escrow_id)
+                nursery.start_soon(killer)
+                nursery.start_soon(release, "kid-1", rng.uniform(1.0, 5.0))
+                nursery.start_soon(release, "kid-2", rng.uniform(8.0, 15.0))
+                await trio.sleep(stream_s)
+                stop.set()
+
+            await _assert_serving(wd)
+            await trio.sleep(1.0)
+            for escrow_id in ids:  # sessions recovered: a call after the storm succeeds
+                for url in (
+                    f"/v1/escrows/{escrow_id}/transfers/{txid}",
+                    f"/v1/escrows/{escrow_id}/balance",
+                ):
+                    r = await client.get(url)
+                    if calls.record(f"final {url}", r) != "ok" and "restart limit" in r.text:
+                        # The session spent its restart budget on the last kill and gave up on
+                        # this call (503); the next call opens a fresh session.
+                        gave_up += 1
+                        r = await client.get(url)
+                    assert calls.record(f"final {url}", r) == "ok", r.text
+            assert wd.lock_errors() == [], wd.lock_errors()
+            restarted = [e for e in await all_events(client) if e["type"] == "wallet_rpc_restarted"]
+            assert restarted, "no wallet-rpc restart was reported"
+            paid = {e: a[1] for e, a in address.items()}
+            await _complete_and_check(client, monerod, miner, payee, paid, figures)
+    print(
+        f"\nchild kills: {kills} wallet-rpc kills, {calls.calls} calls ({dict(calls.outcomes)}), "
+        f"lost {len(calls.lost)}: {calls.lost[:5]}; final calls refused by a session that had "
+        f"given up: {gave_up}"
+    )
+    assert calls.lost == []
 
 
 async def test_cosigner_killed_during_payout_walletd_survives(
@@ -563,8 +675,6 @@ async def test_cosigner_killed_during_payout_walletd_survives(
             await _assert_serving(wd)
             assert "r" in answers, "the release got no answer"
             await _release_until_accepted(client, "cos-1", address, calls)
-            await _mine(monerod, miner, 10)
-            await _wait_state(client, "cos-1", "completed")
-            await _check_payees(payee, client, {"cos-1": index}, figures)
+            await _complete_and_check(client, monerod, miner, payee, {"cos-1": index}, figures)
             assert wd.lock_errors() == [], wd.lock_errors()
     assert calls.lost == []
