@@ -41,23 +41,6 @@ PASSWORD = "bench-pw"  # noqa: S105 - throwaway regtest wallets
 POOL_SIZE = 6  # two sets made at a time; more gains nothing on 2 cores (opens are CPU-bound)
 MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs
 UNLOCK_BLOCKS = 12  # a received output unlocks after 10 blocks; 2 spare
-# monerod accepts at most 25 RPC connections from localhost by default, and every wallet-rpc
-# holds one: 10 sessions are 30+ children, whose refreshes then fail with "no connection to
-# daemon". The benchmark needs headroom for every process it runs.
-RPC_CONNECTIONS = 500
-
-
-class BenchMonerod(MonerodProcess):
-    """walletd's regtest monerod, with room for more than 25 RPC connections from localhost."""
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self._argv += [
-            "--rpc-max-connections-per-private-ip",
-            str(RPC_CONNECTIONS),
-            "--rpc-max-connections",
-            str(RPC_CONNECTIONS),
-        ]
 
 
 @attrs.define
@@ -96,7 +79,7 @@ class Regtest:
 
 
 def start_regtest(stack: contextlib.ExitStack, root: Path) -> Regtest:
-    monerod = stack.enter_context(BenchMonerod(root / "monerod"))
+    monerod = stack.enter_context(MonerodProcess(root / "monerod"))
     direct_dir = root / "direct"
     procs = [
         stack.enter_context(
