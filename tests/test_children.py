@@ -25,13 +25,12 @@ from walletd.children import (
     ChildPool,
     ChildSettings,
     ChildStartError,
-    Endpoint,
-    EndpointPool,
     WalletProcess,
-    remove_orphans,
     wallet_rpc_argv,
 )
+from walletd.endpoints import Endpoint, EndpointPool
 from walletd.errors import Capacity, RpcAuthError, RpcUnreachable
+from walletd.orphans import remove_orphans
 from walletd.rpc import WalletRpc
 
 WALLET_RPC = "monero-wallet-rpc"

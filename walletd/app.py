@@ -28,12 +28,10 @@ from walletd.backups import Backups
 from walletd.children import (
     ChildPool,
     ChildSettings,
-    Endpoint,
-    EndpointPool,
     ProcessPool,
-    remove_orphans,
 )
 from walletd.config import Config, load_config
+from walletd.endpoints import Endpoint, EndpointPool
 from walletd.errors import ConfigError, RpcError
 from walletd.escrows import STATES, EscrowService
 from walletd.events import EventLog
@@ -42,6 +40,7 @@ from walletd.ids import Role
 from walletd.lifecycle import Lifecycle
 from walletd.metrics import Metrics
 from walletd.monitor import Monitor
+from walletd.orphans import remove_orphans
 from walletd.registry import Limits, Registry
 from walletd.rpc import DaemonRpc
 from walletd.session import EscrowSession, SessionSpec

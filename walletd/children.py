@@ -30,8 +30,8 @@ How a child is started and kept safe:
   by a task in the pool's nursery; an unexpected exit sets `exited` and is logged, and a dead spare
   is replaced.
 
-`EndpointPool` is the alternative for externally run wallet-rpc processes: a fixed list, each
-owned exclusively by walletd, handed out one owner at a time.
+`walletd.orphans` stops what a dead walletd left behind; `walletd.endpoints` is the alternative
+for externally run wallet-rpc processes.
 """
 
 from __future__ import annotations
@@ -43,32 +43,29 @@ import functools
 import json
 import os
 import secrets
-import select
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
 import attrs
 import structlog
 import trio
 
-from walletd.errors import Capacity, NoWalletFile, RpcAuthError, RpcError, Unavailable
+from walletd.errors import RpcAuthError, RpcError, Unavailable
 from walletd.rpc import WalletRpc
 
 __all__ = [
     "ChildPool",
     "ChildSettings",
     "ChildStartError",
-    "Endpoint",
-    "EndpointPool",
     "ProcessPool",
     "WalletProcess",
-    "remove_orphans",
+    "proc_start_time",
+    "proc_stat",
+    "running_children",
     "wallet_rpc_argv",
 ]
 
@@ -131,13 +128,6 @@ class ChildSettings:
     start_timeout: float = 30.0
     stop_timeout: float = 10.0
     max_uses: int = 20
-
-
-@attrs.frozen
-class Endpoint:
-    url: str
-    user: str
-    password: str = attrs.field(repr=False)
 
 
 def wallet_rpc_argv(
@@ -730,7 +720,7 @@ def _spawn(
     except OSError:
         pidfd = None
     record_file = settings.run_dir / "children" / f"{popen.pid}.json"
-    record = {"pid": popen.pid, "port": port, "start_time": _start_time(popen.pid)}
+    record = {"pid": popen.pid, "port": port, "start_time": proc_start_time(popen.pid)}
     try:
         _write_private(record_file, json.dumps(record) + "\n")
     except OSError as exc:  # the /proc scan of remove_orphans still covers it
@@ -747,10 +737,12 @@ def _spawn(
     return proc
 
 
-# ---- orphans -------------------------------------------------------------------------------------
+def running_children() -> tuple[frozenset[int], frozenset[int]]:
+    """The pids and ports of the wallet-rpc children this process runs now (never orphans)."""
+    return frozenset(_LIVE_PIDS), frozenset(_LIVE_PORTS)
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
+def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks) from /proc/PID/stat, or None if there is no such pid."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -764,285 +756,6 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def _start_time(pid: int) -> int | None:
-    stat = _proc_stat(pid)
+def proc_start_time(pid: int) -> int | None:
+    stat = proc_stat(pid)
     return stat[1] if stat else None
-
-
-def _exe_name(pid: int) -> str | None:
-    try:
-        target = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-    return os.path.basename(target.removesuffix(" (deleted)"))
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return []
-    return [arg.decode("utf-8", "replace") for arg in raw.split(b"\0") if arg]
-
-
-def _uses_wallet_dir(argv: list[str], wallet_dir: Path) -> bool:
-    wanted = {str(wallet_dir), os.path.realpath(wallet_dir)}
-    for i, arg in enumerate(argv):
-        value: str | None = None
-        if arg == "--wallet-dir" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--wallet-dir="):
-            value = arg.split("=", 1)[1]
-        if value is not None and (value in wanted or os.path.realpath(value) in wanted):
-            return True
-    return False
-
-
-@attrs.define
-class _Orphan:
-    pid: int
-    start_time: int
-    pidfd: int | None = None
-
-    def same_process(self) -> bool:
-        stat = _proc_stat(self.pid)
-        return stat is not None and stat[1] == self.start_time
-
-    def gone(self) -> bool:
-        if self.pidfd is not None:
-            ready, _, _ = select.select([self.pidfd], [], [], 0)
-            return bool(ready)
-        stat = _proc_stat(self.pid)
-        return stat is None or stat[1] != self.start_time or stat[0] in ("Z", "X")
-
-    def kill(self, sig: signal.Signals) -> None:
-        try:
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, sig)
-            elif self.same_process():
-                os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass  # gone, or no longer ours (pid reused): in both cases never to be signalled
-
-
-def _find_orphans(settings: ChildSettings) -> tuple[dict[int, int], list[Path]]:
-    """pid -> start time of every orphan, and the record files read."""
-    names = {EXECUTABLE, os.path.basename(settings.wallet_rpc_path)}
-    found: dict[int, int] = {}
-    records_dir = settings.run_dir / "children"
-    records = sorted(records_dir.glob("*.json")) if records_dir.is_dir() else []
-    for record in records:
-        try:
-            data: Any = json.loads(record.read_text())
-            pid, started = int(data["pid"]), data.get("start_time")
-        except (OSError, ValueError, TypeError, KeyError):
-            log.warning("unreadable wallet-rpc pid record", record=str(record))
-            continue
-        if pid in _LIVE_PIDS or pid == os.getpid() or started is None:
-            continue
-        if _start_time(pid) == int(started) and _exe_name(pid) in names:
-            found[pid] = int(started)
-        else:
-            log.info("stale wallet-rpc pid record: process gone or not ours", pid=pid)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid in found or pid in _LIVE_PIDS or pid == os.getpid():
-            continue
-        argv = _cmdline(pid)
-        if not argv or os.path.basename(argv[0]) not in names or _exe_name(pid) not in names:
-            continue
-        if _uses_wallet_dir(argv, settings.wallet_dir):
-            started = _start_time(pid)
-            if started is not None:
-                found[pid] = started
-    return found, records
-
-
-def _pin(pid: int, start_time: int) -> _Orphan | None:
-    """Hold the process by a pidfd, then check it is still the one we identified."""
-    orphan = _Orphan(pid, start_time)
-    try:
-        orphan.pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    except OSError:
-        orphan.pidfd = None
-    if not orphan.same_process():
-        if orphan.pidfd is not None:
-            os.close(orphan.pidfd)
-        return None
-    return orphan
-
-
-def _wait_gone(orphans: list[_Orphan], timeout: float) -> list[_Orphan]:
-    deadline = time.monotonic() + timeout
-    alive = [o for o in orphans if not o.gone()]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [o for o in alive if not o.gone()]
-    return alive
-
-
-def remove_orphans(settings: ChildSettings) -> int:
-    """Stop the wallet-rpc children a dead walletd left behind; returns how many were stopped.
-
-    Synchronous (run it at start-up, before anything opens a wallet, e.g. in a worker thread).
-    A process is stopped only if it is a monero-wallet-rpc and either matches a pid record (same
-    /proc start time) or serves our wallet dir; children of a running pool in this process are
-    never touched. SIGTERM (wallet-rpc stores and exits), `stop_timeout`, then SIGKILL.
-    """
-    found, records = _find_orphans(settings)
-    orphans = [o for pid, start in sorted(found.items()) if (o := _pin(pid, start)) is not None]
-    try:
-        for orphan in orphans:
-            log.warning("stopping orphaned wallet-rpc", pid=orphan.pid)
-            orphan.kill(signal.SIGTERM)
-        stubborn = _wait_gone(orphans, settings.stop_timeout)
-        for orphan in stubborn:
-            log.warning("orphaned wallet-rpc ignored SIGTERM; sending SIGKILL", pid=orphan.pid)
-            orphan.kill(signal.SIGKILL)
-        left = _wait_gone(stubborn, KILL_WAIT)
-    finally:
-        for orphan in orphans:
-            if orphan.pidfd is not None:
-                os.close(orphan.pidfd)
-    for orphan in left:
-        log.error("orphaned wallet-rpc could not be stopped", pid=orphan.pid)
-    kept = {o.pid for o in left} | _LIVE_PIDS
-    for record in records:
-        if record.stem.isdigit() and int(record.stem) in kept:
-            continue
-        with contextlib.suppress(OSError):
-            record.unlink()
-    live_ports = set(_LIVE_PORTS)
-    for conf in settings.run_dir.glob("child-*.conf") if settings.run_dir.is_dir() else []:
-        port = conf.stem.removeprefix("child-")
-        if not (port.isdigit() and int(port) in live_ports):
-            with contextlib.suppress(OSError):
-                conf.unlink()  # credentials of a process that is gone
-    return len(orphans) - len(left)
-
-
-# ---- external endpoints --------------------------------------------------------------------------
-
-
-class EndpointPool:
-    """A fixed list of externally run wallet-rpc processes, each handed to one owner at a time.
-
-    walletd owns every endpoint exclusively, so a process is free exactly when walletd released
-    it; nothing is ever closed on the way out (that could close an owner's wallet).
-    """
-
-    def __init__(
-        self,
-        endpoints: Sequence[Endpoint],
-        *,
-        call_timeout: float = 30.0,
-        acquire_timeout: float = 30.0,
-        close_timeout: float = 5.0,
-        retry_interval: float = 30.0,
-    ) -> None:
-        if not endpoints:
-            raise ValueError("EndpointPool needs at least one endpoint")
-        self.restarts = 0
-        self.capacity: int | None = len(endpoints)
-        self._acquire_timeout = acquire_timeout
-        self._close_timeout = close_timeout
-        self._retry_interval = retry_interval
-        self._procs = [
-            WalletProcess(
-                _endpoint_ident(e.url),
-                WalletRpc(e.url, user=e.user, password=e.password, timeout=call_timeout),
-                external=True,
-            )
-            for e in endpoints
-        ]
-        self._free_send, self._free_recv = trio.open_memory_channel[WalletProcess](len(endpoints))
-        for proc in self._procs:
-            self._free_send.send_nowait(proc)
-        self._busy: set[WalletProcess] = set()
-        self._out: list[WalletProcess] = []  # discarded and not yet known clean
-
-    @property
-    def free(self) -> int:
-        return len(self._procs) - len(self._busy) - len(self._out)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check each endpoint once, then retry the ones kept out; close the clients at the end."""
-        try:
-            async with trio.open_nursery() as nursery:
-                for proc in self._procs:
-                    nursery.start_soon(self._probe, proc)
-            task_status.started()
-            while True:
-                await trio.sleep(self._retry_interval)
-                for proc in list(self._out):
-                    if await self._try_close(proc):
-                        self._out.remove(proc)
-                        self._free_send.send_nowait(proc)
-                        log.info("wallet-rpc endpoint usable again", ident=proc.ident)
-        finally:
-            with trio.move_on_after(2.0) as cs:
-                cs.shield = True
-                for proc in self._procs:
-                    await proc.rpc.aclose()
-
-    async def _probe(self, proc: WalletProcess) -> None:
-        try:
-            await proc.rpc.call("get_version", timeout=5.0)
-        except RpcError as exc:
-            log.warning("wallet-rpc endpoint unreachable", ident=proc.ident, error=str(exc))
-        else:
-            log.info("wallet-rpc endpoint reachable", ident=proc.ident)
-
-    async def acquire(self) -> WalletProcess:
-        """A free endpoint, owned by the caller until release/discard; Capacity after a timeout."""
-        with trio.move_on_after(self._acquire_timeout):
-            proc = await self._free_recv.receive()
-            proc.uses += 1
-            self._busy.add(proc)
-            return proc
-        raise Capacity(
-            f"no wallet-rpc endpoint became free within {self._acquire_timeout:g} s "
-            f"({len(self._procs)} configured)"
-        )
-
-    async def release(self, proc: WalletProcess) -> None:
-        if proc not in self._busy:
-            raise ValueError(f"{proc!r} is not held by anyone")
-        self._busy.discard(proc)
-        self._free_send.send_nowait(proc)
-        await trio.lowlevel.checkpoint()
-
-    async def discard(self, proc: WalletProcess) -> None:
-        """Put it back only if `close_wallet` works now; else keep it out and retry later."""
-        if proc not in self._busy:
-            raise ValueError(f"{proc!r} is not held by anyone")
-        self._busy.discard(proc)
-        with trio.CancelScope(shield=True):
-            clean = await self._try_close(proc)
-        if clean:
-            self._free_send.send_nowait(proc)
-        else:
-            self._out.append(proc)
-            log.warning("wallet-rpc endpoint kept out until it answers", ident=proc.ident)
-
-    async def _try_close(self, proc: WalletProcess) -> bool:
-        try:
-            await proc.rpc.call(
-                "close_wallet", {"autosave_current": True}, timeout=self._close_timeout
-            )
-        except NoWalletFile:
-            return True  # nothing open: clean
-        except RpcError as exc:
-            log.debug("close_wallet on endpoint failed", ident=proc.ident, error=str(exc))
-            return False
-        return True
-
-
-def _endpoint_ident(url: str) -> str:
-    parts = urlsplit(url)
-    return f"wallet-rpc:{parts.hostname}:{parts.port}"
