@@ -29,8 +29,9 @@ __all__ = ["ReadsSetup", "run_reads"]
 Call = Callable[[], Awaitable[Any]]
 TIMES_FASTER = 300.0
 LEGENDS = {
-    "1_balance": "1: GET /v1/escrows/{id}/balance on a warm session (walletd: get_balance +"
-    " get_height); old way = open_wallet, refresh, get_balance, close_wallet on wallet-rpc;"
+    "1_balance": "1: GET /v1/escrows/{id}/balance on a warm session (walletd: one get_balance;"
+    " the height is cached between refreshes); old way = open_wallet, refresh, get_balance,"
+    " close_wallet on wallet-rpc;"
     " floor = a bare get_balance on a wallet-rpc with the wallet open.",
     "2_confirmation": "2: GET /v1/escrows/{id}/transfers/{txid}; old way and floor as in 1,"
     " with get_transfer_by_txid (a call that asks monerod, ~44 ms in wallet-rpc).",
@@ -118,7 +119,7 @@ def _rows(
                 "warm balance check within 1 ms (median) of the bare get_balance floor",
                 floor_met,
                 f"{over * 1e3:+.2f} ms (walletd {walletd.median * 1e3:.2f} ms = socket + HTTP "
-                f"+ get_balance + get_height; floor {floor.median * 1e3:.2f} ms = one call)",
+                f"+ get_balance; floor {floor.median * 1e3:.2f} ms = one call)",
             ),
         ]
     return rows, targets
