@@ -278,3 +278,24 @@ async def test_cosigner_killed_mid_payout_is_restored(
         assert (await call(app, "GET", "/v1/health"))[0] in (200, 503)
         assert world.epoch(esc["multisig_address"]) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_restored_reader_of_a_created_escrow_catches_up(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """kill -9 of the buyer's wallet-rpc of an escrow walletd created: the restored wallet has
+    lost its unsaved sync, and must catch up before answering, so the funding transaction it
+    saw a moment ago is still found (not a 404)."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path, store_interval=100_000)
+        await _run_monitor(nursery, app)
+        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "r1", "amount": AMOUNT})
+        txid = world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+        await _wait_state(app, "r1", "ready")
+        status, body = await call(app, "GET", f"/v1/escrows/r1/transfers/{txid}")
+        assert status == 200, body
+        app.pool.fake_of("escrow-r1-buyer").kill()  # type: ignore[attr-defined]
+        status, body = await call(app, "GET", f"/v1/escrows/r1/transfers/{txid}")
+        assert status == 200, body
+        assert (body["txid"], body["direction"], body["amount"]) == (txid, "in", AMOUNT)
+        nursery.cancel_scope.cancel()

@@ -535,9 +535,11 @@ class EscrowSession:
         if proc is not None:
             await self._pool.discard(proc)
         await self._open_one(handle)
-        if not self.spec.create:
+        if self.address is not None:
             # A killed process lost everything since its last store, chain sync included: catch
             # up before answering, or a transaction the wallet knew a moment ago reads as unknown.
+            # (Keyed on the multisig address, not spec.create: an escrow walletd created keeps
+            # its creating spec for the session's whole life.)
             await self._rpc(handle.role).call("refresh")
 
     async def _close_all(self) -> None:
