@@ -356,3 +356,23 @@ async def test_warm_balance_is_one_wallet_call(
         fresh = (await call(app, "GET", "/v1/escrows/e0/balance?refresh=true"))[1]
         assert fresh["height"] == first["height"] + 5
         nursery.cancel_scope.cancel()
+
+
+async def test_transfer_unknown_to_an_unsynced_wallet_is_looked_up_after_a_scan(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A transaction mined after the session opened is found by a transfer lookup (the wallet
+    scans once before saying it does not know it); a txid nobody paid stays a 404 without
+    another scan."""
+    async with trio.open_nursery() as nursery:
+        app, world, _, sets = await _setup(nursery, tmp_path, 1)
+        txid = world.credit(sets[0].address, 7, unlocked=True)
+        status, body = await call(app, "GET", f"/v1/escrows/e0/transfers/{txid}")
+        assert status == 200, body
+        assert (body["direction"], body["amount"]) == ("in", 7)
+        world.calls.clear()
+        unknown = "ab" * 32
+        status, body = await call(app, "GET", f"/v1/escrows/e0/transfers/{unknown}")
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        assert [m for _, m in world.calls] == ["get_transfer_by_txid"]
+        nursery.cancel_scope.cancel()

@@ -194,6 +194,9 @@ class EscrowSession:
         self.leave_reason: str | None = None
         self.restarts = 0
         self._reader_height: int | None = None
+        # The reader wallet synced with the chain since this process opened it: until then a
+        # transaction it does not know may be one it has not scanned yet.
+        self._reader_synced = False
 
     # ---- the actor loop --------------------------------------------------------------------------
 
@@ -378,6 +381,7 @@ class EscrowSession:
         if refresh:
             await rpc.call("refresh")
             self._reader_height = None
+            self._reader_synced = True
         if self._reader_height is None:
             # Auto-refresh is off, so the wallet's height moves only when we refresh it: one
             # get_height after each refresh serves every balance read until the next one.
@@ -402,12 +406,20 @@ class EscrowSession:
         )
 
     async def _transfer(self, txid: str) -> Transfer | None:
+        rpc = self._rpc("buyer")
         try:
-            result = await self._rpc("buyer").call("get_transfer_by_txid", {"txid": txid})
+            result = await rpc.call("get_transfer_by_txid", {"txid": txid})
         except RpcCallError as exc:
-            if exc.code == TX_NOT_FOUND:
+            if exc.code != TX_NOT_FOUND:
+                raise
+            if self._reader_synced:
                 return None
-            raise
+            # Not found in a wallet that has not scanned the chain since it was opened (a
+            # cache stored before the transaction arrived): scan, then ask once more.
+            await rpc.call("refresh")
+            self._reader_height = None
+            self._reader_synced = True
+            return await self._transfer(txid)
         t = result.get("transfer") or {}
         kind = str(t.get("type", "in"))
         return Transfer(
@@ -429,6 +441,7 @@ class EscrowSession:
                 await self._close_all()
             raise
         await self._check_identity()
+        self._reader_synced = False
         log.info("session opened", address=_short(self.address))
 
     async def _open_one(self, handle: _Handle) -> None:
@@ -541,6 +554,8 @@ class EscrowSession:
             # (Keyed on the multisig address, not spec.create: an escrow walletd created keeps
             # its creating spec for the session's whole life.)
             await self._rpc(handle.role).call("refresh")
+            if handle.role == "buyer":
+                self._reader_synced = True
 
     async def _close_all(self) -> None:
         async with trio.open_nursery() as nursery:
