@@ -24,6 +24,7 @@ from walletd.errors import (
     RpcTimeout,
     RpcUnreachable,
 )
+from walletd.rpc_transport import LoopbackTransport
 
 __all__ = ["DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc"]
 
@@ -59,7 +60,8 @@ class JsonRpcClient:
             base_url=base_url,
             auth=auth,
             timeout=timeout,
-            transport=transport,
+            # Loopback http:// only: our own lean keep-alive transport (see rpc_transport).
+            transport=transport or LoopbackTransport(),
             # Loopback only: never pick up a proxy from the environment.
             trust_env=False,
         )
