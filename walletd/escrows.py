@@ -79,6 +79,12 @@ class EscrowService:
             raise NotFound(f"no escrow {escrow_id!r}")
         return rec
 
+    def check_exists(self, escrow_id: str) -> None:
+        """NotFound exactly when `get` would raise it, without reading the whole record."""
+        state = self.store.escrow_state(escrow_id)
+        if state is None or state == "creating":
+            raise NotFound(f"no escrow {escrow_id!r}")
+
     async def spec_for(self, escrow_id: str) -> SessionSpec:
         """What the escrow's session opens (the registry's lookup)."""
         rec = self.get(escrow_id)
@@ -128,12 +134,12 @@ class EscrowService:
     # ---- reads through the session ---------------------------------------------------------------
 
     async def balance(self, escrow_id: str, *, refresh: bool) -> Balance:
-        self.get(escrow_id)
+        self.check_exists(escrow_id)
         result: Balance = await self.registry.call(escrow_id, GetBalance(refresh=refresh))
         return result
 
     async def transfer(self, escrow_id: str, txid: str) -> Transfer:
-        self.get(escrow_id)
+        self.check_exists(escrow_id)
         result: Transfer | None = await self.registry.call(escrow_id, GetTransfer(txid))
         if result is None:
             raise NotFound(f"escrow {escrow_id!r} wallets do not know transaction {txid}")

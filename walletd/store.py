@@ -211,6 +211,13 @@ class Store:
         row = self._db.execute("SELECT * FROM escrows WHERE escrow_id = ?", (escrow_id,)).fetchone()
         return _record(row) if row else None
 
+    def escrow_state(self, escrow_id: str) -> str | None:
+        """The escrow's state alone (None if there is no such escrow): cheaper than the record."""
+        row = self._db.execute(
+            "SELECT state FROM escrows WHERE escrow_id = ?", (escrow_id,)
+        ).fetchone()
+        return row[0] if row else None
+
     def list_escrows(self, state: str | None = None) -> list[EscrowRecord]:
         if state is None:
             rows = self._db.execute("SELECT * FROM escrows ORDER BY created_at, escrow_id")
