@@ -376,3 +376,27 @@ async def test_transfer_unknown_to_an_unsynced_wallet_is_looked_up_after_a_scan(
         assert (status, body["error"]["code"]) == (404, "not_found")
         assert [m for _, m in world.calls] == ["get_transfer_by_txid"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Cap 1, two escrows asked for at once: the session opened for the first caller serves it
+    before it can be evicted for the second (it was once evicted the moment it opened, which
+    made an escrow creation run create_wallet twice)."""
+    async with trio.open_nursery() as nursery:
+        app, _, _, _ = await _setup(nursery, tmp_path, 2, max_active=1)
+        await app.registry.close("e1")
+        opened_before = app.registry.stats().opened
+        answers: dict[str, int] = {}
+
+        async def balance(escrow_id: str) -> None:
+            answers[escrow_id] = (await call(app, "GET", f"/v1/escrows/{escrow_id}/balance"))[0]
+
+        async with trio.open_nursery() as calls:
+            calls.start_soon(balance, "e1")
+            await trio.sleep(0.1)  # e1's opening is under way, e0 leaves for it
+            calls.start_soon(balance, "e0")
+        assert answers == {"e0": 200, "e1": 200}
+        assert app.registry.stats().opened - opened_before == 2  # one opening each, no reopen
+        nursery.cancel_scope.cancel()

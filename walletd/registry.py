@@ -56,6 +56,7 @@ class _Entry:
     opened_at: float | None = None
     last_api_use: float | None = None
     inflight: int = 0
+    waiting: int = 0  # callers waiting for its opening: a session they asked for is not idle
     leave_reason: str | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
@@ -301,8 +302,13 @@ class Registry:
             if entry is None:
                 entry, created = await self._start_entry(escrow_id, spec, may_evict_api)
             # Shared opening: every caller for this escrow waits on the same event. The opening
-            # runs in the registry's nursery, so one caller giving up harms no other.
-            await entry.ready.wait()
+            # runs in the registry's nursery, so one caller giving up harms no other. While
+            # they wait, the fresh session is not idle: no one may evict it before they use it.
+            entry.waiting += 1
+            try:
+                await entry.ready.wait()
+            finally:
+                entry.waiting -= 1
             if entry.error is not None:
                 raise _fresh(entry.error)
             if entry.state is _State.OPEN:
@@ -373,7 +379,11 @@ class Registry:
         )
 
     def _lru_idle(self) -> list[_Entry]:
-        idle = [e for e in self._entries.values() if e.state is _State.OPEN and e.inflight == 0]
+        idle = [
+            e
+            for e in self._entries.values()
+            if e.state is _State.OPEN and e.inflight == 0 and e.waiting == 0
+        ]
         idle.sort(key=_Entry.lru_key)
         return idle
 
@@ -453,7 +463,7 @@ class Registry:
         now = trio.current_time()
         expired = 0
         for entry in list(self._entries.values()):
-            if entry.state is not _State.OPEN or entry.inflight:
+            if entry.state is not _State.OPEN or entry.inflight or entry.waiting:
                 continue
             last = entry.last_api_use if entry.last_api_use is not None else entry.opened_at
             if last is not None and now - last >= self.limits.idle_ttl:
