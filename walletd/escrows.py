@@ -75,15 +75,13 @@ class EscrowService:
 
     def get(self, escrow_id: str) -> EscrowRecord:
         rec = self.store.get_escrow(escrow_id)
-        if rec is None or rec.state == "creating":
-            raise NotFound(f"no escrow {escrow_id!r}")
+        _check_visible(escrow_id, rec.state if rec else None)
+        assert rec is not None
         return rec
 
     def check_exists(self, escrow_id: str) -> None:
         """NotFound exactly when `get` would raise it, without reading the whole record."""
-        state = self.store.escrow_state(escrow_id)
-        if state is None or state == "creating":
-            raise NotFound(f"no escrow {escrow_id!r}")
+        _check_visible(escrow_id, self.store.escrow_state(escrow_id))
 
     async def spec_for(self, escrow_id: str) -> SessionSpec:
         """What the escrow's session opens (the registry's lookup)."""
@@ -270,3 +268,9 @@ def _public_payout(payout: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("kind", "address", "txid", "confirmations", "submitted_at")
     return {k: payout.get(k) for k in keys}
+
+
+def _check_visible(escrow_id: str, state: str | None) -> None:
+    """An escrow still being created does not exist yet for the API (its creation may be undone)."""
+    if state is None or state == "creating":
+        raise NotFound(f"no escrow {escrow_id!r}")

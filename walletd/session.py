@@ -379,9 +379,7 @@ class EscrowSession:
     async def _balance(self, refresh: bool) -> Balance:
         rpc = self._rpc("buyer")
         if refresh:
-            await rpc.call("refresh")
-            self._reader_height = None
-            self._reader_synced = True
+            await self._refresh_reader()
         if self._reader_height is None:
             # Auto-refresh is off, so the wallet's height moves only when we refresh it: one
             # get_height after each refresh serves every balance read until the next one.
@@ -405,6 +403,12 @@ class EscrowSession:
             height=bal.height,
         )
 
+    async def _refresh_reader(self) -> None:
+        """Scan the chain in the reader wallet; its cached height is stale from here on."""
+        await self._rpc("buyer").call("refresh")
+        self._reader_height = None
+        self._reader_synced = True
+
     async def _transfer(self, txid: str) -> Transfer | None:
         rpc = self._rpc("buyer")
         try:
@@ -416,9 +420,7 @@ class EscrowSession:
                 return None
             # Not found in a wallet that has not scanned the chain since it was opened (a
             # cache stored before the transaction arrived): scan, then ask once more.
-            await rpc.call("refresh")
-            self._reader_height = None
-            self._reader_synced = True
+            await self._refresh_reader()
             return await self._transfer(txid)
         t = result.get("transfer") or {}
         kind = str(t.get("type", "in"))
@@ -553,9 +555,10 @@ class EscrowSession:
             # up before answering, or a transaction the wallet knew a moment ago reads as unknown.
             # (Keyed on the multisig address, not spec.create: an escrow walletd created keeps
             # its creating spec for the session's whole life.)
-            await self._rpc(handle.role).call("refresh")
             if handle.role == "buyer":
-                self._reader_synced = True
+                await self._refresh_reader()
+            else:
+                await self._rpc(handle.role).call("refresh")
 
     async def _close_all(self) -> None:
         async with trio.open_nursery() as nursery:
