@@ -3,7 +3,10 @@
 Creation: the escrow is recorded as `creating` first (so a crash leaves a trace to clean up), its
 three wallets are created in three processes and made one 2-of-3 multisig by the session, and only
 then does it become `awaiting_funding`. A failure half way closes the session, moves the new wallet
-files aside (never deletes a wallet) and removes the record; the error names the step.
+files aside (never deletes a wallet) and removes the record; the error names the step. From its
+first step to its last a creation holds a claim on its id, files and address (walletd.escrows):
+an adoption of the same id, or of files or an address it holds, is a `Conflict`, and so is a
+creation whose derived file names a recorded escrow already uses.
 
 Payout (release or refund), recorded before every step that could send money::
 
@@ -107,6 +110,23 @@ class Lifecycle:
                 await self._abandon(existing, "stale creating record")
                 continue
             await waiting.wait()  # an identical request is creating it: share its result
+        files = {role: wallet_file_for(escrow_id, role) for role in ROLES}
+        # No await since existing_for_retry: an adoption of this id in flight (not recorded yet)
+        # or another escrow using these file names is a Conflict here, before any file moves.
+        self.app.escrows.claim(escrow_id, "create", files.values())
+        try:
+            return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
+        finally:
+            self.app.escrows.release_claim(escrow_id)
+
+    async def _create_claimed(
+        self,
+        escrow_id: str,
+        amount: int,
+        confirmations: int | None,
+        digest: str,
+        files: dict[Role, str],
+    ) -> tuple[EscrowRecord, bool]:
         now = utcnow()
         rec = EscrowRecord(
             escrow_id=escrow_id,
@@ -115,7 +135,7 @@ class Lifecycle:
             required_confirmations=confirmations or self.app.config.monitor.required_confirmations,
             multisig_address=None,
             origin="created",
-            wallets={role: WalletRef(wallet_file_for(escrow_id, role)) for role in ROLES},
+            wallets={role: WalletRef(files[role]) for role in ROLES},
             request_digest=digest,
             funding={"balance": 0, "unlocked_balance": 0, "confirmations": 0, "checked_at": None},
             payout=None,
@@ -136,6 +156,7 @@ class Lifecycle:
                 create=True,
             )
             address = await self.app.registry.call(escrow_id, SetupMultisig(), spec=spec)
+            self.app.escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
             created = {"origin": "created", "amount": amount, "address": address}
             rec = self.app.events.change(
                 escrow_id,
