@@ -18,10 +18,11 @@ import trio.testing
 
 from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multisig, start
 from walletd.app import App
-from walletd.errors import Conflict
-from walletd.ids import ROLES
+from walletd.errors import Conflict, InvalidRequest
+from walletd.ids import ROLES, check_adoptable_wallet_file, wallet_file_for
 from walletd.messages import GetBalance
 from walletd.session import SessionSpec, WalletSpec
+from walletd.store import EscrowRecord, WalletRef, utcnow
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
@@ -184,3 +185,98 @@ async def test_a_session_serves_only_the_spec_it_was_opened_from(
         await app.registry.call("x", GetBalance(refresh=False), spec=spec(sets["a"]))
         assert app.registry.is_open("x")
         nursery.cancel_scope.cancel()
+
+
+async def test_adopt_refuses_walletd_own_file_names(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Wallet files named like the ones walletd creates (`escrow-<id>-<role>`) cannot be adopted:
+    400 `invalid_request` saying why, nothing recorded; the daemon keeps serving."""
+    async with trio.open_nursery() as nursery:
+        app, _, sets = await _app(nursery, tmp_path, "escrow-y", "a")
+        status, body = await call(app, "POST", "/v1/escrows", sets["escrow-y"].adopt_body("z"))
+        assert (status, body["error"]["code"]) == (400, "invalid_request"), body
+        assert "walletd" in body["error"]["message"]
+        assert "escrow-" in body["error"]["message"]
+        assert (await call(app, "GET", "/v1/escrows/z"))[0] == 404
+        assert (await call(app, "POST", "/v1/escrows", sets["a"].adopt_body("a")))[0] == 201
+        nursery.cancel_scope.cancel()
+
+
+def _legacy_record(app: App, escrow_id: str, state: str, s: MultisigSet) -> None:
+    """An escrow an older walletd recorded on the files of `s` (adopted, or a creation it
+    crashed in)."""
+    now = utcnow()
+    app.store.insert_escrow(
+        EscrowRecord(
+            escrow_id=escrow_id,
+            state=state,
+            amount=AMOUNT,
+            required_confirmations=10,
+            multisig_address=s.address if state != "creating" else None,
+            origin="adopted" if state != "creating" else "created",
+            wallets={
+                r: WalletRef(s.files[r], app.vault.seal(escrow_id, r, s.password)) for r in ROLES
+            },
+            request_digest="legacy",
+            funding={"balance": 0, "unlocked_balance": 0, "confirmations": 0},
+            payout=None,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def test_create_never_moves_files_a_recorded_escrow_uses(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """An escrow recorded (adopted by an older walletd) with files named `escrow-y-*`: creating
+    escrow `y` is 409 `conflict`, and escrow `z`'s wallet files stay where they are."""
+    async with trio.open_nursery() as nursery:
+        app, _, sets = await _app(nursery, tmp_path, "escrow-y")
+        s = sets["escrow-y"]
+        _legacy_record(app, "z", "awaiting_funding", s)
+        status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "y", "amount": 5})
+        assert (status, body["error"]["code"]) == (409, "conflict"), body
+        for name in s.files.values():
+            assert (app.config.monero.wallet_dir / f"{name}.keys").is_file(), name
+        assert not (app.config.daemon.state_dir / "abandoned").exists()
+        assert (await call(app, "GET", "/v1/escrows/y"))[0] == 404
+        assert (await call(app, "GET", "/v1/escrows/z/balance"))[0] == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_undoing_a_creation_never_moves_files_another_escrow_uses(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A creation of `y` left half done by an older walletd, whose file names an adopted escrow
+    `z` uses: recovery forgets `y` but leaves `z`'s wallet files in place, and `z` keeps
+    working."""
+    async with trio.open_nursery() as nursery:
+        app, _, sets = await _app(nursery, tmp_path, "escrow-y")
+        s = sets["escrow-y"]
+        _legacy_record(app, "z", "awaiting_funding", s)
+        _legacy_record(app, "y", "creating", s)
+        await app.lifecycle.recover()
+        assert app.store.get_escrow("y") is None
+        for name in s.files.values():
+            assert (app.config.monero.wallet_dir / f"{name}.keys").is_file(), name
+        assert (await call(app, "GET", "/v1/escrows/z/balance"))[0] == 200
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("escrow_id", ["y", "order-42", "a_b-c"])
+def test_walletd_names_are_not_adoptable(tmp_path: Path, escrow_id: str) -> None:
+    """Every name walletd gives a created wallet is refused for adoption, whatever the id."""
+    for role in ROLES:
+        name = wallet_file_for(escrow_id, role)
+        (tmp_path / f"{name}.keys").write_bytes(b"k")
+        with pytest.raises(InvalidRequest, match="reserved to walletd"):
+            check_adoptable_wallet_file(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["escrow-y-buyer.old", "escrow-buyer", "my-escrow-y-vendor"])
+def test_names_near_walletd_ones_stay_adoptable(tmp_path: Path, name: str) -> None:
+    """Only walletd's exact scheme is reserved: names merely like it can still be adopted."""
+    (tmp_path / f"{name}.keys").write_bytes(b"k")
+    assert check_adoptable_wallet_file(name, tmp_path) == name

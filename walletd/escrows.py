@@ -35,7 +35,7 @@ from walletd.errors import (
     WalletError,
 )
 from walletd.events import EventLog
-from walletd.ids import ROLES, Role, check_wallet_file
+from walletd.ids import ROLES, Role, check_adoptable_wallet_file
 from walletd.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
 from walletd.registry import Registry
 from walletd.session import SessionSpec, WalletSpec
@@ -238,7 +238,9 @@ class EscrowService:
         existing = self.existing_for_retry(escrow_id, digest)
         if existing is not None:
             return existing, False
-        files = {role: check_wallet_file(wallets[role][0], self.wallet_dir) for role in ROLES}
+        files = {
+            role: check_adoptable_wallet_file(wallets[role][0], self.wallet_dir) for role in ROLES
+        }
         if len(set(files.values())) != 3:
             raise InvalidRequest("the three roles must name three different wallet files")
         self.claim(escrow_id, "adopt", files.values())

@@ -6,7 +6,8 @@ then does it become `awaiting_funding`. A failure half way closes the session, m
 files aside (never deletes a wallet) and removes the record; the error names the step. From its
 first step to its last a creation holds a claim on its id, files and address (walletd.escrows):
 an adoption of the same id, or of files or an address it holds, is a `Conflict`, and so is a
-creation whose derived file names a recorded escrow already uses.
+creation whose derived file names a recorded escrow already uses. Files another escrow uses are
+never moved aside, whatever their name.
 
 Payout (release or refund), recorded before every step that could send money::
 
@@ -185,11 +186,23 @@ class Lifecycle:
         self._store.delete_escrow(rec.escrow_id)
 
     def _set_aside_files(self, rec: EscrowRecord, why: str) -> None:
-        """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete)."""
+        """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete).
+
+        A file another escrow (recorded, or being registered) uses stays where it is: it is that
+        escrow's wallet, whatever its name says."""
         wallet_dir: Path = self.app.config.monero.wallet_dir
         target = self.app.config.daemon.state_dir / "abandoned" / f"{int(time.time() * 1000)}"
+        in_use = self.app.escrows.files_in_use(except_escrow=rec.escrow_id)
         moved = []
         for ref in rec.wallets.values():
+            if ref.file in in_use:
+                log.error(
+                    "wallet file of another escrow not set aside",
+                    escrow_id=rec.escrow_id,
+                    file=ref.file,
+                    why=why[:300],
+                )
+                continue
             for suffix in ("", ".keys", ".address.txt"):
                 path = wallet_dir / f"{ref.file}{suffix}"
                 if path.exists():
