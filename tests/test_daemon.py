@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import trio
 
 from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, raw_call
@@ -91,4 +92,26 @@ async def test_metrics_expose_the_operational_figures(
             "walletd_monitor_cycle_seconds",
         ):
             assert needle in text, needle
+        app.request_stop()
+
+
+async def test_encoded_slash_in_an_escrow_id_is_an_invalid_id(tmp_path: Path) -> None:
+    """`GET /v1/escrows/d0%2Fbalance` through the socket is a bad escrow id (400), never a balance
+    read: a percent-encoded `/` stays inside its path segment and cannot re-route a request."""
+    async with trio.open_nursery() as nursery:
+        app, _, _ = await _running(nursery, tmp_path, 1)
+        transport = httpx.AsyncHTTPTransport(uds=str(app.config.daemon.socket_path))
+        with trio.fail_after(20):
+            async with httpx.AsyncClient(transport=transport, base_url="http://walletd") as c:
+                for target in ("/v1/escrows/d0%2Fbalance", "/v1/escrows/d0%2fbalance"):
+                    r = await c.get(target)
+                    assert r.status_code == 400, (target, r.text)
+                    assert r.json()["error"]["code"] == "invalid_request"
+                    assert "balance" not in r.json()
+                # Percent-encoding of ordinary characters still decodes, segment by segment.
+                r = await c.get("/v1/escrows/%64%30/balance")
+                assert r.status_code == 200, r.text
+                assert "unlocked_balance" in r.json()
+                r = await c.get("/v1/escrows/d0")
+                assert r.status_code == 200, r.text
         app.request_stop()
