@@ -14,6 +14,13 @@ How a child is started and kept safe:
   in walletd's private run dir (never on the command line, so not in /proc/PID/cmdline) and
   deleted when the child stops. With a random password per process, a port taken over by another
   process answers HTTP 401 (RpcAuthError), never another escrow's wallet.
+- Digest auth proves walletd to the child, not the child to walletd: a process that takes a
+  child's port before the child binds it and answers without asking for credentials would look
+  ready and then receive `open_wallet`, wallet password included. So before a child is handed
+  out, walletd checks that every listening socket that can take a connection to 127.0.0.1:port
+  is one of the child's own descriptors (inode from /proc/net/tcp{,6}, matched against the links
+  in /proc/PID/fd; `listener_is_owned_by`). Once the child holds the port nobody else can bind
+  it. On a mismatch that child is stopped and another started on a new port, with a warning.
 - Loopback only, `--no-dns` plus `DNS_PUBLIC=tcp://127.0.0.1` in a minimal environment (OpenAlias
   look-ups otherwise leak to public resolvers), `--rpc-ssl disabled` (autodetect makes an RSA-4096
   certificate at every start), ring database and logs in the run dir.
@@ -45,6 +52,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +71,7 @@ __all__ = [
     "ChildStartError",
     "ProcessPool",
     "WalletProcess",
+    "listener_is_owned_by",
     "proc_start_time",
     "proc_stat",
     "running_children",
@@ -399,6 +408,14 @@ class ChildPool:
                 reason = str(exc)
                 log.info("wallet-rpc exited before it was ready", attempt=attempt, reason=reason)
                 continue
+            except _ForeignListener as exc:
+                reason = str(exc)
+                log.warning(
+                    "another process answers on a wallet-rpc child's port; child discarded",
+                    attempt=attempt,
+                    reason=reason,
+                )
+                continue
             return proc
         raise ChildStartError(f"{START_ATTEMPTS} attempts failed; last: {reason}")
 
@@ -430,11 +447,17 @@ class ChildPool:
         assert proc.pid is not None
         self._live[proc.pid] = proc
         failure: str | None = None
+        foreign = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drain, proc)
                 nursery.start_soon(self._wait_exit, proc)
                 failure = await self._wait_ready(proc)
+                if failure is None and not await trio.to_thread.run_sync(
+                    listener_is_owned_by, port, proc.pid
+                ):
+                    foreign = True
+                    failure = f"127.0.0.1:{port} is not (only) served by the child, pid {proc.pid}"
                 if failure is None:
                     proc.start_seconds = trio.current_time() - spawned_at
                     log.info(
@@ -467,6 +490,8 @@ class ChildPool:
                 child.gone.set()
         if failure is not None:
             detail = f"{failure}; last output: {' | '.join(child.tail) or '(none)'}"
+            if foreign:
+                raise _ForeignListener(detail)
             if proc.exited.is_set():
                 raise _ExitedEarly(detail)
             raise ChildStartError(detail)
@@ -619,6 +644,10 @@ class _ExitedEarly(Exception):
     """The child exited before it was ready (most often: its port was taken meanwhile)."""
 
 
+class _ForeignListener(Exception):
+    """Something other than the child answers on the child's port: never hand it out."""
+
+
 def _managed(proc: WalletProcess) -> _Child:
     if proc._child is None:
         raise ValueError(f"{proc!r} is not a managed child")
@@ -648,6 +677,59 @@ def _free_port() -> int:
         if port not in _LIVE_PORTS:
             return port
     return port
+
+
+def _loopback_listeners(port: int) -> set[int]:
+    """Socket inodes of every TCP listener that can take a connection to 127.0.0.1:`port`:
+    bound to 127.0.0.1 or 0.0.0.0, or on IPv6 to :: or ::ffff:127.0.0.1 (dual stack)."""
+    v4 = {"127.0.0.1", "0.0.0.0"}  # noqa: S104 - a wildcard listener also takes loopback
+    v6 = {"::", "::ffff:127.0.0.1"}
+    inodes: set[int] = set()
+    for table, family, wanted in (("tcp", socket.AF_INET, v4), ("tcp6", socket.AF_INET6, v6)):
+        try:
+            with open(f"/proc/net/{table}", encoding="ascii") as handle:
+                lines = handle.readlines()[1:]
+        except FileNotFoundError:
+            continue  # no IPv6 in this kernel
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # TCP_LISTEN
+                continue
+            addr_hex, _, port_hex = fields[1].partition(":")
+            if int(port_hex, 16) != port:
+                continue
+            # The kernel prints each 32-bit word of the address as a host-order integer.
+            raw = b"".join(
+                struct.pack("=I", int(addr_hex[i : i + 8], 16)) for i in range(0, len(addr_hex), 8)
+            )
+            if socket.inet_ntop(family, raw) in wanted:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def listener_is_owned_by(port: int, pid: int | None) -> bool:
+    """True if something listens on 127.0.0.1:`port` and every such listening socket is an open
+    descriptor of process `pid` (see the module docstring). Reads /proc: once per child start.
+
+    Any doubt (no listener, /proc unreadable, the process gone) is a no: the child is then
+    discarded, never trusted with a wallet password."""
+    if pid is None:
+        return False
+    try:
+        inodes = _loopback_listeners(port)
+        if not inodes:
+            return False
+        owned: set[int] = set()
+        fd_dir = f"/proc/{pid}/fd"
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                target = os.readlink(f"{fd_dir}/{fd}")
+                if target.startswith("socket:["):
+                    owned.add(int(target[8:-1]))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot verify who listens on a wallet-rpc port", port=port, error=str(exc))
+        return False
+    return inodes <= owned
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
