@@ -145,7 +145,8 @@ def test_argv_follows_the_rules(tmp_path: Path) -> None:
         "--rpc-ssl", "disabled",
         "--daemon-ssl", "disabled",
         "--log-file", str(s.run_dir / "logs/w.log"),
-        "--max-log-file-size", "10000000",
+        "--max-log-file-size", "5000000",
+        "--max-log-files", "1",
         "--config-file", str(s.run_dir / "child-4242.conf"),
     ]  # fmt: skip
 
@@ -620,3 +621,37 @@ async def test_foreign_listener_on_a_childs_port_never_gets_a_wallet_password(
                     await proc.rpc.call("open_wallet", {"filename": "w", "password": "hunter2"})
                 await pool.discard(proc)
         assert "open_wallet" not in seen.read_text()
+
+
+def _log_ports(logs: Path) -> set[str]:
+    """The ports that have wallet-rpc log files (current or rotated) in `logs`."""
+    return {p.name.split("-")[2].split(".")[0] for p in logs.glob("wallet-rpc-*.log*")}
+
+
+async def test_wallet_rpc_logs_stay_bounded(tmp_path: Path) -> None:
+    """Logs of children that are gone are pruned to the newest few, at start and whenever a
+    child exits; each child's log is capped in size and rotated files (argv)."""
+    s = _settings(tmp_path)
+    logs = s.run_dir / "logs"
+    logs.mkdir(parents=True)
+
+    def leave_stale(first: int, count: int) -> None:
+        for i in range(count):  # ports no child holds; older ones first
+            for name in (f"wallet-rpc-{first + i}.log", f"wallet-rpc-{first + i}.log-2020-01-01"):
+                (logs / name).write_text("old\n")
+                os.utime(logs / name, (1_600_000_000 + i, 1_600_000_000 + i))
+
+    leave_stale(1000, 3 * children.KEEP_EXITED_LOGS)
+    with trio.fail_after(60):
+        async with _running_pool(s) as pool:
+            stale = _log_ports(logs) - {p.ident.rsplit(":", 1)[1] for p in pool.idle}
+            assert len(stale) <= children.KEEP_EXITED_LOGS
+            assert str(1000 + 3 * children.KEEP_EXITED_LOGS - 1) in stale  # the newest stay
+            leave_stale(2000, 3 * children.KEEP_EXITED_LOGS)
+            proc = await pool.acquire()
+            await pool.discard(proc)
+            live = {p.ident.rsplit(":", 1)[1] for p in pool.idle}
+            assert len(_log_ports(logs) - live) <= children.KEEP_EXITED_LOGS
+    argv = wallet_rpc_argv(s, 4242, s.run_dir / "c.conf", logs / "w.log")
+    assert argv[argv.index("--max-log-file-size") + 1] == str(children.LOG_FILE_MAX_BYTES)
+    assert argv[argv.index("--max-log-files") + 1] == str(children.LOG_FILES_ROTATED)

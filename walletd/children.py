@@ -32,6 +32,12 @@ How a child is started and kept safe:
   (run_dir/children/PID.json with the /proc start time) lets `remove_orphans` find and stop what a
   dead walletd left behind, without ever signalling an unrelated process that reused the pid.
 - Output is always drained (a full pipe would block the child) and logged at debug level.
+- Each child writes its own log, run_dir/logs/wallet-rpc-PORT.log (a new child on a port first
+  removes what an earlier one left there), capped at LOG_FILE_MAX_BYTES with LOG_FILES_ROTATED
+  rotated file. Ports are random, so without pruning every child ever started would leave a log
+  behind: at pool start and whenever a child exits, the logs of children that are gone are
+  pruned to the KEEP_EXITED_LOGS newest (kept for post-mortems). Disk use is therefore at most
+  (running children + KEEP_EXITED_LOGS) x (1 + LOG_FILES_ROTATED) x LOG_FILE_MAX_BYTES.
 - Every stop is bounded: `store` (2 s) if a wallet may be open, SIGTERM, `stop_timeout`, SIGKILL,
   always reaped, and shielded so that it completes during cancellation. Each child is supervised
   by a task in the pool's nursery; an unexpected exit sets `exited` and is logged, and a dead spare
@@ -90,6 +96,11 @@ OUTPUT_TAIL = 20  # lines of output kept for error messages
 MAX_LINE = 400  # characters of one output line that reach the log
 DRAIN_GRACE = 1.0  # how long to read a dead child's last output
 MAX_START_BACKOFF = 30.0
+# wallet-rpc logs (run_dir/logs/wallet-rpc-PORT.log): each capped, then those of gone children
+# pruned to the newest few (see `_prune_logs`).
+LOG_FILE_MAX_BYTES = 5_000_000
+LOG_FILES_ROTATED = 1
+KEEP_EXITED_LOGS = 8
 
 # Children of this process that are still running, and the ports they hold: `remove_orphans`
 # never touches these, and a new child never gets a port one of them holds.
@@ -165,7 +176,9 @@ def wallet_rpc_argv(
         "--log-file",
         str(log_file),
         "--max-log-file-size",
-        "10000000",
+        str(LOG_FILE_MAX_BYTES),
+        "--max-log-files",
+        str(LOG_FILES_ROTATED),
         "--config-file",
         str(config_file),
     ]
@@ -269,6 +282,7 @@ class ChildPool:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the spares, report started, supervise until cancelled, then stop every child."""
         _prepare_run_dir(self.settings.run_dir)
+        _prune_logs(self.settings.run_dir / "logs")
         self._closing = False
         error: ChildStartError | None = None
         try:
@@ -638,6 +652,7 @@ class ChildPool:
             if proc.pid is not None:
                 _LIVE_PIDS.discard(proc.pid)
             _LIVE_PORTS.discard(child.port)
+            _prune_logs(self.settings.run_dir / "logs")
 
 
 class _ExitedEarly(Exception):
@@ -738,6 +753,36 @@ def _prepare_run_dir(run_dir: Path) -> None:
         os.chmod(path, 0o700)
 
 
+def _log_files(logs_dir: Path) -> dict[int, list[Path]]:
+    """wallet-rpc log files by port: `wallet-rpc-PORT.log` and its rotated `...log-DATE`."""
+    by_port: dict[int, list[Path]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(logs_dir):
+            port, dot, _ = entry.name.removeprefix("wallet-rpc-").partition(".log")
+            if entry.name.startswith("wallet-rpc-") and dot and port.isdigit():
+                by_port.setdefault(int(port), []).append(Path(entry.path))
+    return by_port
+
+
+def _prune_logs(logs_dir: Path, keep: int = KEEP_EXITED_LOGS) -> None:
+    """Delete the logs of gone children (ports no child of ours holds) but the `keep` newest."""
+    live = _LIVE_PORTS
+
+    def newest(files: list[Path]) -> float:
+        times = []
+        for path in files:
+            with contextlib.suppress(OSError):
+                times.append(path.stat().st_mtime)
+        return max(times, default=0.0)
+
+    gone = [files for port, files in _log_files(logs_dir).items() if port not in live]
+    gone.sort(key=newest, reverse=True)
+    for files in gone[keep:]:
+        for path in files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def _write_private(path: Path, text: str) -> None:
     """Create `path` with mode 0600 from the start (never briefly world-readable)."""
     with contextlib.suppress(FileNotFoundError):
@@ -775,6 +820,9 @@ def _spawn(
     _prepare_run_dir(settings.run_dir)
     config_file = settings.run_dir / f"child-{port}.conf"
     log_file = settings.run_dir / "logs" / f"wallet-rpc-{port}.log"
+    for old in _log_files(log_file.parent).get(port, []):  # an earlier child's, on this port
+        with contextlib.suppress(OSError):
+            old.unlink()
     _write_private(config_file, f"rpc-login={user}:{password}\n")
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
