@@ -149,6 +149,10 @@ def test_second_walletd_on_the_same_state_dir_touches_nothing(tmp_path: Path) ->
     with WalletdProcess(tmp_path / "first", daemon_address, **sections) as first:
         children = first.children()
         assert children, "the first walletd started no wallet-rpc child"
+        lock = str(first.state_dir / "walletd.lock")
+        for pid in children:  # an orphaned child must never keep the next walletd out
+            fds = Path(f"/proc/{pid}/fd")
+            assert lock not in {os.readlink(fds / fd) for fd in os.listdir(fds)}
         second = WalletdProcess(
             tmp_path / "second",
             daemon_address,
