@@ -400,3 +400,28 @@ async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
         assert answers == {"e0": 200, "e1": 200}
         assert app.registry.stats().opened - opened_before == 2  # one opening each, no reopen
         nursery.cancel_scope.cancel()
+
+
+async def test_a_call_in_hand_is_answered_when_its_session_is_cancelled(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session cancelled while it serves a call (here: shutdown's grace runs out behind a
+    slow wallet-rpc call) still answers that call with an error; the caller never hangs."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        pool.fake_of(sets[0].files["buyer"]).call_delay = 600.0  # the call in hand outlives it
+        answers: list[int] = []
+        answered = trio.Event()
+
+        async def slow() -> None:
+            answers.append((await call(app, "GET", "/v1/escrows/e0/balance?refresh=true"))[0])
+            answered.set()
+
+        nursery.start_soon(slow)
+        await trio.sleep(1)
+        assert app.registry.sessions()[0].busy
+        await app.registry.shutdown(timeout=5)  # Leave queues behind the call; then cancel
+        with trio.fail_after(120):
+            await answered.wait()
+        assert answers[0] in (503, 504), answers
+        nursery.cancel_scope.cancel()

@@ -225,17 +225,24 @@ class EscrowSession:
                             await self._periodic_store()
                             next_store = trio.current_time() + self._store_interval
                             continue
-                        if isinstance(message, Leave):
-                            self.leave_reason = message.reason
-                            break
-                        try:
-                            result: outcome.Outcome[Any] = outcome.Value(await self._serve(message))
-                        except SessionFailed as exc:
-                            _answer(reply, outcome.Error(SessionFailed(exc.message)))
-                            raise
-                        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
-                            result = outcome.Error(exc)
-                        _answer(reply, result)
+                        # The reply is closed however this ends, cancellation included (evict
+                        # grace or shutdown running out, a failure): its caller then gets
+                        # SessionClosed instead of waiting forever, and a payout's retries do
+                        # not queue behind a call nobody will ever answer.
+                        with reply:
+                            if isinstance(message, Leave):
+                                self.leave_reason = message.reason
+                                break
+                            try:
+                                result: outcome.Outcome[Any] = outcome.Value(
+                                    await self._serve(message)
+                                )
+                            except SessionFailed as exc:
+                                _answer(reply, outcome.Error(SessionFailed(exc.message)))
+                                raise
+                            except Exception as exc:  # noqa: BLE001 - every error goes to the caller
+                                result = outcome.Error(exc)
+                            _answer(reply, result)
                 finally:  # answer what is still queued: its caller retries
                     while True:
                         try:
