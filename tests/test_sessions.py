@@ -425,3 +425,21 @@ async def test_a_call_in_hand_is_answered_when_its_session_is_cancelled(
             await answered.wait()
         assert answers[0] in (503, 504), answers
         nursery.cancel_scope.cancel()
+
+
+async def test_a_close_that_overruns_stops_the_processes_before_the_slot_is_freed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A wallet-rpc that hangs in close_wallet is stopped before the session reports closed:
+    no process still holds the escrow's wallets, and the escrow reopens with no repair."""
+    async with trio.open_nursery() as nursery:
+        app, world, pool, sets = await _setup(nursery, tmp_path, 1)
+        hung = pool.fake_of(sets[0].files["buyer"])
+        hung.call_delay = 10_000.0
+        await app.registry.close("e0")
+        assert not set(sets[0].files.values()) & set(world.locks), "a closed wallet is still held"
+        assert hung.dead
+        hung.call_delay = 0.0
+        assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        assert [e.type for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
+        nursery.cancel_scope.cancel()

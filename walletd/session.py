@@ -79,6 +79,7 @@ LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
 TX_NOT_FOUND = -8
 OPEN_FAILED = -1
 FRESH_PROCESS_TRIES = 3  # processes tried for one open when the ones handed over turn out dead
+CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a hung process
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
 
 
@@ -181,7 +182,10 @@ class EscrowSession:
         self.escrow_id = spec.escrow_id
         self._pool = pool
         self._open_timeout = open_timeout
+        # close_wallet gets at most half of the close bound: it always ends (answered or timed
+        # out) before the bound, leaving time to stop the process rather than abandon it.
         self._close_timeout = close_timeout
+        self._close_wallet_timeout = min(CLOSE_WALLET_TIMEOUT, close_timeout / 2)
         self._limiter = RestartLimiter(restart_intensity, restart_period)
         self._on_restart = on_restart
         self._on_backup = on_backup
@@ -254,10 +258,8 @@ class EscrowSession:
                 # by the registry on a new session: nothing is silently dropped.
         finally:
             send.close()
-            with trio.move_on_after(self._close_timeout, shield=True) as scope:
-                await self._close_all()
-            if scope.cancelled_caught:
-                log.error("session close timed out; processes discarded", escrow_id=self.escrow_id)
+            with trio.CancelScope(shield=True):
+                await self._close_all()  # bounded by itself: close, else stop the processes
 
     async def _relink_daemon(self) -> None:
         log.warning("wallet-rpc lost its daemon connection; relinking")
@@ -446,7 +448,7 @@ class EscrowSession:
         try:
             await _together(self._open_one, self._handles.values())
         except BaseException:
-            with trio.move_on_after(self._close_timeout, shield=True):
+            with trio.CancelScope(shield=True):
                 await self._close_all()
             raise
         await self._check_identity()
@@ -568,24 +570,43 @@ class EscrowSession:
                 await self._rpc(handle.role).call("refresh")
 
     async def _close_all(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for handle in self._handles.values():
-                nursery.start_soon(self._close_one, handle)
+        """Close every wallet within `close_timeout`; stop whatever process is left holding one.
+
+        The session's end frees its registry slot, and a freed slot means the escrow may be
+        opened again at once: a process still holding a wallet then makes that open fail with
+        -1, which is not damage (see walletd.repair). So a process is handed back to the pool
+        only once its wallet is closed, and when the bound runs out every process not yet
+        handed back is discarded (stopped, with escalation to SIGKILL) before this returns.
+        The bound is strictly longer than close_wallet's own timeout, so a hung close_wallet
+        normally ends in its own timeout and a discard, and the outer bound is the backstop."""
+        with trio.move_on_after(self._close_timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                for handle in self._handles.values():
+                    nursery.start_soon(self._close_one, handle)
+        if scope.cancelled_caught:
+            log.error("session close timed out; stopping its wallet-rpc processes")
+        for handle in self._handles.values():
+            proc, handle.proc = handle.proc, None
+            if proc is not None:
+                await self._pool.discard(proc)  # bounded by the pool (SIGTERM, then SIGKILL)
 
     async def _close_one(self, handle: _Handle) -> None:
-        proc, handle.proc = handle.proc, None
+        proc = handle.proc  # stays ours (and discarded by _close_all) until handed back below
         if proc is None:
             return
         try:
             # close_wallet stores first; a clean close makes the process reusable.
-            await proc.rpc.call("close_wallet", {"autosave_current": True}, timeout=10.0)
+            await proc.rpc.call(
+                "close_wallet", {"autosave_current": True}, timeout=self._close_wallet_timeout
+            )
         except NoWalletFile:
             pass  # it never opened (a failed open): the process is clean
         except (RpcError, OSError) as exc:
             log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
             await self._pool.discard(proc)
-            return
-        await self._pool.release(proc)
+        else:
+            await self._pool.release(proc)
+        handle.proc = None  # only now: a hand-back cut short is finished by _close_all's discard
 
 
 async def _together(fn: Callable[[_Handle], Awaitable[None]], handles: Iterable[_Handle]) -> None:
