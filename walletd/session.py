@@ -594,6 +594,7 @@ class EscrowSession:
         proc = handle.proc  # stays ours (and discarded by _close_all) until handed back below
         if proc is None:
             return
+        clean = True
         try:
             # close_wallet stores first; a clean close makes the process reusable.
             await proc.rpc.call(
@@ -603,9 +604,11 @@ class EscrowSession:
             pass  # it never opened (a failed open): the process is clean
         except (RpcError, OSError) as exc:
             log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
-            await self._pool.discard(proc)
-        else:
+            clean = False
+        if clean:
             await self._pool.release(proc)
+        else:
+            await self._pool.discard(proc)
         handle.proc = None  # only now: a hand-back cut short is finished by _close_all's discard
 
 
