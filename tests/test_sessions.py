@@ -443,3 +443,29 @@ async def test_a_close_that_overruns_stops_the_processes_before_the_slot_is_free
         assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
         assert [e.type for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_wallet_that_fails_to_open_is_not_replaced_by_an_unchecked_backup(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """An escrow wallet held open by another process fails to open (-1): the session reports
+    the failure, and the live keys file is not overwritten by the escrow's only backup (taken
+    before multisig setup: a plain wallet), nor moved to replaced-*."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        wallet_dir = app.config.monero.wallet_dir
+        buyer = sets[0].files["buyer"]
+        live = wallet_dir / f"{buyer}.keys"
+        live.write_bytes(b"the multisig keys")
+        backup = app.backups.take("e0", [buyer], "before multisig setup")
+        (backup / f"{buyer}.keys").write_bytes(b"a plain wallet's keys")
+        await app.registry.close("e0")
+        other = await pool.acquire()  # another process opens the wallet and keeps it
+        await other.rpc.call("open_wallet", {"filename": buyer, "password": sets[0].password})
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert live.read_bytes() == b"the multisig keys"
+        assert not list((app.backups.backup_dir / "e0").glob("replaced-*"))
+        assert [e for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
+        assert status == 502, body  # the open's -1 stands, with why nothing was repaired
+        assert "no backup opens as the escrow's multisig wallet" in body["error"]["message"]
+        nursery.cancel_scope.cancel()

@@ -83,6 +83,11 @@ CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
 
 
+# (escrow_id, role, file, multisig address or None, opener, the -1 the open got): opens the
+# wallet in the opener's process after a proven repair, or raises (walletd.repair).
+Repairer = Callable[[str, Role, str, "str | None", "_Opener", RpcCallError], Awaitable[None]]
+
+
 class SessionClosed(WalletdError):
     """The session stopped before it could take the request; the caller may open a new one."""
 
@@ -109,6 +114,26 @@ class _Handle:
     spec: WalletSpec
     proc: WalletProcess | None = None
     created: bool = False  # create mode: the wallet file exists now, reopen rather than recreate
+
+
+@attrs.frozen
+class _Opener:
+    """Opens wallets, with one escrow wallet's password, in the process that failed to open it
+    (walletd.repair.Opener): a backup is checked there before it may replace anything."""
+
+    rpc: Any
+    password: str = attrs.field(repr=False)
+    timeout: float
+
+    async def open(self, filename: str) -> str:
+        params = {"filename": filename, "password": self.password}
+        await self.rpc.call("open_wallet", params, timeout=self.timeout)
+        result = await self.rpc.call("get_address", {"account_index": 0})
+        return str(result.get("address", ""))
+
+    async def close(self) -> None:
+        params = {"autosave_current": True}
+        await self.rpc.call("close_wallet", params, timeout=CLOSE_WALLET_TIMEOUT)
 
 
 class SessionHandle:
@@ -176,7 +201,7 @@ class EscrowSession:
         on_call: Callable[[str, float], None] | None = None,
         store_interval: float = 300.0,
         daemon_address: str = "127.0.0.1:18081",
-        repair: Callable[[str, Role, str, int], str | None] | None = None,
+        repair: Repairer | None = None,
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
@@ -488,21 +513,20 @@ class EscrowSession:
         await rpc.call("auto_refresh", {"enable": False})
 
     async def _open_or_repair(self, handle: _Handle, rpc: Any, params: dict[str, str]) -> None:
-        """open_wallet; if it fails (-1), repair step by step (cache set aside, then the newest
-        backup) and try again after each step. The last error stands if nothing helps."""
-        stage = 0
-        while True:
-            try:
-                await rpc.call("open_wallet", params, timeout=self._open_timeout)
-                return
-            except RpcCallError as exc:
-                if exc.code != OPEN_FAILED or self._repair is None:
-                    raise
-                # A few renames and copies of small files: quick enough to run inline.
-                done = self._repair(self.escrow_id, handle.role, handle.spec.file, stage)
-                if done is None:
-                    raise
-                stage += 1
+        """open_wallet; a -1 goes to the repairer (walletd.repair), which repairs only damage it
+        can prove (never a lock held by another process, never a wrong password) and otherwise
+        raises, leaving the files as they were."""
+        try:
+            await rpc.call("open_wallet", params, timeout=self._open_timeout)
+            return
+        except RpcCallError as exc:
+            if exc.code != OPEN_FAILED or self._repair is None:
+                raise
+            failure = exc
+        opener = _Opener(rpc, handle.spec.password, self._open_timeout)
+        await self._repair(
+            self.escrow_id, handle.role, handle.spec.file, self.address, opener, failure
+        )
 
     async def _check_identity(self) -> None:
         """Every process must hold a wallet whose address is the escrow's multisig address."""
