@@ -400,3 +400,72 @@ async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
         assert answers == {"e0": 200, "e1": 200}
         assert app.registry.stats().opened - opened_before == 2  # one opening each, no reopen
         nursery.cancel_scope.cancel()
+
+
+async def test_a_call_in_hand_is_answered_when_its_session_is_cancelled(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session cancelled while it serves a call (here: shutdown's grace runs out behind a
+    slow wallet-rpc call) still answers that call with an error; the caller never hangs."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        pool.fake_of(sets[0].files["buyer"]).call_delay = 600.0  # the call in hand outlives it
+        answers: list[int] = []
+        answered = trio.Event()
+
+        async def slow() -> None:
+            answers.append((await call(app, "GET", "/v1/escrows/e0/balance?refresh=true"))[0])
+            answered.set()
+
+        nursery.start_soon(slow)
+        await trio.sleep(1)
+        assert app.registry.sessions()[0].busy
+        await app.registry.shutdown(timeout=5)  # Leave queues behind the call; then cancel
+        with trio.fail_after(120):
+            await answered.wait()
+        assert answers[0] in (503, 504), answers
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_close_that_overruns_stops_the_processes_before_the_slot_is_freed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A wallet-rpc that hangs in close_wallet is stopped before the session reports closed:
+    no process still holds the escrow's wallets, and the escrow reopens with no repair."""
+    async with trio.open_nursery() as nursery:
+        app, world, pool, sets = await _setup(nursery, tmp_path, 1)
+        hung = pool.fake_of(sets[0].files["buyer"])
+        hung.call_delay = 10_000.0
+        await app.registry.close("e0")
+        assert not set(sets[0].files.values()) & set(world.locks), "a closed wallet is still held"
+        assert hung.dead
+        hung.call_delay = 0.0
+        assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        assert [e.type for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_wallet_that_fails_to_open_is_not_replaced_by_an_unchecked_backup(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """An escrow wallet held open by another process fails to open (-1): the session reports
+    the failure, and the live keys file is not overwritten by the escrow's only backup (taken
+    before multisig setup: a plain wallet), nor moved to replaced-*."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        wallet_dir = app.config.monero.wallet_dir
+        buyer = sets[0].files["buyer"]
+        live = wallet_dir / f"{buyer}.keys"
+        live.write_bytes(b"the multisig keys")
+        backup = app.backups.take("e0", [buyer], "before multisig setup")
+        (backup / f"{buyer}.keys").write_bytes(b"a plain wallet's keys")
+        await app.registry.close("e0")
+        other = await pool.acquire()  # another process opens the wallet and keeps it
+        await other.rpc.call("open_wallet", {"filename": buyer, "password": sets[0].password})
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert live.read_bytes() == b"the multisig keys"
+        assert not list((app.backups.backup_dir / "e0").glob("replaced-*"))
+        assert [e for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
+        assert status == 502, body  # the open's -1 stands, with why nothing was repaired
+        assert "no backup opens as the escrow's multisig wallet" in body["error"]["message"]
+        nursery.cancel_scope.cancel()

@@ -42,6 +42,7 @@ from walletd.metrics import Metrics
 from walletd.monitor import Monitor
 from walletd.orphans import remove_orphans
 from walletd.registry import Limits, Registry
+from walletd.repair import WalletRepair
 from walletd.rpc import DaemonRpc
 from walletd.session import EscrowSession, SessionSpec
 from walletd.store import Store
@@ -107,6 +108,7 @@ class App:
         self.events = EventLog(self.store)
         self.metrics = Metrics()
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
+        self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         self.daemon = DaemonRpc(f"http://{config.monero.daemon_address}", timeout=10.0)
         self.wallet_rpc_restarts = 0
         m = config.monero
@@ -167,21 +169,12 @@ class App:
             on_call=self.metrics.observe_rpc,
             store_interval=s.store_interval,
             daemon_address=self.config.monero.daemon_address,
-            repair=self._repair_wallet,
+            repair=self.repairs.repair,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
 
-    def _repair_wallet(self, escrow_id: str, role: Role, file: str, stage: int) -> str | None:
-        """A wallet did not open: set its cache aside (stage 0), then restore the newest backup
-        (stage 1). Returns what was done, or None when nothing is left to try."""
-        how = None
-        if stage == 0 and self.backups.set_aside_cache(escrow_id, file):
-            how = "cache set aside; rebuilt from the keys file and the chain"
-        elif stage <= 1 and self.backups.restore_newest(escrow_id, file):
-            how = "restored from the newest backup"
-        if how is not None:
-            self.events.emit("wallet_repaired", escrow_id, role=role, how=how)
-        return how
+    def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:
+        self.events.emit("wallet_repaired", escrow_id, **data)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
         self.wallet_rpc_restarts += 1

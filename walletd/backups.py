@@ -3,10 +3,17 @@
 Haveno's lesson: keep a few copies and fall back to them when a wallet no longer opens. walletd
 takes one before multisig setup and one before each payout, keeps the newest `keep` per escrow,
 and writes each copy to a temporary directory renamed into place, so a backup is whole or absent.
+Which backup may replace a live wallet, and when, is walletd.repair's business: a backup taken
+before multisig setup holds a plain wallet and must never replace a multisig one.
+
+Files a repair moves out of the way are kept beside the backups, the newest `keep` sets of each
+kind per escrow: `damaged-*` (a cache set aside) and `replaced-*` (live files a checked backup
+replaced). Older sets are removed, so repeated repairs cannot fill the disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -54,35 +61,55 @@ class Backups:
         return sorted(entries, key=lambda p: int(p.name), reverse=True)
 
     def set_aside_cache(self, escrow_id: str, name: str) -> Path | None:
-        """Move a wallet's cache file (not its keys) aside; wallet-rpc rebuilds it from the chain.
+        """Move a wallet's cache file (not its keys) into a new `damaged-*` set.
 
-        Deleting the cache is safe (monero-facts.md); moving it keeps it for a post-mortem."""
+        Deleting the cache is safe (monero-facts.md); moving it keeps it for a post-mortem, and
+        lets `put_back_cache` undo the move when the cache turns out not to be the damage."""
         cache = self.wallet_dir / name
         if not cache.exists():
             return None
-        target = self.backup_dir / escrow_id / f"damaged-{time.time_ns()}"
+        root = self.backup_dir / escrow_id
+        target = root / f"damaged-{time.time_ns()}"
         target.mkdir(mode=0o700, parents=True)
         shutil.move(cache, target / name)
-        log.warning("damaged wallet cache set aside", escrow_id=escrow_id, path=str(target))
+        self._prune_sets(root, "damaged-")
         return target
 
-    def restore_newest(self, escrow_id: str, name: str) -> Path | None:
-        """Put back the newest backup of one wallet (cache and keys); the old files are kept."""
-        for backup in self.newest(escrow_id):
-            if (backup / f"{name}.keys").exists():
-                keep = self.backup_dir / escrow_id / f"replaced-{time.time_ns()}"
-                keep.mkdir(mode=0o700, parents=True)
-                for suffix in ("", ".keys"):
-                    current = self.wallet_dir / f"{name}{suffix}"
-                    if current.exists():
-                        shutil.move(current, keep / current.name)
-                    saved = backup / f"{name}{suffix}"
-                    if saved.exists():
-                        shutil.copy2(saved, current)
-                log.warning("wallet restored from backup", escrow_id=escrow_id, path=str(backup))
-                return backup
-        return None
+    def put_back_cache(self, aside: Path, name: str) -> None:
+        """Undo `set_aside_cache`: the cache goes back, the empty set goes away."""
+        shutil.move(aside / name, self.wallet_dir / name)
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+
+    def replace_with(self, escrow_id: str, name: str, checked: str) -> Path:
+        """Move the live files of wallet `name` into a new `replaced-*` set, then rename the
+        files of wallet `checked` (a backup copy already verified in the wallet directory) to
+        `name`. Renames within one directory: each file is whole or absent."""
+        root = self.backup_dir / escrow_id
+        keep = root / f"replaced-{time.time_ns()}"
+        keep.mkdir(mode=0o700, parents=True)
+        for suffix in ("", ".keys"):
+            current = self.wallet_dir / f"{name}{suffix}"
+            if current.exists():
+                shutil.move(current, keep / current.name)
+        for suffix in ("", ".keys"):
+            fresh = self.wallet_dir / f"{checked}{suffix}"
+            if fresh.exists():
+                os.rename(fresh, self.wallet_dir / f"{name}{suffix}")
+        with contextlib.suppress(FileNotFoundError):
+            (self.wallet_dir / f"{checked}.address.txt").unlink()
+        self._prune_sets(root, "replaced-")
+        log.warning("live wallet files replaced", escrow_id=escrow_id, kept=str(keep))
+        return keep
 
     def _prune(self, root: Path) -> None:
         for old in self.newest(root.name)[self.keep :]:
+            shutil.rmtree(old)
+
+    def _prune_sets(self, root: Path, prefix: str) -> None:
+        """Keep the newest `keep` sets of one kind (`damaged-`, `replaced-`) per escrow."""
+        sets = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix)]
+        stamp = len(prefix)
+        sets.sort(key=lambda p: int(p.name[stamp:]) if p.name[stamp:].isdigit() else 0)
+        for old in sets[: -self.keep]:
             shutil.rmtree(old)

@@ -79,7 +79,13 @@ LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
 TX_NOT_FOUND = -8
 OPEN_FAILED = -1
 FRESH_PROCESS_TRIES = 3  # processes tried for one open when the ones handed over turn out dead
+CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a hung process
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
+
+
+# (escrow_id, role, file, multisig address or None, opener, the -1 the open got): opens the
+# wallet in the opener's process after a proven repair, or raises (walletd.repair).
+Repairer = Callable[[str, Role, str, "str | None", "_Opener", RpcCallError], Awaitable[None]]
 
 
 class SessionClosed(WalletdError):
@@ -108,6 +114,26 @@ class _Handle:
     spec: WalletSpec
     proc: WalletProcess | None = None
     created: bool = False  # create mode: the wallet file exists now, reopen rather than recreate
+
+
+@attrs.frozen
+class _Opener:
+    """Opens wallets, with one escrow wallet's password, in the process that failed to open it
+    (walletd.repair.Opener): a backup is checked there before it may replace anything."""
+
+    rpc: Any
+    password: str = attrs.field(repr=False)
+    timeout: float
+
+    async def open(self, filename: str) -> str:
+        params = {"filename": filename, "password": self.password}
+        await self.rpc.call("open_wallet", params, timeout=self.timeout)
+        result = await self.rpc.call("get_address", {"account_index": 0})
+        return str(result.get("address", ""))
+
+    async def close(self) -> None:
+        params = {"autosave_current": True}
+        await self.rpc.call("close_wallet", params, timeout=CLOSE_WALLET_TIMEOUT)
 
 
 class SessionHandle:
@@ -175,13 +201,16 @@ class EscrowSession:
         on_call: Callable[[str, float], None] | None = None,
         store_interval: float = 300.0,
         daemon_address: str = "127.0.0.1:18081",
-        repair: Callable[[str, Role, str, int], str | None] | None = None,
+        repair: Repairer | None = None,
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
         self._pool = pool
         self._open_timeout = open_timeout
+        # close_wallet gets at most half of the close bound: it always ends (answered or timed
+        # out) before the bound, leaving time to stop the process rather than abandon it.
         self._close_timeout = close_timeout
+        self._close_wallet_timeout = min(CLOSE_WALLET_TIMEOUT, close_timeout / 2)
         self._limiter = RestartLimiter(restart_intensity, restart_period)
         self._on_restart = on_restart
         self._on_backup = on_backup
@@ -225,17 +254,24 @@ class EscrowSession:
                             await self._periodic_store()
                             next_store = trio.current_time() + self._store_interval
                             continue
-                        if isinstance(message, Leave):
-                            self.leave_reason = message.reason
-                            break
-                        try:
-                            result: outcome.Outcome[Any] = outcome.Value(await self._serve(message))
-                        except SessionFailed as exc:
-                            _answer(reply, outcome.Error(SessionFailed(exc.message)))
-                            raise
-                        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
-                            result = outcome.Error(exc)
-                        _answer(reply, result)
+                        # The reply is closed however this ends, cancellation included (evict
+                        # grace or shutdown running out, a failure): its caller then gets
+                        # SessionClosed instead of waiting forever, and a payout's retries do
+                        # not queue behind a call nobody will ever answer.
+                        with reply:
+                            if isinstance(message, Leave):
+                                self.leave_reason = message.reason
+                                break
+                            try:
+                                result: outcome.Outcome[Any] = outcome.Value(
+                                    await self._serve(message)
+                                )
+                            except SessionFailed as exc:
+                                _answer(reply, outcome.Error(SessionFailed(exc.message)))
+                                raise
+                            except Exception as exc:  # noqa: BLE001 - every error goes to the caller
+                                result = outcome.Error(exc)
+                            _answer(reply, result)
                 finally:  # answer what is still queued: its caller retries
                     while True:
                         try:
@@ -247,10 +283,8 @@ class EscrowSession:
                 # by the registry on a new session: nothing is silently dropped.
         finally:
             send.close()
-            with trio.move_on_after(self._close_timeout, shield=True) as scope:
-                await self._close_all()
-            if scope.cancelled_caught:
-                log.error("session close timed out; processes discarded", escrow_id=self.escrow_id)
+            with trio.CancelScope(shield=True):
+                await self._close_all()  # bounded by itself: close, else stop the processes
 
     async def _relink_daemon(self) -> None:
         log.warning("wallet-rpc lost its daemon connection; relinking")
@@ -439,7 +473,7 @@ class EscrowSession:
         try:
             await _together(self._open_one, self._handles.values())
         except BaseException:
-            with trio.move_on_after(self._close_timeout, shield=True):
+            with trio.CancelScope(shield=True):
                 await self._close_all()
             raise
         await self._check_identity()
@@ -479,21 +513,20 @@ class EscrowSession:
         await rpc.call("auto_refresh", {"enable": False})
 
     async def _open_or_repair(self, handle: _Handle, rpc: Any, params: dict[str, str]) -> None:
-        """open_wallet; if it fails (-1), repair step by step (cache set aside, then the newest
-        backup) and try again after each step. The last error stands if nothing helps."""
-        stage = 0
-        while True:
-            try:
-                await rpc.call("open_wallet", params, timeout=self._open_timeout)
-                return
-            except RpcCallError as exc:
-                if exc.code != OPEN_FAILED or self._repair is None:
-                    raise
-                # A few renames and copies of small files: quick enough to run inline.
-                done = self._repair(self.escrow_id, handle.role, handle.spec.file, stage)
-                if done is None:
-                    raise
-                stage += 1
+        """open_wallet; a -1 goes to the repairer (walletd.repair), which repairs only damage it
+        can prove (never a lock held by another process, never a wrong password) and otherwise
+        raises, leaving the files as they were."""
+        try:
+            await rpc.call("open_wallet", params, timeout=self._open_timeout)
+            return
+        except RpcCallError as exc:
+            if exc.code != OPEN_FAILED or self._repair is None:
+                raise
+            failure = exc
+        opener = _Opener(rpc, handle.spec.password, self._open_timeout)
+        await self._repair(
+            self.escrow_id, handle.role, handle.spec.file, self.address, opener, failure
+        )
 
     async def _check_identity(self) -> None:
         """Every process must hold a wallet whose address is the escrow's multisig address."""
@@ -561,24 +594,46 @@ class EscrowSession:
                 await self._rpc(handle.role).call("refresh")
 
     async def _close_all(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for handle in self._handles.values():
-                nursery.start_soon(self._close_one, handle)
+        """Close every wallet within `close_timeout`; stop whatever process is left holding one.
+
+        The session's end frees its registry slot, and a freed slot means the escrow may be
+        opened again at once: a process still holding a wallet then makes that open fail with
+        -1, which is not damage (see walletd.repair). So a process is handed back to the pool
+        only once its wallet is closed, and when the bound runs out every process not yet
+        handed back is discarded (stopped, with escalation to SIGKILL) before this returns.
+        The bound is strictly longer than close_wallet's own timeout, so a hung close_wallet
+        normally ends in its own timeout and a discard, and the outer bound is the backstop."""
+        with trio.move_on_after(self._close_timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                for handle in self._handles.values():
+                    nursery.start_soon(self._close_one, handle)
+        if scope.cancelled_caught:
+            log.error("session close timed out; stopping its wallet-rpc processes")
+        for handle in self._handles.values():
+            proc, handle.proc = handle.proc, None
+            if proc is not None:
+                await self._pool.discard(proc)  # bounded by the pool (SIGTERM, then SIGKILL)
 
     async def _close_one(self, handle: _Handle) -> None:
-        proc, handle.proc = handle.proc, None
+        proc = handle.proc  # stays ours (and discarded by _close_all) until handed back below
         if proc is None:
             return
+        clean = True
         try:
             # close_wallet stores first; a clean close makes the process reusable.
-            await proc.rpc.call("close_wallet", {"autosave_current": True}, timeout=10.0)
+            await proc.rpc.call(
+                "close_wallet", {"autosave_current": True}, timeout=self._close_wallet_timeout
+            )
         except NoWalletFile:
             pass  # it never opened (a failed open): the process is clean
         except (RpcError, OSError) as exc:
             log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
+            clean = False
+        if clean:
+            await self._pool.release(proc)
+        else:
             await self._pool.discard(proc)
-            return
-        await self._pool.release(proc)
+        handle.proc = None  # only now: a hand-back cut short is finished by _close_all's discard
 
 
 async def _together(fn: Callable[[_Handle], Awaitable[None]], handles: Iterable[_Handle]) -> None:

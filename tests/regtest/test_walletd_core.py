@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory
+from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory, WalletRpcProcess
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.ids import ROLES
 from walletd.regtest import MonerodProcess
@@ -163,3 +163,43 @@ async def test_truncated_cache_is_repaired_on_open(
             repaired = await events_of(client, "wallet_repaired")
             assert [(e["escrow_id"], e["role"]) for e in repaired] == [("c1", "vendor")]
             assert (await client.get("/v1/escrows/c1/balance")).status_code == 200
+
+
+async def test_a_wallet_held_by_another_process_is_not_repaired(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """A real wallet-rpc outside walletd has the vendor wallet open (its keys-file lock): walletd's
+    open gets -1 and must not "repair" it: the session fails, the live cache and keys stay as they
+    were, nothing is set aside or replaced, no wallet_repaired event; once the other process lets
+    go, the session opens."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address)
+    (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
+    with daemon, trio.fail_after(240):
+        async with daemon.client() as client:
+            assert (await client.post("/v1/escrows", json=_adopt_body("l1", s))).status_code == 201
+            assert (await client.delete("/v1/escrows/l1/session")).json()["closed"] is True
+            vendor = daemon.wallet_dir / s.files["vendor"]
+            before = {p: p.read_bytes() for p in (vendor, vendor.with_name(vendor.name + ".keys"))}
+            other = WalletRpcProcess(
+                wallet_dir=daemon.wallet_dir,
+                work_dir=tmp_path / "other",
+                daemon_address=monerod.daemon_address,
+            )
+            with other:
+                await trio.to_thread.run_sync(other.wait_ready)
+                rpc = other.client()
+                try:
+                    await rpc.call(
+                        "open_wallet", {"filename": s.files["vendor"], "password": PASSWORD}
+                    )
+                    r = await client.post("/v1/escrows/l1/session")
+                    assert r.status_code != 200, r.text
+                    assert {p: p.read_bytes() for p in before} == before
+                    assert list((daemon.state_dir / "backups").rglob("replaced-*")) == []
+                    assert list((daemon.state_dir / "backups").rglob("damaged-*")) == []
+                    assert await events_of(client, "wallet_repaired") == []
+                    await rpc.call("close_wallet", {"autosave_current": False})
+                finally:
+                    await rpc.aclose()
+            r = await client.post("/v1/escrows/l1/session")
+            assert r.status_code == 200, r.text

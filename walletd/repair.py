@@ -1,0 +1,217 @@
+"""Repairing a wallet that does not open, only when damage is positively known.
+
+wallet-rpc answers an `open_wallet` that fails with -1 "Failed to open wallet" whatever the
+reason: a damaged cache, a damaged keys file, a wrong password, a missing file, or the keys file
+locked by another process that has the wallet open (monero-facts.md, "Exclusive lock"). Treating
+every -1 as damage once overwrote a live multisig keys file with a pre-multisig backup (a plain
+wallet), and the escrow then failed forever with "address mismatch". So each step here proves
+its premise before it touches a file, and undoes itself when the premise turns out false:
+
+1. The keys file must not be locked by another process. wallet-rpc holds a POSIX fcntl record
+   lock on `<w>.keys` while the wallet is open; we ask the kernel with F_GETLK (a query: it takes
+   no lock). walletd itself never holds fcntl locks on wallet files, so closing our probe's file
+   descriptor (which drops every record lock this process holds on that file) loses nothing, and
+   any holder F_GETLK reports is another process. Locked: no repair, an error naming the pid.
+2. The cache is set aside and the wallet opened from its keys file alone. If it opens, the cache
+   was the damage (deleting it is safe: the wallet rebuilds from the chain). If it still fails,
+   the cache goes back where it was: it was not the damage (a wrong password fails the same way).
+3. A backup replaces the live files only if it opens, in the same wallet-rpc process and with
+   the same password, as a wallet whose address is the escrow's multisig address. We cannot
+   read an address out of a keys file without its password-derived key (and walletd has no
+   Monero cryptography), so we let wallet-rpc do it: the backup is copied into the wallet
+   directory under a scratch name (wallet-rpc opens only names in its directory), opened,
+   asked `get_address`, closed; only then are the live files moved to `replaced-*` and the
+   checked copy renamed into place. This also settles the password: a wrong password opens no
+   backup either, so it never replaces anything. An escrow with no verified multisig address
+   yet (adopting, creating) never restores a backup. No backup qualifies: the error says so and
+   the live files are left as they were.
+
+`damaged-*` and `replaced-*` sets are kept for a post-mortem, the newest few of each kind per
+escrow (see `Backups`). Every repair done is reported as a `wallet_repaired` event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from walletd.backups import Backups
+from walletd.errors import RpcCallError
+from walletd.ids import Role
+
+__all__ = ["NotRepaired", "Opener", "WalletRepair", "lock_holder"]
+
+log = structlog.get_logger(__name__)
+
+OPEN_FAILED = -1
+CHECK_SUFFIX = ".restore-check"  # the scratch name a backup is opened under before it is used
+
+_FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
+
+
+class NotRepaired(RpcCallError):
+    """The open failed (-1) and nothing was repaired: the reason says why (held elsewhere, no
+    damage proven, no backup checked out). Still the open's -1, so callers that explain a
+    failed open (adoption: a missing file, a wrong password, a wallet open elsewhere) do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("open_wallet", OPEN_FAILED, reason)
+
+
+class Opener(Protocol):
+    """Opens wallets in the one wallet-rpc process that failed to open the live one."""
+
+    async def open(self, filename: str) -> str:
+        """open_wallet `filename` (with the escrow wallet's password); its address."""
+
+    async def close(self) -> None:
+        """close_wallet (it stores)."""
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of another process holding a POSIX record lock on `path`, or None.
+
+    F_GETLK only asks; it takes no lock. Closing our descriptor afterwards would drop record
+    locks this process holds on the file, but walletd holds none on wallet files."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    finally:
+        os.close(fd)
+    l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
+    return None if l_type == fcntl.F_UNLCK else int(pid)
+
+
+class WalletRepair:
+    def __init__(
+        self, wallet_dir: Path, backups: Backups, on_repaired: Callable[..., object]
+    ) -> None:
+        self.wallet_dir = wallet_dir
+        self.backups = backups
+        self._on_repaired = on_repaired  # (escrow_id, role=, source=, ...) -> the event log
+
+    async def repair(
+        self,
+        escrow_id: str,
+        role: Role,
+        file: str,
+        address: str | None,
+        opener: Opener,
+        failure: RpcCallError,
+    ) -> None:
+        """Make `file` open in `opener`'s process, or raise leaving the live files untouched.
+
+        `failure` is the -1 the plain open got; `address` the escrow's verified multisig
+        address (None: no backup may be restored)."""
+        keys = self.wallet_dir / f"{file}.keys"
+        if not keys.exists():
+            raise NotRepaired(f"{role} wallet {file}: keys file missing; nothing to repair")
+        holder = lock_holder(keys)
+        if holder is not None:
+            raise NotRepaired(
+                f"{role} wallet {file} is held open by another process (pid {holder}); "
+                "not a damaged wallet, not repaired"
+            )
+        if await self._try_without_cache(escrow_id, role, file, opener):
+            return
+        if address is None:
+            raise NotRepaired(
+                f"{role} wallet {file} does not open (wrong password or damaged keys file) and "
+                "the escrow has no verified multisig address to check a backup against; "
+                "files left untouched"
+            ) from failure
+        await self._restore_checked(escrow_id, role, file, address, opener, failure)
+
+    async def _try_without_cache(
+        self, escrow_id: str, role: Role, file: str, opener: Opener
+    ) -> bool:
+        aside = self.backups.set_aside_cache(escrow_id, file)
+        if aside is None:
+            return False
+        try:
+            await opener.open(file)
+        except RpcCallError as exc:
+            if exc.code != OPEN_FAILED:
+                self.backups.put_back_cache(aside, file)
+                raise
+            # Not the cache: put it back as it was (a wrong password fails this way too).
+            self.backups.put_back_cache(aside, file)
+            log.info("wallet does not open without its cache either; cache put back", role=role)
+            return False
+        except BaseException:
+            self.backups.put_back_cache(aside, file)
+            raise
+        log.warning("damaged wallet cache set aside", role=role, path=str(aside))
+        self._on_repaired(escrow_id, role=role, source="cache")
+        return True
+
+    async def _restore_checked(
+        self,
+        escrow_id: str,
+        role: Role,
+        file: str,
+        address: str,
+        opener: Opener,
+        failure: RpcCallError,
+    ) -> None:
+        scratch = f"{file}{CHECK_SUFFIX}"
+        for backup in self.backups.newest(escrow_id):
+            if not (backup / f"{file}.keys").exists():
+                continue
+            self._remove(scratch)
+            for suffix in ("", ".keys"):
+                saved = backup / f"{file}{suffix}"
+                if saved.exists():
+                    shutil.copy2(saved, self.wallet_dir / f"{scratch}{suffix}")
+            try:
+                shown = await _checked_address(opener, scratch)
+            except RpcCallError as exc:
+                log.info(
+                    "backup does not open; skipped", role=role, backup=backup.name, error=str(exc)
+                )
+                self._remove(scratch)
+                continue
+            except BaseException:
+                self._remove(scratch)
+                raise
+            if shown != address:
+                log.warning(
+                    "backup holds another wallet (not the escrow's address); skipped",
+                    role=role,
+                    backup=backup.name,
+                )
+                self._remove(scratch)
+                continue
+            kept = self.backups.replace_with(escrow_id, file, scratch)
+            await opener.open(file)
+            log.warning("wallet restored from a checked backup", role=role, backup=str(backup))
+            self._on_repaired(
+                escrow_id, role=role, source="backup", backup=backup.name, replaced=kept.name
+            )
+            return
+        raise NotRepaired(
+            f"{role} wallet {file} does not open (wrong password or damaged keys file) and no "
+            "backup opens as the escrow's multisig wallet; files left untouched"
+        ) from failure
+
+    def _remove(self, name: str) -> None:
+        for suffix in ("", ".keys", ".address.txt"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.wallet_dir / f"{name}{suffix}").unlink()
+
+
+async def _checked_address(opener: Opener, filename: str) -> str:
+    try:
+        return await opener.open(filename)
+    finally:
+        with contextlib.suppress(RpcCallError):
+            await opener.close()
