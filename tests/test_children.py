@@ -655,3 +655,26 @@ async def test_wallet_rpc_logs_stay_bounded(tmp_path: Path) -> None:
     argv = wallet_rpc_argv(s, 4242, s.run_dir / "c.conf", logs / "w.log")
     assert argv[argv.index("--max-log-file-size") + 1] == str(children.LOG_FILE_MAX_BYTES)
     assert argv[argv.index("--max-log-files") + 1] == str(children.LOG_FILES_ROTATED)
+
+
+async def test_a_child_whose_port_was_taken_after_it_died_is_not_ours(tmp_path: Path) -> None:
+    """The check before a wallet password is sent: a child holding its port is ours; once it
+    has died (killed, not yet reaped) and another process bound that port, it is not."""
+    with trio.fail_after(60):
+        async with _running_pool(_settings(tmp_path)) as pool:
+            proc = await pool.acquire()
+            assert await proc.still_ours()
+            port = int(proc.ident.rsplit(":", 1)[1])
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as thief:
+                thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                while True:  # the dead child's socket closes a moment after SIGKILL
+                    try:
+                        thief.bind(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        await trio.sleep(0.05)
+                thief.listen()
+                assert not await proc.still_ours()
+            await pool.discard(proc)

@@ -232,6 +232,17 @@ class WalletProcess:
     def alive(self) -> bool:
         return not self.exited.is_set()
 
+    async def still_ours(self) -> bool:
+        """Before a wallet password is sent: the port still answers from this very process.
+
+        Checked at start, but a child that died a moment ago (not yet reaped, so `alive()`)
+        frees its port for anyone; the body of the next request, password included, would go
+        to whoever bound it. One /proc read per open, a millisecond. External endpoints are
+        the operator's to trust."""
+        if self._child is None:
+            return True
+        return await trio.to_thread.run_sync(listener_is_owned_by, self._child.port, self.pid)
+
     def __repr__(self) -> str:  # never shows the credentials
         return f"WalletProcess({self.ident}, pid={self.pid})"
 

@@ -502,6 +502,10 @@ class EscrowSession:
                 await self._pool.discard(proc)
 
     async def _open_in(self, handle: _Handle, rpc: Any) -> None:
+        assert handle.proc is not None
+        if not await handle.proc.still_ours():
+            # Taken for a lost process: discarded, and the open moves to a fresh one.
+            raise RpcUnreachable(f"{handle.proc!r} no longer holds its port")
         params = {"filename": handle.spec.file, "password": handle.spec.password}
         if self.spec.create and not handle.created:
             await rpc.call(
