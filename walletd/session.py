@@ -505,7 +505,7 @@ class EscrowSession:
         assert handle.proc is not None
         if not await handle.proc.still_ours():
             # Taken for a lost process: discarded, and the open moves to a fresh one.
-            raise RpcUnreachable(f"{handle.proc!r} no longer holds its port")
+            raise RpcUnreachable("open_wallet", f"{handle.proc!r} no longer holds its port")
         params = {"filename": handle.spec.file, "password": handle.spec.password}
         if self.spec.create and not handle.created:
             await rpc.call(
