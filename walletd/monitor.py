@@ -127,7 +127,10 @@ class Monitor:
             return  # no new block since this wallet last looked: nothing can have changed
         self.session_calls["funding"] += 1
         funding: Funding = await self.app.registry.call(
-            rec.escrow_id, GetFunding(refresh=True), api=False, may_evict_api=not cold
+            rec.escrow_id,
+            GetFunding(refresh=True, amount=rec.amount),
+            api=False,
+            may_evict_api=not cold,
         )
         self._refreshed_at[rec.escrow_id] = height
         self._apply_funding(rec, funding)
