@@ -1,6 +1,13 @@
 """The event feed: appended to the state database, woken long polls.
 
 Sequence numbers come from SQLite's AUTOINCREMENT, so they only grow and survive restarts.
+
+`emit` records an event that announces something already done elsewhere (a session opened or
+closed, a wallet-rpc restarted or repaired): when the database refuses it, the event is lost and
+said so in the log, because failing the caller (a session's supervisor, the registry) would turn
+a full disk into a dead daemon. Events that go with a state change are written in the same
+transaction as the change (`insert`, `change`), so those are never lost: the change fails with
+them and is retried.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from typing import Any
 import structlog
 import trio
 
-from walletd.store import EscrowRecord, EventRecord, NewEvent, Store
+from walletd.store import EscrowRecord, EventRecord, NewEvent, Store, StoreUnavailable
 
 __all__ = ["EventLog"]
 
@@ -25,9 +32,13 @@ class EventLog:
         self._store = store
         self._changed = trio.Event()
 
-    def emit(self, type_: str, escrow_id: str | None = None, **data: Any) -> EventRecord:
-        """Record an event and wake every waiting long poll."""
-        event = self._store.append_event(type_, escrow_id, data)
+    def emit(self, type_: str, escrow_id: str | None = None, **data: Any) -> EventRecord | None:
+        """Record an event and wake every waiting long poll; None if the database refused it."""
+        try:
+            event = self._store.append_event(type_, escrow_id, data)
+        except StoreUnavailable as exc:
+            log.error("event not recorded", type=type_, escrow_id=escrow_id, error=exc.message)
+            return None
         self._published([event])
         return event
 

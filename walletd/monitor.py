@@ -12,6 +12,9 @@ never evicts a session the API is using, and never thrashes the cap.
 
 Payout confirmations are read from monerod directly (the transaction's block height): no wallet,
 no session. A completed or refunded escrow's session is closed.
+
+A database that refuses a read or write (`StoreUnavailable`: disk full, I/O error) fails that
+check alone; the escrow is not marked as looked at, so the next cycle tries it again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import trio
 
 from walletd.errors import ApiError, Capacity, WalletdError
 from walletd.messages import Funding, GetFunding, SubmitPayout
-from walletd.store import EscrowRecord, utcnow
+from walletd.store import EscrowRecord, StoreUnavailable, utcnow
 
 __all__ = ["Monitor"]
 
@@ -77,7 +80,10 @@ class Monitor:
                 with trio.move_on_after(self.interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                await self.cycle()
+                try:
+                    await self.cycle()
+                except StoreUnavailable as exc:
+                    log.error("monitor cycle skipped", error=exc.message)
 
     async def _watch_height(self) -> None:
         while True:
@@ -132,8 +138,9 @@ class Monitor:
             api=False,
             may_evict_api=not cold,
         )
-        self._refreshed_at[rec.escrow_id] = height
         self._apply_funding(rec, funding)
+        # Only once recorded: a check whose result the database refused is redone next cycle.
+        self._refreshed_at[rec.escrow_id] = height
 
     def _apply_funding(self, rec: EscrowRecord, f: Funding) -> None:
         fresh = self.app.store.get_escrow(rec.escrow_id)
@@ -205,7 +212,11 @@ class Monitor:
 
     async def _cold_worker(self) -> None:
         while True:
-            rec = self._next_cold()
+            try:
+                rec = self._next_cold()
+            except StoreUnavailable as exc:
+                log.error("cold check skipped", error=exc.message)
+                rec = None
             if rec is None or not self.app.registry.can_open_for_monitor():
                 with trio.move_on_after(max(1.0, min(self.cold_interval, 5.0))):
                     await self._cold_wake.wait()
