@@ -317,6 +317,7 @@ class App:
                     ),
                 )
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self.events.prune_forever, cfg.daemon.events_retention_days)
                 nursery.start_soon(self._notify_ready)
                 log.info(
                     "walletd ready",

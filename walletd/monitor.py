@@ -15,6 +15,10 @@ no session. A completed or refunded escrow's session is closed.
 
 A database that refuses a read or write (`StoreUnavailable`: disk full, I/O error) fails that
 check alone; the escrow is not marked as looked at, so the next cycle tries it again.
+
+What the monitor keeps per escrow (last refresh height, last cold check) is dropped at each
+cycle for escrows no longer watched (ready, paid out, removed): it stays as big as the set of
+escrows awaiting funding, not every escrow ever made.
 """
 
 from __future__ import annotations
@@ -110,13 +114,22 @@ class Monitor:
         if height is None:
             return
         self.cycles += 1
+        escrows = self.app.store.list_escrows()
+        self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
         async with trio.open_nursery() as nursery:
-            for rec in self.app.store.list_escrows():
+            for rec in escrows:
                 if rec.state in WATCHED and self.app.registry.is_open(rec.escrow_id):
                     nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
                     nursery.start_soon(self._guarded, rec, height, self.check_payout)
         self.app.metrics.monitor_cycle.observe(trio.current_time() - started)
+
+    def _forget_unwatched(self, watched: set[str]) -> None:
+        """Drop what is kept per escrow for escrows past funding (or gone): without this the
+        dicts would hold an entry for every escrow ever watched."""
+        for table in (self._refreshed_at, self._cold_checked):
+            for escrow_id in table.keys() - watched:
+                del table[escrow_id]
 
     async def _guarded(self, rec: EscrowRecord, height: int, check: Any) -> None:
         async with self._limiter:

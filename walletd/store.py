@@ -386,8 +386,21 @@ class Store:
 
     @_read
     def last_event_seq(self) -> int:
-        row = self._db.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+        """The last seq handed out, from AUTOINCREMENT's own counter: unlike max(seq) it stays
+        put when old events are pruned, even if none is left."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def prune_events(self, before: str, limit: int) -> int:
+        """Delete up to `limit` of the oldest events dated before `before`, never the newest
+        event; returns how many went. Small batches keep each transaction short."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at < ? AND "
+                "seq < (SELECT max(seq) FROM events) ORDER BY seq LIMIT ?)",
+                (before, limit),
+            )
+            return int(cur.rowcount)
 
 
 def _insert_event(
