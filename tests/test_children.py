@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 
+from walletd import children
 from walletd.children import (
     STORE_TIMEOUT,
     ChildPool,
@@ -29,7 +30,7 @@ from walletd.children import (
     wallet_rpc_argv,
 )
 from walletd.endpoints import Endpoint, EndpointPool
-from walletd.errors import Capacity, RpcAuthError, RpcUnreachable
+from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
 from walletd.orphans import remove_orphans
 from walletd.rpc import WalletRpc
 
@@ -144,7 +145,8 @@ def test_argv_follows_the_rules(tmp_path: Path) -> None:
         "--rpc-ssl", "disabled",
         "--daemon-ssl", "disabled",
         "--log-file", str(s.run_dir / "logs/w.log"),
-        "--max-log-file-size", "10000000",
+        "--max-log-file-size", "5000000",
+        "--max-log-files", "1",
         "--config-file", str(s.run_dir / "child-4242.conf"),
     ]  # fmt: skip
 
@@ -533,3 +535,123 @@ async def test_endpoint_pool_hands_out_each_endpoint_once(tmp_path: Path) -> Non
                 assert pool.restarts == 0
                 nursery.cancel_scope.cancel()
             await children.release(child)
+
+
+# A process that is not wallet-rpc listening on loopback and answering every JSON-RPC call
+# without asking for credentials; it writes each method it receives to argv[1], one a line.
+FOREIGN_LISTENER = """
+import http.server, json, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        with open(sys.argv[1], "a") as seen:
+            seen.write(body["method"] + "\\n")
+        out = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"version": 65562}})
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out.encode())
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.asynccontextmanager
+async def _foreign_listener(seen: Path) -> AsyncIterator[tuple[int, int]]:
+    """(port, pid) of a foreign JSON-RPC listener in another process; stopped at the end."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", FOREIGN_LISTENER, str(seen)], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(10):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(100)
+                assert chunk, "the foreign listener exited early"
+                line += chunk
+        yield int(line), proc.pid
+    finally:
+        proc.kill()
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
+
+
+async def test_listener_ownership_is_read_from_proc(tmp_path: Path) -> None:
+    """The check that a loopback port is served by a given pid says yes for the process that
+    listens there and no for any other pid, and no for a port nobody listens on."""
+    with trio.fail_after(20):
+        async with _foreign_listener(tmp_path / "seen") as (port, pid):
+            assert await trio.to_thread.run_sync(children.listener_is_owned_by, port, pid)
+            assert not await trio.to_thread.run_sync(
+                children.listener_is_owned_by, port, os.getpid()
+            )
+        assert not await trio.to_thread.run_sync(
+            children.listener_is_owned_by, _unused_port(), os.getpid()
+        )
+
+
+async def test_foreign_listener_on_a_childs_port_never_gets_a_wallet_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process that took the port a child was told to use answers get_version without
+    auth: the pool does not take it for the child, discards that child and starts another, so
+    open_wallet (with the wallet password) never goes to the foreign process."""
+    seen = tmp_path / "seen"
+    with trio.fail_after(60):
+        async with _foreign_listener(seen) as (taken, _):
+            ports = [taken]
+            real_free_port = children._free_port
+            monkeypatch.setattr(
+                children, "_free_port", lambda: ports.pop() if ports else real_free_port()
+            )
+            async with _running_pool(_settings(tmp_path)) as pool:
+                proc = await pool.acquire()
+                assert proc.ident != f"wallet-rpc:127.0.0.1:{taken}"
+                with contextlib.suppress(RpcError):
+                    await proc.rpc.call("open_wallet", {"filename": "w", "password": "hunter2"})
+                await pool.discard(proc)
+        assert "open_wallet" not in seen.read_text()
+
+
+def _log_ports(logs: Path) -> set[str]:
+    """The ports that have wallet-rpc log files (current or rotated) in `logs`."""
+    return {p.name.split("-")[2].split(".")[0] for p in logs.glob("wallet-rpc-*.log*")}
+
+
+async def test_wallet_rpc_logs_stay_bounded(tmp_path: Path) -> None:
+    """Logs of children that are gone are pruned to the newest few, at start and whenever a
+    child exits; each child's log is capped in size and rotated files (argv)."""
+    s = _settings(tmp_path)
+    logs = s.run_dir / "logs"
+    logs.mkdir(parents=True)
+
+    def leave_stale(first: int, count: int) -> None:
+        for i in range(count):  # ports no child holds; older ones first
+            for name in (f"wallet-rpc-{first + i}.log", f"wallet-rpc-{first + i}.log-2020-01-01"):
+                (logs / name).write_text("old\n")
+                os.utime(logs / name, (1_600_000_000 + i, 1_600_000_000 + i))
+
+    leave_stale(1000, 3 * children.KEEP_EXITED_LOGS)
+    with trio.fail_after(60):
+        async with _running_pool(s) as pool:
+            stale = _log_ports(logs) - {p.ident.rsplit(":", 1)[1] for p in pool.idle}
+            assert len(stale) <= children.KEEP_EXITED_LOGS
+            assert str(1000 + 3 * children.KEEP_EXITED_LOGS - 1) in stale  # the newest stay
+            leave_stale(2000, 3 * children.KEEP_EXITED_LOGS)
+            proc = await pool.acquire()
+            await pool.discard(proc)
+            live = {p.ident.rsplit(":", 1)[1] for p in pool.idle}
+            assert len(_log_ports(logs) - live) <= children.KEEP_EXITED_LOGS
+    argv = wallet_rpc_argv(s, 4242, s.run_dir / "c.conf", logs / "w.log")
+    assert argv[argv.index("--max-log-file-size") + 1] == str(children.LOG_FILE_MAX_BYTES)
+    assert argv[argv.index("--max-log-files") + 1] == str(children.LOG_FILES_ROTATED)

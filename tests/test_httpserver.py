@@ -8,6 +8,8 @@ import random
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from functools import partial
@@ -402,6 +404,65 @@ async def test_other_uid_is_forbidden(nursery: trio.Nursery, sock_path: Path) ->
     assert r.status_code == 403
     assert error_of(r)["code"] == "forbidden"
     assert not called
+
+
+HOLD_CONNECTIONS = """
+import os, socket, sys, time
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)  # nobody: a local user outside the allow-list
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("connected", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+async def test_refused_peers_take_no_connection_slot(nursery: trio.Nursery) -> None:
+    """With max_connections=N, 2N connections held open by a uid outside the allow-list do not
+    keep an allowed peer from being served: refused peers are closed at accept."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="wd-", dir="/tmp"))
+    try:
+        # nobody must reach the socket, as another local user of a real host could.
+        os.chmod(sock_dir, 0o711)  # noqa: S103
+        path = sock_dir / "w.sock"
+        n = 2
+        await start(
+            nursery,
+            path,
+            mode=0o666,
+            limits=ServerLimits(max_connections=n),
+            allow_uids=frozenset({os.getuid()}),
+            allow_gids=frozenset(),
+        )
+        holder = await trio.lowlevel.open_process(
+            [sys.executable, "-c", HOLD_CONNECTIONS, str(path), str(2 * n)],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None
+            with trio.fail_after(TIMEOUT):
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await holder.stdout.receive_some(100)
+                    assert chunk, "the holder exited early"
+                    line += chunk
+            assert line == b"connected\n"
+            await trio.sleep(0.3)  # the server has accepted them all
+            # Well inside header_timeout, which is how long a refused peer held a slot before.
+            with trio.fail_after(3):
+                await get_ok(path)
+        finally:
+            holder.kill()
+            with trio.CancelScope(shield=True):
+                await holder.wait()
+                await holder.stdout.aclose()  # type: ignore[union-attr]
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 async def test_handler_exception_is_500_and_logged(nursery: trio.Nursery, sock_path: Path) -> None:

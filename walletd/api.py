@@ -8,7 +8,6 @@ right types, bounded nesting. Nothing here logs a request body (it may carry wal
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -98,29 +97,27 @@ class Api:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
-        seg = r"(?P<id>[^/]+)"
-        self._route(r"/v1/escrows", POST=self.create_escrow, GET=self.list_escrows)
-        self._route(rf"/v1/escrows/{seg}", GET=self.get_escrow)
-        self._route(rf"/v1/escrows/{seg}/balance", GET=self.balance)
-        self._route(rf"/v1/escrows/{seg}/transfers/(?P<txid>[^/]+)", GET=self.transfer)
-        self._route(
-            rf"/v1/escrows/{seg}/session", POST=self.open_session, DELETE=self.close_session
-        )
-        self._route(rf"/v1/escrows/{seg}/release", POST=self.release)
-        self._route(rf"/v1/escrows/{seg}/refund", POST=self.refund)
-        self._route(r"/v1/sessions", GET=self.sessions)
-        self._route(r"/v1/stats", GET=self.stats)
-        self._route(r"/v1/health", GET=self.health)
-        self._route(r"/v1/events", GET=self.events)
-        self._route(r"/metrics", GET=self.metrics)
+        self._routes: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
+        self._route("/v1/escrows", POST=self.create_escrow, GET=self.list_escrows)
+        self._route("/v1/escrows/{id}", GET=self.get_escrow)
+        self._route("/v1/escrows/{id}/balance", GET=self.balance)
+        self._route("/v1/escrows/{id}/transfers/{txid}", GET=self.transfer)
+        self._route("/v1/escrows/{id}/session", POST=self.open_session, DELETE=self.close_session)
+        self._route("/v1/escrows/{id}/release", POST=self.release)
+        self._route("/v1/escrows/{id}/refund", POST=self.refund)
+        self._route("/v1/sessions", GET=self.sessions)
+        self._route("/v1/stats", GET=self.stats)
+        self._route("/v1/health", GET=self.health)
+        self._route("/v1/events", GET=self.events)
+        self._route("/metrics", GET=self.metrics)
 
-    def _route(self, pattern: str, **methods: Handler) -> None:
-        self._routes.append((re.compile(pattern), methods))
+    def _route(self, template: str, **methods: Handler) -> None:
+        """`template` is a path whose `{name}` segments match any one non-empty segment."""
+        self._routes.append((tuple(template.split("/")[1:]), methods))
 
-    def add_route(self, pattern: str, **methods: Handler) -> None:
-        """Extra routes (the dev sandbox adds its own)."""
-        self._route(pattern, **methods)
+    def add_route(self, template: str, **methods: Handler) -> None:
+        """Extra routes (the dev sandbox adds its own); `template` as in `_route`."""
+        self._route(template, **methods)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -139,15 +136,19 @@ class Api:
             return Response.json(api.status, api.to_json())
 
     def _match(self, request: Request) -> tuple[Handler, dict[str, str]]:
-        for pattern, methods in self._routes:
-            m = pattern.fullmatch(request.path)
-            if m is None:
+        """Match on the request's segments, each decoded on its own (`Request.segments`): a
+        decoded `/` inside a segment is part of that parameter (and no valid id has one), so an
+        encoded slash can never turn `/v1/escrows/e1%2Fbalance` into a balance read."""
+        segments = request.segments
+        for template, methods in self._routes:
+            params = _match_segments(template, segments)
+            if params is None:
                 continue
             handler = methods.get(request.method)
             if handler is None:
                 allowed = ", ".join(sorted(methods))
                 raise InvalidRequest(f"method {request.method} not allowed here (use {allowed})")
-            return handler, {k: v for k, v in m.groupdict().items() if v is not None}
+            return handler, params
         raise NotFound(f"no such endpoint: {request.path[:200]}")
 
     # ---- escrows ---------------------------------------------------------------------------------
@@ -249,6 +250,21 @@ class Api:
     async def metrics(self, _: Request, __: dict[str, str]) -> Response:
         body, content_type = self.app.metrics_text()
         return Response(200, body, content_type=content_type)
+
+
+def _match_segments(template: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:
+    """The `{name}` parameters if `segments` fit `template`, else None."""
+    if len(template) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for want, got in zip(template, segments, strict=True):
+        if want.startswith("{") and want.endswith("}"):
+            if not got:
+                return None
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
 
 
 def _parse_wallets(value: object) -> dict[Role, tuple[str, str]]:

@@ -14,6 +14,13 @@ How a child is started and kept safe:
   in walletd's private run dir (never on the command line, so not in /proc/PID/cmdline) and
   deleted when the child stops. With a random password per process, a port taken over by another
   process answers HTTP 401 (RpcAuthError), never another escrow's wallet.
+- Digest auth proves walletd to the child, not the child to walletd: a process that takes a
+  child's port before the child binds it and answers without asking for credentials would look
+  ready and then receive `open_wallet`, wallet password included. So before a child is handed
+  out, walletd checks that every listening socket that can take a connection to 127.0.0.1:port
+  is one of the child's own descriptors (inode from /proc/net/tcp{,6}, matched against the links
+  in /proc/PID/fd; `listener_is_owned_by`). Once the child holds the port nobody else can bind
+  it. On a mismatch that child is stopped and another started on a new port, with a warning.
 - Loopback only, `--no-dns` plus `DNS_PUBLIC=tcp://127.0.0.1` in a minimal environment (OpenAlias
   look-ups otherwise leak to public resolvers), `--rpc-ssl disabled` (autodetect makes an RSA-4096
   certificate at every start), ring database and logs in the run dir.
@@ -25,6 +32,12 @@ How a child is started and kept safe:
   (run_dir/children/PID.json with the /proc start time) lets `remove_orphans` find and stop what a
   dead walletd left behind, without ever signalling an unrelated process that reused the pid.
 - Output is always drained (a full pipe would block the child) and logged at debug level.
+- Each child writes its own log, run_dir/logs/wallet-rpc-PORT.log (a new child on a port first
+  removes what an earlier one left there), capped at LOG_FILE_MAX_BYTES with LOG_FILES_ROTATED
+  rotated file. Ports are random, so without pruning every child ever started would leave a log
+  behind: at pool start and whenever a child exits, the logs of children that are gone are
+  pruned to the KEEP_EXITED_LOGS newest (kept for post-mortems). Disk use is therefore at most
+  (running children + KEEP_EXITED_LOGS) x (1 + LOG_FILES_ROTATED) x LOG_FILE_MAX_BYTES.
 - Every stop is bounded: `store` (2 s) if a wallet may be open, SIGTERM, `stop_timeout`, SIGKILL,
   always reaped, and shielded so that it completes during cancellation. Each child is supervised
   by a task in the pool's nursery; an unexpected exit sets `exited` and is logged, and a dead spare
@@ -45,6 +58,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +77,7 @@ __all__ = [
     "ChildStartError",
     "ProcessPool",
     "WalletProcess",
+    "listener_is_owned_by",
     "proc_start_time",
     "proc_stat",
     "running_children",
@@ -81,6 +96,11 @@ OUTPUT_TAIL = 20  # lines of output kept for error messages
 MAX_LINE = 400  # characters of one output line that reach the log
 DRAIN_GRACE = 1.0  # how long to read a dead child's last output
 MAX_START_BACKOFF = 30.0
+# wallet-rpc logs (run_dir/logs/wallet-rpc-PORT.log): each capped, then those of gone children
+# pruned to the newest few (see `_prune_logs`).
+LOG_FILE_MAX_BYTES = 5_000_000
+LOG_FILES_ROTATED = 1
+KEEP_EXITED_LOGS = 8
 
 # Children of this process that are still running, and the ports they hold: `remove_orphans`
 # never touches these, and a new child never gets a port one of them holds.
@@ -156,7 +176,9 @@ def wallet_rpc_argv(
         "--log-file",
         str(log_file),
         "--max-log-file-size",
-        "10000000",
+        str(LOG_FILE_MAX_BYTES),
+        "--max-log-files",
+        str(LOG_FILES_ROTATED),
         "--config-file",
         str(config_file),
     ]
@@ -260,6 +282,7 @@ class ChildPool:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the spares, report started, supervise until cancelled, then stop every child."""
         _prepare_run_dir(self.settings.run_dir)
+        _prune_logs(self.settings.run_dir / "logs")
         self._closing = False
         error: ChildStartError | None = None
         try:
@@ -399,6 +422,14 @@ class ChildPool:
                 reason = str(exc)
                 log.info("wallet-rpc exited before it was ready", attempt=attempt, reason=reason)
                 continue
+            except _ForeignListener as exc:
+                reason = str(exc)
+                log.warning(
+                    "another process answers on a wallet-rpc child's port; child discarded",
+                    attempt=attempt,
+                    reason=reason,
+                )
+                continue
             return proc
         raise ChildStartError(f"{START_ATTEMPTS} attempts failed; last: {reason}")
 
@@ -430,11 +461,17 @@ class ChildPool:
         assert proc.pid is not None
         self._live[proc.pid] = proc
         failure: str | None = None
+        foreign = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drain, proc)
                 nursery.start_soon(self._wait_exit, proc)
                 failure = await self._wait_ready(proc)
+                if failure is None and not await trio.to_thread.run_sync(
+                    listener_is_owned_by, port, proc.pid
+                ):
+                    foreign = True
+                    failure = f"127.0.0.1:{port} is not (only) served by the child, pid {proc.pid}"
                 if failure is None:
                     proc.start_seconds = trio.current_time() - spawned_at
                     log.info(
@@ -467,6 +504,8 @@ class ChildPool:
                 child.gone.set()
         if failure is not None:
             detail = f"{failure}; last output: {' | '.join(child.tail) or '(none)'}"
+            if foreign:
+                raise _ForeignListener(detail)
             if proc.exited.is_set():
                 raise _ExitedEarly(detail)
             raise ChildStartError(detail)
@@ -613,10 +652,15 @@ class ChildPool:
             if proc.pid is not None:
                 _LIVE_PIDS.discard(proc.pid)
             _LIVE_PORTS.discard(child.port)
+            _prune_logs(self.settings.run_dir / "logs")
 
 
 class _ExitedEarly(Exception):
     """The child exited before it was ready (most often: its port was taken meanwhile)."""
+
+
+class _ForeignListener(Exception):
+    """Something other than the child answers on the child's port: never hand it out."""
 
 
 def _managed(proc: WalletProcess) -> _Child:
@@ -650,10 +694,93 @@ def _free_port() -> int:
     return port
 
 
+def _loopback_listeners(port: int) -> set[int]:
+    """Socket inodes of every TCP listener that can take a connection to 127.0.0.1:`port`:
+    bound to 127.0.0.1 or 0.0.0.0, or on IPv6 to :: or ::ffff:127.0.0.1 (dual stack)."""
+    v4 = {"127.0.0.1", "0.0.0.0"}  # noqa: S104 - a wildcard listener also takes loopback
+    v6 = {"::", "::ffff:127.0.0.1"}
+    inodes: set[int] = set()
+    for table, family, wanted in (("tcp", socket.AF_INET, v4), ("tcp6", socket.AF_INET6, v6)):
+        try:
+            with open(f"/proc/net/{table}", encoding="ascii") as handle:
+                lines = handle.readlines()[1:]
+        except FileNotFoundError:
+            continue  # no IPv6 in this kernel
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # TCP_LISTEN
+                continue
+            addr_hex, _, port_hex = fields[1].partition(":")
+            if int(port_hex, 16) != port:
+                continue
+            # The kernel prints each 32-bit word of the address as a host-order integer.
+            raw = b"".join(
+                struct.pack("=I", int(addr_hex[i : i + 8], 16)) for i in range(0, len(addr_hex), 8)
+            )
+            if socket.inet_ntop(family, raw) in wanted:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def listener_is_owned_by(port: int, pid: int | None) -> bool:
+    """True if something listens on 127.0.0.1:`port` and every such listening socket is an open
+    descriptor of process `pid` (see the module docstring). Reads /proc: once per child start.
+
+    Any doubt (no listener, /proc unreadable, the process gone) is a no: the child is then
+    discarded, never trusted with a wallet password."""
+    if pid is None:
+        return False
+    try:
+        inodes = _loopback_listeners(port)
+        if not inodes:
+            return False
+        owned: set[int] = set()
+        fd_dir = f"/proc/{pid}/fd"
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                target = os.readlink(f"{fd_dir}/{fd}")
+                if target.startswith("socket:["):
+                    owned.add(int(target[8:-1]))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot verify who listens on a wallet-rpc port", port=port, error=str(exc))
+        return False
+    return inodes <= owned
+
+
 def _prepare_run_dir(run_dir: Path) -> None:
     for path in (run_dir, run_dir / "children", run_dir / "logs"):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
+
+
+def _log_files(logs_dir: Path) -> dict[int, list[Path]]:
+    """wallet-rpc log files by port: `wallet-rpc-PORT.log` and its rotated `...log-DATE`."""
+    by_port: dict[int, list[Path]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(logs_dir):
+            port, dot, _ = entry.name.removeprefix("wallet-rpc-").partition(".log")
+            if entry.name.startswith("wallet-rpc-") and dot and port.isdigit():
+                by_port.setdefault(int(port), []).append(Path(entry.path))
+    return by_port
+
+
+def _prune_logs(logs_dir: Path, keep: int = KEEP_EXITED_LOGS) -> None:
+    """Delete the logs of gone children (ports no child of ours holds) but the `keep` newest."""
+    live = _LIVE_PORTS
+
+    def newest(files: list[Path]) -> float:
+        times = []
+        for path in files:
+            with contextlib.suppress(OSError):
+                times.append(path.stat().st_mtime)
+        return max(times, default=0.0)
+
+    gone = [files for port, files in _log_files(logs_dir).items() if port not in live]
+    gone.sort(key=newest, reverse=True)
+    for files in gone[keep:]:
+        for path in files:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -693,6 +820,9 @@ def _spawn(
     _prepare_run_dir(settings.run_dir)
     config_file = settings.run_dir / f"child-{port}.conf"
     log_file = settings.run_dir / "logs" / f"wallet-rpc-{port}.log"
+    for old in _log_files(log_file.parent).get(port, []):  # an earlier child's, on this port
+        with contextlib.suppress(OSError):
+            old.unlink()
     _write_private(config_file, f"rpc-login={user}:{password}\n")
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:

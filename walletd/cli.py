@@ -55,6 +55,7 @@ def run_daemon(config: object, config_path: Path | None) -> int:
     from walletd.app import App, prepare_dirs
     from walletd.config import Config
     from walletd.logs import configure_logging
+    from walletd.statelock import StateDirBusy, StateLock
 
     assert isinstance(config, Config)
     fmt = config.log.format
@@ -64,15 +65,23 @@ def run_daemon(config: object, config_path: Path | None) -> int:
     log = structlog.get_logger("walletd")
     try:
         prepare_dirs(config)
-        app = App(config, config_path)
-    except (ConfigError, OSError) as exc:
+        # Before App() opens the store and the vault, and before run() stops orphans and
+        # recovers escrows: a second walletd on this state dir must touch none of it.
+        lock = StateLock.acquire(config.daemon.state_dir)
+    except (ConfigError, StateDirBusy, OSError) as exc:
         log.error("cannot start", error=str(exc))
         return 2
+    with lock:  # held until the process ends
+        try:
+            app = App(config, config_path)
+        except (ConfigError, OSError) as exc:
+            log.error("cannot start", error=str(exc))
+            return 2
 
-    app.exit_backstop = config.daemon.shutdown_timeout + 10
+        app.exit_backstop = config.daemon.shutdown_timeout + 10
 
-    async def _main() -> None:
-        await app.run()
+        async def _main() -> None:
+            await app.run()
 
-    trio.run(_main)
+        trio.run(_main)
     return 0

@@ -30,6 +30,7 @@ from walletd.ids import check_escrow_id
 from walletd.lifecycle import check_address_format
 from walletd.logs import configure_logging
 from walletd.regtest import Monerod, start_monerod
+from walletd.statelock import StateDirBusy, StateLock
 
 __all__ = ["Faucet", "dev_config", "run_dev"]
 
@@ -120,7 +121,15 @@ def run_dev(args: argparse.Namespace) -> int:
     socket_path: Path = (args.socket or root / "walletd.sock").resolve()
     fmt = args.log_format or ("console" if sys.stderr.isatty() else "json")
     configure_logging("info", fmt)
-    trio.run(_dev_main, root, socket_path, fmt)
+    state_dir = root / "state"  # as in dev_config
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    try:
+        lock = StateLock.acquire(state_dir)  # one walletd per state dir: see walletd.statelock
+    except StateDirBusy as exc:
+        print(f"walletd dev: {exc}", file=sys.stderr)
+        return 2
+    with lock:
+        trio.run(_dev_main, root, socket_path, fmt)
     return 0
 
 

@@ -3,15 +3,25 @@
 This is the layer between the API and the registry: it turns an escrow id into the three wallet
 files and passwords a session needs (passwords come from the vault, never from the database in
 clear), adopts existing multisig wallet files, and shapes the escrow object of api.md.
+
+One escrow per escrow id, per wallet file and per multisig address. Two escrows on one set of
+wallets (or on a copy of them: same address) would both turn `ready` on one deposit, and a
+release of either would sweep it. The database says what recorded escrows hold; a registration
+in flight (an adoption, or a creation, from its first step until it is recorded or undone) holds
+its id, its files and, once learnt, its address as a *claim* here. A claim is checked against
+the database and the other claims and taken with no await in between (trio switches tasks only
+at an await), so of two overlapping requests for one id, file or address exactly one gets it and
+the other gets `Conflict`, before any wallet is opened.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import attrs
 import structlog
 import trio
 
@@ -25,7 +35,7 @@ from walletd.errors import (
     WalletError,
 )
 from walletd.events import EventLog
-from walletd.ids import ROLES, Role, check_wallet_file
+from walletd.ids import ROLES, Role, check_adoptable_wallet_file
 from walletd.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
 from walletd.registry import Registry
 from walletd.session import SessionSpec, WalletSpec
@@ -46,6 +56,15 @@ STATES = (
     "completed",
     "refunded",
 )
+
+
+@attrs.define
+class _Claims:
+    """What registrations in flight hold (see the module doc); keyed by what must be unique."""
+
+    ids: dict[str, Literal["adopt", "create"]] = attrs.Factory(dict)
+    files: dict[str, str] = attrs.Factory(dict)  # wallet file -> escrow id
+    addresses: dict[str, str] = attrs.Factory(dict)  # multisig address -> escrow id
 
 
 def _empty_funding() -> dict[str, Any]:
@@ -69,7 +88,7 @@ class EscrowService:
         self.events = events
         self.wallet_dir = wallet_dir
         self.required_confirmations = required_confirmations
-        self._adopting: set[str] = set()
+        self._claims = _Claims()
 
     # ---- lookups ---------------------------------------------------------------------------------
 
@@ -143,6 +162,48 @@ class EscrowService:
             raise NotFound(f"escrow {escrow_id!r} wallets do not know transaction {txid}")
         return result
 
+    # ---- claims: one escrow per id, wallet file and address -------------------------------------
+
+    def claim(self, escrow_id: str, kind: Literal["adopt", "create"], files: Iterable[str]) -> None:
+        """Take the id and the wallet files for a registration in flight, or raise Conflict.
+
+        Synchronous on purpose: the checks and the take cannot be split by another task. The
+        caller must `release_claim` when the escrow is recorded or the attempt given up."""
+        files = set(files)
+        other = self._claims.ids.get(escrow_id)
+        if other is not None:
+            raise Conflict(f"escrow {escrow_id!r} is being registered by another request ({other})")
+        held = self.files_in_use(except_escrow=escrow_id) & files
+        if held:
+            raise Conflict(f"wallet file {sorted(held)[0]!r} belongs to another escrow")
+        self._claims.ids[escrow_id] = kind
+        self._claims.files.update(dict.fromkeys(files, escrow_id))
+
+    def claim_address(self, escrow_id: str, address: str) -> None:
+        """Take the multisig address a registration in flight has learnt, or raise Conflict if
+        another escrow, recorded or in flight, has it (its wallet files copied elsewhere)."""
+        owner = self.store.escrow_with_address(address) or self._claims.addresses.get(address)
+        if owner is not None and owner != escrow_id:
+            raise Conflict(
+                "the wallets' multisig address belongs to another escrow: "
+                "these files are copies of its wallets"
+            )
+        self._claims.addresses[address] = escrow_id
+
+    def release_claim(self, escrow_id: str) -> None:
+        """Drop what `claim` and `claim_address` took for the escrow (the record holds it now,
+        or nothing does)."""
+        self._claims.ids.pop(escrow_id, None)
+        for table in (self._claims.files, self._claims.addresses):
+            for key in [k for k, owner in table.items() if owner == escrow_id]:
+                del table[key]
+
+    def files_in_use(self, *, except_escrow: str | None = None) -> set[str]:
+        """Wallet files held by a recorded escrow or a registration in flight, but
+        `except_escrow`'s own: files walletd must never open for, or move from, another escrow."""
+        claimed = {f for f, owner in self._claims.files.items() if owner != except_escrow}
+        return self.store.wallet_files_in_use(except_escrow=except_escrow) | claimed
+
     # ---- adopting existing multisig wallet files -------------------------------------------------
 
     def request_digest(self, request: Mapping[str, Any]) -> str:
@@ -170,21 +231,19 @@ class EscrowService:
     ) -> tuple[EscrowRecord, bool]:
         """Register three existing wallet files of one ready 2-of-3 multisig as an escrow.
 
-        Returns (record, created). The session is opened first and the files checked to be one
-        ready 2-of-3 multisig; only then is the escrow recorded, so a failure leaves nothing.
+        Returns (record, created). The id and the files are claimed before anything is opened;
+        the session is opened and the files checked to be one ready 2-of-3 multisig whose address
+        no other escrow has; only then is the escrow recorded, so a failure leaves nothing.
         """
         existing = self.existing_for_retry(escrow_id, digest)
         if existing is not None:
             return existing, False
-        if escrow_id in self._adopting:
-            raise Conflict(f"escrow {escrow_id!r} is being registered by another request")
-        files = {role: check_wallet_file(wallets[role][0], self.wallet_dir) for role in ROLES}
+        files = {
+            role: check_adoptable_wallet_file(wallets[role][0], self.wallet_dir) for role in ROLES
+        }
         if len(set(files.values())) != 3:
             raise InvalidRequest("the three roles must name three different wallet files")
-        taken = self.store.wallet_files_in_use() & set(files.values())
-        if taken:
-            raise Conflict(f"wallet file {sorted(taken)[0]!r} belongs to another escrow")
-        self._adopting.add(escrow_id)
+        self.claim(escrow_id, "adopt", files.values())
         try:
             spec = SessionSpec(
                 escrow_id=escrow_id,
@@ -192,6 +251,11 @@ class EscrowService:
                 address=None,
             )
             address = await self._open_and_check_multisig(spec)
+            try:
+                self.claim_address(escrow_id, address)
+            except Conflict:
+                await self._close_quietly(escrow_id)
+                raise
             now = utcnow()
             rec = EscrowRecord(
                 escrow_id=escrow_id,
@@ -220,7 +284,7 @@ class EscrowService:
                 await self._close_quietly(escrow_id)
                 raise
         finally:
-            self._adopting.discard(escrow_id)
+            self.release_claim(escrow_id)
         if self.registry.is_open(escrow_id):
             self.events.emit("session_opened", escrow_id)
         return rec, True

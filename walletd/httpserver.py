@@ -61,11 +61,22 @@ class Request:
     """One complete request. Body and headers stay out of repr: they may hold wallet passwords."""
 
     method: str
-    path: str  # percent-decoded, without the query
+    path: str  # percent-decoded, without the query: for logs and messages, never for routing
     query: dict[str, str]
     headers: dict[str, str] = attrs.field(repr=False)  # lower-case names
     body: bytes = attrs.field(repr=False)
     peer: PeerCred
+    # The path split at its literal `/` first, then each segment percent-decoded: an encoded
+    # `%2F` stays inside its segment, so it can never add a segment and re-route the request
+    # (`/v1/escrows/e1%2Fbalance` is one odd escrow id, not a balance read). Route on these.
+    segments: tuple[str, ...] = attrs.field(
+        default=attrs.Factory(lambda self: _split(self.path), takes_self=True)
+    )
+
+
+def _split(path: str) -> tuple[str, ...]:
+    """The segments of a path given already decoded (in-process callers): split at `/`."""
+    return tuple(path.split("/")[1:])
 
 
 @attrs.frozen
@@ -137,7 +148,10 @@ async def serve_unix(
 
     If `allow_uids` or `allow_gids` is given, only peers whose uid is in `allow_uids` or whose
     primary gid is in `allow_gids` are served (uid 0 included: root is not implicitly allowed);
-    others get 403 forbidden. On cancellation, requests in flight get a few seconds to finish,
+    others are refused at accept, before they count against `max_connections` (so a refused
+    user cannot crowd out allowed ones by holding connections open), with a 403 forbidden
+    answer while there is room for that (bounded like capacity rejections), else just closed.
+    On cancellation, requests in flight get a few seconds to finish,
     then every connection is closed and the socket file removed.
     """
     sock, identity = await _bind_unix(path, mode)
@@ -230,6 +244,7 @@ class _Server:
         self.closing = False
         self._connections: set[_Connection] = set()
         self._rejecting = 0
+        self._refusing = 0
         self._changed = trio.Event()
 
     def allows(self, peer: PeerCred) -> bool:
@@ -248,14 +263,26 @@ class _Server:
                 log.warning("http_accept_failed", error=os.strerror(exc.errno))
                 await trio.sleep(0.1)
                 continue
-            if len(self._connections) < self.limits.max_connections:
+            # Credentials first: a peer outside the allow-lists never takes a connection slot.
+            try:
+                peer = _peer_cred(stream)
+            except _ClientGone:
+                await trio.aclose_forcefully(stream)
+                continue
+            if not self.allows(peer):
+                if self._refusing < self.limits.max_connections:
+                    self._refusing += 1
+                    nursery.start_soon(self._refuse, stream)
+                else:
+                    await trio.aclose_forcefully(stream)
+            elif len(self._connections) < self.limits.max_connections:
                 # Registered here, not in the task, so drain() sees it even before it runs.
-                conn = _Connection(self, stream)
+                conn = _Connection(self, stream, peer)
                 self._connections.add(conn)
                 nursery.start_soon(self._serve_connection, conn)
             elif self._rejecting < self.limits.max_connections:
                 self._rejecting += 1
-                nursery.start_soon(self._reject, stream)
+                nursery.start_soon(self._reject, stream, peer)
             else:
                 # Even rejections are at capacity: drop it without an answer.
                 await trio.aclose_forcefully(stream)
@@ -276,15 +303,33 @@ class _Server:
                 self._changed.set()
                 await trio.aclose_forcefully(conn.stream)
 
-    async def _reject(self, stream: trio.SocketStream) -> None:
-        conn = _Connection(self, stream)
+    async def _reject(self, stream: trio.SocketStream, peer: PeerCred) -> None:
+        try:
+            await self._answer_and_close(
+                stream, peer, _error(503, "capacity", "too many connections")
+            )
+        finally:
+            self._rejecting -= 1
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        try:
+            log.debug("http_peer_refused")
+            forbidden = _error(403, "forbidden", "this user may not use walletd")
+            await self._answer_and_close(stream, None, forbidden)
+        finally:
+            self._refusing -= 1
+
+    async def _answer_and_close(
+        self, stream: trio.SocketStream, peer: PeerCred | None, response: Response
+    ) -> None:
+        """Answer without reading the request, within `_REJECT_TIMEOUT`, then close."""
+        conn = _Connection(self, stream, peer)
         try:
             with trio.move_on_after(_REJECT_TIMEOUT):
-                await conn.abort(_error(503, "capacity", "too many connections"))
+                await conn.abort(response)
         except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("http_client_gone", reason=str(exc) or type(exc).__name__)
         finally:
-            self._rejecting -= 1
             await trio.aclose_forcefully(stream)
 
     async def drain(self, grace: float) -> None:
@@ -315,15 +360,15 @@ class _Server:
 class _Connection:
     """One client connection: reads requests one at a time and answers each in turn."""
 
-    def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
+    def __init__(self, server: _Server, stream: trio.SocketStream, peer: PeerCred | None) -> None:
         self._server = server
+        self._peer = peer  # None only for a refused peer, which is never served
         self._limits = server.limits
         self.stream = stream
         self.scope = trio.CancelScope(shield=True)
         self.idle = True  # waiting for the first byte of a request: safe to close at shutdown
         self._fresh = True
         self._eof = False
-        self._allowed = True
         self._timer = trio.CancelScope()
         self._method: str | None = None
         self._h11 = h11.Connection(
@@ -331,8 +376,8 @@ class _Connection:
         )
 
     async def serve(self) -> None:
-        peer = self._peer_cred()
-        self._allowed = self._server.allows(peer)
+        peer = self._peer
+        assert peer is not None, "refused peers are answered by _Server._refuse"
         while not self._server.closing:
             try:
                 incoming = await self._read_request()
@@ -344,14 +389,6 @@ class _Connection:
             if not await self._respond(incoming, peer):
                 return
             self._h11.start_next_cycle()
-
-    def _peer_cred(self) -> PeerCred:
-        try:
-            raw = self.stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        except OSError as exc:
-            raise _ClientGone(f"cannot read peer credentials: {exc.strerror}") from exc
-        pid, uid, gid = _UCRED.unpack(raw)
-        return PeerCred(pid=pid, uid=uid, gid=gid)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -390,8 +427,6 @@ class _Connection:
 
     def _check_head(self, head: h11.Request) -> None:
         limits = self._limits
-        if not self._allowed:
-            raise _Abort(_error(403, "forbidden", "this user may not use walletd"))
         if _head_size(head) > limits.max_header_bytes:
             raise _Abort(self._head_too_large())
         length = _content_length(head)
@@ -508,6 +543,15 @@ class _Connection:
         raise _ClientGone("client did not read the response in time")
 
 
+def _peer_cred(stream: trio.SocketStream) -> PeerCred:
+    try:
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError as exc:
+        raise _ClientGone(f"cannot read peer credentials: {exc.strerror}") from exc
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCred(pid=pid, uid=uid, gid=gid)
+
+
 def _h11_response(
     response: Response, *, close: bool, method: str | None
 ) -> tuple[h11.Response, bytes]:
@@ -552,23 +596,26 @@ def _content_length(head: h11.Request) -> int | None:
 
 def _build_request(incoming: _Incoming, peer: PeerCred) -> Request:
     head = incoming.head
-    path, query = _parse_target(head.target)
+    segments, query = _parse_target(head.target)
     headers: dict[str, str] = {}
     for raw_name, raw_value in head.headers:
         name, value = raw_name.decode("ascii"), raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return Request(
         method=head.method.decode("ascii"),
-        path=path,
+        path="/" + "/".join(segments),
         query=query,
         headers=headers,
         body=incoming.body,
         peer=peer,
+        segments=segments,
     )
 
 
-def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
-    """Split an origin-form (or absolute-form) target into a decoded path and a query dict."""
+def _parse_target(target: bytes) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Split an origin-form (or absolute-form) target into decoded path segments and a query dict.
+
+    The path is split at `/` before anything is decoded (see `Request.segments`)."""
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
@@ -584,12 +631,12 @@ def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
     else:
         raise _BadTarget("request target must be a path")
     try:
-        path = unquote(raw_path, errors="strict")
+        segments = tuple(unquote(seg, errors="strict") for seg in raw_path.split("/")[1:])
     except UnicodeDecodeError:
         raise _BadTarget("path is not valid percent-encoded UTF-8") from None
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for seg in segments for ch in seg):
         raise _BadTarget("path contains control characters")
-    return path, _parse_query(raw_query)
+    return segments, _parse_query(raw_query)
 
 
 def _parse_query(raw_query: str) -> dict[str, str]:

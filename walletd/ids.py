@@ -15,6 +15,7 @@ from walletd.errors import InvalidRequest
 __all__ = [
     "ROLES",
     "Role",
+    "check_adoptable_wallet_file",
     "check_escrow_id",
     "check_txid",
     "check_wallet_file",
@@ -27,6 +28,8 @@ ROLES: Final[tuple[Role, ...]] = get_args(Role)
 _ESCROW_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _WALLET_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _TXID = re.compile(r"[0-9a-f]{64}")
+# The names `wallet_file_for` gives (escrow ids may contain "-": any id, any role).
+_WALLETD_FILE = re.compile(rf"escrow-{_ESCROW_ID.pattern}-(?:{'|'.join(ROLES)})")
 
 
 def check_escrow_id(value: object) -> str:
@@ -65,6 +68,21 @@ def check_wallet_file(value: object, wallet_dir: Path) -> str:
     if not keys.is_file() or keys.is_symlink():
         raise InvalidRequest(f"wallet file {value!r}: no such wallet in the wallet directory")
     return value
+
+
+def check_adoptable_wallet_file(value: object, wallet_dir: Path) -> str:
+    """`check_wallet_file`, and not a name walletd gives the wallets it creates.
+
+    Creating escrow Y sets aside whatever files are named `escrow-Y-<role>` (leftovers of a
+    creation that crashed): an adopted wallet under such a name would be moved away from under
+    its escrow, so such names are walletd's alone."""
+    if isinstance(value, str) and _WALLETD_FILE.fullmatch(value):
+        raise InvalidRequest(
+            f"wallet file {value!r} is named like the wallets walletd creates "
+            "(escrow-<id>-<role>); such names are reserved to walletd: rename the wallet "
+            "files (and their .keys) to adopt them"
+        )
+    return check_wallet_file(value, wallet_dir)
 
 
 def wallet_file_for(escrow_id: str, role: Role) -> str:

@@ -3,7 +3,11 @@
 Creation: the escrow is recorded as `creating` first (so a crash leaves a trace to clean up), its
 three wallets are created in three processes and made one 2-of-3 multisig by the session, and only
 then does it become `awaiting_funding`. A failure half way closes the session, moves the new wallet
-files aside (never deletes a wallet) and removes the record; the error names the step.
+files aside (never deletes a wallet) and removes the record; the error names the step. From its
+first step to its last a creation holds a claim on its id, files and address (walletd.escrows):
+an adoption of the same id, or of files or an address it holds, is a `Conflict`, and so is a
+creation whose derived file names a recorded escrow already uses. Files another escrow uses are
+never moved aside, whatever their name.
 
 Payout (release or refund), recorded before every step that could send money::
 
@@ -110,6 +114,23 @@ class Lifecycle:
                 await self._abandon(existing, "stale creating record")
                 continue
             await waiting.wait()  # an identical request is creating it: share its result
+        files = {role: wallet_file_for(escrow_id, role) for role in ROLES}
+        # No await since existing_for_retry: an adoption of this id in flight (not recorded yet)
+        # or another escrow using these file names is a Conflict here, before any file moves.
+        self.app.escrows.claim(escrow_id, "create", files.values())
+        try:
+            return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
+        finally:
+            self.app.escrows.release_claim(escrow_id)
+
+    async def _create_claimed(
+        self,
+        escrow_id: str,
+        amount: int,
+        confirmations: int | None,
+        digest: str,
+        files: dict[Role, str],
+    ) -> tuple[EscrowRecord, bool]:
         now = utcnow()
         rec = EscrowRecord(
             escrow_id=escrow_id,
@@ -118,7 +139,7 @@ class Lifecycle:
             required_confirmations=confirmations or self.app.config.monitor.required_confirmations,
             multisig_address=None,
             origin="created",
-            wallets={role: WalletRef(wallet_file_for(escrow_id, role)) for role in ROLES},
+            wallets={role: WalletRef(files[role]) for role in ROLES},
             request_digest=digest,
             funding={"balance": 0, "unlocked_balance": 0, "confirmations": 0, "checked_at": None},
             payout=None,
@@ -139,6 +160,7 @@ class Lifecycle:
                 create=True,
             )
             address = await self.app.registry.call(escrow_id, SetupMultisig(), spec=spec)
+            self.app.escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
             created = {"origin": "created", "amount": amount, "address": address}
             rec = self.app.events.change(
                 escrow_id,
@@ -167,11 +189,23 @@ class Lifecycle:
         self._store.delete_escrow(rec.escrow_id)
 
     def _set_aside_files(self, rec: EscrowRecord, why: str) -> None:
-        """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete)."""
+        """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete).
+
+        A file another escrow (recorded, or being registered) uses stays where it is: it is that
+        escrow's wallet, whatever its name says."""
         wallet_dir: Path = self.app.config.monero.wallet_dir
         target = self.app.config.daemon.state_dir / "abandoned" / f"{int(time.time() * 1000)}"
+        in_use = self.app.escrows.files_in_use(except_escrow=rec.escrow_id)
         moved = []
         for ref in rec.wallets.values():
+            if ref.file in in_use:
+                log.error(
+                    "wallet file of another escrow not set aside",
+                    escrow_id=rec.escrow_id,
+                    file=ref.file,
+                    why=why[:300],
+                )
+                continue
             for suffix in ("", ".keys", ".address.txt"):
                 path = wallet_dir / f"{ref.file}{suffix}"
                 if path.exists():

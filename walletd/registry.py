@@ -11,6 +11,12 @@ slot handed to the caller that asked, which reserved it (no third party can take
 busy session is never chosen; if no slot can be freed within `capacity_wait`, the caller gets
 `Capacity` (503). A session that outlives `evict_grace` after being told to leave is cancelled.
 
+A session is only ever used with the spec it was opened from: a caller that passes its own spec
+(a creation or an adoption, opening wallets not yet recorded) while the escrow's entry was opened
+from another one gets `Conflict`, never that session. Otherwise a creation racing an adoption of
+the same id would run its multisig setup on the adopted wallets and record their address under
+wallet files that were never made.
+
 Only API calls count as use: the monitor's checks never refresh a session's LRU position or idle
 time, and a session opened only for the monitor sorts first for eviction.
 """
@@ -25,7 +31,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import Capacity, Unavailable, api_error_for
+from walletd.errors import Capacity, Conflict, Unavailable, api_error_for
 from walletd.messages import Leave, Message
 from walletd.session import SessionClosed, SessionHandle, SessionSpec
 
@@ -48,6 +54,7 @@ class _State(enum.Enum):
 class _Entry:
     escrow_id: str
     created_at: float
+    spec: SessionSpec  # what the session opens: a caller with another spec is refused
     state: _State = _State.OPENING
     handle: SessionHandle | None = None
     ready: trio.Event = attrs.field(factory=trio.Event)
@@ -292,6 +299,8 @@ class Registry:
         created = False
         while True:
             entry = self._entries.get(escrow_id)
+            if entry is not None:
+                _check_spec(entry, spec)
             if entry is not None and entry.state is _State.OPEN:
                 self._counters["hits"] += 1
                 break
@@ -301,6 +310,7 @@ class Registry:
             self._counters["misses"] += 1
             if entry is None:
                 entry, created = await self._start_entry(escrow_id, spec, may_evict_api)
+                _check_spec(entry, spec)  # someone else's, started while we reserved a slot
             # Shared opening: every caller for this escrow waits on the same event. The opening
             # runs in the registry's nursery, so one caller giving up harms no other. While
             # they wait, the fresh session is not idle: no one may evict it before they use it.
@@ -343,7 +353,7 @@ class Registry:
             self._notify()
             return existing, False
         self._reserved -= 1
-        entry = _Entry(escrow_id, created_at=trio.current_time())
+        entry = _Entry(escrow_id, created_at=trio.current_time(), spec=spec)
         self._entries[escrow_id] = entry
         assert self._nursery is not None, "registry is not running"
         self._nursery.start_soon(self._supervise, entry, spec)
@@ -503,6 +513,16 @@ class _OnReady:
     def started(self, value: SessionHandle | None = None) -> None:
         assert value is not None
         self._registry._opened(self._entry, value)
+
+
+def _check_spec(entry: _Entry, spec: SessionSpec | None) -> None:
+    """Conflict if the caller names wallets other than those the entry's session opens. A
+    leaving entry is no one's to share: the caller waits for it to close and opens its own."""
+    if spec is not None and entry.state is not _State.LEAVING and spec != entry.spec:
+        raise Conflict(
+            f"escrow {entry.escrow_id!r} has a session on other wallets "
+            "(another request is registering this escrow id)"
+        )
 
 
 def _fresh(error: BaseException) -> Exception:

@@ -325,11 +325,25 @@ class Store:
         return int(self._db.execute("SELECT count(*) FROM escrows").fetchone()[0])
 
     @_read
-    def wallet_files_in_use(self) -> set[str]:
+    def wallet_files_in_use(self, *, except_escrow: str | None = None) -> set[str]:
+        """The wallet files every recorded escrow (`creating` ones too) names, but
+        `except_escrow`'s own."""
         files: set[str] = set()
-        for (text,) in self._db.execute("SELECT wallets FROM escrows"):
+        rows = self._db.execute(
+            "SELECT wallets FROM escrows WHERE escrow_id IS NOT ?", (except_escrow,)
+        )
+        for (text,) in rows:
             files.update(w.file for w in _wallets_from_json(text).values())
         return files
+
+    @_read
+    def escrow_with_address(self, address: str) -> str | None:
+        """The escrow recorded with this multisig address, if any. A full scan: it runs once
+        per creation or adoption, never on the read path, so it needs no index (nor migration)."""
+        row = self._db.execute(
+            "SELECT escrow_id FROM escrows WHERE multisig_address = ? LIMIT 1", (address,)
+        ).fetchone()
+        return row[0] if row else None
 
     def update_escrow(self, escrow_id: str, **changes: Any) -> EscrowRecord:
         """Change some columns of one escrow in one transaction and return the new record."""
