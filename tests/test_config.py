@@ -41,6 +41,8 @@ def test_example_documents_every_key() -> None:
         ({"monero": {"daemon_address": "127.0.0.1"}}, "monero.daemon_address"),
         ({"log": {"level": "loud"}}, "log.level"),
         ({"monitor": {"poll_interval": -1}}, "monitor.poll_interval"),
+        ({"daemon": {"events_retention_days": -1}}, "daemon.events_retention_days"),
+        ({"daemon": {"events_retention_days": "30"}}, "daemon.events_retention_days"),
         (
             {
                 "monero": {

@@ -299,3 +299,31 @@ async def test_restored_reader_of_a_created_escrow_catches_up(
         assert status == 200, body
         assert (body["txid"], body["direction"], body["amount"]) == (txid, "in", AMOUNT)
         nursery.cancel_scope.cancel()
+
+
+async def test_dust_payments_do_not_hold_a_funded_escrow_out_of_ready(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """An escrow paid in full moves to `ready` once the payment that covers the amount is
+    unlocked and has the required confirmations, even while someone keeps sending it 1
+    piconero every block: the dust's own confirmations do not count."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "d1", "amount": AMOUNT})
+        assert status == 201, esc
+        address = esc["multisig_address"]
+        world.credit(address, AMOUNT, unlocked=False)
+        await _wait_state(app, "d1", "funded")
+        state = "funded"
+        for _ in range(30):  # dust every block (credit mines one), the monitor watching
+            world.credit(address, 1, unlocked=False)
+            await trio.sleep(3)
+            _, esc = await call(app, "GET", "/v1/escrows/d1")
+            state = esc["state"]
+            if state == "ready":
+                break
+        assert state == "ready", esc
+        assert esc["funding"]["unlocked_balance"] >= AMOUNT
+        assert esc["funding"]["confirmations"] >= esc["required_confirmations"]
+        nursery.cancel_scope.cancel()

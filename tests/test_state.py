@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +157,65 @@ def test_txid_is_checked() -> None:
     assert check_txid("AB" * 32) == "ab" * 32
     with pytest.raises(InvalidRequest):
         check_txid("zz" * 32)
+
+
+class _FailingDb:
+    """The store's connection, with chosen statements refused as a full disk refuses them."""
+
+    def __init__(self, db: sqlite3.Connection, *prefixes: str) -> None:
+        self.db = db
+        self.prefixes = prefixes
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        if sql.lstrip().upper().startswith(self.prefixes):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_failed_commit_leaves_no_half_transaction(tmp_path: Path) -> None:
+    """A COMMIT that fails (disk full) is rolled back: nothing of that change is visible, the
+    connection is not left inside a transaction, and the next write works."""
+    store = Store(tmp_path / "db")
+    store.insert_escrow(_record(), [("escrow_created", {"amount": 5})])
+    real = store._db
+    store._db = _FailingDb(real, "COMMIT")  # type: ignore[assignment]
+    with pytest.raises(Exception, match="disk is full"):
+        store.change_escrow("e1", {"state": "funded"}, [("funded", {"balance": 5})])
+    store._db = real
+    assert not real.in_transaction
+    assert store.get_escrow("e1").state == "awaiting_funding"  # type: ignore[union-attr]
+    assert [e.type for e in store.events_after(0)] == ["escrow_created"]
+    store.append_event("session_opened", "e1", {})
+    assert [e.type for e in store.events_after(0)] == ["escrow_created", "session_opened"]
+
+
+def test_full_database_reports_itself_full(tmp_path: Path) -> None:
+    """When SQLite itself finds the database full mid-transaction (and has already rolled it
+    back), the caller is told the database is full, not a confusing rollback error; once there
+    is room again writes work."""
+    store = Store(tmp_path / "db")
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(Exception, match="disk is full"):
+        store.append_event("funded", "e1", {"pad": "x" * 100_000})
+    assert not store._db.in_transaction
+    store._db.execute(f"PRAGMA max_page_count = {pages * 1000}")
+    store.append_event("funded", "e1", {})
+
+
+def test_busy_database_fails_fast(tmp_path: Path) -> None:
+    """Another process holding the database's write lock (an operator's sqlite3 shell, a
+    backup) makes a write fail within a second instead of freezing every walletd task for
+    seconds; the write works once the lock is gone."""
+    store = Store(tmp_path / "db")
+    other = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(Exception, match="locked"):
+        store.append_event("funded", "e1", {})
+    assert time.monotonic() - started < 1.5
+    other.execute("ROLLBACK")
+    store.append_event("funded", "e1", {})

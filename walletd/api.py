@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from walletd.errors import ApiError, InvalidRequest, NotFound, api_error_for
+from walletd.events import page_json
 from walletd.httpserver import Request, Response
 from walletd.ids import ROLES, Role, check_escrow_id, check_txid
 
@@ -240,8 +241,7 @@ class Api:
         after = _query_int(request, "after", 0)
         timeout = _query_float(request, "timeout", 0.0, 0.0, 60.0)
         events = await self.app.events.wait_after(after, timeout)
-        next_seq = events[-1].seq if events else max(after, 0)
-        return Response.json(200, {"events": [e.to_json() for e in events], "next": next_seq})
+        return Response.json(200, page_json(after, events))
 
     async def health(self, _: Request, __: dict[str, str]) -> Response:
         status, body = await self.app.health()

@@ -45,7 +45,7 @@ from walletd.registry import Limits, Registry
 from walletd.repair import WalletRepair
 from walletd.rpc import DaemonRpc
 from walletd.session import EscrowSession, SessionSpec
-from walletd.store import Store
+from walletd.store import Store, StoreUnavailable
 from walletd.vault import Vault
 
 __all__ = ["App", "limits_from", "prepare_dirs"]
@@ -107,6 +107,7 @@ class App:
         self.vault = Vault.open(state / "walletd.key")
         self.events = EventLog(self.store)
         self.metrics = Metrics()
+        self.store.on_error = self.metrics.db_errors.inc
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         self.daemon = DaemonRpc(f"http://{config.monero.daemon_address}", timeout=10.0)
@@ -187,7 +188,11 @@ class App:
         elif type_ == "session_closed":
             self.metrics.session_closes.labels(reason=data.get("reason", "unknown")).inc()
         # Escrows being created or adopted get their session_opened after escrow_created.
-        rec = self.store.get_escrow(escrow_id)
+        try:
+            rec = self.store.get_escrow(escrow_id)
+        except StoreUnavailable as exc:  # the registry calls this: never let it fail there
+            log.error("event not recorded", type=type_, escrow_id=escrow_id, error=exc.message)
+            return
         if rec is not None and rec.state != "creating":
             self.events.emit(type_, escrow_id, **data)
 
@@ -213,13 +218,23 @@ class App:
         body: dict[str, Any] = {
             "version": __version__,
             "active_sessions": self.registry.stats().active_sessions,
-            "escrows": self.store.count_escrows(),
         }
+        reasons = []
+        try:
+            body["escrows"] = self.store.count_escrows()
+        except StoreUnavailable:
+            body["escrows"] = None
+        # Degraded while writes fail: after a failure, ok again only once a write goes through.
+        if self.store.failure is not None and not self.store.probe():
+            reasons.append(f"database: writes failing ({self.store.failure})")
         try:
             with trio.fail_after(3):
                 body["daemon_height"] = await self.daemon.height()
         except (RpcError, trio.TooSlowError, KeyError, ValueError) as exc:
-            body.update(status="degraded", daemon_height=None, reason=f"monerod: {exc}")
+            body["daemon_height"] = None
+            reasons.append(f"monerod: {exc}")
+        if reasons:
+            body.update(status="degraded", reason="; ".join(reasons))
             return 503, body
         body["status"] = "ok"
         return 200, body
@@ -227,9 +242,12 @@ class App:
     def metrics_text(self) -> tuple[bytes, str]:
         stats = self.registry.stats()
         by_state = {s: 0 for s in STATES[1:]}
-        for rec in self.store.list_escrows():
-            if rec.state in by_state:
-                by_state[rec.state] += 1
+        try:
+            for rec in self.store.list_escrows():
+                if rec.state in by_state:
+                    by_state[rec.state] += 1
+        except StoreUnavailable:
+            by_state = {}  # keep the last counts; walletd_db_errors_total says why
         return self.metrics.render(stats, [i.age_s for i in self.registry.sessions()], by_state)
 
     def reload(self) -> None:
@@ -292,6 +310,7 @@ class App:
                     ),
                 )
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self.events.prune_forever, cfg.daemon.events_retention_days)
                 nursery.start_soon(self._notify_ready)
                 log.info(
                     "walletd ready",

@@ -51,6 +51,7 @@ class DaemonConfig:
     max_body_bytes: int = 1_048_576
     max_connections: int = 64
     request_timeout: float = 90.0
+    events_retention_days: int = 90
 
 
 @attrs.frozen
@@ -229,6 +230,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[str, object], Any]]]] = 
             "max_body_bytes": _int(1024, 64 * 1024 * 1024),
             "max_connections": _int(1, 10_000),
             "request_timeout": _seconds(1),
+            "events_retention_days": _int(0, 36500),
         },
     ),
     "monero": (

@@ -46,7 +46,7 @@ from walletd.errors import (
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.messages import PreparePayout, SetupMultisig, SubmitPayout, SyncAll, WalletCall
 from walletd.session import SessionSpec, WalletSpec
-from walletd.store import EscrowRecord, WalletRef, utcnow
+from walletd.store import EscrowRecord, StoreUnavailable, WalletRef, utcnow
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 
@@ -91,7 +91,10 @@ class Lifecycle:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await self.recover()
+            try:
+                await self.recover()
+            except StoreUnavailable as exc:  # serve anyway: /v1/health reports the database
+                log.error("start-up recovery stopped", error=exc.message)
             await trio.sleep_forever()
 
     # ---- creation --------------------------------------------------------------------------------
@@ -276,10 +279,13 @@ class Lifecycle:
             await self._payout_steps(escrow_id)
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
-            rec = self.app.escrows.get(escrow_id)
-            payout = dict(rec.payout or {})
-            payout["last_error"] = api_error_for(exc).message[:300]
-            self._store.update_escrow(escrow_id, payout=payout)
+            try:
+                rec = self.app.escrows.get(escrow_id)
+                payout = dict(rec.payout or {})
+                payout["last_error"] = api_error_for(exc).message[:300]
+                self._store.update_escrow(escrow_id, payout=payout)
+            except StoreUnavailable as db_exc:  # the database is why it failed, likely
+                log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
         finally:
             del self._payouts[escrow_id]
             done.set()

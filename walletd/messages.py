@@ -49,9 +49,11 @@ class GetBalance(Message):
 
 @attrs.frozen
 class GetFunding(Message):
-    """Balance, unlocked balance and the confirmations of the incoming transfers (monitor)."""
+    """Balance, unlocked balance and the confirmations of the incoming transfers that cover
+    `amount` (monitor). Without an amount every incoming transfer must count."""
 
     refresh: bool = False
+    amount: int | None = None
 
 
 @attrs.frozen
@@ -143,7 +145,9 @@ class Balance:
 class Funding:
     balance: int
     unlocked_balance: int
-    confirmations: int  # of the least confirmed incoming transfer; 0 when none
+    # Of the least confirmed among the most confirmed incoming transfers that together cover
+    # the amount asked for (all of them when they do not, or no amount was given); 0 when none.
+    confirmations: int
     height: int
 
 

@@ -60,6 +60,11 @@ class Metrics:
             registry=r,
         )
         self.escrows = Gauge("walletd_escrows", "Escrows by state", ["state"], registry=r)
+        self.db_errors = Counter(
+            "walletd_db_errors",
+            "State database reads and writes that failed (disk full, I/O error, locked)",
+            registry=r,
+        )
 
     def observe_rpc(self, method: str, seconds: float) -> None:
         self.rpc_latency.labels(method=method).observe(seconds)

@@ -12,6 +12,13 @@ never evicts a session the API is using, and never thrashes the cap.
 
 Payout confirmations are read from monerod directly (the transaction's block height): no wallet,
 no session. A completed or refunded escrow's session is closed.
+
+A database that refuses a read or write (`StoreUnavailable`: disk full, I/O error) fails that
+check alone; the escrow is not marked as looked at, so the next cycle tries it again.
+
+What the monitor keeps per escrow (last refresh height, last cold check) is dropped at each
+cycle for escrows no longer watched (ready, paid out, removed): it stays as big as the set of
+escrows awaiting funding, not every escrow ever made.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import trio
 
 from walletd.errors import ApiError, Capacity, WalletdError
 from walletd.messages import Funding, GetFunding, SubmitPayout
-from walletd.store import EscrowRecord, utcnow
+from walletd.store import EscrowRecord, StoreUnavailable, utcnow
 
 __all__ = ["Monitor"]
 
@@ -77,7 +84,10 @@ class Monitor:
                 with trio.move_on_after(self.interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                await self.cycle()
+                try:
+                    await self.cycle()
+                except StoreUnavailable as exc:
+                    log.error("monitor cycle skipped", error=exc.message)
 
     async def _watch_height(self) -> None:
         while True:
@@ -104,13 +114,22 @@ class Monitor:
         if height is None:
             return
         self.cycles += 1
+        escrows = self.app.store.list_escrows()
+        self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
         async with trio.open_nursery() as nursery:
-            for rec in self.app.store.list_escrows():
+            for rec in escrows:
                 if rec.state in WATCHED and self.app.registry.is_open(rec.escrow_id):
                     nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
                     nursery.start_soon(self._guarded, rec, height, self.check_payout)
         self.app.metrics.monitor_cycle.observe(trio.current_time() - started)
+
+    def _forget_unwatched(self, watched: set[str]) -> None:
+        """Drop what is kept per escrow for escrows past funding (or gone): without this the
+        dicts would hold an entry for every escrow ever watched."""
+        for table in (self._refreshed_at, self._cold_checked):
+            for escrow_id in table.keys() - watched:
+                del table[escrow_id]
 
     async def _guarded(self, rec: EscrowRecord, height: int, check: Any) -> None:
         async with self._limiter:
@@ -127,10 +146,14 @@ class Monitor:
             return  # no new block since this wallet last looked: nothing can have changed
         self.session_calls["funding"] += 1
         funding: Funding = await self.app.registry.call(
-            rec.escrow_id, GetFunding(refresh=True), api=False, may_evict_api=not cold
+            rec.escrow_id,
+            GetFunding(refresh=True, amount=rec.amount),
+            api=False,
+            may_evict_api=not cold,
         )
-        self._refreshed_at[rec.escrow_id] = height
         self._apply_funding(rec, funding)
+        # Only once recorded: a check whose result the database refused is redone next cycle.
+        self._refreshed_at[rec.escrow_id] = height
 
     def _apply_funding(self, rec: EscrowRecord, f: Funding) -> None:
         fresh = self.app.store.get_escrow(rec.escrow_id)
@@ -202,7 +225,11 @@ class Monitor:
 
     async def _cold_worker(self) -> None:
         while True:
-            rec = self._next_cold()
+            try:
+                rec = self._next_cold()
+            except StoreUnavailable as exc:
+                log.error("cold check skipped", error=exc.message)
+                rec = None
             if rec is None or not self.app.registry.can_open_for_monitor():
                 with trio.move_on_after(max(1.0, min(self.cold_interval, 5.0))):
                     await self._cold_wake.wait()

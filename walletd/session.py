@@ -340,8 +340,8 @@ class EscrowSession:
         match message:
             case GetBalance(refresh=refresh):
                 return await self._balance(refresh)
-            case GetFunding(refresh=refresh):
-                return await self._funding(refresh)
+            case GetFunding(refresh=refresh, amount=amount):
+                return await self._funding(refresh, amount)
             case Refresh():
                 await self._rpc("buyer").call("refresh")
                 return None
@@ -426,14 +426,34 @@ class EscrowSession:
             height=self._reader_height,
         )
 
-    async def _funding(self, refresh: bool) -> Funding:
+    async def _funding(self, refresh: bool, amount: int | None = None) -> Funding:
+        """The escrow's funding, its confirmations counted on the payments that cover `amount`.
+
+        Not the minimum over every incoming transfer: anyone can send the address 1 piconero
+        every few blocks, and the newest dust would then hold a fully funded escrow out of
+        `ready` for ever. The oldest (most confirmed) transfers are taken first until they
+        add up to the amount; the last one taken is the least confirmed of that set."""
         bal = await self._balance(refresh)
         incoming = await self._rpc("buyer").call("get_transfers", {"in": True})
-        confirmations = [int(t.get("confirmations", 0)) for t in incoming.get("in", [])]
+        transfers = sorted(
+            (
+                (int(t.get("confirmations", 0)), int(t.get("amount", 0)))
+                for t in incoming.get("in", [])
+            ),
+            reverse=True,
+        )
+        confirmations = transfers[-1][0] if transfers else 0
+        if amount is not None:
+            covered = 0
+            for conf, value in transfers:
+                covered += value
+                if covered >= amount:
+                    confirmations = conf
+                    break
         return Funding(
             balance=bal.balance,
             unlocked_balance=bal.unlocked_balance,
-            confirmations=min(confirmations) if confirmations else 0,
+            confirmations=confirmations,
             height=bal.height,
         )
 

@@ -5,21 +5,37 @@ crash mid-write leaves the previous state. Every change is one transaction. The 
 version and `_MIGRATIONS` brings an older database forward at start-up.
 
 Calls are synchronous on purpose: each is a few hundred microseconds on a small local database, and
-running them inline keeps each read-modify-write atomic with respect to other trio tasks.
+running them inline keeps each read-modify-write atomic with respect to other trio tasks. The
+price is that a call must never wait long, so the busy timeout is `BUSY_TIMEOUT` (half a second,
+not Python's default 5 s): walletd is the only writer, so the lock is busy only when another
+process holds it (an operator's sqlite3 shell, a backup tool), and then one operation fails fast
+and is retried rather than every session and API call freezing behind it. Moving the calls to a
+worker thread would unfreeze the loop too, but every caller would then await the store and lose
+the atomicity above, and sqlite3 connections must stay on one thread: a bounded wait is simpler
+and sound.
+
+A database that cannot be read or written (disk full, I/O error, locked) raises
+`StoreUnavailable`, an `Unavailable` (503) that names the database: callers fail the one operation
+and try again later, and background tasks catch it rather than die. The store remembers the last
+failure until a write succeeds (`failure`, `probe`), so /v1/health can say writes are failing.
+A transaction that fails anywhere, COMMIT included, is rolled back if SQLite has not already done
+so: the connection is never left inside a half transaction.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
+import structlog
 
+from walletd.errors import Unavailable
 from walletd.ids import ROLES, Role
 
 __all__ = [
@@ -28,11 +44,23 @@ __all__ = [
     "EventRecord",
     "NewEvent",
     "Store",
+    "StoreUnavailable",
     "WalletRef",
     "utcnow",
 ]
 
+log = structlog.get_logger(__name__)
+
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT = 0.5  # seconds a statement waits for another process's lock (see module doc)
+
+# Errors about the request itself (a duplicate key, a closed connection): not the database failing.
+_CALLER_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+class StoreUnavailable(Unavailable):
+    """The state database refused a read or write (disk full, I/O error, locked too long)."""
+
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -140,10 +168,30 @@ def _record(row: sqlite3.Row) -> EscrowRecord:
     )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _read(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """A read whose database failure is a `StoreUnavailable` like a write's."""
+
+    def guarded(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._guard():
+            return fn(self, *args, **kwargs)
+
+    guarded.__doc__ = fn.__doc__
+    return guarded
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.errors = 0  # database errors since start
+        self.failure: str | None = None  # the last error, until a write succeeds again
+        self.on_error: Callable[[], None] = lambda: None  # the app counts them in /metrics
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -155,13 +203,55 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        with self._guard():
+            if self._db.in_transaction:  # a rollback that failed earlier: finish it first
+                self._rollback()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        self.failure = None
+
+    def _rollback(self) -> None:
+        """Roll back unless SQLite already has (it does on a full disk, and a second ROLLBACK
+        would then raise and hide the real error)."""
+        if not self._db.in_transaction:
+            return
         try:
-            yield self._db
-        except BaseException:
             self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("database rollback failed", db=str(self.path), error=str(exc))
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn the database failing into `StoreUnavailable`, counted and remembered."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if isinstance(exc, _CALLER_ERRORS):
+                raise
+            self.errors += 1
+            self.failure = str(exc)
+            self.on_error()
+            log.error("database error", db=str(self.path), error=str(exc))
+            raise StoreUnavailable(f"database unavailable ({exc}); retry later") from exc
+
+    def probe(self) -> bool:
+        """Try a small real write: True (and `failure` cleared) if the database takes it.
+
+        It rewrites the schema version unchanged, which SQLite does write (page 1); an UPDATE
+        that changes nothing writes no page at all and would prove nothing. One page may still
+        fit where a larger write does not: the next failing write reports the failure again."""
+        try:
+            with self._tx() as db:
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                db.execute(f"PRAGMA user_version = {version}")
+        except StoreUnavailable:
+            return False
+        return True
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -207,10 +297,12 @@ class Store:
             )
             return [_insert_event(db, t, rec.escrow_id, d) for t, d in events]
 
+    @_read
     def get_escrow(self, escrow_id: str) -> EscrowRecord | None:
         row = self._db.execute("SELECT * FROM escrows WHERE escrow_id = ?", (escrow_id,)).fetchone()
         return _record(row) if row else None
 
+    @_read
     def escrow_state(self, escrow_id: str) -> str | None:
         """The escrow's state alone (None if there is no such escrow): cheaper than the record."""
         row = self._db.execute(
@@ -218,6 +310,7 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
+    @_read
     def list_escrows(self, state: str | None = None) -> list[EscrowRecord]:
         if state is None:
             rows = self._db.execute("SELECT * FROM escrows ORDER BY created_at, escrow_id")
@@ -227,9 +320,11 @@ class Store:
             )
         return [_record(r) for r in rows]
 
+    @_read
     def count_escrows(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM escrows").fetchone()[0])
 
+    @_read
     def wallet_files_in_use(self, *, except_escrow: str | None = None) -> set[str]:
         """The wallet files every recorded escrow (`creating` ones too) names, but
         `except_escrow`'s own."""
@@ -241,6 +336,7 @@ class Store:
             files.update(w.file for w in _wallets_from_json(text).values())
         return files
 
+    @_read
     def escrow_with_address(self, address: str) -> str | None:
         """The escrow recorded with this multisig address, if any. A full scan: it runs once
         per creation or adoption, never on the read path, so it needs no index (nor migration)."""
@@ -292,6 +388,7 @@ class Store:
         with self._tx() as db:
             return _insert_event(db, type_, escrow_id, data)
 
+    @_read
     def events_after(self, seq: int, limit: int = 500) -> list[EventRecord]:
         rows = self._db.execute(
             "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
@@ -301,9 +398,23 @@ class Store:
             for r in rows
         ]
 
+    @_read
     def last_event_seq(self) -> int:
-        row = self._db.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+        """The last seq handed out, from AUTOINCREMENT's own counter: unlike max(seq) it stays
+        put when old events are pruned, even if none is left."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def prune_events(self, before: str, limit: int) -> int:
+        """Delete up to `limit` of the oldest events dated before `before`, never the newest
+        event; returns how many went. Small batches keep each transaction short."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at < ? AND "
+                "seq < (SELECT max(seq) FROM events) ORDER BY seq LIMIT ?)",
+                (before, limit),
+            )
+            return int(cur.rowcount)
 
 
 def _insert_event(
