@@ -223,6 +223,20 @@ class Lifecycle:
         escrows = self.app.escrows
         escrows.get(escrow_id)  # NotFound before anything is kept for this id
         lock = self._locks.setdefault(escrow_id, trio.Lock())
+        try:
+            await self._payout_locked(lock, escrow_id, kind, address)
+        finally:
+            # One lock per escrow with a payout would grow without bound: drop it once nobody
+            # holds or waits for it (trio hands a released lock straight to its next waiter).
+            if not lock.locked() and self._locks.get(escrow_id) is lock:
+                del self._locks[escrow_id]
+        final: EscrowRecord = escrows.get(escrow_id)
+        return final
+
+    async def _payout_locked(
+        self, lock: trio.Lock, escrow_id: str, kind: str, address: str
+    ) -> None:
+        escrows = self.app.escrows
         async with lock:
             rec = escrows.get(escrow_id)
             if rec.payout is not None:
@@ -250,8 +264,6 @@ class Lifecycle:
                 log.info("payout recorded", escrow_id=escrow_id, kind=kind)
             if rec.payout is not None and rec.payout.get("phase") != "submitted":
                 await self._run_payout(escrow_id)
-        final: EscrowRecord = escrows.get(escrow_id)
-        return final
 
     async def _validate(self, escrow_id: str, address: str) -> None:
         params = {"address": address, "any_net_type": False, "allow_openalias": False}
