@@ -22,7 +22,7 @@ from types import FrameType
 from bench.plan import Plan
 from bench.report import render, write_json
 from bench.runner import Run
-from walletd.logs import configure_logging
+from walletd.ops.logs import configure_logging
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

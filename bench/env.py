@@ -24,7 +24,7 @@ from tests.regtest.wallet_rpc_proc import (
     run_trio,
 )
 from walletd.ids import ROLES
-from walletd.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
+from walletd.testing.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
 
 __all__ = [
     "PASSWORD",

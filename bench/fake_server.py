@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from walletd.logs import configure_logging
+from walletd.ops.logs import configure_logging
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_wallet_rpc import (
     FakeWalletRpc,

@@ -44,7 +44,7 @@ from bench.procs import die_with_parent
 from bench.report import ItemResult
 from tests.regtest.wallet_rpc_proc import MultisigSet
 from walletd.ids import ROLES, Role
-from walletd.store import Store
+from walletd.state.store import Store
 
 __all__ = ["Run"]
 

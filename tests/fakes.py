@@ -9,15 +9,15 @@ from typing import Any
 import attrs
 import trio
 
+from walletd.api.server import PeerCred, Request, Response
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable
-from walletd.httpserver import PeerCred, Request, Response
 from walletd.ids import ROLES, Role
-from walletd.rpc import TxStatus
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
+from walletd.wallets.rpc import TxStatus
 
 PASSWORD = "pw"
 

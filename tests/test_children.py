@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import trio
 
-from walletd import children
-from walletd.children import (
+from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
+from walletd.wallets import children
+from walletd.wallets.children import (
     STORE_TIMEOUT,
     ChildPool,
     ChildSettings,
@@ -29,10 +30,9 @@ from walletd.children import (
     WalletProcess,
     wallet_rpc_argv,
 )
-from walletd.endpoints import Endpoint, EndpointPool
-from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
-from walletd.orphans import remove_orphans
-from walletd.rpc import WalletRpc
+from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.orphans import remove_orphans
+from walletd.wallets.rpc import WalletRpc
 
 WALLET_RPC = "monero-wallet-rpc"
 REPO = Path(__file__).resolve().parents[1]
@@ -438,7 +438,7 @@ async def test_failed_replacement_is_retried_after_a_backoff(tmp_path: Path) -> 
 CHILD_OF_WALLETD = """
 import sys, trio
 from pathlib import Path
-from walletd.children import ChildPool, ChildSettings
+from walletd.wallets.children import ChildPool, ChildSettings
 
 async def main() -> None:
     pool = ChildPool(ChildSettings("monero-wallet-rpc", Path(sys.argv[1]), sys.argv[2],

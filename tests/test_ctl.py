@@ -1,4 +1,4 @@
-"""Tests of walletctl (walletd.ctl) against a real walletd HTTP server with canned API answers."""
+"""Tests of walletctl (cli.walletctl) against a real walletd HTTP server with canned API answers."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pytest
 import structlog
 import trio
 
-from walletd import ctl, httpserver
-from walletd.httpserver import Request, Response, serve_unix
+from walletd.api import server as httpserver
+from walletd.api.server import Request, Response, serve_unix
+from walletd.cli import walletctl as ctl
 
 ESCROW = {
     "escrow_id": "order-42",

@@ -20,9 +20,9 @@ from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multi
 from walletd.app import App
 from walletd.errors import Conflict, InvalidRequest
 from walletd.ids import ROLES, check_adoptable_wallet_file, wallet_file_for
-from walletd.messages import GetBalance
-from walletd.session import SessionSpec, WalletSpec
-from walletd.store import EscrowRecord, WalletRef, utcnow
+from walletd.sessions.messages import GetBalance
+from walletd.sessions.session import SessionSpec, WalletSpec
+from walletd.state.store import EscrowRecord, WalletRef, utcnow
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 

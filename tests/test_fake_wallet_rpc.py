@@ -1,6 +1,6 @@
 """The fake wallet-rpc keeps the semantics of monero-wallet-rpc that walletd's session manager uses.
 
-Every test drives the fake through the real client, `walletd.rpc.WalletRpc`.
+Every test drives the fake through the real client, `walletd.wallets.rpc.WalletRpc`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import trio
 import trio.testing
 
 from walletd.errors import NoWalletFile, RpcAuthError, RpcCallError, RpcTimeout, RpcUnreachable
-from walletd.rpc import WalletRpc
 from walletd.testing.fake_wallet_rpc import (
     FEE,
     FakeTransport,
@@ -22,6 +21,7 @@ from walletd.testing.fake_wallet_rpc import (
     FakeWalletWorld,
     serve_tcp,
 )
+from walletd.wallets.rpc import WalletRpc
 
 USER, PASSWORD = "walletd", "rpc-secret"
 WALLET_PASSWORD = "pw"

@@ -1,4 +1,4 @@
-"""Tests of walletd.httpserver: HTTP/1.1 on h11 over a Unix socket, with every limit enforced."""
+"""Tests of walletd.api.server: HTTP/1.1 on h11 over a Unix socket, with every limit enforced."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import pytest
 import structlog
 import trio
 
-from walletd import httpserver
-from walletd.httpserver import PeerCred, Request, Response, ServerLimits, serve_unix
+from walletd.api import server as httpserver
+from walletd.api.server import PeerCred, Request, Response, ServerLimits, serve_unix
 
 TIMEOUT = 10.0
 

@@ -1,4 +1,4 @@
-"""Tests of walletd.notify: the sd_notify datagrams walletd sends to systemd."""
+"""Tests of walletd.ops.notify: the sd_notify datagrams walletd sends to systemd."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from walletd import notify
+from walletd.ops import notify
 
 
 def _receiver(address: str) -> socket.socket:

@@ -52,9 +52,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.fakes import MultisigSet, make_fake_multisig
 from walletd.errors import Capacity
 from walletd.ids import ROLES, Role
-from walletd.messages import GetBalance
-from walletd.registry import Limits, Registry
-from walletd.session import EscrowSession, SessionSpec, WalletSpec
+from walletd.sessions.messages import GetBalance
+from walletd.sessions.registry import Limits, Registry
+from walletd.sessions.session import EscrowSession, SessionSpec, WalletSpec
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 

@@ -1,4 +1,4 @@
-"""Repairing a wallet that fails to open (walletd.repair), on real files in a temporary wallet
+"""Repairing a wallet that fails to open (wallets.repair), on real files in a temporary wallet
 directory, with a stand-in for wallet-rpc that reads them the way wallet-rpc would: a keys file
 opens only with its password and shows its address, a damaged cache fails the open until it is
 set aside, and a keys file locked (fcntl) by another process is a real lock held by a child
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from walletd.backups import Backups
 from walletd.errors import RpcCallError
-from walletd.repair import NotRepaired, WalletRepair, lock_holder
+from walletd.state.backups import Backups
+from walletd.wallets.repair import NotRepaired, WalletRepair, lock_holder
 
 MULTISIG = "4" + "M" * 94
 PLAIN = "4" + "P" * 94

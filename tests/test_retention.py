@@ -12,8 +12,8 @@ import trio
 
 from tests.fakes import call
 from tests.test_lifecycle import AMOUNT, _app, _run_monitor, _wait_state
-from walletd.events import PRUNE_INTERVAL, EventLog
-from walletd.store import Store
+from walletd.state.events import PRUNE_INTERVAL, EventLog
+from walletd.state.store import Store
 
 OLD = "2000-01-01T00:00:00.000Z"
 

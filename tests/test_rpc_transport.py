@@ -1,7 +1,7 @@
 """walletd's own HTTP/1.1 transport for wallet-rpc and monerod calls, over real loopback sockets.
 
 Every way a server can misbehave must end as the same typed error the default httpx transport
-gave (walletd.rpc maps them), and keep-alive must reuse one connection without ever reading a
+gave (rpc maps them), and keep-alive must reuse one connection without ever reading a
 stale one.
 """
 
@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from walletd.errors import RpcAuthError, RpcTimeout, RpcUnreachable
-from walletd.rpc import DaemonRpc, WalletRpc
 from walletd.testing.fake_wallet_rpc import FakeWalletRpc, FakeWalletWorld, serve_tcp
+from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 
 class RawServer:

@@ -15,7 +15,7 @@ import trio
 
 from tests.fakes import MultisigSet, call, fake_app, make_fake_multisig, start
 from walletd.app import App
-from walletd.registry import Limits
+from walletd.sessions.registry import Limits
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
@@ -142,7 +142,7 @@ async def test_monitor_use_does_not_keep_a_session(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
     """Monitor calls do not refresh LRU order: a monitor-only session is evicted first."""
-    from walletd.messages import GetBalance
+    from walletd.sessions.messages import GetBalance
 
     async with trio.open_nursery() as nursery:
         app, *_ = await _setup(nursery, tmp_path, 3, max_active=2)
@@ -308,9 +308,9 @@ async def test_wrong_wallet_is_never_used(tmp_path: Path, autojump_clock: trio.a
     """If a process holds another wallet than expected, a money-moving call is refused and the
     session fails as a unit rather than use it."""
     from tests.fakes import PASSWORD
-    from walletd.messages import WalletCall
-    from walletd.rpc import WalletRpc
+    from walletd.sessions.messages import WalletCall
     from walletd.testing.fake_wallet_rpc import FakeTransport
+    from walletd.wallets.rpc import WalletRpc
 
     async with trio.open_nursery() as nursery:
         app, _, pool, sets = await _setup(nursery, tmp_path, 2, max_active=1)

@@ -12,8 +12,8 @@ import pytest
 
 from walletd.errors import InvalidRequest
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
-from walletd.store import SCHEMA_VERSION, EscrowRecord, Store, WalletRef, utcnow
-from walletd.vault import Vault, VaultError
+from walletd.state.store import SCHEMA_VERSION, EscrowRecord, Store, WalletRef, utcnow
+from walletd.state.vault import Vault, VaultError
 
 
 def _record(escrow_id: str = "e1") -> EscrowRecord:

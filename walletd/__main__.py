@@ -2,6 +2,6 @@
 
 import sys
 
-from walletd.cli import main
+from walletd.cli.daemon import main
 
 sys.exit(main())

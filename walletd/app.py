@@ -22,31 +22,32 @@ from typing import Any
 import structlog
 import trio
 
-from walletd import __version__, notify
-from walletd.api import Api
-from walletd.backups import Backups
-from walletd.children import (
+from walletd import __version__
+from walletd.api.routes import Api
+from walletd.api.server import ServerLimits, serve_unix
+from walletd.config import Config, load_config
+from walletd.errors import ConfigError, RpcError
+from walletd.escrows.lifecycle import Lifecycle
+from walletd.escrows.service import STATES, EscrowService
+from walletd.ids import Role
+from walletd.monitor import Monitor
+from walletd.ops import notify
+from walletd.ops.metrics import Metrics
+from walletd.sessions.registry import Limits, Registry
+from walletd.sessions.session import EscrowSession, SessionSpec
+from walletd.state.backups import Backups
+from walletd.state.events import EventLog
+from walletd.state.store import Store, StoreUnavailable
+from walletd.state.vault import Vault
+from walletd.wallets.children import (
     ChildPool,
     ChildSettings,
     ProcessPool,
 )
-from walletd.config import Config, load_config
-from walletd.endpoints import Endpoint, EndpointPool
-from walletd.errors import ConfigError, RpcError
-from walletd.escrows import STATES, EscrowService
-from walletd.events import EventLog
-from walletd.httpserver import ServerLimits, serve_unix
-from walletd.ids import Role
-from walletd.lifecycle import Lifecycle
-from walletd.metrics import Metrics
-from walletd.monitor import Monitor
-from walletd.orphans import remove_orphans
-from walletd.registry import Limits, Registry
-from walletd.repair import WalletRepair
-from walletd.rpc import DaemonRpc
-from walletd.session import EscrowSession, SessionSpec
-from walletd.store import Store, StoreUnavailable
-from walletd.vault import Vault
+from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.orphans import remove_orphans
+from walletd.wallets.repair import WalletRepair
+from walletd.wallets.rpc import DaemonRpc
 
 __all__ = ["App", "limits_from", "prepare_dirs"]
 

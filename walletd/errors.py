@@ -179,7 +179,7 @@ def api_error_for(exc: BaseException) -> ApiError:
             return Unavailable(f"wallet-rpc unavailable ({exc.method}); walletd is restoring it")
         case RpcCallError():
             return WalletError(f"wallet-rpc refused {exc.method}: {exc.rpc_message}")
-        case WalletdError() if hasattr(exc, "step"):  # a multisig step (walletd.multisig)
+        case WalletdError() if hasattr(exc, "step"):  # a multisig step (walletd.wallets.multisig)
             return WalletError(str(exc))
         case _:
             return ApiError("internal error; see walletd's log")

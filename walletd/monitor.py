@@ -31,8 +31,8 @@ import structlog
 import trio
 
 from walletd.errors import ApiError, Capacity, WalletdError
-from walletd.messages import Funding, GetFunding, SubmitPayout
-from walletd.store import EscrowRecord, StoreUnavailable, utcnow
+from walletd.sessions.messages import Funding, GetFunding, SubmitPayout
+from walletd.state.store import EscrowRecord, StoreUnavailable, utcnow
 
 __all__ = ["Monitor"]
 

@@ -22,7 +22,7 @@ from bench.procs import tree_rss
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_bytes
 from walletd.ids import ROLES
-from walletd.store import EscrowRecord, Store, WalletRef, utcnow
+from walletd.state.store import EscrowRecord, Store, WalletRef, utcnow
 
 __all__ = ["MemorySnapshot", "many_escrows", "memory_result", "snapshot"]
 

@@ -22,7 +22,7 @@ import httpx
 from bench.plan import Plan
 from bench.report import ItemResult, Row, Target
 from bench.stats import Summary, fmt_ms, summarize
-from walletd.rpc import WalletRpc
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["ReadsSetup", "run_reads"]
 

@@ -22,8 +22,8 @@ from bench.plan import Plan
 from bench.report import ItemResult, Row
 from bench.stats import fmt_s, summarize
 from tests.regtest.wallet_rpc_proc import MultisigSet
-from walletd import multisig
-from walletd.rpc import WalletRpc
+from walletd.wallets import multisig
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["ReleaseSetup", "run_release"]
 
@@ -87,6 +87,6 @@ async def run_release(s: ReleaseSetup, plan: Plan) -> ItemResult:
     legend = (
         "4: POST /v1/escrows/{id}/release on a ready escrow with its session open; old way ="
         " open vendor and arbiter wallets, refresh, export/import multisig info, sweep_all,"
-        " sign_multisig, submit_multisig, close (walletd.multisig on wallet-rpc)."
+        " sign_multisig, submit_multisig, close (walletd.wallets.multisig on wallet-rpc)."
     )
     return ItemResult("4_release", [row], [], data, legend)

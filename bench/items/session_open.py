@@ -25,7 +25,7 @@ from bench.procs import children_of, cpu_seconds
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_s, summarize
 from walletd.ids import ROLES, Role
-from walletd.rpc import WalletRpc
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["OpenSetup", "run_open"]
 

@@ -5,7 +5,7 @@ session's temporary directory, and is stopped (SIGTERM, then SIGKILL) however th
 Session fixtures are synchronous (pytest-trio only runs function-scoped async fixtures); async
 clients are function-scoped fixtures opened in the test's own trio run.
 
-- `monerod`: one regtest node per session (`walletd.regtest.MonerodProcess`).
+- `monerod`: one regtest node per session (`walletd.testing.regtest.MonerodProcess`).
 - `wallet_rpc_pool`: six wallet-rpc processes; `wallet_rpcs` gives a test async clients to them
   and closes whatever wallets the test left open.
 - `miner` / `miner_rpc`: a plain wallet with unlocked coinbase outputs, to fund escrows.
@@ -30,8 +30,8 @@ from tests.regtest.wallet_rpc_proc import (
     create_plain_wallet,
     run_trio,
 )
-from walletd.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
-from walletd.rpc import DaemonRpc, WalletRpc
+from walletd.testing.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
+from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 POOL_SIZE = 6  # two multisig sets at a time; more gains nothing on 2 cores (CPU-bound opens)
 MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs to spend

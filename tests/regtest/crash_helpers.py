@@ -22,7 +22,7 @@ import httpx
 import trio
 
 from tests.regtest.walletd_proc import WalletdProcess
-from walletd.rpc import WalletRpc
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "DOCUMENTED_FAILURES",

@@ -40,8 +40,8 @@ from tests.regtest.crash_helpers import (
 )
 from tests.regtest.wallet_rpc_proc import Miner, WalletRpcProcess, create_plain_wallet, run_trio
 from walletd.ids import ROLES
-from walletd.regtest import MonerodProcess
-from walletd.rpc import WalletRpc
+from walletd.testing.regtest import MonerodProcess
+from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
 

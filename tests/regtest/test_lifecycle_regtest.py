@@ -16,8 +16,8 @@ import trio
 
 from tests.regtest.wallet_rpc_proc import Miner, create_plain_wallet, fund
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
-from walletd.regtest import MonerodProcess
-from walletd.rpc import WalletRpc
+from walletd.testing.regtest import MonerodProcess
+from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
 AMOUNT = 2 * 10**12

@@ -16,7 +16,7 @@ import trio
 
 from tests.regtest.wallet_rpc_proc import Miner
 from tests.regtest.walletd_proc import WalletdProcess
-from walletd.regtest import MonerodProcess
+from walletd.testing.regtest import MonerodProcess
 
 pytestmark = pytest.mark.regtest
 ESCROWS = 30

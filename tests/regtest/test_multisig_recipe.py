@@ -1,4 +1,4 @@
-"""The 2-of-3 multisig recipe of `walletd.multisig`, end to end against real processes.
+"""The 2-of-3 multisig recipe of `walletd.wallets.multisig`, end to end against real processes.
 
 Every test is bounded by `trio.fail_after` (or runs synchronously with bounded process waits);
 every wallet a test opens is closed by the `wallet_rpcs` fixture, so the pool is clean afterwards.
@@ -25,7 +25,8 @@ from tests.regtest.wallet_rpc_proc import (
     run_trio,
 )
 from walletd.errors import RpcCallError
-from walletd.multisig import (
+from walletd.testing.regtest import Monerod, MonerodProcess, mine, start_monerod
+from walletd.wallets.multisig import (
     ROLES,
     Role,
     cosign,
@@ -37,8 +38,7 @@ from walletd.multisig import (
     sync_multisig_info,
     validate_address,
 )
-from walletd.regtest import Monerod, MonerodProcess, mine, start_monerod
-from walletd.rpc import DaemonRpc, WalletRpc
+from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 pytestmark = pytest.mark.regtest
 

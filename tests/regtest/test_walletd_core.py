@@ -18,7 +18,7 @@ import trio
 from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory, WalletRpcProcess
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.ids import ROLES
-from walletd.regtest import MonerodProcess
+from walletd.testing.regtest import MonerodProcess
 
 pytestmark = pytest.mark.regtest
 PASSWORD = "regtest-pw"

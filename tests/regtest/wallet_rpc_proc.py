@@ -1,7 +1,7 @@
 """monero-wallet-rpc child processes and multisig wallet sets for the regtest fixtures.
 
 `WalletRpcProcess` is a synchronous context manager (session fixtures cannot be async under
-pytest-trio); `MultisigSetFactory` makes ready 2-of-3 wallet sets with `walletd.multisig` across a
+pytest-trio); `MultisigSetFactory` makes ready 2-of-3 wallet sets with `multisig` across a
 pool of such processes and leaves the files closed (no lock held) for walletd to adopt.
 
 The command line follows monero-facts.md with the rules walletd itself keeps: loopback only, a
@@ -29,9 +29,9 @@ import httpx
 import trio
 
 from walletd.errors import NoWalletFile
-from walletd.multisig import ROLES, Role, create_wallets, make_multisig
-from walletd.regtest import free_port, stop_process
-from walletd.rpc import WalletRpc
+from walletd.testing.regtest import free_port, stop_process
+from walletd.wallets.multisig import ROLES, Role, create_wallets, make_multisig
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "Miner",

@@ -1,1 +1,11 @@
-"""Test doubles for walletd: a fake monero-wallet-rpc (`walletd.testing.fake_wallet_rpc`)."""
+"""Test doubles for walletd, public on purpose (as `trio.testing` is): the marketplace's own
+tests and walletd's benchmark use them too, and they ship in the wheel.
+
+- `fake_wallet_rpc`: a fake monero-wallet-rpc that keeps the semantics that matter (one wallet
+  and one call per process, the keys lock, error codes, multisig rules), for fast tests.
+- `fake_pool`, `fake_multisig`: a process pool of fakes; ready-made multisig sets.
+- `regtest`: a private `monerod --regtest` (also what `walletd dev` runs).
+- `walletd_process`: walletd as a real process, for tests and the bench.
+
+May import anything of walletd; nothing in walletd but the CLI's dev sandbox imports it.
+"""

@@ -1,11 +1,11 @@
-"""Ready 2-of-3 multisig wallets in a fake world, made with the real recipe (walletd.multisig)."""
+"""Ready 2-of-3 multisig wallets in a fake world, made with the real recipe (wallets.multisig)."""
 
 from __future__ import annotations
 
-from walletd import multisig
 from walletd.ids import ROLES, Role
-from walletd.rpc import WalletRpc
 from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+from walletd.wallets import multisig
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["make_fake_multisig_files"]
 

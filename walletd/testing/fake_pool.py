@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import trio
 
-from walletd.children import WalletProcess
-from walletd.rpc import WalletRpc
 from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+from walletd.wallets.children import WalletProcess
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["FakePool", "FakeProcess"]
 

@@ -2,7 +2,7 @@
 
 `FakeWalletWorld` is the state shared by all fake processes: the wallet directory, the keys-file
 locks and a fake chain. Each `FakeWalletRpc` is one wallet-rpc process. `FakeTransport` plugs one
-into `walletd.rpc.WalletRpc` in-process (no sockets, so trio's autojump clock skips the delays),
+into `rpc.WalletRpc` in-process (no sockets, so trio's autojump clock skips the delays),
 and `serve_tcp` serves one over real loopback HTTP/1.1.
 
 Faithful to monero-wallet-rpc 0.18 (monero-facts.md and the wallet_rpc_server source):

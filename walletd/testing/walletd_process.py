@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from walletd.regtest import stop_process
+from walletd.testing.regtest import stop_process
 
 __all__ = ["WalletdProcess", "children_of", "toml_value"]
 

@@ -43,9 +43,9 @@ from typing import Protocol
 
 import structlog
 
-from walletd.backups import Backups
 from walletd.errors import RpcCallError
 from walletd.ids import Role
+from walletd.state.backups import Backups
 
 __all__ = ["NotRepaired", "Opener", "WalletRepair", "lock_holder"]
 

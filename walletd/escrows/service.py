@@ -34,13 +34,13 @@ from walletd.errors import (
     WalletdError,
     WalletError,
 )
-from walletd.events import EventLog
 from walletd.ids import ROLES, Role, check_adoptable_wallet_file
-from walletd.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
-from walletd.registry import Registry
-from walletd.session import SessionSpec, WalletSpec
-from walletd.store import EscrowRecord, Store, WalletRef, utcnow
-from walletd.vault import Vault
+from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
+from walletd.sessions.registry import Registry
+from walletd.sessions.session import SessionSpec, WalletSpec
+from walletd.state.events import EventLog
+from walletd.state.store import EscrowRecord, Store, WalletRef, utcnow
+from walletd.state.vault import Vault
 
 __all__ = ["STATES", "EscrowService"]
 

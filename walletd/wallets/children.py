@@ -43,7 +43,7 @@ How a child is started and kept safe:
   by a task in the pool's nursery; an unexpected exit sets `exited` and is logged, and a dead spare
   is replaced.
 
-`walletd.orphans` stops what a dead walletd left behind; `walletd.endpoints` is the alternative
+`orphans` stops what a dead walletd left behind; `endpoints` is the alternative
 for externally run wallet-rpc processes.
 """
 
@@ -69,7 +69,7 @@ import structlog
 import trio
 
 from walletd.errors import RpcAuthError, RpcError, Unavailable
-from walletd.rpc import WalletRpc
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "ChildPool",

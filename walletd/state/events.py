@@ -28,7 +28,7 @@ import structlog
 import trio
 import trio.lowlevel
 
-from walletd.store import EscrowRecord, EventRecord, NewEvent, Store, StoreUnavailable
+from walletd.state.store import EscrowRecord, EventRecord, NewEvent, Store, StoreUnavailable
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
 

@@ -8,7 +8,7 @@ reused (after the same checks httpcore makes: not expired, not readable, i.e. no
 server), each request is written in one send (head and body together), and the answer is read
 whole. The `httpx.AsyncClient` on top is unchanged: digest auth, per-operation timeouts from
 `request.extensions["timeout"]` (connect, write, read), and failures raise the same httpx
-exception classes as the default transport, so `walletd.rpc` maps them to the same errors.
+exception classes as the default transport, so `walletd.wallets.rpc` maps them to the same errors.
 """
 
 from __future__ import annotations

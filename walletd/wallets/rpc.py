@@ -24,7 +24,7 @@ from walletd.errors import (
     RpcTimeout,
     RpcUnreachable,
 )
-from walletd.rpc_transport import LoopbackTransport
+from walletd.wallets.transport import LoopbackTransport
 
 __all__ = ["DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc"]
 

@@ -4,7 +4,7 @@ Creation: the escrow is recorded as `creating` first (so a crash leaves a trace 
 three wallets are created in three processes and made one 2-of-3 multisig by the session, and only
 then does it become `awaiting_funding`. A failure half way closes the session, moves the new wallet
 files aside (never deletes a wallet) and removes the record; the error names the step. From its
-first step to its last a creation holds a claim on its id, files and address (walletd.escrows):
+first step to its last a creation holds a claim on its id, files and address (service):
 an adoption of the same id, or of files or an address it holds, is a `Conflict`, and so is a
 creation whose derived file names a recorded escrow already uses. Files another escrow uses are
 never moved aside, whatever their name.
@@ -31,7 +31,6 @@ from typing import Any
 import structlog
 import trio
 
-from walletd import failpoints, multisig
 from walletd.errors import (
     ApiError,
     Conflict,
@@ -44,9 +43,17 @@ from walletd.errors import (
     api_error_for,
 )
 from walletd.ids import ROLES, Role, wallet_file_for
-from walletd.messages import PreparePayout, SetupMultisig, SubmitPayout, SyncAll, WalletCall
-from walletd.session import SessionSpec, WalletSpec
-from walletd.store import EscrowRecord, StoreUnavailable, WalletRef, utcnow
+from walletd.ops import failpoints
+from walletd.sessions.messages import (
+    PreparePayout,
+    SetupMultisig,
+    SubmitPayout,
+    SyncAll,
+    WalletCall,
+)
+from walletd.sessions.session import SessionSpec, WalletSpec
+from walletd.state.store import EscrowRecord, StoreUnavailable, WalletRef, utcnow
+from walletd.wallets import multisig
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 

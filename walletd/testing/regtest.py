@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from walletd.errors import RpcError
-from walletd.rpc import DaemonRpc
+from walletd.wallets.rpc import DaemonRpc
 
 __all__ = [
     "COINBASE_UNLOCK_BLOCKS",

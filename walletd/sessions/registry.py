@@ -32,8 +32,8 @@ import structlog
 import trio
 
 from walletd.errors import Capacity, Conflict, Unavailable, api_error_for
-from walletd.messages import Leave, Message
-from walletd.session import SessionClosed, SessionHandle, SessionSpec
+from walletd.sessions.messages import Leave, Message
+from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
 
 __all__ = ["Limits", "Registry", "RegistryStats", "SessionInfo"]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 
+from walletd.api.server import Request, Response
 from walletd.errors import ApiError, InvalidRequest, NotFound, api_error_for
-from walletd.events import page_json
-from walletd.httpserver import Request, Response
 from walletd.ids import ROLES, Role, check_escrow_id, check_txid
+from walletd.state.events import page_json
 
 __all__ = ["Api", "parse_json_object"]
 

@@ -3,7 +3,7 @@
 Haveno's lesson: keep a few copies and fall back to them when a wallet no longer opens. walletd
 takes one before multisig setup and one before each payout, keeps the newest `keep` per escrow,
 and writes each copy to a temporary directory renamed into place, so a backup is whole or absent.
-Which backup may replace a live wallet, and when, is walletd.repair's business: a backup taken
+Which backup may replace a live wallet, and when, is repair's business: a backup taken
 before multisig setup holds a plain wallet and must never replace a multisig one.
 
 Files a repair moves out of the way are kept beside the backups, the newest `keep` sets of each

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import structlog
 
-from walletd.children import (
+from walletd.wallets.children import (
     EXECUTABLE,
     KILL_WAIT,
     ChildSettings,

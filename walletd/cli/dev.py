@@ -20,17 +20,17 @@ from typing import Any
 import structlog
 import trio
 
-from walletd.api import parse_json_object
+from walletd.api.routes import parse_json_object
+from walletd.api.server import Request, Response
 from walletd.app import App, prepare_dirs
-from walletd.children import WalletProcess
 from walletd.config import Config, DaemonConfig, LogConfig, MoneroConfig, MonitorConfig
 from walletd.errors import InvalidRequest, NotFound, RpcCallError, Unavailable
-from walletd.httpserver import Request, Response
+from walletd.escrows.lifecycle import check_address_format
 from walletd.ids import check_escrow_id
-from walletd.lifecycle import check_address_format
-from walletd.logs import configure_logging
-from walletd.regtest import Monerod, start_monerod
-from walletd.statelock import StateDirBusy, StateLock
+from walletd.ops.logs import configure_logging
+from walletd.state.statelock import StateDirBusy, StateLock
+from walletd.testing.regtest import Monerod, start_monerod
+from walletd.wallets.children import WalletProcess
 
 __all__ = ["Faucet", "dev_config", "run_dev"]
 
@@ -124,7 +124,9 @@ def run_dev(args: argparse.Namespace) -> int:
     state_dir = root / "state"  # as in dev_config
     state_dir.mkdir(mode=0o700, exist_ok=True)
     try:
-        lock = StateLock.acquire(state_dir)  # one walletd per state dir: see walletd.statelock
+        lock = StateLock.acquire(
+            state_dir
+        )  # one walletd per state dir: see walletd.state.statelock
     except StateDirBusy as exc:
         print(f"walletd dev: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dev":
-        from walletd.dev import run_dev
+        from walletd.cli.dev import run_dev
 
         return run_dev(args)
     if args.config is None:
@@ -54,8 +54,8 @@ def run_daemon(config: object, config_path: Path | None) -> int:
     """Run walletd until SIGTERM/SIGINT; returns the process exit code."""
     from walletd.app import App, prepare_dirs
     from walletd.config import Config
-    from walletd.logs import configure_logging
-    from walletd.statelock import StateDirBusy, StateLock
+    from walletd.ops.logs import configure_logging
+    from walletd.state.statelock import StateDirBusy, StateLock
 
     assert isinstance(config, Config)
     fmt = config.log.format

@@ -13,9 +13,9 @@ import attrs
 import structlog
 import trio
 
-from walletd.children import WalletProcess
 from walletd.errors import Capacity, NoWalletFile, RpcError
-from walletd.rpc import WalletRpc
+from walletd.wallets.children import WalletProcess
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["Endpoint", "EndpointPool"]
 

@@ -27,8 +27,6 @@ import outcome
 import structlog
 import trio
 
-from walletd import failpoints, multisig
-from walletd.children import ProcessPool, WalletProcess
 from walletd.errors import (
     NoWalletFile,
     RpcAuthError,
@@ -42,7 +40,8 @@ from walletd.errors import (
     first_error,
 )
 from walletd.ids import ROLES, Role
-from walletd.messages import (
+from walletd.ops import failpoints
+from walletd.sessions.messages import (
     Balance,
     Funding,
     GetBalance,
@@ -59,6 +58,8 @@ from walletd.messages import (
     Transfer,
     WalletCall,
 )
+from walletd.wallets import multisig
+from walletd.wallets.children import ProcessPool, WalletProcess
 
 __all__ = [
     "EscrowSession",
@@ -84,7 +85,7 @@ NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 
 
 
 # (escrow_id, role, file, multisig address or None, opener, the -1 the open got): opens the
-# wallet in the opener's process after a proven repair, or raises (walletd.repair).
+# wallet in the opener's process after a proven repair, or raises (walletd.wallets.repair).
 Repairer = Callable[[str, Role, str, "str | None", "_Opener", RpcCallError], Awaitable[None]]
 
 
@@ -119,7 +120,7 @@ class _Handle:
 @attrs.frozen
 class _Opener:
     """Opens wallets, with one escrow wallet's password, in the process that failed to open it
-    (walletd.repair.Opener): a backup is checked there before it may replace anything."""
+    (walletd.wallets.repair.Opener): a backup is checked there before it may replace anything."""
 
     rpc: Any
     password: str = attrs.field(repr=False)
@@ -537,7 +538,7 @@ class EscrowSession:
         await rpc.call("auto_refresh", {"enable": False})
 
     async def _open_or_repair(self, handle: _Handle, rpc: Any, params: dict[str, str]) -> None:
-        """open_wallet; a -1 goes to the repairer (walletd.repair), which repairs only damage it
+        """open_wallet; a -1 goes to the repairer (repair), which repairs only damage it
         can prove (never a lock held by another process, never a wrong password) and otherwise
         raises, leaving the files as they were."""
         try:
@@ -622,7 +623,7 @@ class EscrowSession:
 
         The session's end frees its registry slot, and a freed slot means the escrow may be
         opened again at once: a process still holding a wallet then makes that open fail with
-        -1, which is not damage (see walletd.repair). So a process is handed back to the pool
+        -1, which is not damage (see repair). So a process is handed back to the pool
         only once its wallet is closed, and when the bound runs out every process not yet
         handed back is discarded (stopped, with escalation to SIGKILL) before this returns.
         The bound is strictly longer than close_wallet's own timeout, so a hung close_wallet

@@ -31,7 +31,7 @@ import trio
 
 from walletd.errors import RpcError, WalletdError
 from walletd.ids import ROLES, Role
-from walletd.rpc import WalletRpc
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "ROLES",

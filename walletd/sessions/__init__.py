@@ -1,0 +1,8 @@
+"""The session registry and its sessions (the actor tree's middle).
+
+- `registry`: a supervisor of escrow sessions with a cap, LRU eviction and an idle TTL.
+- `session`: one supervised trio task per escrow owning its three wallet-rpc handles.
+- `messages`: the frozen messages a session serves, and their replies.
+
+May import wallets, state and ops; knows escrows only as ids and wallet specs, never the API.
+"""

@@ -1,0 +1,10 @@
+"""The wallet processes and how to talk to them.
+
+- `children`: the supervised pool of monero-wallet-rpc children; `orphans`: what a dead walletd
+  left; `endpoints`: a fixed list of external wallet-rpc processes instead.
+- `rpc`, `transport`: JSON-RPC clients of wallet-rpc and monerod over a lean keep-alive transport.
+- `multisig`: the 2-of-3 recipes (setup, sync, propose, co-sign, submit) on three wallets.
+- `repair`: what to do when a wallet does not open (only proven damage is repaired).
+
+May import state (backups) and ops; knows nothing of escrows, sessions or the API.
+"""
