@@ -7,4 +7,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check walletd tests bench
 .venv/bin/ruff format --check walletd tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest -p no:cacheprovider "$@"

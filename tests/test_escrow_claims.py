@@ -19,10 +19,10 @@ import trio.testing
 from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multisig, start
 from walletd.app import App
 from walletd.errors import Conflict, InvalidRequest
+from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import ROLES, check_adoptable_wallet_file, wallet_file_for
 from walletd.sessions.messages import GetBalance
 from walletd.sessions.session import SessionSpec, WalletSpec
-from walletd.state.store import EscrowRecord, WalletRef, utcnow
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 

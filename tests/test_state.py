@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from walletd.errors import InvalidRequest
+from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
-from walletd.state.store import SCHEMA_VERSION, EscrowRecord, Store, WalletRef, utcnow
+from walletd.state.store import SCHEMA_VERSION, Store
 from walletd.state.vault import Vault, VaultError
 
 

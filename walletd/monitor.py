@@ -31,8 +31,9 @@ import structlog
 import trio
 
 from walletd.errors import ApiError, Capacity, WalletdError
+from walletd.escrows.model import EscrowRecord, utcnow
 from walletd.sessions.messages import Funding, GetFunding, SubmitPayout
-from walletd.state.store import EscrowRecord, StoreUnavailable, utcnow
+from walletd.state.store import StoreUnavailable
 
 __all__ = ["Monitor"]
 

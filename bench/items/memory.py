@@ -21,8 +21,9 @@ from bench.daemon import XMR, BenchWalletd
 from bench.procs import tree_rss
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_bytes
+from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import ROLES
-from walletd.state.store import EscrowRecord, Store, WalletRef, utcnow
+from walletd.state.store import Store
 
 __all__ = ["MemorySnapshot", "many_escrows", "memory_result", "snapshot"]
 

@@ -42,6 +42,7 @@ from walletd.errors import (
     WalletError,
     api_error_for,
 )
+from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
 from walletd.sessions.messages import (
@@ -52,7 +53,7 @@ from walletd.sessions.messages import (
     WalletCall,
 )
 from walletd.sessions.session import SessionSpec, WalletSpec
-from walletd.state.store import EscrowRecord, StoreUnavailable, WalletRef, utcnow
+from walletd.state.store import StoreUnavailable
 from walletd.wallets import multisig
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]

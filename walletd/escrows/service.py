@@ -34,12 +34,13 @@ from walletd.errors import (
     WalletdError,
     WalletError,
 )
+from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import ROLES, Role, check_adoptable_wallet_file
 from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
 from walletd.sessions.registry import Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.state.events import EventLog
-from walletd.state.store import EscrowRecord, Store, WalletRef, utcnow
+from walletd.state.store import Store
 from walletd.state.vault import Vault
 
 __all__ = ["STATES", "EscrowService"]

@@ -28,7 +28,8 @@ import structlog
 import trio
 import trio.lowlevel
 
-from walletd.state.store import EscrowRecord, EventRecord, NewEvent, Store, StoreUnavailable
+from walletd.escrows.model import EscrowRecord
+from walletd.state.store import EventRecord, NewEvent, Store, StoreUnavailable
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
 

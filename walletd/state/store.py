@@ -28,7 +28,6 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -36,17 +35,15 @@ import attrs
 import structlog
 
 from walletd.errors import Unavailable
+from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import ROLES, Role
 
 __all__ = [
     "SCHEMA_VERSION",
-    "EscrowRecord",
     "EventRecord",
     "NewEvent",
     "Store",
     "StoreUnavailable",
-    "WalletRef",
-    "utcnow",
 ]
 
 log = structlog.get_logger(__name__)
@@ -88,35 +85,6 @@ _MIGRATIONS: dict[int, str] = {
     );
     """,
 }
-
-
-def utcnow() -> str:
-    """Now as an RFC 3339 UTC string with millisecond precision."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@attrs.frozen
-class WalletRef:
-    """Where one role's wallet lives and how to get its password (never the password itself)."""
-
-    file: str
-    sealed_password: str | None = attrs.field(default=None, repr=False)  # adopted wallets only
-
-
-@attrs.frozen
-class EscrowRecord:
-    escrow_id: str
-    state: str
-    amount: int
-    required_confirmations: int
-    multisig_address: str | None
-    origin: str  # "created" or "adopted"
-    wallets: Mapping[Role, WalletRef]
-    request_digest: str
-    funding: Mapping[str, Any]
-    payout: Mapping[str, Any] | None
-    created_at: str
-    updated_at: str
 
 
 @attrs.frozen
