@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from walletd.errors import InvalidRequest
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import EscrowRecord, EscrowState, Funding, WalletRef, utcnow
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
 from walletd.state.store import SCHEMA_VERSION, Store
 from walletd.state.vault import Vault, VaultError
@@ -21,7 +21,7 @@ def _record(escrow_id: str = "e1") -> EscrowRecord:
     now = utcnow()
     return EscrowRecord(
         escrow_id=escrow_id,
-        state="awaiting_funding",
+        state=EscrowState.AWAITING_FUNDING,
         amount=5,
         required_confirmations=10,
         multisig_address="4abc",
@@ -30,7 +30,7 @@ def _record(escrow_id: str = "e1") -> EscrowRecord:
             r: WalletRef(f"{escrow_id}-{r}", "sealed") for r in ("buyer", "vendor", "arbiter")
         },
         request_digest="d",
-        funding={"balance": 0},
+        funding=Funding(),
         payout=None,
         created_at=now,
         updated_at=now,
