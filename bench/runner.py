@@ -43,6 +43,7 @@ from bench.plan import Plan
 from bench.procs import die_with_parent
 from bench.report import ItemResult
 from tests.regtest.wallet_rpc_proc import MultisigSet
+from walletd.escrows.model import Payout, PayoutKind, PayoutPhase
 from walletd.ids import ROLES, Role
 from walletd.state.store import Store
 
@@ -61,7 +62,7 @@ class Run:
         self.plan = plan
         self.items: list[ItemResult] = []
         self.phases: dict[str, float] = {}
-        self.payout_template: dict[str, Any] | None = None
+        self.payout_template: Payout | None = None
         self._empty: MemorySnapshot | None = None  # walletd #1 just started
         self._warm: MemorySnapshot | None = None  # walletd #1 with the warm sessions
         self._real_levels: list[LoadLevel] = []
@@ -171,7 +172,7 @@ class Run:
         store = Store(daemon.state_dir / "walletd.sqlite3")
         try:
             rec = store.get_escrow("r0")
-            self.payout_template = dict(rec.payout) if rec and rec.payout else None
+            self.payout_template = rec.payout if rec else None
         finally:
             store.close()
         return sessions
@@ -343,19 +344,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _synthetic_payout() -> dict[str, Any]:
+def _synthetic_payout() -> Payout:
     """Used only if the release item produced no payout record to copy."""
-    return {
-        "kind": "release",
-        "address": "4" + "1" * 94,
-        "phase": "submitted",
-        "signed_txset": "00" * 20_000,
-        "amount": XMR,
-        "fee": 10**9,
-        "confirmations": 10,
-        "created_at": "2026-01-01T00:00:00.000Z",
-        "submitted_at": "2026-01-01T00:00:01.000Z",
-    }
+    return Payout(
+        kind=PayoutKind.RELEASE,
+        address="4" + "1" * 94,
+        phase=PayoutPhase.SUBMITTED,
+        signed_txset="00" * 20_000,
+        amount=XMR,
+        fee=10**9,
+        confirmations=10,
+        created_at="2026-01-01T00:00:00.000Z",
+        submitted_at="2026-01-01T00:00:01.000Z",
+    )
 
 
 def _version(binary: str) -> str:

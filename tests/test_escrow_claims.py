@@ -19,7 +19,7 @@ import trio.testing
 from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multisig, start
 from walletd.app import App
 from walletd.errors import Conflict, InvalidRequest
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import EscrowRecord, EscrowState, Funding, WalletRef, utcnow
 from walletd.ids import ROLES, check_adoptable_wallet_file, wallet_file_for
 from walletd.sessions.messages import GetBalance
 from walletd.sessions.session import SessionSpec, WalletSpec
@@ -210,7 +210,7 @@ def _legacy_record(app: App, escrow_id: str, state: str, s: MultisigSet) -> None
     app.store.insert_escrow(
         EscrowRecord(
             escrow_id=escrow_id,
-            state=state,
+            state=EscrowState(state),
             amount=AMOUNT,
             required_confirmations=10,
             multisig_address=s.address if state != "creating" else None,
@@ -219,7 +219,7 @@ def _legacy_record(app: App, escrow_id: str, state: str, s: MultisigSet) -> None
                 r: WalletRef(s.files[r], app.vault.seal(escrow_id, r, s.password)) for r in ROLES
             },
             request_digest="legacy",
-            funding={"balance": 0, "unlocked_balance": 0, "confirmations": 0},
+            funding=Funding(),
             payout=None,
             created_at=now,
             updated_at=now,

@@ -219,7 +219,7 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
             if len(funded) == 30:
                 break
             await trio.sleep(5)
-        states = [e.state for e in app.store.list_escrows()]
+        states = [e.state.value for e in app.store.list_escrows()]
         assert states.count("funded") + states.count("ready") == 30, states
         assert app.registry.stats().active_sessions <= 10
         nursery.cancel_scope.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -11,7 +12,17 @@ from typing import Any
 import pytest
 
 from walletd.errors import InvalidRequest
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import (
+    EscrowRecord,
+    EscrowState,
+    Funding,
+    IllegalMove,
+    Payout,
+    PayoutKind,
+    PayoutPhase,
+    WalletRef,
+    utcnow,
+)
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
 from walletd.state.store import SCHEMA_VERSION, Store
 from walletd.state.vault import Vault, VaultError
@@ -21,7 +32,7 @@ def _record(escrow_id: str = "e1") -> EscrowRecord:
     now = utcnow()
     return EscrowRecord(
         escrow_id=escrow_id,
-        state="awaiting_funding",
+        state=EscrowState.AWAITING_FUNDING,
         amount=5,
         required_confirmations=10,
         multisig_address="4abc",
@@ -30,7 +41,7 @@ def _record(escrow_id: str = "e1") -> EscrowRecord:
             r: WalletRef(f"{escrow_id}-{r}", "sealed") for r in ("buyer", "vendor", "arbiter")
         },
         request_digest="d",
-        funding={"balance": 0},
+        funding=Funding(),
         payout=None,
         created_at=now,
         updated_at=now,
@@ -53,10 +64,10 @@ def test_escrow_round_trip_and_update(tmp_path: Path) -> None:
     """An escrow comes back as it was stored; an update changes only what it names."""
     store = Store(tmp_path / "db")
     store.insert_escrow(_record())
-    rec = store.update_escrow("e1", state="funded", funding={"balance": 7})
-    assert (rec.state, rec.funding["balance"], rec.amount) == ("funded", 7, 5)
+    rec = store.update_escrow("e1", state=EscrowState.FUNDED, funding=Funding(balance=7))
+    assert (rec.state, rec.funding.balance, rec.amount) == ("funded", 7, 5)
     assert store.wallet_files_in_use() == {"e1-buyer", "e1-vendor", "e1-arbiter"}
-    assert [r.escrow_id for r in store.list_escrows("funded")] == ["e1"]
+    assert [r.escrow_id for r in store.list_escrows(EscrowState.FUNDED)] == ["e1"]
 
 
 def test_state_change_and_its_event_are_one_transaction(tmp_path: Path) -> None:
@@ -66,11 +77,13 @@ def test_state_change_and_its_event_are_one_transaction(tmp_path: Path) -> None:
     inserted = store.insert_escrow(_record(), [("escrow_created", {"amount": 5})])
     assert [e.type for e in inserted] == ["escrow_created"]
     with pytest.raises(TypeError):
-        store.change_escrow("e1", {"state": "funded"}, [("funded", {"bad": object()})])
+        store.change_escrow("e1", {"state": EscrowState.FUNDED}, [("funded", {"bad": object()})])
     assert store.get_escrow("e1").state == "awaiting_funding"  # type: ignore[union-attr]
     with pytest.raises(KeyError):
-        store.change_escrow("nobody", {"state": "funded"}, [("funded", {})])
-    rec, events = store.change_escrow("e1", {"state": "funded"}, [("funded", {"balance": 5})])
+        store.change_escrow("nobody", {"state": EscrowState.FUNDED}, [("funded", {})])
+    rec, events = store.change_escrow(
+        "e1", {"state": EscrowState.FUNDED}, [("funded", {"balance": 5})]
+    )
     assert rec.state == "funded"
     store.close()
     store = Store(tmp_path / "db")  # what a restart reads back
@@ -184,7 +197,7 @@ def test_failed_commit_leaves_no_half_transaction(tmp_path: Path) -> None:
     real = store._db
     store._db = _FailingDb(real, "COMMIT")  # type: ignore[assignment]
     with pytest.raises(Exception, match="disk is full"):
-        store.change_escrow("e1", {"state": "funded"}, [("funded", {"balance": 5})])
+        store.change_escrow("e1", {"state": EscrowState.FUNDED}, [("funded", {"balance": 5})])
     store._db = real
     assert not real.in_transaction
     assert store.get_escrow("e1").state == "awaiting_funding"  # type: ignore[union-attr]
@@ -220,3 +233,100 @@ def test_busy_database_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1.5
     other.execute("ROLLBACK")
     store.append_event("funded", "e1", {})
+
+
+# JSON exactly as walletd wrote it before the payout and funding columns were typed.
+_OLD_FUNDING = (
+    '{"balance": 5, "unlocked_balance": 5, "confirmations": 12, '
+    '"checked_at": "2026-01-01T00:00:00.000Z"}'
+)
+_OLD_PAYOUTS = {
+    "intent": '{"kind": "refund", "address": "4abc", "phase": "intent", '
+    '"created_at": "2026-01-02T00:00:00.000Z", "txid": null, "confirmations": 0, '
+    '"submitted_at": null, "last_error": "wallet-rpc timed out"}',
+    "submitted": '{"kind": "release", "address": "4abc", "phase": "submitted", '
+    '"created_at": "2026-01-02T00:00:00.000Z", "txid": "aa", "confirmations": 3, '
+    '"submitted_at": "2026-01-02T00:00:05.000Z", "txids": ["aa", "bb"], '
+    '"signed_txset": "0011", "amount": 4, "fee": 1, "last_error": null}',
+}
+
+
+def test_records_written_by_an_older_walletd_read_back(tmp_path: Path) -> None:
+    """Funding and payout columns as walletd always wrote them load into the typed record, and
+    writing the record again keeps every key and value they had (a null last_error aside)."""
+    store = Store(tmp_path / "db")
+    store.insert_escrow(_record("e1"))
+    store.insert_escrow(_record("e2"))
+    for escrow_id, payout in zip(("e1", "e2"), _OLD_PAYOUTS.values(), strict=True):
+        store._db.execute(
+            "UPDATE escrows SET funding = ?, payout = ? WHERE escrow_id = ?",
+            (_OLD_FUNDING, payout, escrow_id),
+        )
+    e1, e2 = store.get_escrow("e1"), store.get_escrow("e2")
+    assert e1 is not None
+    assert e2 is not None
+    assert e1.funding == Funding(5, 5, 12, "2026-01-01T00:00:00.000Z")
+    assert e1.payout == Payout(
+        kind=PayoutKind.REFUND,
+        address="4abc",
+        phase=PayoutPhase.INTENT,
+        created_at="2026-01-02T00:00:00.000Z",
+        last_error="wallet-rpc timed out",
+    )
+    assert e2.payout == Payout(
+        kind=PayoutKind.RELEASE,
+        address="4abc",
+        phase=PayoutPhase.SUBMITTED,
+        created_at="2026-01-02T00:00:00.000Z",
+        txid="aa",
+        confirmations=3,
+        submitted_at="2026-01-02T00:00:05.000Z",
+        txids=("aa", "bb"),
+        signed_txset="0011",
+        amount=4,
+        fee=1,
+    )
+    assert "0011" not in repr(e2)  # the blob is long: kept out of reprs and logs
+    for escrow_id, rec in (("e1", e1), ("e2", e2)):
+        assert rec.payout is not None
+        store.update_escrow(escrow_id, funding=rec.funding, payout=rec.payout)
+        row = store._db.execute(
+            "SELECT funding, payout FROM escrows WHERE escrow_id = ?", (escrow_id,)
+        ).fetchone()
+        assert json.loads(row[0]) == json.loads(_OLD_FUNDING)
+        old = {
+            k: v
+            for k, v in json.loads(_OLD_PAYOUTS[str(rec.payout.phase)]).items()
+            if v is not None or k != "last_error"
+        }
+        assert json.loads(row[1]) == old
+
+
+def test_states_only_move_forward(tmp_path: Path) -> None:
+    """The store refuses a change of state that is not one of EscrowState's moves, and leaves
+    the escrow and the event log as they were."""
+    S = EscrowState
+    assert S.AWAITING_FUNDING.can_move_to(S.READY)
+    assert S.READY.can_move_to(S.READY)  # a change that keeps the state
+    assert not S.FUNDED.can_move_to(S.AWAITING_FUNDING)
+    assert not S.READY.can_move_to(S.COMPLETED)
+    assert S.RELEASING.moves == {S.COMPLETED}
+    assert [s.value for s in S] == [
+        "creating",
+        "awaiting_funding",
+        "funded",
+        "ready",
+        "releasing",
+        "refunding",
+        "completed",
+        "refunded",
+    ]
+    store = Store(tmp_path / "db")
+    store.insert_escrow(_record())
+    with pytest.raises(IllegalMove):
+        store.change_escrow("e1", {"state": S.RELEASING}, [("payout_submitted", {})])
+    assert store.get_escrow("e1").state is S.AWAITING_FUNDING  # type: ignore[union-attr]
+    assert store.events_after(0) == []
+    store.update_escrow("e1", state=S.READY)
+    with pytest.raises(IllegalMove):
+        store.update_escrow("e1", state=S.FUNDED)

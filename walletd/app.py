@@ -28,6 +28,7 @@ from walletd.api.server import ServerLimits, serve_unix
 from walletd.config import Config, load_config
 from walletd.errors import ConfigError, RpcError
 from walletd.escrows.lifecycle import Lifecycle
+from walletd.escrows.model import EscrowState
 from walletd.escrows.service import STATES, EscrowService
 from walletd.ids import Role
 from walletd.monitor import Monitor
@@ -194,7 +195,7 @@ class App:
         except StoreUnavailable as exc:  # the registry calls this: never let it fail there
             log.error("event not recorded", type=type_, escrow_id=escrow_id, error=exc.message)
             return
-        if rec is not None and rec.state != "creating":
+        if rec is not None and rec.state is not EscrowState.CREATING:
             self.events.emit(type_, escrow_id, **data)
 
     def stats_json(self) -> dict[str, Any]:
@@ -242,7 +243,7 @@ class App:
 
     def metrics_text(self) -> tuple[bytes, str]:
         stats = self.registry.stats()
-        by_state = {s: 0 for s in STATES[1:]}
+        by_state = {s.value: 0 for s in STATES}
         try:
             for rec in self.store.list_escrows():
                 if rec.state in by_state:

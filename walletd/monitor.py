@@ -27,23 +27,24 @@ import math
 from collections import Counter
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
 from walletd.errors import ApiError, Capacity, WalletdError
-from walletd.escrows.model import EscrowRecord, utcnow
-from walletd.sessions.messages import Funding, GetFunding, SubmitPayout
+from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
+from walletd.sessions.messages import Funding as SeenFunding
+from walletd.sessions.messages import GetFunding, SubmitPayout
 from walletd.state.store import StoreUnavailable
 
 __all__ = ["Monitor"]
 
 log = structlog.get_logger(__name__)
 
-WATCHED = ("awaiting_funding", "funded")
+WATCHED = (EscrowState.AWAITING_FUNDING, EscrowState.FUNDED)
 CHECK_TIMEOUT = 120.0  # one escrow's check; a refresh after a long absence can take a while
 CONCURRENT_CHECKS = 4
-PAYING = ("releasing", "refunding")
-_FINAL = {"releasing": "completed", "refunding": "refunded"}
+PAYING = (EscrowState.RELEASING, EscrowState.REFUNDING)  # each has one move: its end
 
 
 class Monitor:
@@ -146,7 +147,7 @@ class Monitor:
         if self._refreshed_at.get(rec.escrow_id) == height:
             return  # no new block since this wallet last looked: nothing can have changed
         self.session_calls["funding"] += 1
-        funding: Funding = await self.app.registry.call(
+        funding: SeenFunding = await self.app.registry.call(
             rec.escrow_id,
             GetFunding(refresh=True, amount=rec.amount),
             api=False,
@@ -156,27 +157,27 @@ class Monitor:
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
-    def _apply_funding(self, rec: EscrowRecord, f: Funding) -> None:
+    def _apply_funding(self, rec: EscrowRecord, f: SeenFunding) -> None:
         fresh = self.app.store.get_escrow(rec.escrow_id)
         if fresh is None or fresh.state not in WATCHED:
             return  # moved on meanwhile (a payout started)
         state = fresh.state
-        funding = {
-            "balance": f.balance,
-            "unlocked_balance": f.unlocked_balance,
-            "confirmations": f.confirmations,
-            "checked_at": utcnow(),
-        }
+        funding = Funding(
+            balance=f.balance,
+            unlocked_balance=f.unlocked_balance,
+            confirmations=f.confirmations,
+            checked_at=utcnow(),
+        )
         events = []
-        if state == "awaiting_funding" and f.balance >= fresh.amount:
-            state = "funded"
+        if state is EscrowState.AWAITING_FUNDING and f.balance >= fresh.amount:
+            state = EscrowState.FUNDED
             events.append("funded")
         if (
-            state == "funded"
+            state is EscrowState.FUNDED
             and f.unlocked_balance >= fresh.amount
             and f.confirmations >= fresh.required_confirmations
         ):
-            state = "ready"
+            state = EscrowState.READY
             events.append("ready")
         seen = {
             "balance": f.balance,
@@ -188,20 +189,20 @@ class Monitor:
         )
 
     async def check_payout(self, rec: EscrowRecord, height: int) -> None:
-        payout = dict(rec.payout or {})
-        txid = payout.get("txid")
-        if not txid:
+        payout = rec.payout
+        txid = payout.txid if payout else None
+        if payout is None or not txid:
             return
         status = await self.app.daemon.tx_status(txid)
         if status is None:
             await self._resubmit(rec)
             return
         confirmations = status.confirmations(height)
-        if confirmations != payout.get("confirmations"):
-            payout["confirmations"] = confirmations
+        if confirmations != payout.confirmations:
+            payout = attrs.evolve(payout, confirmations=confirmations)
             rec = self.app.store.update_escrow(rec.escrow_id, payout=payout)
         if confirmations >= rec.required_confirmations:
-            final = _FINAL[rec.state]
+            (final,) = rec.state.moves
             done = {"txid": txid, "confirmations": confirmations}
             self.app.events.change(rec.escrow_id, [(final, done)], state=final)
             await self.app.registry.close(rec.escrow_id, reason="finished")
@@ -209,16 +210,19 @@ class Monitor:
     async def _resubmit(self, rec: EscrowRecord) -> None:
         """The daemon lost the payout (pool flushed, restart): relay the recorded blob again. It
         is the same signed transaction, so this can never make a second payout."""
-        payout = rec.payout or {}
+        payout = rec.payout
+        assert payout is not None
+        assert payout.txids is not None
+        assert payout.signed_txset is not None
         log.warning(
             "payout not known to monerod; resubmitting the recorded blob",
             escrow_id=rec.escrow_id,
-            txid=payout.get("txid"),
+            txid=payout.txid,
         )
         self.session_calls["resubmit"] += 1
         await self.app.registry.call(
             rec.escrow_id,
-            SubmitPayout("arbiter", tuple(payout["txids"]), payout["signed_txset"]),
+            SubmitPayout("arbiter", payout.txids, payout.signed_txset),
             api=False,
         )
 

@@ -9,8 +9,8 @@ all through the API and serves /metrics, which read every record.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from bench.daemon import XMR, BenchWalletd
 from bench.procs import tree_rss
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_bytes
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import EscrowRecord, EscrowState, Funding, Payout, WalletRef, utcnow
 from walletd.ids import ROLES
 from walletd.state.store import Store
 
@@ -47,25 +47,25 @@ def snapshot(pid: int) -> MemorySnapshot:
     return MemorySnapshot(*tree_rss(pid))
 
 
-def _records(n: int, payout: Mapping[str, Any]) -> list[EscrowRecord]:
+def _records(n: int, payout: Payout) -> list[EscrowRecord]:
     now = utcnow()
     return [
         EscrowRecord(
             escrow_id=f"m{i:05d}",
-            state="completed",
+            state=EscrowState.COMPLETED,
             amount=XMR,
             required_confirmations=10,
             multisig_address="4" + f"{i:094d}",
             origin="created",
             wallets={r: WalletRef(f"escrow-m{i:05d}-{r}") for r in ROLES},
             request_digest=f"{i:064x}",
-            funding={
-                "balance": XMR,
-                "unlocked_balance": XMR,
-                "confirmations": 12,
-                "checked_at": now,
-            },
-            payout={**payout, "txid": f"{i:064x}", "txids": [f"{i:064x}"]},
+            funding=Funding(
+                balance=XMR,
+                unlocked_balance=XMR,
+                confirmations=12,
+                checked_at=now,
+            ),
+            payout=attrs.evolve(payout, txid=f"{i:064x}", txids=(f"{i:064x}",)),
             created_at=now,
             updated_at=now,
         )
@@ -73,9 +73,7 @@ def _records(n: int, payout: Mapping[str, Any]) -> list[EscrowRecord]:
     ]
 
 
-def many_escrows(
-    root: Path, daemon_address: str, n: int, payout: Mapping[str, Any]
-) -> dict[str, Any]:
+def many_escrows(root: Path, daemon_address: str, n: int, payout: Payout) -> dict[str, Any]:
     """Run a walletd with `n` registered escrows; RSS after start and after reading them all."""
     daemon = BenchWalletd(root, daemon_address)
     daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -103,7 +101,7 @@ def many_escrows(
         "after_start": attrs.asdict(started),
         "after_listing": attrs.asdict(listed_snap),
         "list_seconds": list_s,
-        "payout_bytes": len(str(payout)),
+        "payout_bytes": len(json.dumps(attrs.asdict(payout))),
     }
 
 

@@ -86,7 +86,7 @@ async def _measure(
 
 def _checked_at(app: App, escrow_id: str) -> object:
     rec = app.store.get_escrow(escrow_id)
-    return rec.funding.get("checked_at") if rec else None
+    return rec.funding.checked_at if rec else None
 
 
 async def _run_app(

@@ -15,6 +15,7 @@ import structlog
 
 from walletd.api.server import Request, Response
 from walletd.errors import ApiError, InvalidRequest, NotFound, api_error_for
+from walletd.escrows.model import PayoutKind
 from walletd.ids import ROLES, Role, check_escrow_id, check_txid
 from walletd.state.events import page_json
 
@@ -195,12 +196,12 @@ class Api:
         return Response.json(200, result.to_json())
 
     async def release(self, request: Request, params: dict[str, str]) -> Response:
-        return await self._payout(request, params["id"], "release")
+        return await self._payout(request, params["id"], PayoutKind.RELEASE)
 
     async def refund(self, request: Request, params: dict[str, str]) -> Response:
-        return await self._payout(request, params["id"], "refund")
+        return await self._payout(request, params["id"], PayoutKind.REFUND)
 
-    async def _payout(self, request: Request, escrow_id: str, kind: str) -> Response:
+    async def _payout(self, request: Request, escrow_id: str, kind: PayoutKind) -> Response:
         body = parse_json_object(request.body)
         _fields(body, {"address"}, set())
         address = body["address"]

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -42,7 +43,15 @@ from walletd.errors import (
     WalletError,
     api_error_for,
 )
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import (
+    EscrowRecord,
+    EscrowState,
+    Payout,
+    PayoutKind,
+    PayoutPhase,
+    WalletRef,
+    utcnow,
+)
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
 from walletd.sessions.messages import (
@@ -61,11 +70,10 @@ __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 log = structlog.get_logger(__name__)
 
 # Who signs what: the arbiter co-signs both; the receiving side proposes.
-SIGNERS: dict[str, tuple[Role, Role]] = {
-    "release": ("vendor", "arbiter"),
-    "refund": ("buyer", "arbiter"),
+SIGNERS: dict[PayoutKind, tuple[Role, Role]] = {
+    PayoutKind.RELEASE: ("vendor", "arbiter"),
+    PayoutKind.REFUND: ("buyer", "arbiter"),
 }
-_PAYOUT_STATE = {"release": "releasing", "refund": "refunding"}
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 
@@ -115,7 +123,7 @@ class Lifecycle:
             existing = self.app.escrows.existing_for_retry(escrow_id, digest)
             if existing is None:
                 break
-            if existing.state != "creating":
+            if existing.state is not EscrowState.CREATING:
                 return existing, False
             waiting = self._creating.get(escrow_id)
             if waiting is None:  # left by a crash; recovery at start-up normally clears these
@@ -139,20 +147,15 @@ class Lifecycle:
         digest: str,
         files: dict[Role, str],
     ) -> tuple[EscrowRecord, bool]:
-        now = utcnow()
-        rec = EscrowRecord(
+        rec = EscrowRecord.new(
             escrow_id=escrow_id,
-            state="creating",
+            state=EscrowState.CREATING,
             amount=amount,
             required_confirmations=confirmations or self.app.config.monitor.required_confirmations,
             multisig_address=None,
             origin="created",
             wallets={role: WalletRef(files[role]) for role in ROLES},
             request_digest=digest,
-            funding={"balance": 0, "unlocked_balance": 0, "confirmations": 0, "checked_at": None},
-            payout=None,
-            created_at=now,
-            updated_at=now,
         )
         self._set_aside_files(rec, "leftover before create")
         self._store.insert_escrow(rec)
@@ -173,7 +176,7 @@ class Lifecycle:
             rec = self.app.events.change(
                 escrow_id,
                 [("escrow_created", created)],
-                state="awaiting_funding",
+                state=EscrowState.AWAITING_FUNDING,
                 multisig_address=address,
             )
         except BaseException as exc:
@@ -225,7 +228,7 @@ class Lifecycle:
 
     # ---- payouts ---------------------------------------------------------------------------------
 
-    async def payout(self, escrow_id: str, kind: str, address: str) -> EscrowRecord:
+    async def payout(self, escrow_id: str, kind: PayoutKind, address: str) -> EscrowRecord:
         """Release or refund the whole balance to `address`, at most once (see module doc)."""
         check_address_format(address)
         escrows = self.app.escrows
@@ -242,35 +245,29 @@ class Lifecycle:
         return final
 
     async def _payout_locked(
-        self, lock: trio.Lock, escrow_id: str, kind: str, address: str
+        self, lock: trio.Lock, escrow_id: str, kind: PayoutKind, address: str
     ) -> None:
         escrows = self.app.escrows
         async with lock:
             rec = escrows.get(escrow_id)
             if rec.payout is not None:
-                if rec.payout["kind"] != kind or rec.payout["address"] != address:
+                if rec.payout.kind != kind or rec.payout.address != address:
                     raise Conflict(
-                        f"escrow {escrow_id!r} already has a {rec.payout['kind']} payout "
+                        f"escrow {escrow_id!r} already has a {rec.payout.kind} payout "
                         "to another address"
                     )
-            elif rec.state != "ready":
+            elif kind.paying_state not in rec.state.moves:
                 raise NotReady(f"escrow {escrow_id!r} is {rec.state}; a payout needs ready")
             else:
                 await self._validate(escrow_id, address)
                 rec = self._store.update_escrow(
                     escrow_id,
-                    payout={
-                        "kind": kind,
-                        "address": address,
-                        "phase": "intent",
-                        "created_at": utcnow(),
-                        "txid": None,
-                        "confirmations": 0,
-                        "submitted_at": None,
-                    },
+                    payout=Payout(
+                        kind=kind, address=address, phase=PayoutPhase.INTENT, created_at=utcnow()
+                    ),
                 )
                 log.info("payout recorded", escrow_id=escrow_id, kind=kind)
-            if rec.payout is not None and rec.payout.get("phase") != "submitted":
+            if rec.payout is not None and rec.payout.phase is not PayoutPhase.SUBMITTED:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
@@ -290,8 +287,8 @@ class Lifecycle:
             self._nursery.start_soon(self._drive_payout, escrow_id, done)
         await done.wait()
         rec = self.app.escrows.get(escrow_id)
-        error = rec.payout.get("last_error") if rec.payout else None
-        if rec.payout and rec.payout.get("phase") != "submitted":
+        error = rec.payout.last_error if rec.payout else None
+        if rec.payout and rec.payout.phase is not PayoutPhase.SUBMITTED:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
 
     async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
@@ -301,9 +298,10 @@ class Lifecycle:
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             try:
                 rec = self.app.escrows.get(escrow_id)
-                payout = dict(rec.payout or {})
-                payout["last_error"] = api_error_for(exc).message[:300]
-                self._store.update_escrow(escrow_id, payout=payout)
+                if rec.payout is not None:
+                    error = api_error_for(exc).message[:300]
+                    payout = attrs.evolve(rec.payout, last_error=error)
+                    self._store.update_escrow(escrow_id, payout=payout)
             except StoreUnavailable as db_exc:  # the database is why it failed, likely
                 log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
         finally:
@@ -314,15 +312,16 @@ class Lifecycle:
         registry = self.app.registry
         rec = self.app.escrows.get(escrow_id)
         assert rec.payout is not None
-        payout = dict(rec.payout)
-        proposer, cosigner = SIGNERS[payout["kind"]]
-        if payout["phase"] == "intent":
+        payout = rec.payout
+        proposer, cosigner = SIGNERS[payout.kind]
+        if payout.phase is PayoutPhase.INTENT:
             tx: multisig.PayoutTx = await registry.call(
-                escrow_id, PreparePayout(proposer, cosigner, payout["address"]), api=False
+                escrow_id, PreparePayout(proposer, cosigner, payout.address), api=False
             )
-            payout.update(
-                phase="signed",
-                txids=list(tx.txids),
+            payout = attrs.evolve(
+                payout,
+                phase=PayoutPhase.SIGNED,
+                txids=tuple(tx.txids),
                 signed_txset=tx.signed_txset,
                 amount=tx.amount,
                 fee=tx.fee,
@@ -331,11 +330,14 @@ class Lifecycle:
             # Durable before it can be sent: from here only this blob is ever submitted.
             self._store.update_escrow(escrow_id, payout=payout)
             failpoints.hit("after_sign")
-        txids = tuple(payout["txids"])
+        # Both recorded when it was signed.
+        assert payout.txids is not None
+        assert payout.signed_txset is not None
+        txids = payout.txids
         try:
             await registry.call(
                 escrow_id,
-                SubmitPayout(cosigner, txids, payout["signed_txset"]),
+                SubmitPayout(cosigner, txids, payout.signed_txset),
                 api=False,
             )
         except (RpcCallError, multisig.MultisigError) as exc:
@@ -344,18 +346,24 @@ class Lifecycle:
             if not await self._known_to_daemon(txids[0]):
                 raise WalletError(f"submit_multisig refused: {exc}") from exc
         failpoints.hit("after_submit")
-        payout.update(phase="submitted", txid=txids[0], submitted_at=utcnow(), last_error=None)
+        payout = attrs.evolve(
+            payout,
+            phase=PayoutPhase.SUBMITTED,
+            txid=txids[0],
+            submitted_at=utcnow(),
+            last_error=None,
+        )
         submitted = {
-            "kind": payout["kind"],
+            "kind": payout.kind.value,
             "txid": txids[0],
-            "amount": payout.get("amount"),
-            "fee": payout.get("fee"),
+            "amount": payout.amount,
+            "fee": payout.fee,
         }
         self.app.events.change(
             escrow_id,
             [("payout_submitted", submitted)],
             payout=payout,
-            state=_PAYOUT_STATE[payout["kind"]],
+            state=payout.kind.paying_state,
         )
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
@@ -377,12 +385,12 @@ class Lifecycle:
         undone, payouts in flight resumed, then sessions reopened for ready and funded escrows
         (up to the cap) so the monitor and the API find them warm."""
         try:
-            for rec in self._store.list_escrows("creating"):
+            for rec in self._store.list_escrows(EscrowState.CREATING):
                 await self._abandon(rec, "walletd stopped during creation")
-            for rec in self._store.list_escrows("ready"):
-                if rec.payout is not None and rec.payout.get("phase") != "submitted":
+            for rec in self._store.list_escrows(EscrowState.READY):
+                if rec.payout is not None and rec.payout.phase is not PayoutPhase.SUBMITTED:
                     log.warning(
-                        "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout["phase"]
+                        "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout.phase.value
                     )
                     try:
                         await self._run_payout(rec.escrow_id)
@@ -394,8 +402,8 @@ class Lifecycle:
 
     async def _reopen_warm(self) -> None:
         registry = self.app.registry
-        wanted = [r for r in self._store.list_escrows("ready") if r.payout is None]
-        wanted += self._store.list_escrows("funded")
+        wanted = [r for r in self._store.list_escrows(EscrowState.READY) if r.payout is None]
+        wanted += self._store.list_escrows(EscrowState.FUNDED)
         room = registry.limits.max_active - registry.stats().active_sessions
         for rec in wanted[: max(0, room)]:
             try:

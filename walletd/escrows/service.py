@@ -34,7 +34,7 @@ from walletd.errors import (
     WalletdError,
     WalletError,
 )
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import EscrowRecord, EscrowState, Payout, WalletRef
 from walletd.ids import ROLES, Role, check_adoptable_wallet_file
 from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
 from walletd.sessions.registry import Registry
@@ -47,16 +47,8 @@ __all__ = ["STATES", "EscrowService"]
 
 log = structlog.get_logger(__name__)
 
-STATES = (
-    "creating",
-    "awaiting_funding",
-    "funded",
-    "ready",
-    "releasing",
-    "refunding",
-    "completed",
-    "refunded",
-)
+# The states the API shows: `creating` is not one (see `_check_visible`).
+STATES = tuple(s for s in EscrowState if s is not EscrowState.CREATING)
 
 
 @attrs.define
@@ -66,10 +58,6 @@ class _Claims:
     ids: dict[str, Literal["adopt", "create"]] = attrs.Factory(dict)
     files: dict[str, str] = attrs.Factory(dict)  # wallet file -> escrow id
     addresses: dict[str, str] = attrs.Factory(dict)  # multisig address -> escrow id
-
-
-def _empty_funding() -> dict[str, Any]:
-    return {"balance": 0, "unlocked_balance": 0, "confirmations": 0, "checked_at": None}
 
 
 class EscrowService:
@@ -124,7 +112,7 @@ class EscrowService:
             password = self.vault.unseal(escrow_id, role, ref.sealed_password)
         return WalletSpec(file=ref.file, password=password)
 
-    def to_json(self, rec: EscrowRecord) -> dict[str, Any]:
+    def to_json(self, rec: EscrowRecord) -> dict[str, Any]:  # Any: the JSON answer's values
         info = self.registry.session_info(rec.escrow_id)
         session: dict[str, Any] = (
             {"open": True, "age_s": round(info.age_s, 3), "idle_s": round(info.idle_s, 3)}
@@ -133,11 +121,16 @@ class EscrowService:
         )
         return {
             "escrow_id": rec.escrow_id,
-            "state": rec.state,
+            "state": rec.state.value,
             "multisig_address": rec.multisig_address,
             "amount": rec.amount,
             "required_confirmations": rec.required_confirmations,
-            "funding": dict(rec.funding),
+            "funding": {
+                "balance": rec.funding.balance,
+                "unlocked_balance": rec.funding.unlocked_balance,
+                "confirmations": rec.funding.confirmations,
+                "checked_at": rec.funding.checked_at,
+            },
             "payout": _public_payout(rec.payout),
             "session": session,
             "created_at": rec.created_at,
@@ -145,9 +138,10 @@ class EscrowService:
         }
 
     def list(self, state: str | None) -> list[EscrowRecord]:
-        if state is not None and state not in STATES[1:]:
-            raise InvalidRequest(f"state must be one of {', '.join(STATES[1:])}")
-        return [r for r in self.store.list_escrows(state) if r.state != "creating"]
+        if state is not None and state not in STATES:
+            raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
+        wanted = EscrowState(state) if state is not None else None
+        return [r for r in self.store.list_escrows(wanted) if r.state is not EscrowState.CREATING]
 
     # ---- reads through the session ---------------------------------------------------------------
 
@@ -257,10 +251,9 @@ class EscrowService:
             except Conflict:
                 await self._close_quietly(escrow_id)
                 raise
-            now = utcnow()
-            rec = EscrowRecord(
+            rec = EscrowRecord.new(
                 escrow_id=escrow_id,
-                state="awaiting_funding",
+                state=EscrowState.AWAITING_FUNDING,
                 amount=amount,
                 required_confirmations=required_confirmations or self.required_confirmations,
                 multisig_address=address,
@@ -270,10 +263,6 @@ class EscrowService:
                     for r in ROLES
                 },
                 request_digest=digest,
-                funding=_empty_funding(),
-                payout=None,
-                created_at=now,
-                updated_at=now,
             )
             try:
                 self.events.insert(
@@ -328,14 +317,19 @@ class EscrowService:
             await self.registry.close(escrow_id, reason="explicit")
 
 
-def _public_payout(payout: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _public_payout(payout: Payout | None) -> dict[str, Any] | None:  # Any: JSON values
     if payout is None:
         return None
-    keys = ("kind", "address", "txid", "confirmations", "submitted_at")
-    return {k: payout.get(k) for k in keys}
+    return {
+        "kind": payout.kind.value,
+        "address": payout.address,
+        "txid": payout.txid,
+        "confirmations": payout.confirmations,
+        "submitted_at": payout.submitted_at,
+    }
 
 
-def _check_visible(escrow_id: str, state: str | None) -> None:
+def _check_visible(escrow_id: str, state: EscrowState | None) -> None:
     """An escrow still being created does not exist yet for the API (its creation may be undone)."""
-    if state is None or state == "creating":
+    if state is None or state is EscrowState.CREATING:
         raise NotFound(f"no escrow {escrow_id!r}")

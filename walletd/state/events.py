@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import structlog
 import trio
 import trio.lowlevel
 
 from walletd.escrows.model import EscrowRecord
-from walletd.state.store import EventRecord, NewEvent, Store, StoreUnavailable
+from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store, StoreUnavailable
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
 
@@ -72,7 +72,9 @@ class EventLog:
         """Record a new escrow together with its events (one transaction), then publish them."""
         self._published(self._store.insert_escrow(rec, events))
 
-    def change(self, escrow_id: str, events: Sequence[NewEvent], **changes: Any) -> EscrowRecord:
+    def change(
+        self, escrow_id: str, events: Sequence[NewEvent], **changes: Unpack[EscrowChanges]
+    ) -> EscrowRecord:
         """Change an escrow and record the events that say so in one transaction."""
         rec, appended = self._store.change_escrow(escrow_id, changes, events)
         self._published(appended)

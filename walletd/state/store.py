@@ -29,17 +29,27 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
 
 import attrs
 import structlog
 
 from walletd.errors import Unavailable
-from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
+from walletd.escrows.model import (
+    EscrowRecord,
+    EscrowState,
+    Funding,
+    Payout,
+    PayoutKind,
+    PayoutPhase,
+    WalletRef,
+    utcnow,
+)
 from walletd.ids import ROLES, Role
 
 __all__ = [
     "SCHEMA_VERSION",
+    "EscrowChanges",
     "EventRecord",
     "NewEvent",
     "Store",
@@ -119,21 +129,93 @@ def _wallets_from_json(text: str) -> dict[Role, WalletRef]:
     return {r: WalletRef(raw[r]["file"], raw[r].get("sealed_password")) for r in ROLES}
 
 
+def _funding_to_json(funding: Funding) -> str:
+    return json.dumps(
+        {
+            "balance": funding.balance,
+            "unlocked_balance": funding.unlocked_balance,
+            "confirmations": funding.confirmations,
+            "checked_at": funding.checked_at,
+        }
+    )
+
+
+def _funding_from_json(text: str) -> Funding:
+    raw = json.loads(text)
+    return Funding(
+        balance=raw.get("balance", 0),
+        unlocked_balance=raw.get("unlocked_balance", 0),
+        confirmations=raw.get("confirmations", 0),
+        checked_at=raw.get("checked_at"),
+    )
+
+
+def _payout_to_json(payout: Payout) -> str:
+    """The payout column as walletd has always written it: the intent's keys always, what
+    signing adds (txids, signed_txset, amount, fee) and last_error only once known."""
+    raw: dict[str, Any] = {  # Any: JSON values
+        "kind": payout.kind.value,
+        "address": payout.address,
+        "phase": payout.phase.value,
+        "created_at": payout.created_at,
+        "txid": payout.txid,
+        "confirmations": payout.confirmations,
+        "submitted_at": payout.submitted_at,
+    }
+    later = {
+        "txids": list(payout.txids) if payout.txids is not None else None,
+        "signed_txset": payout.signed_txset,
+        "amount": payout.amount,
+        "fee": payout.fee,
+        "last_error": payout.last_error,
+    }
+    raw.update((key, value) for key, value in later.items() if value is not None)
+    return json.dumps(raw)
+
+
+def _payout_from_json(text: str) -> Payout:
+    raw = json.loads(text)
+    txids = raw.get("txids")
+    return Payout(
+        kind=PayoutKind(raw["kind"]),
+        address=raw["address"],
+        phase=PayoutPhase(raw["phase"]),
+        created_at=raw["created_at"],
+        txid=raw.get("txid"),
+        confirmations=raw.get("confirmations", 0),
+        submitted_at=raw.get("submitted_at"),
+        txids=tuple(txids) if txids is not None else None,
+        signed_txset=raw.get("signed_txset"),
+        amount=raw.get("amount"),
+        fee=raw.get("fee"),
+        last_error=raw.get("last_error"),
+    )
+
+
 def _record(row: sqlite3.Row) -> EscrowRecord:
     return EscrowRecord(
         escrow_id=row["escrow_id"],
-        state=row["state"],
+        state=EscrowState(row["state"]),
         amount=row["amount"],
         required_confirmations=row["required_confirmations"],
         multisig_address=row["multisig_address"],
         origin=row["origin"],
         wallets=_wallets_from_json(row["wallets"]),
         request_digest=row["request_digest"],
-        funding=json.loads(row["funding"]),
-        payout=json.loads(row["payout"]) if row["payout"] else None,
+        funding=_funding_from_json(row["funding"]),
+        payout=_payout_from_json(row["payout"]) if row["payout"] else None,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+class EscrowChanges(TypedDict, total=False):
+    """The columns of an escrow that may change after it is recorded."""
+
+    state: EscrowState
+    multisig_address: str
+    funding: Funding
+    payout: Payout
 
 
 P = ParamSpec("P")
@@ -250,15 +332,15 @@ class Store:
                 "INSERT INTO escrows VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     rec.escrow_id,
-                    rec.state,
+                    rec.state.value,
                     rec.amount,
                     rec.required_confirmations,
                     rec.multisig_address,
                     rec.origin,
                     _wallets_to_json(rec.wallets),
                     rec.request_digest,
-                    json.dumps(dict(rec.funding)),
-                    json.dumps(dict(rec.payout)) if rec.payout is not None else None,
+                    _funding_to_json(rec.funding),
+                    _payout_to_json(rec.payout) if rec.payout is not None else None,
                     rec.created_at,
                     rec.updated_at,
                 ),
@@ -271,20 +353,21 @@ class Store:
         return _record(row) if row else None
 
     @_read
-    def escrow_state(self, escrow_id: str) -> str | None:
+    def escrow_state(self, escrow_id: str) -> EscrowState | None:
         """The escrow's state alone (None if there is no such escrow): cheaper than the record."""
         row = self._db.execute(
             "SELECT state FROM escrows WHERE escrow_id = ?", (escrow_id,)
         ).fetchone()
-        return row[0] if row else None
+        return EscrowState(row[0]) if row else None
 
     @_read
-    def list_escrows(self, state: str | None = None) -> list[EscrowRecord]:
+    def list_escrows(self, state: EscrowState | None = None) -> list[EscrowRecord]:
         if state is None:
             rows = self._db.execute("SELECT * FROM escrows ORDER BY created_at, escrow_id")
         else:
             rows = self._db.execute(
-                "SELECT * FROM escrows WHERE state = ? ORDER BY created_at, escrow_id", (state,)
+                "SELECT * FROM escrows WHERE state = ? ORDER BY created_at, escrow_id",
+                (state.value,),
             )
         return [_record(r) for r in rows]
 
@@ -313,25 +396,43 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def update_escrow(self, escrow_id: str, **changes: Any) -> EscrowRecord:
+    def update_escrow(self, escrow_id: str, **changes: Unpack[EscrowChanges]) -> EscrowRecord:
         """Change some columns of one escrow in one transaction and return the new record."""
         return self.change_escrow(escrow_id, changes)[0]
 
     def change_escrow(
-        self, escrow_id: str, changes: Mapping[str, Any], events: Sequence[NewEvent] = ()
+        self, escrow_id: str, changes: EscrowChanges, events: Sequence[NewEvent] = ()
     ) -> tuple[EscrowRecord, list[EventRecord]]:
         """Change some columns of one escrow and append its events in one transaction, so a
-        crash can never keep a state change whose event the server would then never see."""
-        allowed = {"state", "multisig_address", "funding", "payout"}
-        if not changes or set(changes) - allowed:
-            raise ValueError(f"cannot update {sorted(set(changes) - allowed)}")
+        crash can never keep a state change whose event the server would then never see.
+
+        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise)."""
+        unknown = set(changes) - EscrowChanges.__optional_keys__
+        if not changes or unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
         cols, values = [], []
-        for key, value in changes.items():
-            cols.append(f"{key} = ?")
-            values.append(json.dumps(dict(value)) if isinstance(value, Mapping) else value)
+        if "state" in changes:
+            cols.append("state = ?")
+            values.append(changes["state"].value)
+        if "multisig_address" in changes:
+            cols.append("multisig_address = ?")
+            values.append(changes["multisig_address"])
+        if "funding" in changes:
+            cols.append("funding = ?")
+            values.append(_funding_to_json(changes["funding"]))
+        if "payout" in changes:
+            cols.append("payout = ?")
+            values.append(_payout_to_json(changes["payout"]))
         cols.append("updated_at = ?")
         values.append(utcnow())
         with self._tx() as db:
+            if "state" in changes:
+                row = db.execute(
+                    "SELECT state FROM escrows WHERE escrow_id = ?", (escrow_id,)
+                ).fetchone()
+                if row is None:
+                    raise KeyError(escrow_id)
+                EscrowState(row[0]).check_move(changes["state"])
             cur = db.execute(
                 f"UPDATE escrows SET {', '.join(cols)} WHERE escrow_id = ?",  # noqa: S608 - column names are fixed above
                 (*values, escrow_id),
