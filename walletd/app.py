@@ -239,6 +239,7 @@ class App:
         self.config = fresh
         self.registry.set_limits(limits_from(fresh))
         self.monitor.set_interval(fresh.monitor.poll_interval)
+        self.lifecycle.required_confirmations = fresh.monitor.required_confirmations
         log.info("limits reloaded", max_active=fresh.effective_max_active)
 
     def request_stop(self) -> None:

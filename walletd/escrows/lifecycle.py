@@ -108,7 +108,8 @@ class Lifecycle:
         self._chain = chain
         self._wallet_dir = wallet_dir
         self._state_dir = state_dir  # abandoned wallet files go under it
-        self._required_confirmations = required_confirmations  # unless a creation names its own
+        # Unless a creation names its own; App.reload updates it (it read the config live before).
+        self.required_confirmations = required_confirmations
         self._locks: dict[str, trio.Lock] = {}
         self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
@@ -164,7 +165,7 @@ class Lifecycle:
             escrow_id=escrow_id,
             state="creating",
             amount=amount,
-            required_confirmations=confirmations or self._required_confirmations,
+            required_confirmations=confirmations or self.required_confirmations,
             multisig_address=None,
             origin="created",
             wallets={role: WalletRef(files[role]) for role in ROLES},
