@@ -17,6 +17,7 @@ from walletd.ids import ROLES, Role
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
+from walletd.wallets.chain import Chain
 from walletd.wallets.rpc import TxStatus
 
 PASSWORD = "pw"
@@ -51,10 +52,17 @@ def fake_config(root: Path, **sessions: Any) -> Config:
     )
 
 
-def fake_app(root: Path, world: FakeWalletWorld, pool: FakePool, **sessions: Any) -> App:
+def fake_app(
+    root: Path,
+    world: FakeWalletWorld,
+    pool: FakePool,
+    *,
+    chain: Chain | None = None,
+    **sessions: Any,
+) -> App:
     config = fake_config(root, **sessions)
     prepare_dirs(config)
-    app = App(config, pool=pool)
+    app = App(config, pool=pool, chain=chain)
     # The fake world's wallet directory is in memory: mirror each name as a .keys file so
     # walletd's own file checks (adoption refuses files that do not exist) see them.
     for name in world.wallets:

@@ -24,8 +24,7 @@ TXID = "ab" * 32
 async def _app(nursery: trio.Nursery, tmp_path: Path) -> tuple[App, Any]:
     world = FakeWalletWorld()
     s = await make_fake_multisig(world, "a")
-    app = fake_app(tmp_path, world, FakePool(world))
-    app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     await start(nursery, app)
     status, body = await call(app, "POST", "/v1/escrows", s.adopt_body("good"))
     assert status == 201, body

@@ -27,8 +27,7 @@ async def _running(
     world = FakeWalletWorld()
     sets = [await make_fake_multisig(world, f"d{i}") for i in range(n)]
     pool = FakePool(world)
-    app = fake_app(tmp_path, world, pool, **sessions)
-    app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+    app = fake_app(tmp_path, world, pool, chain=FakeDaemon(world), **sessions)
     await nursery.start(app.run)
     for i, s in enumerate(sets):
         status, body = await call(app, "POST", "/v1/escrows", s.adopt_body(f"d{i}"))

@@ -22,6 +22,7 @@ from walletd.errors import Conflict, InvalidRequest
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, WalletRef, utcnow
 from walletd.ids import ROLES, check_adoptable_wallet_file, wallet_file_for
 from walletd.sessions.messages import GetBalance
+from walletd.sessions.registry import Caller
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
@@ -34,8 +35,7 @@ async def _app(
 ) -> tuple[App, FakeWalletWorld, dict[str, MultisigSet]]:
     world = FakeWalletWorld()
     sets = {p: await make_fake_multisig(world, p) for p in prefixes}
-    app = fake_app(tmp_path, world, FakePool(world), **sessions)
-    app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world), **sessions)
     await start(nursery, app)
     return app, world, sets
 
@@ -176,13 +176,17 @@ async def test_a_session_serves_only_the_spec_it_was_opened_from(
             wallets = {r: WalletSpec(s.files[r], s.password) for r in ROLES}
             return SessionSpec(escrow_id="x", wallets=wallets, address=None)
 
-        await app.registry.open("x", spec=spec(sets["a"]))
+        await app.registry.open("x", caller=Caller.API, spec=spec(sets["a"]))
         calls = len(world.calls)
         with pytest.raises(Conflict) as caught:
-            await app.registry.call("x", GetBalance(refresh=False), spec=spec(sets["b"]))
+            await app.registry.call(
+                "x", GetBalance(refresh=False), caller=Caller.API, spec=spec(sets["b"])
+            )
         assert sets["b"].password not in caught.value.message
         assert len(world.calls) == calls  # nothing was sent to a wallet
-        await app.registry.call("x", GetBalance(refresh=False), spec=spec(sets["a"]))
+        await app.registry.call(
+            "x", GetBalance(refresh=False), caller=Caller.API, spec=spec(sets["a"])
+        )
         assert app.registry.is_open("x")
         nursery.cancel_scope.cancel()
 

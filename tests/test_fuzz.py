@@ -156,8 +156,8 @@ async def walletd(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Walletd]:
             world = FakeWalletWorld()
             good = await make_fake_multisig(world, "good")
             spare = await make_fake_multisig(world, "spare")
-            app = fake_app(root, world, FakePool(world, open_delay=0.01, create_delay=0.01))
-            app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+            pool = FakePool(world, open_delay=0.01, create_delay=0.01)
+            app = fake_app(root, world, pool, chain=FakeDaemon(world))
             async with trio.open_nursery() as nursery:
                 await nursery.start(app.run)
                 status, body = await call(app, "POST", "/v1/escrows", good.adopt_body("good"))

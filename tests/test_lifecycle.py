@@ -22,8 +22,7 @@ async def _app(
     nursery: trio.Nursery, tmp_path: Path, **sessions: Any
 ) -> tuple[App, FakeWalletWorld]:
     world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), **sessions)
-    app.daemon = FakeDaemon(world)  # type: ignore[assignment]
+    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world), **sessions)
     await start(nursery, app)
     return app, world
 

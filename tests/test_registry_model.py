@@ -53,7 +53,7 @@ from tests.fakes import MultisigSet, make_fake_multisig
 from walletd.errors import Capacity
 from walletd.ids import ROLES, Role
 from walletd.sessions.messages import GetBalance
-from walletd.sessions.registry import Limits, Registry
+from walletd.sessions.registry import Caller, Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec, WalletSpec
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
@@ -418,7 +418,7 @@ class RegistryMachine(RuleBasedStateMachine):
         """POST /v1/escrows/{id}/session: get-or-create, no message to the session."""
 
         async def fn() -> object:
-            return await self.registry.open(escrow_id)
+            return await self.registry.open(escrow_id, caller=Caller.API)
 
         self._acquiring_step(escrow_id, fn, api=True, message=False)
 
@@ -433,7 +433,7 @@ class RegistryMachine(RuleBasedStateMachine):
         escrow_id = data.draw(st.sampled_from(self._not_busy()), label="escrow_id")
 
         async def fn() -> object:
-            return await self.registry.call(escrow_id, GetBalance(), api=True)
+            return await self.registry.call(escrow_id, GetBalance(), caller=Caller.API)
 
         self._acquiring_step(escrow_id, fn, api=True)
 
@@ -443,9 +443,8 @@ class RegistryMachine(RuleBasedStateMachine):
         escrow_id = data.draw(st.sampled_from(self._not_busy()), label="escrow_id")
 
         async def fn() -> object:
-            return await self.registry.call(
-                escrow_id, GetBalance(), api=False, may_evict_api=not cold
-            )
+            caller = Caller.COLD_MONITOR if cold else Caller.MONITOR
+            return await self.registry.call(escrow_id, GetBalance(), caller=caller)
 
         self._acquiring_step(escrow_id, fn, api=False, cold=cold)
 
@@ -463,7 +462,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
         async def held() -> None:
             try:
-                await self.registry.call(escrow_id, GetBalance(), api=True)
+                await self.registry.call(escrow_id, GetBalance(), caller=Caller.API)
             except Exception as exc:  # noqa: BLE001 - checked by an invariant
                 self.hold_failures.append(exc)
 

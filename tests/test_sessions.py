@@ -143,15 +143,16 @@ async def test_monitor_use_does_not_keep_a_session(
 ) -> None:
     """Monitor calls do not refresh LRU order: a monitor-only session is evicted first."""
     from walletd.sessions.messages import GetBalance
+    from walletd.sessions.registry import Caller
 
     async with trio.open_nursery() as nursery:
         app, *_ = await _setup(nursery, tmp_path, 3, max_active=2)
         await app.registry.close("e1")
         await app.registry.close("e2")
         await call(app, "GET", "/v1/escrows/e0/balance")
-        await app.registry.call("e1", GetBalance(), api=False)  # opened for the monitor only
+        await app.registry.call("e1", GetBalance(), caller=Caller.MONITOR)  # monitor only
         await trio.sleep(5)
-        await app.registry.call("e1", GetBalance(), api=False)
+        await app.registry.call("e1", GetBalance(), caller=Caller.MONITOR)
         await call(app, "POST", "/v1/escrows/e2/session")
         assert _closed(app)[-1] == ("e1", "evicted")
         nursery.cancel_scope.cancel()
@@ -308,7 +309,8 @@ async def test_wrong_wallet_is_never_used(tmp_path: Path, autojump_clock: trio.a
     """If a process holds another wallet than expected, a money-moving call is refused and the
     session fails as a unit rather than use it."""
     from tests.fakes import PASSWORD
-    from walletd.sessions.messages import WalletCall
+    from walletd.sessions.messages import MultisigStatus
+    from walletd.sessions.registry import Caller
     from walletd.testing.fake_wallet_rpc import FakeTransport
     from walletd.wallets.rpc import WalletRpc
 
@@ -321,7 +323,7 @@ async def test_wrong_wallet_is_never_used(tmp_path: Path, autojump_clock: trio.a
             "open_wallet", {"filename": sets[0].files["vendor"], "password": PASSWORD}
         )
         with pytest.raises(Exception, match="address mismatch"):
-            await app.registry.call("e1", WalletCall("vendor", "export_multisig_info"))
+            await app.registry.call("e1", MultisigStatus(), caller=Caller.API)
         await trio.sleep(1)
         assert _closed(app)[-1] == ("e1", "failed")
         nursery.cancel_scope.cancel()

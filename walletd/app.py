@@ -22,14 +22,14 @@ from typing import Any
 import structlog
 import trio
 
-from walletd import __version__
 from walletd.api.routes import Api
 from walletd.api.server import ServerLimits, serve_unix
+from walletd.api.status import Status
 from walletd.config import Config, load_config
-from walletd.errors import ConfigError, RpcError
+from walletd.errors import ConfigError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import EscrowState
-from walletd.escrows.service import STATES, EscrowService
+from walletd.escrows.service import EscrowService
 from walletd.ids import Role
 from walletd.monitor import Monitor
 from walletd.ops import notify
@@ -40,6 +40,7 @@ from walletd.state.backups import Backups
 from walletd.state.events import EventLog
 from walletd.state.store import Store, StoreUnavailable
 from walletd.state.vault import Vault
+from walletd.wallets.chain import Chain
 from walletd.wallets.children import (
     ChildPool,
     ChildSettings,
@@ -100,6 +101,7 @@ class App:
         config_path: Path | None = None,
         *,
         pool: ProcessPool | None = None,
+        chain: Chain | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -112,8 +114,10 @@ class App:
         self.store.on_error = self.metrics.db_errors.inc
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
-        self.daemon = DaemonRpc(f"http://{config.monero.daemon_address}", timeout=10.0)
-        self.wallet_rpc_restarts = 0
+        # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
+        self.daemon: Chain = chain or DaemonRpc(
+            f"http://{config.monero.daemon_address}", timeout=10.0
+        )
         m = config.monero
         self.child_settings = ChildSettings(
             wallet_rpc_path=m.wallet_rpc_path,
@@ -148,9 +152,35 @@ class App:
             wallet_dir=m.wallet_dir,
             required_confirmations=config.monitor.required_confirmations,
         )
-        self.lifecycle = Lifecycle(self)
-        self.monitor = Monitor(self)
-        self.api = Api(self)
+        self.lifecycle = Lifecycle(
+            store=self.store,
+            escrows=self.escrows,
+            registry=self.registry,
+            events=self.events,
+            vault=self.vault,
+            chain=self.daemon,
+            wallet_dir=m.wallet_dir,
+            state_dir=state,
+            required_confirmations=config.monitor.required_confirmations,
+        )
+        self.monitor = Monitor(
+            config.monitor,
+            store=self.store,
+            registry=self.registry,
+            events=self.events,
+            chain=self.daemon,
+            metrics=self.metrics,
+        )
+        self.status = Status(
+            registry=self.registry, store=self.store, chain=self.daemon, metrics=self.metrics
+        )
+        self.api = Api(
+            escrows=self.escrows,
+            lifecycle=self.lifecycle,
+            registry=self.registry,
+            events=self.events,
+            status=self.status,
+        )
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: dict[str, trio.Event] = {}
         self._stop = trio.Event()
@@ -180,7 +210,7 @@ class App:
         self.events.emit("wallet_repaired", escrow_id, **data)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
-        self.wallet_rpc_restarts += 1
+        self.status.wallet_rpc_restarts += 1
         self.metrics.wallet_rpc_restarts.inc()
         self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 
@@ -198,60 +228,6 @@ class App:
         if rec is not None and rec.state is not EscrowState.CREATING:
             self.events.emit(type_, escrow_id, **data)
 
-    def stats_json(self) -> dict[str, Any]:
-        stats = self.registry.stats()
-        return {
-            "active_sessions": stats.active_sessions,
-            "max_sessions": stats.max_sessions,
-            "utilization": stats.utilization,
-            "avg_age_s": stats.avg_age_s,
-            "oldest_age_s": stats.oldest_age_s,
-            "opened": stats.opened,
-            "closed": stats.closed,
-            "evicted": stats.evicted,
-            "expired": stats.expired,
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "failed": stats.failed,
-            "wallet_rpc_restarts": self.wallet_rpc_restarts,
-        }
-
-    async def health(self) -> tuple[int, dict[str, Any]]:
-        body: dict[str, Any] = {
-            "version": __version__,
-            "active_sessions": self.registry.stats().active_sessions,
-        }
-        reasons = []
-        try:
-            body["escrows"] = self.store.count_escrows()
-        except StoreUnavailable:
-            body["escrows"] = None
-        # Degraded while writes fail: after a failure, ok again only once a write goes through.
-        if self.store.failure is not None and not self.store.probe():
-            reasons.append(f"database: writes failing ({self.store.failure})")
-        try:
-            with trio.fail_after(3):
-                body["daemon_height"] = await self.daemon.height()
-        except (RpcError, trio.TooSlowError, KeyError, ValueError) as exc:
-            body["daemon_height"] = None
-            reasons.append(f"monerod: {exc}")
-        if reasons:
-            body.update(status="degraded", reason="; ".join(reasons))
-            return 503, body
-        body["status"] = "ok"
-        return 200, body
-
-    def metrics_text(self) -> tuple[bytes, str]:
-        stats = self.registry.stats()
-        by_state = {s.value: 0 for s in STATES}
-        try:
-            for rec in self.store.list_escrows():
-                if rec.state in by_state:
-                    by_state[rec.state] += 1
-        except StoreUnavailable:
-            by_state = {}  # keep the last counts; walletd_db_errors_total says why
-        return self.metrics.render(stats, [i.age_s for i in self.registry.sessions()], by_state)
-
     def reload(self) -> None:
         """SIGHUP: re-read the limits from the config file; other keys need a restart."""
         if self.config_path is None:
@@ -264,6 +240,7 @@ class App:
         self.config = fresh
         self.registry.set_limits(limits_from(fresh))
         self.monitor.set_interval(fresh.monitor.poll_interval)
+        self.lifecycle.required_confirmations = fresh.monitor.required_confirmations
         log.info("limits reloaded", max_active=fresh.effective_max_active)
 
     def request_stop(self) -> None:

@@ -25,17 +25,22 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import attrs
 import structlog
 import trio
 
+from walletd.config import MonitorConfig
 from walletd.errors import ApiError, Capacity, WalletdError
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
+from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, SubmitPayout
-from walletd.state.store import StoreUnavailable
+from walletd.sessions.registry import Caller, Registry
+from walletd.state.events import EventLog
+from walletd.state.store import Store, StoreUnavailable
+from walletd.wallets.chain import Chain
 
 __all__ = ["Monitor"]
 
@@ -48,9 +53,21 @@ PAYING = (EscrowState.RELEASING, EscrowState.REFUNDING)  # each has one move: it
 
 
 class Monitor:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        cfg = app.config.monitor
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        *,
+        store: Store,
+        registry: Registry,
+        events: EventLog,
+        chain: Chain,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._events = events
+        self._chain = chain
+        self._metrics = metrics
         self.enabled: bool = cfg.enabled
         self.interval: float = cfg.poll_interval
         self.cold_interval: float = cfg.cold_interval
@@ -94,7 +111,7 @@ class Monitor:
     async def _watch_height(self) -> None:
         while True:
             try:
-                height = await self.app.daemon.height()
+                height = await self._chain.height()
             except (WalletdError, KeyError, ValueError) as exc:
                 log.warning("monerod height unavailable", error=str(exc))
             else:
@@ -116,15 +133,15 @@ class Monitor:
         if height is None:
             return
         self.cycles += 1
-        escrows = self.app.store.list_escrows()
+        escrows = self._store.list_escrows()
         self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
         async with trio.open_nursery() as nursery:
             for rec in escrows:
-                if rec.state in WATCHED and self.app.registry.is_open(rec.escrow_id):
+                if rec.state in WATCHED and self._registry.is_open(rec.escrow_id):
                     nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
                     nursery.start_soon(self._guarded, rec, height, self.check_payout)
-        self.app.metrics.monitor_cycle.observe(trio.current_time() - started)
+        self._metrics.monitor_cycle.observe(trio.current_time() - started)
 
     def _forget_unwatched(self, watched: set[str]) -> None:
         """Drop what is kept per escrow for escrows past funding (or gone): without this the
@@ -133,7 +150,9 @@ class Monitor:
             for escrow_id in table.keys() - watched:
                 del table[escrow_id]
 
-    async def _guarded(self, rec: EscrowRecord, height: int, check: Any) -> None:
+    async def _guarded(
+        self, rec: EscrowRecord, height: int, check: Callable[[EscrowRecord, int], Awaitable[None]]
+    ) -> None:
         async with self._limiter:
             with trio.move_on_after(CHECK_TIMEOUT) as scope:
                 try:
@@ -147,18 +166,17 @@ class Monitor:
         if self._refreshed_at.get(rec.escrow_id) == height:
             return  # no new block since this wallet last looked: nothing can have changed
         self.session_calls["funding"] += 1
-        funding: SeenFunding = await self.app.registry.call(
+        funding = await self._registry.call(
             rec.escrow_id,
             GetFunding(refresh=True, amount=rec.amount),
-            api=False,
-            may_evict_api=not cold,
+            caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
         )
         self._apply_funding(rec, funding)
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
     def _apply_funding(self, rec: EscrowRecord, f: SeenFunding) -> None:
-        fresh = self.app.store.get_escrow(rec.escrow_id)
+        fresh = self._store.get_escrow(rec.escrow_id)
         if fresh is None or fresh.state not in WATCHED:
             return  # moved on meanwhile (a payout started)
         state = fresh.state
@@ -184,7 +202,7 @@ class Monitor:
             "unlocked_balance": f.unlocked_balance,
             "confirmations": f.confirmations,
         }
-        self.app.events.change(
+        self._events.change(
             rec.escrow_id, [(t, seen) for t in events], state=state, funding=funding
         )
 
@@ -193,19 +211,19 @@ class Monitor:
         txid = payout.txid if payout else None
         if payout is None or not txid:
             return
-        status = await self.app.daemon.tx_status(txid)
+        status = await self._chain.tx_status(txid)
         if status is None:
             await self._resubmit(rec)
             return
         confirmations = status.confirmations(height)
         if confirmations != payout.confirmations:
             payout = attrs.evolve(payout, confirmations=confirmations)
-            rec = self.app.store.update_escrow(rec.escrow_id, payout=payout)
+            rec = self._store.update_escrow(rec.escrow_id, payout=payout)
         if confirmations >= rec.required_confirmations:
             (final,) = rec.state.moves
             done = {"txid": txid, "confirmations": confirmations}
-            self.app.events.change(rec.escrow_id, [(final, done)], state=final)
-            await self.app.registry.close(rec.escrow_id, reason="finished")
+            self._events.change(rec.escrow_id, [(final, done)], state=final)
+            await self._registry.close(rec.escrow_id, reason="finished")
 
     async def _resubmit(self, rec: EscrowRecord) -> None:
         """The daemon lost the payout (pool flushed, restart): relay the recorded blob again. It
@@ -220,10 +238,10 @@ class Monitor:
             txid=payout.txid,
         )
         self.session_calls["resubmit"] += 1
-        await self.app.registry.call(
+        await self._registry.call(
             rec.escrow_id,
             SubmitPayout("arbiter", payout.txids, payout.signed_txset),
-            api=False,
+            caller=Caller.MONITOR,
         )
 
     # ---- cold escrows ----------------------------------------------------------------------------
@@ -235,7 +253,7 @@ class Monitor:
             except StoreUnavailable as exc:
                 log.error("cold check skipped", error=exc.message)
                 rec = None
-            if rec is None or not self.app.registry.can_open_for_monitor():
+            if rec is None or not self._registry.can_open_for_monitor():
                 with trio.move_on_after(max(1.0, min(self.cold_interval, 5.0))):
                     await self._cold_wake.wait()
                 self._cold_wake = trio.Event()
@@ -259,8 +277,8 @@ class Monitor:
         now = trio.current_time()
         due: list[tuple[float, EscrowRecord]] = []
         for state in WATCHED:
-            for rec in self.app.store.list_escrows(state):
-                if self.app.registry.is_open(rec.escrow_id):
+            for rec in self._store.list_escrows(state):
+                if self._registry.is_open(rec.escrow_id):
                     continue
                 if self._refreshed_at.get(rec.escrow_id) == self.height:
                     continue

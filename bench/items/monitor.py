@@ -37,6 +37,7 @@ from walletd.config import (
     SessionsConfig,
 )
 from walletd.ids import ROLES, Role
+from walletd.wallets.rpc import DaemonRpc
 
 __all__ = ["run_monitor"]
 
@@ -59,7 +60,7 @@ async def _cycle(app: App) -> tuple[float, Counter[str]]:
 
 
 async def _measure(
-    app: App, sets: Sequence[MultisigSet], plan: Plan, miner_address: str
+    app: App, daemon: DaemonRpc, sets: Sequence[MultisigSet], plan: Plan, miner_address: str
 ) -> dict[str, Any]:
     def adopt(i: int, ms: MultisigSet) -> Callable[[], Awaitable[object]]:
         wallets: dict[Role, tuple[str, str]] = {r: (ms.files[r], ms.password) for r in ROLES}
@@ -69,15 +70,15 @@ async def _measure(
     await in_batches([adopt(i, ms) for i, ms in enumerate(sets)])
     if app.registry.stats().active_sessions != len(sets):
         raise RuntimeError("not every escrow has a warm session")
-    app.monitor.height = await app.daemon.height()
+    app.monitor.height = await daemon.height()
     first = await _cycle(app)  # every escrow is new to the monitor: all checked once
     idle = [await _cycle(app) for _ in range(plan.idle_cycles)]
     block = []
     missed = 0  # checks that failed (the monitor logs and retries them next cycle)
     ids = [f"w{i}" for i in range(len(sets))]
     for _ in range(plan.block_cycles):
-        await app.daemon.generate_blocks(1, miner_address)
-        app.monitor.height = await app.daemon.height()
+        await daemon.generate_blocks(1, miner_address)
+        app.monitor.height = await daemon.height()
         checked = {i: _checked_at(app, i) for i in ids}
         block.append(await _cycle(app))
         missed += sum(_checked_at(app, i) == checked[i] for i in ids)
@@ -105,14 +106,15 @@ async def _run_app(
         log=LogConfig(level="warning"),
     )
     prepare_dirs(config)
-    app = App(config)
+    daemon = DaemonRpc(f"http://{daemon_address}", timeout=10.0)
+    app = App(config, chain=daemon)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(app.pool.run)
             await nursery.start(app.registry.run)
             await nursery.start(app.lifecycle.run)
             try:
-                return await _measure(app, sets, plan, miner_address)
+                return await _measure(app, daemon, sets, plan, miner_address)
             finally:
                 with trio.CancelScope(shield=True):
                     await app.registry.shutdown(timeout=60)  # stores and closes the wallets

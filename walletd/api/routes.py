@@ -14,10 +14,14 @@ from typing import Any
 import structlog
 
 from walletd.api.server import Request, Response
+from walletd.api.status import Status
 from walletd.errors import ApiError, InvalidRequest, NotFound, api_error_for
+from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import PayoutKind
+from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, check_escrow_id, check_txid
-from walletd.state.events import page_json
+from walletd.sessions.registry import Caller, Registry
+from walletd.state.events import EventLog, page_json
 
 __all__ = ["Api", "parse_json_object"]
 
@@ -94,10 +98,22 @@ def _query_int(request: Request, name: str, default: int) -> int:
 
 
 class Api:
-    """Routes requests to the daemon's services (an `App`, see walletd/app.py)."""
+    """Routes requests to the daemon's services."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(
+        self,
+        *,
+        escrows: EscrowService,
+        lifecycle: Lifecycle,
+        registry: Registry,
+        events: EventLog,
+        status: Status,
+    ) -> None:
+        self._escrows = escrows
+        self._lifecycle = lifecycle
+        self._registry = registry
+        self._events = events
+        self._status = status
         self._routes: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
         self._route("/v1/escrows", POST=self.create_escrow, GET=self.list_escrows)
         self._route("/v1/escrows/{id}", GET=self.get_escrow)
@@ -164,35 +180,35 @@ class Api:
             if "required_confirmations" in body
             else None
         )
-        digest = self.app.escrows.request_digest(body)
+        digest = self._escrows.request_digest(body)
         if "wallets" in body:
             wallets = _parse_wallets(body["wallets"])
-            rec, created = await self.app.escrows.adopt(
+            rec, created = await self._escrows.adopt(
                 escrow_id, amount, confirmations, wallets, digest
             )
         else:
-            rec, created = await self.app.lifecycle.create(escrow_id, amount, confirmations, digest)
-        return Response.json(201 if created else 200, self.app.escrows.to_json(rec))
+            rec, created = await self._lifecycle.create(escrow_id, amount, confirmations, digest)
+        return Response.json(201 if created else 200, self._escrows.to_json(rec))
 
     async def list_escrows(self, request: Request, _: dict[str, str]) -> Response:
         unknown = set(request.query) - {"state"}
         if unknown:
             raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
-        recs = self.app.escrows.list(request.query.get("state"))
-        return Response.json(200, {"escrows": [self.app.escrows.to_json(r) for r in recs]})
+        recs = self._escrows.list(request.query.get("state"))
+        return Response.json(200, {"escrows": [self._escrows.to_json(r) for r in recs]})
 
     async def get_escrow(self, _: Request, params: dict[str, str]) -> Response:
-        rec = self.app.escrows.get(params["id"])
-        return Response.json(200, self.app.escrows.to_json(rec))
+        rec = self._escrows.get(params["id"])
+        return Response.json(200, self._escrows.to_json(rec))
 
     async def balance(self, request: Request, params: dict[str, str]) -> Response:
         refresh = _query_bool(request, "refresh")
-        result = await self.app.escrows.balance(params["id"], refresh=refresh)
+        result = await self._escrows.balance(params["id"], refresh=refresh)
         return Response.json(200, result.to_json())
 
     async def transfer(self, _: Request, params: dict[str, str]) -> Response:
         txid = check_txid(params["txid"])
-        result = await self.app.escrows.transfer(params["id"], txid)
+        result = await self._escrows.transfer(params["id"], txid)
         return Response.json(200, result.to_json())
 
     async def release(self, request: Request, params: dict[str, str]) -> Response:
@@ -207,31 +223,31 @@ class Api:
         address = body["address"]
         if not isinstance(address, str) or not 1 <= len(address) <= 200:
             raise InvalidRequest("address must be a Monero address string")
-        rec = await self.app.lifecycle.payout(escrow_id, kind, address)
-        return Response.json(202, self.app.escrows.to_json(rec))
+        rec = await self._lifecycle.payout(escrow_id, kind, address)
+        return Response.json(202, self._escrows.to_json(rec))
 
     # ---- sessions --------------------------------------------------------------------------------
 
     async def open_session(self, _: Request, params: dict[str, str]) -> Response:
         escrow_id = params["id"]
-        self.app.escrows.get(escrow_id)
-        created, waited = await self.app.registry.open(escrow_id)
+        self._escrows.get(escrow_id)
+        created, waited = await self._registry.open(escrow_id, caller=Caller.API)
         return Response.json(
             200, {"escrow_id": escrow_id, "created": created, "open_s": round(waited, 3)}
         )
 
     async def close_session(self, _: Request, params: dict[str, str]) -> Response:
         escrow_id = params["id"]
-        self.app.escrows.get(escrow_id)
-        closed = await self.app.registry.close(escrow_id, reason="explicit")
+        self._escrows.get(escrow_id)
+        closed = await self._registry.close(escrow_id, reason="explicit")
         return Response.json(200, {"escrow_id": escrow_id, "closed": closed})
 
     async def sessions(self, _: Request, __: dict[str, str]) -> Response:
-        infos = self.app.registry.sessions()
+        infos = self._registry.sessions()
         return Response.json(200, {"sessions": [i.to_json() for i in infos]})
 
     async def stats(self, _: Request, __: dict[str, str]) -> Response:
-        return Response.json(200, self.app.stats_json())
+        return Response.json(200, self._status.stats_json())
 
     # ---- events, health, metrics -----------------------------------------------------------------
 
@@ -241,15 +257,15 @@ class Api:
             raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
         after = _query_int(request, "after", 0)
         timeout = _query_float(request, "timeout", 0.0, 0.0, 60.0)
-        events = await self.app.events.wait_after(after, timeout)
+        events = await self._events.wait_after(after, timeout)
         return Response.json(200, page_json(after, events))
 
     async def health(self, _: Request, __: dict[str, str]) -> Response:
-        status, body = await self.app.health()
+        status, body = await self._status.health()
         return Response.json(status, body)
 
     async def metrics(self, _: Request, __: dict[str, str]) -> Response:
-        body, content_type = self.app.metrics_text()
+        body, content_type = self._status.metrics_text()
         return Response(200, body, content_type=content_type)
 
 

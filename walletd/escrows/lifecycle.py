@@ -26,7 +26,6 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import attrs
 import structlog
@@ -52,6 +51,7 @@ from walletd.escrows.model import (
     WalletRef,
     utcnow,
 )
+from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
 from walletd.sessions.messages import (
@@ -59,11 +59,15 @@ from walletd.sessions.messages import (
     SetupMultisig,
     SubmitPayout,
     SyncAll,
-    WalletCall,
+    ValidateAddress,
 )
+from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
-from walletd.state.store import StoreUnavailable
+from walletd.state.events import EventLog
+from walletd.state.store import Store, StoreUnavailable
+from walletd.state.vault import Vault
 from walletd.wallets import multisig
+from walletd.wallets.chain import Chain
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 
@@ -91,17 +95,34 @@ def check_address_format(address: str) -> str:
 
 
 class Lifecycle:
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(
+        self,
+        *,
+        store: Store,
+        escrows: EscrowService,
+        registry: Registry,
+        events: EventLog,
+        vault: Vault,
+        chain: Chain,
+        wallet_dir: Path,
+        state_dir: Path,
+        required_confirmations: int,
+    ) -> None:
+        self._store = store
+        self._escrows = escrows
+        self._registry = registry
+        self._events = events
+        self._vault = vault
+        self._chain = chain
+        self._wallet_dir = wallet_dir
+        self._state_dir = state_dir  # abandoned wallet files go under it
+        # Unless a creation names its own; App.reload updates it (it read the config live before).
+        self.required_confirmations = required_confirmations
         self._locks: dict[str, trio.Lock] = {}
         self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.recovered = trio.Event()  # recover() is done: walletd may report itself ready
-
-    @property
-    def _store(self) -> Any:
-        return self.app.store
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -120,7 +141,7 @@ class Lifecycle:
     ) -> tuple[EscrowRecord, bool]:
         """Create the escrow's wallets and multisig; returns (record, created) like `adopt`."""
         while True:
-            existing = self.app.escrows.existing_for_retry(escrow_id, digest)
+            existing = self._escrows.existing_for_retry(escrow_id, digest)
             if existing is None:
                 break
             if existing.state is not EscrowState.CREATING:
@@ -133,11 +154,11 @@ class Lifecycle:
         files = {role: wallet_file_for(escrow_id, role) for role in ROLES}
         # No await since existing_for_retry: an adoption of this id in flight (not recorded yet)
         # or another escrow using these file names is a Conflict here, before any file moves.
-        self.app.escrows.claim(escrow_id, "create", files.values())
+        self._escrows.claim(escrow_id, "create", files.values())
         try:
             return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
         finally:
-            self.app.escrows.release_claim(escrow_id)
+            self._escrows.release_claim(escrow_id)
 
     async def _create_claimed(
         self,
@@ -151,7 +172,7 @@ class Lifecycle:
             escrow_id=escrow_id,
             state=EscrowState.CREATING,
             amount=amount,
-            required_confirmations=confirmations or self.app.config.monitor.required_confirmations,
+            required_confirmations=confirmations or self.required_confirmations,
             multisig_address=None,
             origin="created",
             wallets={role: WalletRef(files[role]) for role in ROLES},
@@ -164,16 +185,18 @@ class Lifecycle:
             spec = SessionSpec(
                 escrow_id=escrow_id,
                 wallets={
-                    role: WalletSpec(ref.file, self.app.vault.derived_password(escrow_id, role))
+                    role: WalletSpec(ref.file, self._vault.derived_password(escrow_id, role))
                     for role, ref in rec.wallets.items()
                 },
                 address=None,
                 create=True,
             )
-            address = await self.app.registry.call(escrow_id, SetupMultisig(), spec=spec)
-            self.app.escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
+            address = await self._registry.call(
+                escrow_id, SetupMultisig(), caller=Caller.API, spec=spec
+            )
+            self._escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
             created = {"origin": "created", "amount": amount, "address": address}
-            rec = self.app.events.change(
+            rec = self._events.change(
                 escrow_id,
                 [("escrow_created", created)],
                 state=EscrowState.AWAITING_FUNDING,
@@ -188,14 +211,14 @@ class Lifecycle:
         finally:
             del self._creating[escrow_id]
             done.set()
-        if self.app.registry.is_open(escrow_id):
-            self.app.events.emit("session_opened", escrow_id)
+        if self._registry.is_open(escrow_id):
+            self._events.emit("session_opened", escrow_id)
         return rec, True
 
     async def _abandon(self, rec: EscrowRecord, why: str) -> None:
         """Undo a creation: close the session, move the files aside, forget the record."""
         log.warning("abandoning escrow creation", escrow_id=rec.escrow_id, why=why[:300])
-        await self.app.registry.close(rec.escrow_id, reason="explicit")
+        await self._registry.close(rec.escrow_id, reason="explicit")
         self._set_aside_files(rec, why)
         self._store.delete_escrow(rec.escrow_id)
 
@@ -204,9 +227,9 @@ class Lifecycle:
 
         A file another escrow (recorded, or being registered) uses stays where it is: it is that
         escrow's wallet, whatever its name says."""
-        wallet_dir: Path = self.app.config.monero.wallet_dir
-        target = self.app.config.daemon.state_dir / "abandoned" / f"{int(time.time() * 1000)}"
-        in_use = self.app.escrows.files_in_use(except_escrow=rec.escrow_id)
+        wallet_dir = self._wallet_dir
+        target = self._state_dir / "abandoned" / f"{int(time.time() * 1000)}"
+        in_use = self._escrows.files_in_use(except_escrow=rec.escrow_id)
         moved = []
         for ref in rec.wallets.values():
             if ref.file in in_use:
@@ -231,7 +254,7 @@ class Lifecycle:
     async def payout(self, escrow_id: str, kind: PayoutKind, address: str) -> EscrowRecord:
         """Release or refund the whole balance to `address`, at most once (see module doc)."""
         check_address_format(address)
-        escrows = self.app.escrows
+        escrows = self._escrows
         escrows.get(escrow_id)  # NotFound before anything is kept for this id
         lock = self._locks.setdefault(escrow_id, trio.Lock())
         try:
@@ -241,13 +264,12 @@ class Lifecycle:
             # holds or waits for it (trio hands a released lock straight to its next waiter).
             if not lock.locked() and self._locks.get(escrow_id) is lock:
                 del self._locks[escrow_id]
-        final: EscrowRecord = escrows.get(escrow_id)
-        return final
+        return escrows.get(escrow_id)
 
     async def _payout_locked(
         self, lock: trio.Lock, escrow_id: str, kind: PayoutKind, address: str
     ) -> None:
-        escrows = self.app.escrows
+        escrows = self._escrows
         async with lock:
             rec = escrows.get(escrow_id)
             if rec.payout is not None:
@@ -271,11 +293,8 @@ class Lifecycle:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
-        params = {"address": address, "any_net_type": False, "allow_openalias": False}
-        answer = await self.app.registry.call(
-            escrow_id, WalletCall("arbiter", "validate_address", params)
-        )
-        if not answer.get("valid") or answer.get("openalias_address"):
+        valid = await self._registry.call(escrow_id, ValidateAddress(address), caller=Caller.API)
+        if not valid:
             raise InvalidRequest("address is not a valid Monero address for this network")
 
     async def _run_payout(self, escrow_id: str) -> None:
@@ -286,7 +305,7 @@ class Lifecycle:
             assert self._nursery is not None
             self._nursery.start_soon(self._drive_payout, escrow_id, done)
         await done.wait()
-        rec = self.app.escrows.get(escrow_id)
+        rec = self._escrows.get(escrow_id)
         error = rec.payout.last_error if rec.payout else None
         if rec.payout and rec.payout.phase is not PayoutPhase.SUBMITTED:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
@@ -297,7 +316,7 @@ class Lifecycle:
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             try:
-                rec = self.app.escrows.get(escrow_id)
+                rec = self._escrows.get(escrow_id)
                 if rec.payout is not None:
                     error = api_error_for(exc).message[:300]
                     payout = attrs.evolve(rec.payout, last_error=error)
@@ -309,14 +328,16 @@ class Lifecycle:
             done.set()
 
     async def _payout_steps(self, escrow_id: str) -> None:
-        registry = self.app.registry
-        rec = self.app.escrows.get(escrow_id)
+        registry = self._registry
+        rec = self._escrows.get(escrow_id)
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
         if payout.phase is PayoutPhase.INTENT:
-            tx: multisig.PayoutTx = await registry.call(
-                escrow_id, PreparePayout(proposer, cosigner, payout.address), api=False
+            tx = await registry.call(
+                escrow_id,
+                PreparePayout(proposer, cosigner, payout.address),
+                caller=Caller.PAYOUT,
             )
             payout = attrs.evolve(
                 payout,
@@ -338,7 +359,7 @@ class Lifecycle:
             await registry.call(
                 escrow_id,
                 SubmitPayout(cosigner, txids, payout.signed_txset),
-                api=False,
+                caller=Caller.PAYOUT,
             )
         except (RpcCallError, multisig.MultisigError) as exc:
             # Already mined or in the pool (e.g. submitted before a crash): confirm it from the
@@ -359,7 +380,7 @@ class Lifecycle:
             "amount": payout.amount,
             "fee": payout.fee,
         }
-        self.app.events.change(
+        self._events.change(
             escrow_id,
             [("payout_submitted", submitted)],
             payout=payout,
@@ -367,13 +388,13 @@ class Lifecycle:
         )
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
-            await registry.call(escrow_id, SyncAll(), api=False)
+            await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
         except (WalletdError, ApiError) as exc:
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 
     async def _known_to_daemon(self, txid: str) -> bool:
         try:
-            status = await self.app.daemon.tx_status(txid)
+            status = await self._chain.tx_status(txid)
         except WalletdError:
             return False
         return status is not None
@@ -401,14 +422,14 @@ class Lifecycle:
             self.recovered.set()
 
     async def _reopen_warm(self) -> None:
-        registry = self.app.registry
+        registry = self._registry
         wanted = [r for r in self._store.list_escrows(EscrowState.READY) if r.payout is None]
         wanted += self._store.list_escrows(EscrowState.FUNDED)
         room = registry.limits.max_active - registry.stats().active_sessions
         for rec in wanted[: max(0, room)]:
             try:
-                # api=False: reopened for the monitor, first to leave if the API needs a slot.
-                await registry.open(rec.escrow_id, api=False)
+                # Reopened for the monitor: first to leave if the API needs a slot.
+                await registry.open(rec.escrow_id, caller=Caller.MONITOR)
             except WalletdError as exc:
                 log.warning("could not reopen session", escrow_id=rec.escrow_id, error=str(exc))
 

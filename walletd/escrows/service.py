@@ -36,8 +36,8 @@ from walletd.errors import (
 )
 from walletd.escrows.model import EscrowRecord, EscrowState, Payout, WalletRef
 from walletd.ids import ROLES, Role, check_adoptable_wallet_file
-from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Transfer, WalletCall
-from walletd.sessions.registry import Registry
+from walletd.sessions.messages import Balance, GetBalance, GetTransfer, MultisigStatus, Transfer
+from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.state.events import EventLog
 from walletd.state.store import Store
@@ -147,12 +147,11 @@ class EscrowService:
 
     async def balance(self, escrow_id: str, *, refresh: bool) -> Balance:
         self.check_exists(escrow_id)
-        result: Balance = await self.registry.call(escrow_id, GetBalance(refresh=refresh))
-        return result
+        return await self.registry.call(escrow_id, GetBalance(refresh=refresh), caller=Caller.API)
 
     async def transfer(self, escrow_id: str, txid: str) -> Transfer:
         self.check_exists(escrow_id)
-        result: Transfer | None = await self.registry.call(escrow_id, GetTransfer(txid))
+        result = await self.registry.call(escrow_id, GetTransfer(txid), caller=Caller.API)
         if result is None:
             raise NotFound(f"escrow {escrow_id!r} wallets do not know transaction {txid}")
         return result
@@ -282,11 +281,8 @@ class EscrowService:
     async def _open_and_check_multisig(self, spec: SessionSpec) -> str:
         registry = self.registry
         try:
-            await registry.open(spec.escrow_id, spec=spec)
-            infos = [
-                await registry.call(spec.escrow_id, WalletCall(role, "is_multisig"))
-                for role in ROLES
-            ]
+            await registry.open(spec.escrow_id, caller=Caller.API, spec=spec)
+            infos = await registry.call(spec.escrow_id, MultisigStatus(), caller=Caller.API)
             address = registry.session_address(spec.escrow_id)
         except (RpcCallError, WalletError) as exc:
             await self._close_quietly(spec.escrow_id)
@@ -304,8 +300,7 @@ class EscrowService:
             await self._close_quietly(spec.escrow_id)
             raise
         ok = all(
-            i.get("multisig") and i.get("ready") and i.get("threshold") == 2 and i.get("total") == 3
-            for i in infos
+            i.multisig and i.ready and i.threshold == 2 and i.total == 3 for i in infos.values()
         )
         if not ok or address is None:
             await self._close_quietly(spec.escrow_id)

@@ -1,17 +1,21 @@
 """The messages a session actor understands: frozen attrs classes, matched in `EscrowSession`.
 
-A request travels as `(message, reply_channel)`; the reply is an `outcome.Outcome`. `idempotent`
-says whether a session may repeat the message after restoring a dead wallet-rpc: reads may, a
-payout step never does (its caller decides, with the payout record in hand).
+Each message names its reply type (`GetBalance(Message[Balance])`), so `Registry.call` and
+`SessionHandle.request` answer that type. A request travels as `(message, reply_channel)`; the
+reply is an `outcome.Outcome`. `idempotent` says whether a session may repeat the message after
+restoring a dead wallet-rpc: reads may, a payout step never does (its caller decides, with the
+payout record in hand).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 
 from walletd.ids import Role
+from walletd.wallets.multisig import PayoutTx
 
 __all__ = [
     "Balance",
@@ -21,6 +25,8 @@ __all__ = [
     "GetTransfer",
     "Leave",
     "Message",
+    "MultisigInfo",
+    "MultisigStatus",
     "PreparePayout",
     "Refresh",
     "SetupMultisig",
@@ -28,106 +34,13 @@ __all__ = [
     "SubmitPayout",
     "SyncAll",
     "Transfer",
-    "WalletCall",
+    "ValidateAddress",
 ]
 
-
-@attrs.frozen
-class Message:
-    idempotent: ClassVar[bool] = True
-    # Messages that move money check, before anything else, that each process holds the wallet
-    # the session expects (its address), even though the session checked it when it opened.
-    checks_identity: ClassVar[bool] = False
-    # Messages after which the session stores every wallet (multisig import state, a spend).
-    changes_wallets: ClassVar[bool] = False
+R = TypeVar("R", covariant=True)
 
 
-@attrs.frozen
-class GetBalance(Message):
-    refresh: bool = False
-
-
-@attrs.frozen
-class GetFunding(Message):
-    """Balance, unlocked balance and the confirmations of the incoming transfers that cover
-    `amount` (monitor). Without an amount every incoming transfer must count."""
-
-    refresh: bool = False
-    amount: int | None = None
-
-
-@attrs.frozen
-class Refresh(Message):
-    """Refresh the wallets from the daemon (the monitor sends this when the chain grew)."""
-
-
-@attrs.frozen
-class GetTransfer(Message):
-    txid: str
-
-
-@attrs.frozen
-class Store(Message):
-    """Write every wallet of the session to disk now."""
-
-
-@attrs.frozen
-class WalletCall(Message):
-    """A raw wallet-rpc call on one role's wallet: used by the escrow lifecycle for payout steps."""
-
-    idempotent: ClassVar[bool] = False
-    checks_identity: ClassVar[bool] = True
-    role: Role
-    method: str
-    params: dict[str, Any] = attrs.field(factory=dict, repr=False)
-    timeout: float | None = None
-
-
-@attrs.frozen
-class SetupMultisig(Message):
-    """Make the three freshly created wallets one 2-of-3 multisig; answers its address."""
-
-    idempotent: ClassVar[bool] = False
-
-
-@attrs.frozen
-class PreparePayout(Message):
-    """Refresh and sync the two signers, sweep to `address`, co-sign: answers a signed PayoutTx.
-
-    Nothing leaves the wallets until `SubmitPayout`, so repeating this after a restore is safe."""
-
-    changes_wallets: ClassVar[bool] = True
-    checks_identity: ClassVar[bool] = True
-    proposer: Role
-    cosigner: Role
-    address: str
-
-
-@attrs.frozen
-class SubmitPayout(Message):
-    """Relay a signed payout that the caller has already recorded. Repeating it relays the same
-    blob, which yields the same txids and never a second transaction."""
-
-    changes_wallets: ClassVar[bool] = True
-    checks_identity: ClassVar[bool] = True
-    role: Role
-    txids: tuple[str, ...]
-    signed_txset: str = attrs.field(repr=False)
-
-
-@attrs.frozen
-class SyncAll(Message):
-    """Refresh all three wallets and exchange multisig info among them (after a spend, so the
-    party that did not sign shows the right balance)."""
-
-    changes_wallets: ClassVar[bool] = True
-
-
-@attrs.frozen
-class Leave(Message):
-    """Finish the call in hand, store and close the wallets, and stop."""
-
-    reason: str
+# ---- replies -------------------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -162,3 +75,131 @@ class Transfer:
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+@attrs.frozen
+class MultisigInfo:
+    """One wallet's is_multisig answer."""
+
+    multisig: bool
+    ready: bool
+    threshold: int
+    total: int
+
+    @classmethod
+    def from_rpc(cls, answer: Mapping[str, Any]) -> MultisigInfo:
+        return cls(
+            multisig=bool(answer.get("multisig")),
+            ready=bool(answer.get("ready")),
+            threshold=int(answer.get("threshold") or 0),
+            total=int(answer.get("total") or 0),
+        )
+
+
+# ---- messages ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Message(Generic[R]):
+    """A request to a session whose reply is an `R`."""
+
+    idempotent: ClassVar[bool] = True
+    # Messages that move money check, before anything else, that each process holds the wallet
+    # the session expects (its address), even though the session checked it when it opened.
+    checks_identity: ClassVar[bool] = False
+    # Messages after which the session stores every wallet (multisig import state, a spend).
+    changes_wallets: ClassVar[bool] = False
+
+
+@attrs.frozen
+class GetBalance(Message[Balance]):
+    refresh: bool = False
+
+
+@attrs.frozen
+class GetFunding(Message[Funding]):
+    """Balance, unlocked balance and the confirmations of the incoming transfers that cover
+    `amount` (monitor). Without an amount every incoming transfer must count."""
+
+    refresh: bool = False
+    amount: int | None = None
+
+
+@attrs.frozen
+class Refresh(Message[None]):
+    """Refresh the wallets from the daemon (the monitor sends this when the chain grew)."""
+
+
+@attrs.frozen
+class GetTransfer(Message[Transfer | None]):
+    txid: str
+
+
+@attrs.frozen
+class Store(Message[None]):
+    """Write every wallet of the session to disk now."""
+
+
+@attrs.frozen
+class ValidateAddress(Message[bool]):
+    """Whether the arbiter's wallet takes `address` as a standard address of its own network
+    (validate_address, any_net_type and allow_openalias off): the payout destination check."""
+
+    idempotent: ClassVar[bool] = False
+    checks_identity: ClassVar[bool] = True
+    address: str
+
+
+@attrs.frozen
+class MultisigStatus(Message[Mapping[Role, MultisigInfo]]):
+    """is_multisig on each role's wallet (adoption checks the three are one 2-of-3)."""
+
+    idempotent: ClassVar[bool] = False
+    checks_identity: ClassVar[bool] = True
+
+
+@attrs.frozen
+class SetupMultisig(Message[str]):
+    """Make the three freshly created wallets one 2-of-3 multisig; answers its address."""
+
+    idempotent: ClassVar[bool] = False
+
+
+@attrs.frozen
+class PreparePayout(Message[PayoutTx]):
+    """Refresh and sync the two signers, sweep to `address`, co-sign: answers a signed PayoutTx.
+
+    Nothing leaves the wallets until `SubmitPayout`, so repeating this after a restore is safe."""
+
+    changes_wallets: ClassVar[bool] = True
+    checks_identity: ClassVar[bool] = True
+    proposer: Role
+    cosigner: Role
+    address: str
+
+
+@attrs.frozen
+class SubmitPayout(Message[tuple[str, ...]]):
+    """Relay a signed payout that the caller has already recorded. Repeating it relays the same
+    blob, which yields the same txids and never a second transaction."""
+
+    changes_wallets: ClassVar[bool] = True
+    checks_identity: ClassVar[bool] = True
+    role: Role
+    txids: tuple[str, ...]
+    signed_txset: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class SyncAll(Message[None]):
+    """Refresh all three wallets and exchange multisig info among them (after a spend, so the
+    party that did not sign shows the right balance)."""
+
+    changes_wallets: ClassVar[bool] = True
+
+
+@attrs.frozen
+class Leave(Message[None]):
+    """Finish the call in hand, store and close the wallets, and stop."""
+
+    reason: str

@@ -17,15 +17,15 @@ from another one gets `Conflict`, never that session. Otherwise a creation racin
 the same id would run its multisig setup on the adopted wallets and record their address under
 wallet files that were never made.
 
-Only API calls count as use: the monitor's checks never refresh a session's LRU position or idle
-time, and a session opened only for the monitor sorts first for eviction.
+Only API calls count as use (`Caller.API`): the monitor's checks and the payout task never refresh
+a session's LRU position or idle time, and a session opened only for them sorts first for eviction.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import structlog
@@ -35,13 +35,38 @@ from walletd.errors import Capacity, Conflict, Unavailable, api_error_for
 from walletd.sessions.messages import Leave, Message
 from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
 
-__all__ = ["Limits", "Registry", "RegistryStats", "SessionInfo"]
+__all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]
 
 log = structlog.get_logger(__name__)
 
 SessionRunner = Callable[[SessionSpec], Any]  # returns an object with `run(task_status=...)`
 SpecLookup = Callable[[str], Awaitable[SessionSpec]]
 EventSink = Callable[..., object]
+R = TypeVar("R")
+
+
+class Caller(enum.Enum):
+    """Who asks the registry for a session: it decides what counts as use and who may evict."""
+
+    API = "api"
+    """A client of the socket API: the call counts as use (LRU position, idle time)."""
+    MONITOR = "monitor"
+    """The monitor's warm checks, and sessions reopened at start-up for it: not use."""
+    COLD_MONITOR = "cold_monitor"
+    """The monitor's cold checks: not use, and it opens a session only into a free slot, one
+    held by a session no client used (or not for `monitor_evict_after`); else Capacity at once,
+    so watching many escrows never thrashes the cap."""
+    PAYOUT = "payout"
+    """The payout task (run in the lifecycle's nursery, also resumed at start-up with no client
+    waiting): not use, but it may wait for and evict like the API."""
+
+    @property
+    def counts_as_use(self) -> bool:
+        return self is Caller.API
+
+    @property
+    def may_evict_api(self) -> bool:
+        return self is not Caller.COLD_MONITOR
 
 
 class _State(enum.Enum):
@@ -188,21 +213,20 @@ class Registry:
     async def call(
         self,
         escrow_id: str,
-        message: Message,
+        message: Message[R],
         *,
-        api: bool = True,
+        caller: Caller,
         spec: SessionSpec | None = None,
-        may_evict_api: bool = True,
-    ) -> Any:
+    ) -> R:
         """Send `message` to the escrow's session, opening it first if needed.
 
-        `may_evict_api=False` (the monitor's cold checks) opens a session only into a free slot,
-        one held by a monitor-only session, or one the API has not used for monitor_evict_after
-        (the monitor's cold_interval); else it answers Capacity at once, so monitoring never
-        thrashes the cap."""
+        `Caller.COLD_MONITOR` opens a session only into a free slot, one held by a monitor-only
+        session, or one the API has not used for monitor_evict_after (the monitor's
+        cold_interval); else it answers Capacity at once, so monitoring never thrashes the cap."""
+        api = caller.counts_as_use
         for _attempt in range(3):
             entry, _ = await self._acquire(
-                escrow_id, api=api, spec=spec, may_evict_api=may_evict_api
+                escrow_id, api=api, spec=spec, may_evict_api=caller.may_evict_api
             )
             try:
                 assert entry.handle is not None
@@ -219,13 +243,16 @@ class Registry:
         raise Unavailable(f"session for {escrow_id} keeps closing; try again later")
 
     async def open(
-        self, escrow_id: str, *, api: bool = True, spec: SessionSpec | None = None
+        self, escrow_id: str, *, caller: Caller, spec: SessionSpec | None = None
     ) -> tuple[bool, float]:
         """Get-or-create the session; returns (created, seconds the caller waited for it).
 
         `spec` opens wallets not yet recorded as an escrow (adoption checks them this way)."""
         start = trio.current_time()
-        entry, created = await self._acquire(escrow_id, api=api, spec=spec)
+        api = caller.counts_as_use
+        entry, created = await self._acquire(
+            escrow_id, api=api, spec=spec, may_evict_api=caller.may_evict_api
+        )
         self._release(entry, api=api)
         return (created, trio.current_time() - start)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import attrs
 import outcome
@@ -49,6 +49,8 @@ from walletd.sessions.messages import (
     GetTransfer,
     Leave,
     Message,
+    MultisigInfo,
+    MultisigStatus,
     PreparePayout,
     Refresh,
     SetupMultisig,
@@ -56,7 +58,7 @@ from walletd.sessions.messages import (
     SubmitPayout,
     SyncAll,
     Transfer,
-    WalletCall,
+    ValidateAddress,
 )
 from walletd.wallets import multisig
 from walletd.wallets.children import ProcessPool, WalletProcess
@@ -72,8 +74,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+R = TypeVar("R")
 Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
-Envelope = tuple[Message, Reply]
+Envelope = tuple[Message[object], Reply]
 
 # Errors that mean "this handle's process is gone or no longer holds our wallet".
 LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
@@ -145,7 +148,7 @@ class SessionHandle:
         self._send = send
         self.address: str | None = None
 
-    async def request(self, message: Message) -> Any:
+    async def request(self, message: Message[R]) -> R:
         """Send `message` and wait for its reply; SessionClosed if the session is gone."""
         reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
         try:
@@ -157,9 +160,10 @@ class SessionHandle:
                 result = await reply_recv.receive()
             except trio.EndOfChannel:
                 raise SessionClosed(self.escrow_id) from None
-        return result.unwrap()
+        # The session answers each message with its declared reply type (`_dispatch`).
+        return cast("R", result.unwrap())
 
-    def tell(self, message: Message) -> bool:
+    def tell(self, message: Message[object]) -> bool:
         """Deliver `message` without waiting for a reply (Leave); False if the inbox is gone."""
         reply_send, _ = trio.open_memory_channel[outcome.Outcome[Any]](1)
         try:
@@ -303,7 +307,7 @@ class EscrowSession:
         except (WalletdError, RpcError) as exc:
             log.warning("periodic store failed", error=str(exc))
 
-    async def _serve(self, message: Message) -> Any:
+    async def _serve(self, message: Message[object]) -> Any:
         repeated = False
         relinked = False
         while True:
@@ -335,7 +339,7 @@ class EscrowSession:
                 relinked = True
                 await self._relink_daemon()
 
-    async def _dispatch(self, message: Message) -> Any:
+    async def _dispatch(self, message: Message[object]) -> Any:
         if not isinstance(message, GetBalance | GetTransfer | Store):
             self._reader_height = None  # anything else may have refreshed the reader wallet
         match message:
@@ -351,8 +355,15 @@ class EscrowSession:
             case Store():
                 await self._store_all()
                 return None
-            case WalletCall(role=role, method=method, params=params, timeout=timeout):
-                return await self._rpc(role).call(method, params, timeout=timeout)
+            case ValidateAddress(address=address):
+                params = {"address": address, "any_net_type": False, "allow_openalias": False}
+                answer = await self._rpc("arbiter").call("validate_address", params)
+                return bool(answer.get("valid")) and not answer.get("openalias_address")
+            case MultisigStatus():
+                return {
+                    role: MultisigInfo.from_rpc(await self._rpc(role).call("is_multisig"))
+                    for role in ROLES
+                }
             case SetupMultisig():
                 return await self._setup_multisig()
             case PreparePayout(proposer=proposer, cosigner=cosigner, address=address):

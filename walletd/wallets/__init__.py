@@ -3,6 +3,7 @@
 - `children`: the supervised pool of monero-wallet-rpc children; `orphans`: what a dead walletd
   left; `endpoints`: a fixed list of external wallet-rpc processes instead.
 - `rpc`, `transport`: JSON-RPC clients of wallet-rpc and monerod over a lean keep-alive transport.
+- `chain`: the `Chain` protocol, what walletd asks monerod (`rpc.DaemonRpc`, or a test fake).
 - `multisig`: the 2-of-3 recipes (setup, sync, propose, co-sign, submit) on three wallets.
 - `repair`: what to do when a wallet does not open (only proven damage is repaired).
 

@@ -1,0 +1,80 @@
+"""What `/v1/stats`, `/v1/health` and `/metrics` report: the registry, the database, monerod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from walletd import __version__
+from walletd.errors import RpcError
+from walletd.escrows.service import STATES
+from walletd.ops.metrics import Metrics
+from walletd.sessions.registry import Registry
+from walletd.state.store import Store, StoreUnavailable
+from walletd.wallets.chain import Chain
+
+__all__ = ["Status"]
+
+
+class Status:
+    def __init__(self, *, registry: Registry, store: Store, chain: Chain, metrics: Metrics) -> None:
+        self._registry = registry
+        self._store = store
+        self._chain = chain
+        self._metrics = metrics
+        self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
+
+    def stats_json(self) -> dict[str, Any]:
+        stats = self._registry.stats()
+        return {
+            "active_sessions": stats.active_sessions,
+            "max_sessions": stats.max_sessions,
+            "utilization": stats.utilization,
+            "avg_age_s": stats.avg_age_s,
+            "oldest_age_s": stats.oldest_age_s,
+            "opened": stats.opened,
+            "closed": stats.closed,
+            "evicted": stats.evicted,
+            "expired": stats.expired,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "failed": stats.failed,
+            "wallet_rpc_restarts": self.wallet_rpc_restarts,
+        }
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "version": __version__,
+            "active_sessions": self._registry.stats().active_sessions,
+        }
+        reasons = []
+        try:
+            body["escrows"] = self._store.count_escrows()
+        except StoreUnavailable:
+            body["escrows"] = None
+        # Degraded while writes fail: after a failure, ok again only once a write goes through.
+        if self._store.failure is not None and not self._store.probe():
+            reasons.append(f"database: writes failing ({self._store.failure})")
+        try:
+            with trio.fail_after(3):
+                body["daemon_height"] = await self._chain.height()
+        except (RpcError, trio.TooSlowError, KeyError, ValueError) as exc:
+            body["daemon_height"] = None
+            reasons.append(f"monerod: {exc}")
+        if reasons:
+            body.update(status="degraded", reason="; ".join(reasons))
+            return 503, body
+        body["status"] = "ok"
+        return 200, body
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        stats = self._registry.stats()
+        by_state = {s.value: 0 for s in STATES}
+        try:
+            for rec in self._store.list_escrows():
+                if rec.state in by_state:
+                    by_state[rec.state] += 1
+        except StoreUnavailable:
+            by_state = {}  # keep the last counts; walletd_db_errors_total says why
+        return self._metrics.render(stats, [i.age_s for i in self._registry.sessions()], by_state)
