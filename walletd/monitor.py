@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 import trio
 
-from walletd.errors import ApiError, Capacity, WalletdError
+from walletd.errors import Capacity, WalletdError
 from walletd.escrows.model import EscrowRecord, utcnow
 from walletd.sessions.messages import Funding, GetFunding, SubmitPayout
 from walletd.state.store import StoreUnavailable
@@ -137,7 +137,7 @@ class Monitor:
             with trio.move_on_after(CHECK_TIMEOUT) as scope:
                 try:
                     await check(rec, height)
-                except (WalletdError, ApiError) as exc:
+                except WalletdError as exc:
                     log.warning("monitor check failed", escrow_id=rec.escrow_id, error=str(exc))
             if scope.cancelled_caught:
                 log.warning("monitor check timed out", escrow_id=rec.escrow_id)
@@ -244,7 +244,7 @@ class Monitor:
                     await self.check_funding(rec, self.height, cold=True)
                 except Capacity:
                     self.cold_opens -= 1
-                except (WalletdError, ApiError) as exc:
+                except WalletdError as exc:
                     log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
             if scope.cancelled_caught:
                 log.warning("cold check timed out", escrow_id=rec.escrow_id)

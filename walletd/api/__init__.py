@@ -2,6 +2,7 @@
 
 - `server`: a small HTTP/1.1 server (h11) on the Unix socket: limits, timeouts, SO_PEERCRED.
 - `routes`: the routes of api.md, strict validation of every request, the JSON answers.
+- `errors`: the one table from domain errors to HTTP statuses and API codes.
 
 May import every layer below it (escrows, monitor, sessions, state, ops). Nothing below imports
 it: HTTP statuses and error codes are decided here, from the domain errors of `walletd.errors`.

@@ -32,15 +32,15 @@ import structlog
 import trio
 
 from walletd.errors import (
-    ApiError,
     Conflict,
     InvalidRequest,
     NotReady,
+    PublicError,
     RpcCallError,
     Unavailable,
     WalletdError,
     WalletError,
-    api_error_for,
+    public_error,
 )
 from walletd.escrows.model import EscrowRecord, WalletRef, utcnow
 from walletd.ids import ROLES, Role, wallet_file_for
@@ -302,7 +302,7 @@ class Lifecycle:
             try:
                 rec = self.app.escrows.get(escrow_id)
                 payout = dict(rec.payout or {})
-                payout["last_error"] = api_error_for(exc).message[:300]
+                payout["last_error"] = public_error(exc).message[:300]
                 self._store.update_escrow(escrow_id, payout=payout)
             except StoreUnavailable as db_exc:  # the database is why it failed, likely
                 log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
@@ -360,7 +360,7 @@ class Lifecycle:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
             await registry.call(escrow_id, SyncAll(), api=False)
-        except (WalletdError, ApiError) as exc:
+        except WalletdError as exc:
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 
     async def _known_to_daemon(self, txid: str) -> bool:
@@ -405,10 +405,10 @@ class Lifecycle:
                 log.warning("could not reopen session", escrow_id=rec.escrow_id, error=str(exc))
 
 
-def _creation_error(exc: Exception) -> ApiError:
+def _creation_error(exc: Exception) -> PublicError:
     if isinstance(exc, multisig.MultisigError):
         return WalletError(f"escrow creation failed at step {exc.step}: {exc}")
     if isinstance(exc, RpcCallError):
         return WalletError(f"escrow creation failed at step {exc.method}: {exc.rpc_message}")
-    api = api_error_for(exc)
-    return type(api)(f"escrow creation failed: {api.message}")
+    public = public_error(exc)
+    return type(public)(f"escrow creation failed: {public.message}")
