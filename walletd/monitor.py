@@ -68,11 +68,6 @@ class Monitor:
         self.interval = seconds
         self._wake.set()
 
-    def poke(self) -> None:
-        """Run a cycle now (a new escrow, a payout submitted)."""
-        self._wake.set()
-        self._cold_wake.set()
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.enabled:
             task_status.started()
