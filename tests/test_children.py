@@ -21,18 +21,18 @@ import pytest
 import trio
 
 from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
-from walletd.wallets import children
+from walletd.wallets import spawning
 from walletd.wallets.children import (
     STORE_TIMEOUT,
     ChildPool,
     ChildSettings,
     ChildStartError,
     WalletProcess,
-    wallet_rpc_argv,
 )
 from walletd.wallets.endpoints import Endpoint, EndpointPool
 from walletd.wallets.orphans import remove_orphans
 from walletd.wallets.rpc import WalletRpc
+from walletd.wallets.spawning import wallet_rpc_argv
 
 WALLET_RPC = "monero-wallet-rpc"
 REPO = Path(__file__).resolve().parents[1]
@@ -591,12 +591,12 @@ async def test_listener_ownership_is_read_from_proc(tmp_path: Path) -> None:
     listens there and no for any other pid, and no for a port nobody listens on."""
     with trio.fail_after(20):
         async with _foreign_listener(tmp_path / "seen") as (port, pid):
-            assert await trio.to_thread.run_sync(children.listener_is_owned_by, port, pid)
+            assert await trio.to_thread.run_sync(spawning.listener_is_owned_by, port, pid)
             assert not await trio.to_thread.run_sync(
-                children.listener_is_owned_by, port, os.getpid()
+                spawning.listener_is_owned_by, port, os.getpid()
             )
         assert not await trio.to_thread.run_sync(
-            children.listener_is_owned_by, _unused_port(), os.getpid()
+            spawning.listener_is_owned_by, _unused_port(), os.getpid()
         )
 
 
@@ -610,9 +610,9 @@ async def test_foreign_listener_on_a_childs_port_never_gets_a_wallet_password(
     with trio.fail_after(60):
         async with _foreign_listener(seen) as (taken, _):
             ports = [taken]
-            real_free_port = children._free_port
+            real_free_port = spawning.free_port
             monkeypatch.setattr(
-                children, "_free_port", lambda: ports.pop() if ports else real_free_port()
+                spawning, "free_port", lambda live: ports.pop() if ports else real_free_port(live)
             )
             async with _running_pool(_settings(tmp_path)) as pool:
                 proc = await pool.acquire()
@@ -641,20 +641,20 @@ async def test_wallet_rpc_logs_stay_bounded(tmp_path: Path) -> None:
                 (logs / name).write_text("old\n")
                 os.utime(logs / name, (1_600_000_000 + i, 1_600_000_000 + i))
 
-    leave_stale(1000, 3 * children.KEEP_EXITED_LOGS)
+    leave_stale(1000, 3 * spawning.KEEP_EXITED_LOGS)
     with trio.fail_after(60):
         async with _running_pool(s) as pool:
             stale = _log_ports(logs) - {p.ident.rsplit(":", 1)[1] for p in pool.idle}
-            assert len(stale) <= children.KEEP_EXITED_LOGS
-            assert str(1000 + 3 * children.KEEP_EXITED_LOGS - 1) in stale  # the newest stay
-            leave_stale(2000, 3 * children.KEEP_EXITED_LOGS)
+            assert len(stale) <= spawning.KEEP_EXITED_LOGS
+            assert str(1000 + 3 * spawning.KEEP_EXITED_LOGS - 1) in stale  # the newest stay
+            leave_stale(2000, 3 * spawning.KEEP_EXITED_LOGS)
             proc = await pool.acquire()
             await pool.discard(proc)
             live = {p.ident.rsplit(":", 1)[1] for p in pool.idle}
-            assert len(_log_ports(logs) - live) <= children.KEEP_EXITED_LOGS
+            assert len(_log_ports(logs) - live) <= spawning.KEEP_EXITED_LOGS
     argv = wallet_rpc_argv(s, 4242, s.run_dir / "c.conf", logs / "w.log")
-    assert argv[argv.index("--max-log-file-size") + 1] == str(children.LOG_FILE_MAX_BYTES)
-    assert argv[argv.index("--max-log-files") + 1] == str(children.LOG_FILES_ROTATED)
+    assert argv[argv.index("--max-log-file-size") + 1] == str(spawning.LOG_FILE_MAX_BYTES)
+    assert argv[argv.index("--max-log-files") + 1] == str(spawning.LOG_FILES_ROTATED)
 
 
 async def test_a_child_whose_port_was_taken_after_it_died_is_not_ours(tmp_path: Path) -> None:

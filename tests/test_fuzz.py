@@ -133,7 +133,7 @@ def _watch_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[_LogWatch]:
     saved = structlog.get_config()
     # Loggers cached by an earlier configure_logging() would not see our processor: fresh ones.
     for name, module in list(sys.modules.items()):
-        if name.startswith("walletd") and hasattr(module, "log"):
+        if name.startswith("walletd") and "log" in vars(module):
             monkeypatch.setattr(module, "log", structlog.get_logger(name))
     structlog.configure(
         processors=[watch],

@@ -79,7 +79,7 @@ def quiet_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """walletd's logs are not under test here, and printing them costs most of the run time."""
     saved = structlog.get_config()
     for name, module in list(sys.modules.items()):
-        if name.startswith("walletd") and hasattr(module, "log"):
+        if name.startswith("walletd") and "log" in vars(module):
             monkeypatch.setattr(module, "log", structlog.get_logger(name))
     structlog.configure(processors=[_drop], cache_logger_on_first_use=False)
     try:

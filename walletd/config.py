@@ -114,21 +114,24 @@ class Config:
 
 def _int(low: int, high: int | None = None) -> Callable[[str, object], int]:
     def parse(key: str, value: object) -> int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if not ok or value < low or (high is not None and value > high):  # type: ignore[operator]
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
             bound = f">= {low}" if high is None else f"in {low}..{high}"
             raise ConfigError(f"{key}: must be an integer {bound}, got {value!r}")
-        return value  # type: ignore[return-value]
+        return value
 
     return parse
 
 
 def _seconds(low: float) -> Callable[[str, object], float]:
     def parse(key: str, value: object) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or float(value) < low:  # type: ignore[arg-type]
+        if not isinstance(value, int | float) or isinstance(value, bool) or float(value) < low:
             raise ConfigError(f"{key}: must be a number of seconds >= {low}, got {value!r}")
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
 
     return parse
 

@@ -1,21 +1,23 @@
-"""Every error walletd raises on purpose, and the API error each one becomes.
+"""Every error walletd raises on purpose: a domain error tree, with no HTTP in it.
 
 The hierarchy::
 
     WalletdError
-    ├── ApiError                      an answer for the client: HTTP status + documented code
-    │   ├── InvalidRequest            400 invalid_request
-    │   ├── Forbidden                 403 forbidden
-    │   ├── NotFound                  404 not_found
-    │   ├── Conflict                  409 conflict
-    │   ├── NotReady                  409 not_ready
-    │   ├── TooLarge                  413 too_large
-    │   ├── Capacity                  503 capacity (no session slot could be freed in time)
-    │   ├── Unavailable               503 unavailable (monerod or wallet-rpc unreachable)
+    ├── PublicError                   its message is meant for the caller (a client of the API)
+    │   ├── Internal                  something unexpected failed; the message says nothing more
+    │   ├── InvalidRequest            the request is malformed or breaks a rule of api.md
+    │   ├── Forbidden                 the caller may not do this
+    │   ├── NotFound                  no such escrow (or route)
+    │   ├── Conflict                  the request contradicts the escrow's state or another request
+    │   ├── NotReady                  the escrow is not there yet (funding, confirmations)
+    │   ├── TooLarge                  the request exceeds a size limit
+    │   ├── Capacity                  no session slot could be freed in time
+    │   ├── Unavailable               monerod or wallet-rpc unreachable
     │   │   └── SessionFailed         a session gave up (restart limit, wrong wallet)
-    │   ├── WalletError               502 wallet_error (wallet-rpc refused; message says why)
-    │   └── Timeout                   504 timeout
+    │   ├── WalletError               wallet-rpc refused; the message says why
+    │   └── Timeout                   wallet-rpc did not answer in time
     ├── ConfigError                   start-up stops; the message names the key
+    ├── MultisigError                 a step of the multisig recipe failed (wallets.multisig)
     └── RpcError                      talking to monerod or a monero-wallet-rpc
         ├── RpcUnreachable            connection refused/reset, process gone
         ├── RpcTimeout                no answer within the call's timeout
@@ -23,23 +25,28 @@ The hierarchy::
         └── RpcCallError              a JSON-RPC error object: keeps code and message
             └── NoWalletFile          -13 "No wallet file": the process lost its wallet
 
-`api_error_for` maps the internal errors onto the documented API codes at the edge.
+`public_error` says what a caller is told about any error (internal errors become public ones).
+Which HTTP status and API code each public error is answered with is the business of the edge,
+`walletd.api.errors`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Self
 
 __all__ = [
-    "ApiError",
     "Capacity",
     "ConfigError",
     "Conflict",
     "Forbidden",
+    "Internal",
     "InvalidRequest",
+    "MultisigError",
     "NoWalletFile",
     "NotFound",
     "NotReady",
+    "PublicError",
     "RpcAuthError",
     "RpcCallError",
     "RpcError",
@@ -51,8 +58,8 @@ __all__ = [
     "Unavailable",
     "WalletError",
     "WalletdError",
-    "api_error_for",
     "first_error",
+    "public_error",
 ]
 
 
@@ -60,62 +67,64 @@ class WalletdError(Exception):
     """Base of every error walletd raises on purpose."""
 
 
-class ApiError(WalletdError):
-    """An error with a documented API code; its message is safe to show to the client."""
-
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal"
+class PublicError(WalletdError):
+    """An error whose message is safe to show to the caller; its class says what kind it is."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
-    def to_json(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+    def copy(self) -> Self:
+        """The same error as a new instance (of the same class), without a traceback."""
+        return type(self)(self.message)
 
 
-class InvalidRequest(ApiError):
-    status, code = 400, "invalid_request"
+class Internal(PublicError):
+    """Something unexpected failed; the details are in walletd's log, not in the message."""
 
 
-class Forbidden(ApiError):
-    status, code = 403, "forbidden"
+class InvalidRequest(PublicError):
+    pass
 
 
-class NotFound(ApiError):
-    status, code = 404, "not_found"
+class Forbidden(PublicError):
+    pass
 
 
-class Conflict(ApiError):
-    status, code = 409, "conflict"
+class NotFound(PublicError):
+    pass
 
 
-class NotReady(ApiError):
-    status, code = 409, "not_ready"
+class Conflict(PublicError):
+    pass
 
 
-class TooLarge(ApiError):
-    status, code = 413, "too_large"
+class NotReady(PublicError):
+    pass
 
 
-class Capacity(ApiError):
-    status, code = 503, "capacity"
+class TooLarge(PublicError):
+    pass
 
 
-class Unavailable(ApiError):
-    status, code = 503, "unavailable"
+class Capacity(PublicError):
+    pass
+
+
+class Unavailable(PublicError):
+    pass
 
 
 class SessionFailed(Unavailable):
     """A session gave up: its wallets could not be restored, or a process held the wrong wallet."""
 
 
-class WalletError(ApiError):
-    status, code = 502, "wallet_error"
+class WalletError(PublicError):
+    pass
 
 
-class Timeout(ApiError):
-    status, code = 504, "timeout"
+class Timeout(PublicError):
+    pass
 
 
 class ConfigError(WalletdError):
@@ -156,6 +165,22 @@ class NoWalletFile(RpcCallError):
     """-13 "No wallet file": the process has no wallet open (it lost it or never had it)."""
 
 
+class MultisigError(WalletdError):
+    """A step of the multisig recipe (walletd.wallets.multisig) failed.
+
+    Attributes:
+        step: the step, e.g. ``"exchange_multisig_keys round 2"`` or ``"sign_multisig"``.
+        wallets: which wallets failed (roles, or labels of the clients).
+        rpc_error: the wallet-rpc error behind it, or None when an answer failed our checks.
+    """
+
+    def __init__(self, step: str, wallets: Sequence[str], reason: RpcError | str) -> None:
+        super().__init__(f"multisig step {step!r} failed for {', '.join(wallets)}: {reason}")
+        self.step = step
+        self.wallets = tuple(wallets)
+        self.rpc_error = reason if isinstance(reason, RpcError) else None
+
+
 def first_error(exc: BaseException) -> BaseException:
     """The error a caller should see from a nursery's ExceptionGroup: its first leaf that is
     not a cancellation (concurrent wallet calls fail together; one reason is enough)."""
@@ -168,10 +193,10 @@ def first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def api_error_for(exc: BaseException) -> ApiError:
-    """The API error a client sees for `exc`; unexpected errors say nothing about internals."""
+def public_error(exc: BaseException) -> PublicError:
+    """What a caller is told about `exc`; unexpected errors say nothing about internals."""
     match exc:
-        case ApiError():
+        case PublicError():
             return exc
         case RpcTimeout():
             return Timeout(f"wallet-rpc did not answer in time ({exc.method})")
@@ -179,7 +204,7 @@ def api_error_for(exc: BaseException) -> ApiError:
             return Unavailable(f"wallet-rpc unavailable ({exc.method}); walletd is restoring it")
         case RpcCallError():
             return WalletError(f"wallet-rpc refused {exc.method}: {exc.rpc_message}")
-        case WalletdError() if hasattr(exc, "step"):  # a multisig step (walletd.wallets.multisig)
+        case MultisigError():
             return WalletError(str(exc))
         case _:
-            return ApiError("internal error; see walletd's log")
+            return Internal("internal error; see walletd's log")

@@ -32,7 +32,7 @@ import structlog
 import trio
 
 from walletd.config import MonitorConfig
-from walletd.errors import ApiError, Capacity, WalletdError
+from walletd.errors import Capacity, WalletdError
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
@@ -85,11 +85,6 @@ class Monitor:
     def set_interval(self, seconds: float) -> None:
         self.interval = seconds
         self._wake.set()
-
-    def poke(self) -> None:
-        """Run a cycle now (a new escrow, a payout submitted)."""
-        self._wake.set()
-        self._cold_wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.enabled:
@@ -157,7 +152,7 @@ class Monitor:
             with trio.move_on_after(CHECK_TIMEOUT) as scope:
                 try:
                     await check(rec, height)
-                except (WalletdError, ApiError) as exc:
+                except WalletdError as exc:
                     log.warning("monitor check failed", escrow_id=rec.escrow_id, error=str(exc))
             if scope.cancelled_caught:
                 log.warning("monitor check timed out", escrow_id=rec.escrow_id)
@@ -266,7 +261,7 @@ class Monitor:
                     await self.check_funding(rec, self.height, cold=True)
                 except Capacity:
                     self.cold_opens -= 1
-                except (WalletdError, ApiError) as exc:
+                except WalletdError as exc:
                     log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
             if scope.cancelled_caught:
                 log.warning("cold check timed out", escrow_id=rec.escrow_id)

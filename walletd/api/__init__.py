@@ -3,6 +3,7 @@
 - `server`: a small HTTP/1.1 server (h11) on the Unix socket: limits, timeouts, SO_PEERCRED.
 - `routes`: the routes of api.md, strict validation of every request, the JSON answers.
 - `status`: what /v1/stats, /v1/health and /metrics report.
+- `errors`: the one table from domain errors to HTTP statuses and API codes.
 
 May import every layer below it (escrows, monitor, sessions, state, ops). Nothing below imports
 it: HTTP statuses and error codes are decided here, from the domain errors of `walletd.errors`.

@@ -13,9 +13,10 @@ from typing import Any
 
 import structlog
 
+from walletd.api.errors import error_answer
 from walletd.api.server import Request, Response
 from walletd.api.status import Status
-from walletd.errors import ApiError, InvalidRequest, NotFound, api_error_for
+from walletd.errors import Internal, InvalidRequest, NotFound, PublicError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import PayoutKind
 from walletd.escrows.service import EscrowService
@@ -142,15 +143,16 @@ class Api:
             if "id" in params:
                 params["id"] = check_escrow_id(params["id"])
             return await handler(request, params)
-        except ApiError as exc:
-            return Response.json(exc.status, exc.to_json())
+        except PublicError as exc:
+            status, body, _ = error_answer(exc)
+            return Response.json(status, body)
         except Exception as exc:
-            api = api_error_for(exc)
-            if api.status >= 500 and type(api).__name__ == "ApiError":
+            status, body, public = error_answer(exc)
+            if isinstance(public, Internal):
                 log.exception("request failed", method=request.method, path=request.path)
             else:
                 log.warning("request failed", path=request.path, error=str(exc))
-            return Response.json(api.status, api.to_json())
+            return Response.json(status, body)
 
     def _match(self, request: Request) -> tuple[Handler, dict[str, str]]:
         """Match on the request's segments, each decoded on its own (`Request.segments`): a

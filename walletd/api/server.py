@@ -25,6 +25,17 @@ import h11
 import structlog
 import trio
 
+from walletd.api.errors import error_answer
+from walletd.errors import (
+    Capacity,
+    Forbidden,
+    Internal,
+    InvalidRequest,
+    PublicError,
+    Timeout,
+    TooLarge,
+)
+
 __all__ = [
     "Handler",
     "PeerCred",
@@ -108,8 +119,9 @@ class ServerLimits:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return Response.json(status, {"error": {"code": code, "message": message}})
+def _error(error: PublicError) -> Response:
+    status, body, _ = error_answer(error)
+    return Response.json(status, body)
 
 
 class _Abort(Exception):
@@ -305,16 +317,14 @@ class _Server:
 
     async def _reject(self, stream: trio.SocketStream, peer: PeerCred) -> None:
         try:
-            await self._answer_and_close(
-                stream, peer, _error(503, "capacity", "too many connections")
-            )
+            await self._answer_and_close(stream, peer, _error(Capacity("too many connections")))
         finally:
             self._rejecting -= 1
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         try:
             log.debug("http_peer_refused")
-            forbidden = _error(403, "forbidden", "this user may not use walletd")
+            forbidden = _error(Forbidden("this user may not use walletd"))
             await self._answer_and_close(stream, None, forbidden)
         finally:
             self._refusing -= 1
@@ -352,9 +362,9 @@ class _Server:
             except Exception:
                 # Never log the request itself: its body may hold wallet passwords.
                 log.exception("http_handler_failed", method=request.method, path=request.path)
-                return _error(500, "internal", _INTERNAL_MESSAGE)
+                return _error(Internal(_INTERNAL_MESSAGE))
         log.warning("http_handler_timeout", method=request.method, path=request.path)
-        return _error(504, "timeout", f"no answer within {self.limits.handler_timeout:g} s")
+        return _error(Timeout(f"no answer within {self.limits.handler_timeout:g} s"))
 
 
 class _Connection:
@@ -405,7 +415,7 @@ class _Connection:
             return await self._read_message()
         if self.idle:
             return None
-        raise _Abort(_error(504, "timeout", self._timeout_message()))
+        raise _Abort(_error(Timeout(self._timeout_message())))
 
     def _timeout_message(self) -> str:
         return f"request not received within {self._limits.header_timeout:g} s"
@@ -416,7 +426,7 @@ class _Connection:
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):  # h11 yields nothing else in this state
-            raise _Abort(_error(400, "invalid_request", "malformed HTTP request"))
+            raise _Abort(_error(InvalidRequest("malformed HTTP request")))
         # Remembered for an abort's answer: a refused HEAD must still get a body-less answer.
         self._method = event.method.decode("ascii")
         self._check_head(event)
@@ -445,7 +455,7 @@ class _Connection:
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             else:
-                raise _Abort(_error(400, "invalid_request", "malformed HTTP request body"))
+                raise _Abort(_error(InvalidRequest("malformed HTTP request body")))
 
     async def _next_event(self) -> h11.Event:
         while True:
@@ -475,15 +485,13 @@ class _Connection:
         if exc.error_status_hint == 431:
             return _Abort(self._head_too_large())
         # h11's reason may quote header lines (secrets): neither logged nor echoed.
-        return _Abort(_error(400, "invalid_request", "malformed HTTP request"))
+        return _Abort(_error(InvalidRequest("malformed HTTP request")))
 
     def _head_too_large(self) -> Response:
-        return _error(
-            413, "too_large", f"request head exceeds {self._limits.max_header_bytes} bytes"
-        )
+        return _error(TooLarge(f"request head exceeds {self._limits.max_header_bytes} bytes"))
 
     def _body_too_large(self) -> Response:
-        return _error(413, "too_large", f"request body exceeds {self._limits.max_body_bytes} bytes")
+        return _error(TooLarge(f"request body exceeds {self._limits.max_body_bytes} bytes"))
 
     # -- answering -------------------------------------------------------------------------
 
@@ -495,7 +503,7 @@ class _Connection:
             request = _build_request(incoming, peer)
         except _BadTarget as exc:
             path = None
-            response = _error(400, "invalid_request", str(exc))
+            response = _error(InvalidRequest(str(exc)))
         else:
             path = request.path
             response = await self._server.call_handler(request)
@@ -570,7 +578,7 @@ def _h11_response(
         )
     except h11.LocalProtocolError as exc:
         log.error("http_bad_response", status=response.status, reason=str(exc))
-        return _h11_response(_error(500, "internal", _INTERNAL_MESSAGE), close=close, method=method)
+        return _h11_response(_error(Internal(_INTERNAL_MESSAGE)), close=close, method=method)
     return head, b"" if no_body else response.body
 
 

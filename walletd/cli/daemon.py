@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from walletd.config import load_config
+from walletd.config import Config, load_config
 from walletd.errors import ConfigError
 
 __all__ = ["main"]
@@ -50,14 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_daemon(config, args.config)
 
 
-def run_daemon(config: object, config_path: Path | None) -> int:
+def run_daemon(config: Config, config_path: Path | None) -> int:
     """Run walletd until SIGTERM/SIGINT; returns the process exit code."""
     from walletd.app import App, prepare_dirs
-    from walletd.config import Config
     from walletd.ops.logs import configure_logging
     from walletd.state.statelock import StateDirBusy, StateLock
 
-    assert isinstance(config, Config)
     fmt = config.log.format
     if fmt == "json" and sys.stderr.isatty():
         fmt = "console"  # readable in a terminal, JSON lines under systemd and in files

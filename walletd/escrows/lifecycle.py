@@ -32,15 +32,15 @@ import structlog
 import trio
 
 from walletd.errors import (
-    ApiError,
     Conflict,
     InvalidRequest,
     NotReady,
+    PublicError,
     RpcCallError,
     Unavailable,
     WalletdError,
     WalletError,
-    api_error_for,
+    public_error,
 )
 from walletd.escrows.model import (
     EscrowRecord,
@@ -318,7 +318,7 @@ class Lifecycle:
             try:
                 rec = self._escrows.get(escrow_id)
                 if rec.payout is not None:
-                    error = api_error_for(exc).message[:300]
+                    error = public_error(exc).message[:300]
                     payout = attrs.evolve(rec.payout, last_error=error)
                     self._store.update_escrow(escrow_id, payout=payout)
             except StoreUnavailable as db_exc:  # the database is why it failed, likely
@@ -389,7 +389,7 @@ class Lifecycle:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
             await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
-        except (WalletdError, ApiError) as exc:
+        except WalletdError as exc:
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 
     async def _known_to_daemon(self, txid: str) -> bool:
@@ -434,10 +434,10 @@ class Lifecycle:
                 log.warning("could not reopen session", escrow_id=rec.escrow_id, error=str(exc))
 
 
-def _creation_error(exc: Exception) -> ApiError:
+def _creation_error(exc: Exception) -> PublicError:
     if isinstance(exc, multisig.MultisigError):
         return WalletError(f"escrow creation failed at step {exc.step}: {exc}")
     if isinstance(exc, RpcCallError):
         return WalletError(f"escrow creation failed at step {exc.method}: {exc.rpc_message}")
-    api = api_error_for(exc)
-    return type(api)(f"escrow creation failed: {api.message}")
+    public = public_error(exc)
+    return type(public)(f"escrow creation failed: {public.message}")

@@ -31,7 +31,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import Capacity, Conflict, Unavailable, api_error_for
+from walletd.errors import Capacity, Conflict, Unavailable, public_error
 from walletd.sessions.messages import Leave, Message
 from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
 
@@ -555,5 +555,4 @@ def _check_spec(entry: _Entry, spec: SessionSpec | None) -> None:
 def _fresh(error: BaseException) -> Exception:
     """A new exception for each waiter of a failed opening (one instance raised in many tasks
     would share and grow one traceback)."""
-    api = api_error_for(error)
-    return type(api)(api.message)  # the same class: SessionFailed stays SessionFailed
+    return public_error(error).copy()  # the same class: SessionFailed stays SessionFailed

@@ -29,7 +29,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import RpcError, WalletdError
+from walletd.errors import MultisigError, RpcError
 from walletd.ids import ROLES, Role
 from walletd.wallets.rpc import WalletRpc
 
@@ -62,22 +62,6 @@ EXCHANGE_ROUNDS = 2  # 2-of-3 in 0.18: make_multisig, then two key exchange roun
 
 JsonObject = dict[str, Any]
 K = TypeVar("K", bound=str)
-
-
-class MultisigError(WalletdError):
-    """A step of the recipe failed.
-
-    Attributes:
-        step: the step, e.g. ``"exchange_multisig_keys round 2"`` or ``"sign_multisig"``.
-        wallets: which wallets failed (roles, or labels of the clients).
-        rpc_error: the wallet-rpc error behind it, or None when an answer failed our checks.
-    """
-
-    def __init__(self, step: str, wallets: Sequence[str], reason: RpcError | str) -> None:
-        super().__init__(f"multisig step {step!r} failed for {', '.join(wallets)}: {reason}")
-        self.step = step
-        self.wallets = tuple(wallets)
-        self.rpc_error = reason if isinstance(reason, RpcError) else None
 
 
 class MultisigSetupError(MultisigError):

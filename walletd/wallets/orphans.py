@@ -22,13 +22,13 @@ from typing import Any
 import attrs
 import structlog
 
-from walletd.wallets.children import (
+from walletd.wallets.children import KILL_WAIT
+from walletd.wallets.spawning import (
     EXECUTABLE,
-    KILL_WAIT,
     ChildSettings,
+    LiveChildren,
     proc_start_time,
     proc_stat,
-    running_children,
 )
 
 __all__ = ["remove_orphans"]
@@ -93,11 +93,12 @@ class _Orphan:
             pass  # gone, or no longer ours (pid reused): in both cases never to be signalled
 
 
-def _find_orphans(settings: ChildSettings) -> tuple[dict[int, int], list[Path]]:
+def _find_orphans(
+    settings: ChildSettings, live_pids: set[int]
+) -> tuple[dict[int, int], list[Path]]:
     """pid -> start time of every orphan, and the record files read."""
     names = {EXECUTABLE, os.path.basename(settings.wallet_rpc_path)}
     found: dict[int, int] = {}
-    live_pids, _ = running_children()
     records_dir = settings.run_dir / "children"
     records = sorted(records_dir.glob("*.json")) if records_dir.is_dir() else []
     for record in records:
@@ -154,15 +155,18 @@ def _wait_gone(orphans: list[_Orphan], timeout: float) -> list[_Orphan]:
     return alive
 
 
-def remove_orphans(settings: ChildSettings) -> int:
+def remove_orphans(settings: ChildSettings, live: LiveChildren | None = None) -> int:
     """Stop the wallet-rpc children a dead walletd left behind; returns how many were stopped.
 
     Synchronous (run it at start-up, before anything opens a wallet, e.g. in a worker thread).
     A process is stopped only if it is a monero-wallet-rpc and either matches a pid record (same
     /proc start time) or serves our wallet dir; children of a running pool in this process are
-    never touched. SIGTERM (wallet-rpc stores and exits), `stop_timeout`, then SIGKILL.
+    never touched (`live`: that pool's `ChildPool.live`). SIGTERM (wallet-rpc stores and exits),
+    `stop_timeout`, then SIGKILL.
     """
-    found, records = _find_orphans(settings)
+    if live is None:
+        live = LiveChildren()  # at start-up no pool runs a child yet
+    found, records = _find_orphans(settings, live.pids)
     orphans = [o for pid, start in sorted(found.items()) if (o := _pin(pid, start)) is not None]
     try:
         for orphan in orphans:
@@ -179,8 +183,7 @@ def remove_orphans(settings: ChildSettings) -> int:
                 os.close(orphan.pidfd)
     for orphan in left:
         log.error("orphaned wallet-rpc could not be stopped", pid=orphan.pid)
-    live_pids, live_ports = running_children()
-    kept = {o.pid for o in left} | live_pids
+    kept = {o.pid for o in left} | live.pids
     for record in records:
         if record.stem.isdigit() and int(record.stem) in kept:
             continue
@@ -188,7 +191,7 @@ def remove_orphans(settings: ChildSettings) -> int:
             record.unlink()
     for conf in settings.run_dir.glob("child-*.conf") if settings.run_dir.is_dir() else []:
         port = conf.stem.removeprefix("child-")
-        if not (port.isdigit() and int(port) in live_ports):
+        if not (port.isdigit() and int(port) in live.ports):
             with contextlib.suppress(OSError):
                 conf.unlink()  # credentials of a process that is gone
     return len(orphans) - len(left)
