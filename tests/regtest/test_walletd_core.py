@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory, WalletRpcProcess
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
+from walletd.errors import RpcCallError
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
+from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
 PASSWORD = "regtest-pw"
@@ -165,6 +168,23 @@ async def test_truncated_cache_is_repaired_on_open(
             assert (await client.get("/v1/escrows/c1/balance")).status_code == 200
 
 
+async def _take_from_walletd(
+    client: httpx.AsyncClient, rpc: WalletRpc, escrow: str, file: str
+) -> None:
+    """Open `file` in another wallet-rpc while walletd has the escrow's session closed. The
+    monitor may reopen that session for a check at any moment (the escrow is watched), so close
+    it and try again until the other process holds the wallet."""
+    while True:
+        await client.delete(f"/v1/escrows/{escrow}/session")
+        try:
+            await rpc.call("open_wallet", {"filename": file, "password": PASSWORD})
+            return
+        except RpcCallError as exc:
+            if exc.code != -1:
+                raise
+        await trio.sleep(0.5)
+
+
 async def test_a_wallet_held_by_another_process_is_not_repaired(
     tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
 ) -> None:
@@ -189,9 +209,7 @@ async def test_a_wallet_held_by_another_process_is_not_repaired(
                 await trio.to_thread.run_sync(other.wait_ready)
                 rpc = other.client()
                 try:
-                    await rpc.call(
-                        "open_wallet", {"filename": s.files["vendor"], "password": PASSWORD}
-                    )
+                    await _take_from_walletd(client, rpc, "l1", s.files["vendor"])
                     r = await client.post("/v1/escrows/l1/session")
                     assert r.status_code != 200, r.text
                     assert {p: p.read_bytes() for p in before} == before
