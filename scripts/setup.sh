@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what walletd needs on a fresh Debian machine: Debian's monero package (monerod and
-# monero-wallet-rpc) and a virtualenv with walletd and its development tools. Idempotent.
+# monero-wallet-rpc), the fast-open library (gcc, libssl-dev) and a virtualenv with walletd and
+# its development tools. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,19 @@ if ! command -v monerod >/dev/null 2>&1 || ! command -v monero-wallet-rpc >/dev/
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq monero >/dev/null
 fi
+
+# The fast-open library (walletd/wallets/fastopen): built next to its source, where walletd looks
+# for it. Without it walletd still runs, with slow wallet opens, and says so.
+if ! command -v gcc >/dev/null 2>&1 || [ ! -f /usr/include/openssl/rsa.h ]; then
+  echo "setup: installing gcc and libssl-dev (for the fast-open library)" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libssl-dev >/dev/null
+fi
+echo "setup: building walletd/wallets/fastopen/libwalletd_fastopen.so" >&2
+fastopen=walletd/wallets/fastopen
+gcc -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden \
+  -o "$fastopen/libwalletd_fastopen.so.tmp" "$fastopen/fastopen.c" -lcrypto -pthread
+mv -f "$fastopen/libwalletd_fastopen.so.tmp" "$fastopen/libwalletd_fastopen.so"
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2

@@ -47,6 +47,8 @@ from walletd.wallets.children import (
     ProcessPool,
 )
 from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.fastopen import FastOpen
+from walletd.wallets.fastopen import prepare as prepare_fast_open
 from walletd.wallets.orphans import remove_orphans
 from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DaemonRpc
@@ -119,6 +121,12 @@ class App:
             f"http://{config.monero.daemon_address}", timeout=10.0
         )
         m = config.monero
+        own_children = pool is None and not m.wallet_rpc_endpoints
+        self.fast_open = (
+            prepare_fast_open(state, wanted=m.fast_open)
+            if own_children
+            else FastOpen(False, "walletd does not start the wallet-rpc processes")
+        )
         self.child_settings = ChildSettings(
             wallet_rpc_path=m.wallet_rpc_path,
             wallet_dir=m.wallet_dir,
@@ -126,6 +134,7 @@ class App:
             run_dir=self.run_dir,
             spares=m.spare_processes,
             call_timeout=m.call_timeout,
+            extra_env=self.fast_open.env(),
         )
         self.pool: ProcessPool
         if pool is not None:
@@ -174,6 +183,7 @@ class App:
         self.status = Status(
             registry=self.registry, store=self.store, chain=self.daemon, metrics=self.metrics
         )
+        self.status.fast_open = self.fast_open
         self.api = Api(
             escrows=self.escrows,
             lifecycle=self.lifecycle,
@@ -261,6 +271,10 @@ class App:
             stopped = await trio.to_thread.run_sync(remove_orphans, self.child_settings)
             if stopped:
                 log.warning("stopped wallet-rpc children left by a previous walletd", count=stopped)
+            if self.fast_open.enabled:
+                log.info("fast wallet opens on", library=str(self.fast_open.library))
+            else:
+                log.warning("fast wallet opens off", reason=self.fast_open.reason)
         limits = ServerLimits(
             max_body_bytes=cfg.daemon.max_body_bytes,
             max_connections=cfg.daemon.max_connections,

@@ -63,6 +63,7 @@ class MoneroConfig:
     spare_processes: int = 3
     call_timeout: float = 30.0
     open_timeout: float = 120.0
+    fast_open: bool = True
 
 
 @attrs.frozen
@@ -246,6 +247,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[str, object], Any]]]] = 
             "spare_processes": _int(0, 30),
             "call_timeout": _seconds(0.1),
             "open_timeout": _seconds(1),
+            "fast_open": _bool,
         },
     ),
     "sessions": (

@@ -13,6 +13,7 @@ from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.store import Store, StoreUnavailable
 from walletd.wallets.chain import Chain
+from walletd.wallets.fastopen import FastOpen
 
 __all__ = ["Status"]
 
@@ -24,6 +25,7 @@ class Status:
         self._chain = chain
         self._metrics = metrics
         self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
+        self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
 
     def stats_json(self) -> dict[str, Any]:
         stats = self._registry.stats()
@@ -48,6 +50,10 @@ class Status:
             "version": __version__,
             "active_sessions": self._registry.stats().active_sessions,
         }
+        if self.fast_open is not None:
+            body["fast_open"] = self.fast_open.enabled
+            if not self.fast_open.enabled:
+                body["fast_open_reason"] = self.fast_open.reason
         reasons = []
         try:
             body["escrows"] = self._store.count_escrows()

@@ -80,6 +80,8 @@ class ChildSettings:
     start_timeout: float = 30.0
     stop_timeout: float = 10.0
     max_uses: int = 20
+    # Added to each child's minimal environment: the fast-open preload (`walletd.wallets.fastopen`).
+    extra_env: tuple[tuple[str, str], ...] = ()
 
 
 def wallet_rpc_argv(
@@ -263,6 +265,7 @@ def _child_env(settings: ChildSettings) -> dict[str, str]:
         "HOME": str(settings.run_dir),
         "LANG": "C",
         "DNS_PUBLIC": "tcp://127.0.0.1",  # OpenAlias look-ups go nowhere instead of public DNS
+        **dict(settings.extra_env),
     }
 
 
