@@ -2,6 +2,7 @@
 
 - `children`: the supervised pool of monero-wallet-rpc children; `orphans`: what a dead walletd
   left; `endpoints`: a fixed list of external wallet-rpc processes instead.
+- `fastopen`: the LD_PRELOAD library that spares the children an RSA-4096 key per wallet open.
 - `rpc`, `transport`: JSON-RPC clients of wallet-rpc and monerod over a lean keep-alive transport.
 - `chain`: the `Chain` protocol, what walletd asks monerod (`rpc.DaemonRpc`, or a test fake).
 - `multisig`: the 2-of-3 recipes (setup, sync, propose, co-sign, submit) on three wallets.

@@ -24,6 +24,9 @@ How a child is started and kept safe:
 - Loopback only, `--no-dns` plus `DNS_PUBLIC=tcp://127.0.0.1` in a minimal environment (OpenAlias
   look-ups otherwise leak to public resolvers), `--rpc-ssl disabled` (autodetect makes an RSA-4096
   certificate at every start), ring database and logs in the run dir.
+- Unless `monero.fast_open = false`, each child preloads `fastopen`'s library (LD_PRELOAD, passed
+  in `ChildSettings.extra_env`): the RSA-4096 key every wallet open makes for a TLS context walletd
+  never uses is then a copy of one key from the state dir, not 1-2 s of CPU.
 - Children must not outlive walletd, even after kill -9: each child asks the kernel for SIGTERM
   when its parent dies (PR_SET_PDEATHSIG; SIGTERM makes wallet-rpc store its wallet and exit).
   That signal follows the *thread* that forked, so children are forked from the trio thread
