@@ -22,12 +22,10 @@ from typing import Any
 import trio
 
 from walletd.ops.logs import configure_logging
+from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_multisig import make_fake_multisig_files
-from walletd.testing.fake_wallet_rpc import (
-    FakeWalletRpc,
-    FakeWalletWorld,
-    serve_tcp,
-)
+from walletd.testing.fake_transport import serve_tcp
+from walletd.testing.fake_wallet_rpc import FakeWalletRpc
 
 __all__ = ["PASSWORD", "main"]
 

@@ -14,9 +14,9 @@ from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable
 from walletd.ids import ROLES, Role
+from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 from walletd.wallets.chain import Chain
 from walletd.wallets.rpc import TxStatus
 

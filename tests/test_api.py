@@ -15,8 +15,8 @@ import trio
 
 from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, start
 from walletd.app import App
+from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
 TXID = "ab" * 32
 

@@ -16,8 +16,8 @@ import trio
 
 from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, raw_call
 from walletd.app import App
+from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 from walletd.testing.walletd_process import WalletdProcess
 
 

@@ -24,8 +24,8 @@ from walletd.ids import ROLES, check_adoptable_wallet_file, wallet_file_for
 from walletd.sessions.messages import GetBalance
 from walletd.sessions.registry import Caller
 from walletd.sessions.session import SessionSpec, WalletSpec
+from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
 AMOUNT = 10**12
 

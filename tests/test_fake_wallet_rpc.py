@@ -14,13 +14,9 @@ import trio
 import trio.testing
 
 from walletd.errors import NoWalletFile, RpcAuthError, RpcCallError, RpcTimeout, RpcUnreachable
-from walletd.testing.fake_wallet_rpc import (
-    FEE,
-    FakeTransport,
-    FakeWalletRpc,
-    FakeWalletWorld,
-    serve_tcp,
-)
+from walletd.testing.fake_chain import FEE, FakeWalletWorld
+from walletd.testing.fake_transport import FakeTransport, serve_tcp
+from walletd.testing.fake_wallet_rpc import FakeWalletRpc
 from walletd.wallets.rpc import WalletRpc
 
 USER, PASSWORD = "walletd", "rpc-secret"

@@ -68,8 +68,8 @@ from hypothesis import strategies as st
 from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multisig
 from walletd.app import App
 from walletd.ids import ROLES, Role
+from walletd.testing.fake_chain import FakeWalletWorld, fake_address
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeWalletWorld, fake_address
 
 T = TypeVar("T")
 

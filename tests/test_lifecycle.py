@@ -12,8 +12,8 @@ import trio
 
 from tests.fakes import FakeDaemon, call, fake_app, start
 from walletd.app import App
+from walletd.testing.fake_chain import FEE, FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FEE, FakeWalletWorld
 
 AMOUNT = 10**12
 

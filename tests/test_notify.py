@@ -163,8 +163,8 @@ async def test_app_reports_ready_reload_and_stopping(monkeypatch: pytest.MonkeyP
     """App.run: READY only after the socket is bound and recovery is done; SIGHUP is wrapped in
     RELOADING/READY; shutdown starts with STOPPING; WATCHDOG pings when WATCHDOG_USEC is set."""
     from tests.fakes import fake_app
+    from walletd.testing.fake_chain import FakeWalletWorld
     from walletd.testing.fake_pool import FakePool
-    from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
     root = Path(tempfile.mkdtemp(prefix="wd-", dir="/tmp"))  # short: AF_UNIX path limit
     try:

@@ -16,7 +16,9 @@ import pytest
 import trio
 
 from walletd.errors import RpcAuthError, RpcTimeout, RpcUnreachable
-from walletd.testing.fake_wallet_rpc import FakeWalletRpc, FakeWalletWorld, serve_tcp
+from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_transport import serve_tcp
+from walletd.testing.fake_wallet_rpc import FakeWalletRpc
 from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 

@@ -16,8 +16,8 @@ import trio
 from tests.fakes import MultisigSet, call, fake_app, make_fake_multisig, start
 from walletd.app import App
 from walletd.sessions.registry import Limits
+from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.fake_wallet_rpc import FakeWalletWorld
 
 
 async def _setup(
@@ -311,7 +311,7 @@ async def test_wrong_wallet_is_never_used(tmp_path: Path, autojump_clock: trio.a
     from tests.fakes import PASSWORD
     from walletd.sessions.messages import MultisigStatus
     from walletd.sessions.registry import Caller
-    from walletd.testing.fake_wallet_rpc import FakeTransport
+    from walletd.testing.fake_transport import FakeTransport
     from walletd.wallets.rpc import WalletRpc
 
     async with trio.open_nursery() as nursery:

@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -26,6 +25,7 @@ import structlog
 import trio
 
 from walletd.api.errors import error_answer
+from walletd.api.socket_file import bind_unix, unlink_if_ours
 from walletd.errors import (
     Capacity,
     Forbidden,
@@ -50,7 +50,6 @@ log = structlog.get_logger(__name__)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _RECV_CHUNK = 65_536
 _SHUTDOWN_GRACE = 5.0  # seconds in-flight requests may take to finish once we are cancelled
-_PROBE_TIMEOUT = 1.0  # to tell a live socket from a stale one at start-up
 _LINGER_SECONDS = 1.0  # after an error answer, drain the client a little so it reads the answer
 _LINGER_BYTES = 1_048_576
 _REJECT_TIMEOUT = 2.0  # a capacity rejection may take at most this long
@@ -166,7 +165,7 @@ async def serve_unix(
     On cancellation, requests in flight get a few seconds to finish,
     then every connection is closed and the socket file removed.
     """
-    sock, identity = await _bind_unix(path, mode)
+    sock, identity = await bind_unix(path, mode)
     try:
         sock.listen(max(socket.SOMAXCONN, limits.max_connections))
         listener = trio.SocketListener(sock)
@@ -182,61 +181,7 @@ async def serve_unix(
                     await server.drain(_SHUTDOWN_GRACE)
     finally:
         sock.close()
-        _unlink_if_ours(path, identity)
-
-
-async def _bind_unix(path: Path, mode: int) -> tuple[trio.socket.SocketType, tuple[int, int]]:
-    """Bind at `path` with exactly `mode`; returns the socket and the file's (st_dev, st_ino)."""
-    await _remove_stale_socket(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        await sock.bind(os.fspath(path))
-        # Nobody can connect before listen(), so chmod here leaves no window with wider access.
-        os.chmod(path, mode)
-        st = os.stat(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, (st.st_dev, st.st_ino)
-
-
-async def _remove_stale_socket(path: Path) -> None:
-    """Unlink a socket nobody listens on; refuse anything else that is in the way."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(
-            errno.EEXIST, "exists and is not a socket; refusing to replace it", os.fspath(path)
-        )
-    if await _socket_is_live(path):
-        raise OSError(errno.EADDRINUSE, "another server is listening on this socket", str(path))
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass  # already gone: the stale socket is exactly what we wanted removed
-
-
-async def _socket_is_live(path: Path) -> bool:
-    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        with trio.move_on_after(_PROBE_TIMEOUT):
-            try:
-                await probe.connect(os.fspath(path))
-            except (ConnectionRefusedError, FileNotFoundError):
-                return False
-        # Connected, or the connect is queued behind a full backlog: either way it is alive.
-        return True
-
-
-def _unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:
-    """Remove the socket file unless someone else has since replaced it with their own."""
-    try:
-        st = os.lstat(path)
-        if (st.st_dev, st.st_ino) == identity:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+        unlink_if_ours(path, identity)
 
 
 class _Server:

@@ -2,6 +2,7 @@
 
 - `registry`: a supervisor of escrow sessions with a cap, LRU eviction and an idle TTL.
 - `session`: one supervised trio task per escrow owning its three wallet-rpc handles.
+- `handles`: those three handles: how they open, prove their identity and close.
 - `messages`: the frozen messages a session serves, and their replies.
 
 May import wallets, state and ops; knows escrows only as ids and wallet specs, never the API.

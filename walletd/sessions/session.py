@@ -3,23 +3,21 @@
 The session opens the buyer, vendor and arbiter wallets concurrently (each in its own process),
 turns auto-refresh off (it would run on wallet-rpc's only RPC thread and stall our calls), checks
 that each process holds the wallet it expects, then serves its inbox one message at a time.
+How the handles open, prove their identity and close, and why a talk to the wrong wallet cannot
+happen, is `handles` (`WalletHandles`, a base class of `EscrowSession`); this module is the
+actor loop, the dispatch of messages, the restart policy and the operations.
 
 The three handles fail together (OTP's one_for_all): when a process dies, hangs or loses its
 wallet, the session restores the whole set (a fresh process for each lost handle, every wallet
 reopened and its address checked) before it serves again. Restorations are bounded by an
 intensity/period limit on `trio.current_time()`; past it the session fails as a unit and the
 registry reports it.
-
-Why a talk to the wrong wallet cannot happen: each process has its own random digest credentials,
-so if a dead child's port is taken by another process our calls get HTTP 401, not an answer; a
-process is owned by exactly one session from `acquire` to `release`; and before every message that
-moves money the session checks each wallet's address again.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -37,10 +35,18 @@ from walletd.errors import (
     SessionFailed,
     Unavailable,
     WalletdError,
-    first_error,
 )
 from walletd.ids import ROLES, Role
 from walletd.ops import failpoints
+from walletd.sessions.handles import (
+    CLOSE_WALLET_TIMEOUT,
+    Handle,
+    Repairer,
+    SessionSpec,
+    WalletHandles,
+    WalletSpec,
+    together,
+)
 from walletd.sessions.messages import (
     Balance,
     Funding,
@@ -61,7 +67,7 @@ from walletd.sessions.messages import (
     ValidateAddress,
 )
 from walletd.wallets import multisig
-from walletd.wallets.children import ProcessPool, WalletProcess
+from walletd.wallets.children import ProcessPool
 
 __all__ = [
     "EscrowSession",
@@ -81,63 +87,11 @@ Envelope = tuple[Message[object], Reply]
 # Errors that mean "this handle's process is gone or no longer holds our wallet".
 LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
 TX_NOT_FOUND = -8
-OPEN_FAILED = -1
-FRESH_PROCESS_TRIES = 3  # processes tried for one open when the ones handed over turn out dead
-CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a hung process
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
-
-
-# (escrow_id, role, file, multisig address or None, opener, the -1 the open got): opens the
-# wallet in the opener's process after a proven repair, or raises (walletd.wallets.repair).
-Repairer = Callable[[str, Role, str, "str | None", "_Opener", RpcCallError], Awaitable[None]]
 
 
 class SessionClosed(WalletdError):
     """The session stopped before it could take the request; the caller may open a new one."""
-
-
-@attrs.frozen
-class WalletSpec:
-    file: str
-    password: str = attrs.field(repr=False)
-
-
-@attrs.frozen
-class SessionSpec:
-    """What a session opens: three wallet files and the multisig address they must all show."""
-
-    escrow_id: str
-    wallets: Mapping[Role, WalletSpec]
-    address: str | None  # None while adopting (learnt and checked equal) or creating
-    create: bool = False  # create the three wallets instead of opening them
-
-
-@attrs.define
-class _Handle:
-    role: Role
-    spec: WalletSpec
-    proc: WalletProcess | None = None
-    created: bool = False  # create mode: the wallet file exists now, reopen rather than recreate
-
-
-@attrs.frozen
-class _Opener:
-    """Opens wallets, with one escrow wallet's password, in the process that failed to open it
-    (walletd.wallets.repair.Opener): a backup is checked there before it may replace anything."""
-
-    rpc: Any
-    password: str = attrs.field(repr=False)
-    timeout: float
-
-    async def open(self, filename: str) -> str:
-        params = {"filename": filename, "password": self.password}
-        await self.rpc.call("open_wallet", params, timeout=self.timeout)
-        result = await self.rpc.call("get_address", {"account_index": 0})
-        return str(result.get("address", ""))
-
-    async def close(self) -> None:
-        params = {"autosave_current": True}
-        await self.rpc.call("close_wallet", params, timeout=CLOSE_WALLET_TIMEOUT)
 
 
 class SessionHandle:
@@ -191,7 +145,7 @@ class RestartLimiter:
         return True
 
 
-class EscrowSession:
+class EscrowSession(WalletHandles):
     def __init__(
         self,
         spec: SessionSpec,
@@ -223,7 +177,7 @@ class EscrowSession:
         self._store_interval = store_interval
         self._daemon_address = daemon_address
         self._repair = repair
-        self._handles = {role: _Handle(role, spec.wallets[role]) for role in ROLES}
+        self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
         self.leave_reason: str | None = None
         self.restarts = 0
@@ -404,9 +358,9 @@ class EscrowSession:
         return address
 
     async def _store_all(self) -> None:
-        await _together(self._store_one, self._handles.values())
+        await together(self._store_one, self._handles.values())
 
-    async def _store_one(self, handle: _Handle) -> None:
+    async def _store_one(self, handle: Handle) -> None:
         await self._rpc(handle.role).call("store")
 
     async def _store_and_backup(self, label: str) -> None:
@@ -499,93 +453,7 @@ class EscrowSession:
             in_pool=kind in ("pool", "pending"),
         )
 
-    # ---- opening, identity, restoring, closing ---------------------------------------------------
-
-    async def _open_all(self) -> None:
-        try:
-            await _together(self._open_one, self._handles.values())
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._close_all()
-            raise
-        await self._check_identity()
-        self._reader_synced = False
-        log.info("session opened", address=_short(self.address))
-
-    async def _open_one(self, handle: _Handle) -> None:
-        fresh = 0
-        while True:
-            if handle.proc is None or not handle.proc.alive():
-                if handle.proc is not None:
-                    await self._pool.discard(handle.proc)
-                    handle.proc = None
-                handle.proc = await self._pool.acquire()
-                handle.proc.rpc.observer = self._on_call
-                fresh += 1
-            try:
-                await self._open_in(handle, handle.proc.rpc)
-                return
-            except RpcUnreachable:
-                # A spare killed a moment ago can still look alive (its exit not yet reaped):
-                # take another process rather than fail the open; bounded, a broken binary fails.
-                if fresh == 0 or fresh >= FRESH_PROCESS_TRIES:
-                    raise
-                proc, handle.proc = handle.proc, None
-                await self._pool.discard(proc)
-
-    async def _open_in(self, handle: _Handle, rpc: Any) -> None:
-        assert handle.proc is not None
-        if not await handle.proc.still_ours():
-            # Taken for a lost process: discarded, and the open moves to a fresh one.
-            raise RpcUnreachable("open_wallet", f"{handle.proc!r} no longer holds its port")
-        params = {"filename": handle.spec.file, "password": handle.spec.password}
-        if self.spec.create and not handle.created:
-            await rpc.call(
-                "create_wallet", {**params, "language": "English"}, timeout=self._open_timeout
-            )
-            handle.created = True
-        else:
-            await self._open_or_repair(handle, rpc, params)
-        await rpc.call("auto_refresh", {"enable": False})
-
-    async def _open_or_repair(self, handle: _Handle, rpc: Any, params: dict[str, str]) -> None:
-        """open_wallet; a -1 goes to the repairer (repair), which repairs only damage it
-        can prove (never a lock held by another process, never a wrong password) and otherwise
-        raises, leaving the files as they were."""
-        try:
-            await rpc.call("open_wallet", params, timeout=self._open_timeout)
-            return
-        except RpcCallError as exc:
-            if exc.code != OPEN_FAILED or self._repair is None:
-                raise
-            failure = exc
-        opener = _Opener(rpc, handle.spec.password, self._open_timeout)
-        await self._repair(
-            self.escrow_id, handle.role, handle.spec.file, self.address, opener, failure
-        )
-
-    async def _check_identity(self) -> None:
-        """Every process must hold a wallet whose address is the escrow's multisig address."""
-        if self.spec.create and self.address is None:
-            return  # three distinct plain wallets until SetupMultisig makes them one
-        addresses: dict[Role, str] = {}
-        for role, handle in self._handles.items():
-            assert handle.proc is not None
-            result = await handle.proc.rpc.call("get_address", {"account_index": 0})
-            addresses[role] = str(result.get("address", ""))
-        expected = self.address or addresses["buyer"]
-        wrong = [r for r, a in addresses.items() if a != expected]
-        if wrong:
-            # Never go on with a process that holds something else: discard it.
-            for role in wrong:
-                proc = self._handles[role].proc
-                self._handles[role].proc = None
-                if proc is not None:
-                    await self._pool.discard(proc)
-            raise SessionFailed(
-                f"wallet address mismatch for {', '.join(wrong)}: refusing to use those wallets"
-            )
-        self.address = expected
+    # ---- restoring -----------------------------------------------------------------------------
 
     async def _restore(self, why: str) -> None:
         self._reader_height = None
@@ -593,12 +461,12 @@ class EscrowSession:
             raise SessionFailed(f"restart limit reached ({why}); session gives up")
         self.restarts += 1
         log.warning("restoring session wallets", why=why, restart=self.restarts)
-        lost: list[_Handle] = []
+        lost: list[Handle] = []
         for handle in self._handles.values():
             if handle.proc is None or not handle.proc.alive() or not await self._still_open(handle):
                 lost.append(handle)
         with trio.fail_after(self._open_timeout):
-            await _together(self._reopen, lost)
+            await together(self._reopen, lost)
         await self._check_identity()
         for handle in lost:
             if self._on_restart is not None:
@@ -606,15 +474,7 @@ class EscrowSession:
                 if maybe is not None:
                     await maybe
 
-    async def _still_open(self, handle: _Handle) -> bool:
-        assert handle.proc is not None
-        try:
-            await handle.proc.rpc.call("get_address", {"account_index": 0}, timeout=5.0)
-        except (RpcError, OSError):
-            return False
-        return True
-
-    async def _reopen(self, handle: _Handle) -> None:
+    async def _reopen(self, handle: Handle) -> None:
         proc, handle.proc = handle.proc, None
         if proc is not None:
             await self._pool.discard(proc)
@@ -629,59 +489,6 @@ class EscrowSession:
             else:
                 await self._rpc(handle.role).call("refresh")
 
-    async def _close_all(self) -> None:
-        """Close every wallet within `close_timeout`; stop whatever process is left holding one.
-
-        The session's end frees its registry slot, and a freed slot means the escrow may be
-        opened again at once: a process still holding a wallet then makes that open fail with
-        -1, which is not damage (see repair). So a process is handed back to the pool
-        only once its wallet is closed, and when the bound runs out every process not yet
-        handed back is discarded (stopped, with escalation to SIGKILL) before this returns.
-        The bound is strictly longer than close_wallet's own timeout, so a hung close_wallet
-        normally ends in its own timeout and a discard, and the outer bound is the backstop."""
-        with trio.move_on_after(self._close_timeout) as scope:
-            async with trio.open_nursery() as nursery:
-                for handle in self._handles.values():
-                    nursery.start_soon(self._close_one, handle)
-        if scope.cancelled_caught:
-            log.error("session close timed out; stopping its wallet-rpc processes")
-        for handle in self._handles.values():
-            proc, handle.proc = handle.proc, None
-            if proc is not None:
-                await self._pool.discard(proc)  # bounded by the pool (SIGTERM, then SIGKILL)
-
-    async def _close_one(self, handle: _Handle) -> None:
-        proc = handle.proc  # stays ours (and discarded by _close_all) until handed back below
-        if proc is None:
-            return
-        clean = True
-        try:
-            # close_wallet stores first; a clean close makes the process reusable.
-            await proc.rpc.call(
-                "close_wallet", {"autosave_current": True}, timeout=self._close_wallet_timeout
-            )
-        except NoWalletFile:
-            pass  # it never opened (a failed open): the process is clean
-        except (RpcError, OSError) as exc:
-            log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
-            clean = False
-        if clean:
-            await self._pool.release(proc)
-        else:
-            await self._pool.discard(proc)
-        handle.proc = None  # only now: a hand-back cut short is finished by _close_all's discard
-
-
-async def _together(fn: Callable[[_Handle], Awaitable[None]], handles: Iterable[_Handle]) -> None:
-    """Run `fn` on each handle concurrently (one per process); raise the first real error
-    rather than an ExceptionGroup, so callers see e.g. RpcCallError(-1) as such."""
-    try:
-        async with trio.open_nursery() as nursery:
-            for handle in handles:
-                nursery.start_soon(fn, handle)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from group
-
 
 def _answer(reply: Reply, result: outcome.Outcome[Any]) -> None:
     # The caller may have timed out and gone: that must never crash the actor.
@@ -689,7 +496,3 @@ def _answer(reply: Reply, result: outcome.Outcome[Any]) -> None:
         reply.send_nowait(result)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
         log.debug("reply dropped: caller gone")
-
-
-def _short(address: str | None) -> str | None:
-    return f"{address[:8]}…{address[-6:]}" if address else None

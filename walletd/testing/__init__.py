@@ -2,7 +2,9 @@
 tests and walletd's benchmark use them too, and they ship in the wheel.
 
 - `fake_wallet_rpc`: a fake monero-wallet-rpc that keeps the semantics that matter (one wallet
-  and one call per process, the keys lock, error codes, multisig rules), for fast tests.
+  and one call per process, the keys lock, error codes, multisig rules), for fast tests; its
+  public face, re-exporting `fake_chain` (the shared chain and wallet directory), `fake_spending`
+  (transfer, sweep and multisig rules), `fake_rpc_wire` (params, faults) and `fake_transport`.
 - `fake_pool`, `fake_multisig`: a process pool of fakes; ready-made multisig sets.
 - `regtest`: a private `monerod --regtest` (also what `walletd dev` runs).
 - `walletd_process`: walletd as a real process, for tests and the bench.

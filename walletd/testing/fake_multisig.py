@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from walletd.ids import ROLES, Role
-from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_transport import FakeTransport
+from walletd.testing.fake_wallet_rpc import FakeWalletRpc
 from walletd.wallets import multisig
 from walletd.wallets.rpc import WalletRpc
 

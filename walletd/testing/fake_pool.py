@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import trio
 
-from walletd.testing.fake_wallet_rpc import FakeTransport, FakeWalletRpc, FakeWalletWorld
+from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_transport import FakeTransport
+from walletd.testing.fake_wallet_rpc import FakeWalletRpc
 from walletd.wallets.children import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 

@@ -1,0 +1,271 @@
+"""The three wallet handles of a session: how they open, prove their identity and close.
+
+Each handle is one role's wallet (buyer, vendor, arbiter) in one monero-wallet-rpc process taken
+from the pool. Opening is concurrent, one process per handle; a -1 on open goes to the repairer,
+which repairs only damage it can prove. Closing hands a process back to the pool only once its
+wallet is closed, and stops any process left holding one.
+
+Why a talk to the wrong wallet cannot happen: each process has its own random digest credentials,
+so if a dead child's port is taken by another process our calls get HTTP 401, not an answer
+(`_open_in` also refuses a process that `still_ours` says lost its port); a process is owned by
+exactly one session from `acquire` to `release` (`_open_one`, `_close_one`); and before every
+message that moves money the session checks each wallet's address again (`_check_identity`,
+which discards a process holding anything else).
+
+`WalletHandles` is a base class of `EscrowSession`, kept apart so this machinery reads on its
+own; the session's actor loop, its restart policy and its operations stay in `session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from walletd.errors import (
+    NoWalletFile,
+    RpcCallError,
+    RpcError,
+    RpcUnreachable,
+    SessionFailed,
+    first_error,
+)
+from walletd.ids import Role
+from walletd.wallets.children import ProcessPool, WalletProcess
+
+__all__ = [
+    "CLOSE_WALLET_TIMEOUT",
+    "Handle",
+    "Opener",
+    "Repairer",
+    "SessionSpec",
+    "WalletHandles",
+    "WalletSpec",
+    "together",
+]
+
+# The session's logger: these lines keep the logger name they had before the split.
+log = structlog.get_logger("walletd.sessions.session")
+
+OPEN_FAILED = -1
+FRESH_PROCESS_TRIES = 3  # processes tried for one open when the ones handed over turn out dead
+CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a hung process
+
+
+# (escrow_id, role, file, multisig address or None, opener, the -1 the open got): opens the
+# wallet in the opener's process after a proven repair, or raises (walletd.wallets.repair).
+Repairer = Callable[[str, Role, str, "str | None", "Opener", RpcCallError], Awaitable[None]]
+
+
+@attrs.frozen
+class WalletSpec:
+    file: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class SessionSpec:
+    """What a session opens: three wallet files and the multisig address they must all show."""
+
+    escrow_id: str
+    wallets: Mapping[Role, WalletSpec]
+    address: str | None  # None while adopting (learnt and checked equal) or creating
+    create: bool = False  # create the three wallets instead of opening them
+
+
+@attrs.define
+class Handle:
+    role: Role
+    spec: WalletSpec
+    proc: WalletProcess | None = None
+    created: bool = False  # create mode: the wallet file exists now, reopen rather than recreate
+
+
+@attrs.frozen
+class Opener:
+    """Opens wallets, with one escrow wallet's password, in the process that failed to open it
+    (walletd.wallets.repair.Opener): a backup is checked there before it may replace anything."""
+
+    rpc: Any
+    password: str = attrs.field(repr=False)
+    timeout: float
+
+    async def open(self, filename: str) -> str:
+        params = {"filename": filename, "password": self.password}
+        await self.rpc.call("open_wallet", params, timeout=self.timeout)
+        result = await self.rpc.call("get_address", {"account_index": 0})
+        return str(result.get("address", ""))
+
+    async def close(self) -> None:
+        params = {"autosave_current": True}
+        await self.rpc.call("close_wallet", params, timeout=CLOSE_WALLET_TIMEOUT)
+
+
+class WalletHandles:
+    """Opening, identity checks and closing of a session's three handles (see the module doc)."""
+
+    spec: SessionSpec
+    escrow_id: str
+    address: str | None
+    _pool: ProcessPool
+    _handles: dict[Role, Handle]
+    _open_timeout: float
+    _close_timeout: float
+    _close_wallet_timeout: float
+    _on_call: Callable[[str, float], None] | None
+    _repair: Repairer | None
+    _reader_synced: bool
+
+    async def _open_all(self) -> None:
+        try:
+            await together(self._open_one, self._handles.values())
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._close_all()
+            raise
+        await self._check_identity()
+        self._reader_synced = False
+        log.info("session opened", address=short(self.address))
+
+    async def _open_one(self, handle: Handle) -> None:
+        fresh = 0
+        while True:
+            if handle.proc is None or not handle.proc.alive():
+                if handle.proc is not None:
+                    await self._pool.discard(handle.proc)
+                    handle.proc = None
+                handle.proc = await self._pool.acquire()
+                handle.proc.rpc.observer = self._on_call
+                fresh += 1
+            try:
+                await self._open_in(handle, handle.proc.rpc)
+                return
+            except RpcUnreachable:
+                # A spare killed a moment ago can still look alive (its exit not yet reaped):
+                # take another process rather than fail the open; bounded, a broken binary fails.
+                if fresh == 0 or fresh >= FRESH_PROCESS_TRIES:
+                    raise
+                proc, handle.proc = handle.proc, None
+                await self._pool.discard(proc)
+
+    async def _open_in(self, handle: Handle, rpc: Any) -> None:
+        assert handle.proc is not None
+        if not await handle.proc.still_ours():
+            # Taken for a lost process: discarded, and the open moves to a fresh one.
+            raise RpcUnreachable("open_wallet", f"{handle.proc!r} no longer holds its port")
+        params = {"filename": handle.spec.file, "password": handle.spec.password}
+        if self.spec.create and not handle.created:
+            await rpc.call(
+                "create_wallet", {**params, "language": "English"}, timeout=self._open_timeout
+            )
+            handle.created = True
+        else:
+            await self._open_or_repair(handle, rpc, params)
+        await rpc.call("auto_refresh", {"enable": False})
+
+    async def _open_or_repair(self, handle: Handle, rpc: Any, params: dict[str, str]) -> None:
+        """open_wallet; a -1 goes to the repairer (repair), which repairs only damage it
+        can prove (never a lock held by another process, never a wrong password) and otherwise
+        raises, leaving the files as they were."""
+        try:
+            await rpc.call("open_wallet", params, timeout=self._open_timeout)
+            return
+        except RpcCallError as exc:
+            if exc.code != OPEN_FAILED or self._repair is None:
+                raise
+            failure = exc
+        opener = Opener(rpc, handle.spec.password, self._open_timeout)
+        await self._repair(
+            self.escrow_id, handle.role, handle.spec.file, self.address, opener, failure
+        )
+
+    async def _check_identity(self) -> None:
+        """Every process must hold a wallet whose address is the escrow's multisig address."""
+        if self.spec.create and self.address is None:
+            return  # three distinct plain wallets until SetupMultisig makes them one
+        addresses: dict[Role, str] = {}
+        for role, handle in self._handles.items():
+            assert handle.proc is not None
+            result = await handle.proc.rpc.call("get_address", {"account_index": 0})
+            addresses[role] = str(result.get("address", ""))
+        expected = self.address or addresses["buyer"]
+        wrong = [r for r, a in addresses.items() if a != expected]
+        if wrong:
+            # Never go on with a process that holds something else: discard it.
+            for role in wrong:
+                proc = self._handles[role].proc
+                self._handles[role].proc = None
+                if proc is not None:
+                    await self._pool.discard(proc)
+            raise SessionFailed(
+                f"wallet address mismatch for {', '.join(wrong)}: refusing to use those wallets"
+            )
+        self.address = expected
+
+    async def _still_open(self, handle: Handle) -> bool:
+        assert handle.proc is not None
+        try:
+            await handle.proc.rpc.call("get_address", {"account_index": 0}, timeout=5.0)
+        except (RpcError, OSError):
+            return False
+        return True
+
+    async def _close_all(self) -> None:
+        """Close every wallet within `close_timeout`; stop whatever process is left holding one.
+
+        The session's end frees its registry slot, and a freed slot means the escrow may be
+        opened again at once: a process still holding a wallet then makes that open fail with
+        -1, which is not damage (see repair). So a process is handed back to the pool
+        only once its wallet is closed, and when the bound runs out every process not yet
+        handed back is discarded (stopped, with escalation to SIGKILL) before this returns.
+        The bound is strictly longer than close_wallet's own timeout, so a hung close_wallet
+        normally ends in its own timeout and a discard, and the outer bound is the backstop."""
+        with trio.move_on_after(self._close_timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                for handle in self._handles.values():
+                    nursery.start_soon(self._close_one, handle)
+        if scope.cancelled_caught:
+            log.error("session close timed out; stopping its wallet-rpc processes")
+        for handle in self._handles.values():
+            proc, handle.proc = handle.proc, None
+            if proc is not None:
+                await self._pool.discard(proc)  # bounded by the pool (SIGTERM, then SIGKILL)
+
+    async def _close_one(self, handle: Handle) -> None:
+        proc = handle.proc  # stays ours (and discarded by _close_all) until handed back below
+        if proc is None:
+            return
+        clean = True
+        try:
+            # close_wallet stores first; a clean close makes the process reusable.
+            await proc.rpc.call(
+                "close_wallet", {"autosave_current": True}, timeout=self._close_wallet_timeout
+            )
+        except NoWalletFile:
+            pass  # it never opened (a failed open): the process is clean
+        except (RpcError, OSError) as exc:
+            log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
+            clean = False
+        if clean:
+            await self._pool.release(proc)
+        else:
+            await self._pool.discard(proc)
+        handle.proc = None  # only now: a hand-back cut short is finished by _close_all's discard
+
+
+async def together(fn: Callable[[Handle], Awaitable[None]], handles: Iterable[Handle]) -> None:
+    """Run `fn` on each handle concurrently (one per process); raise the first real error
+    rather than an ExceptionGroup, so callers see e.g. RpcCallError(-1) as such."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(fn, handle)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from group
+
+
+def short(address: str | None) -> str | None:
+    return f"{address[:8]}…{address[-6:]}" if address else None
