@@ -115,7 +115,7 @@ class App:
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
-        self.daemon: Chain = chain or DaemonRpc(
+        self.chain: Chain = chain or DaemonRpc(
             f"http://{config.monero.daemon_address}", timeout=10.0
         )
         m = config.monero
@@ -158,7 +158,7 @@ class App:
             registry=self.registry,
             events=self.events,
             vault=self.vault,
-            chain=self.daemon,
+            chain=self.chain,
             wallet_dir=m.wallet_dir,
             state_dir=state,
             required_confirmations=config.monitor.required_confirmations,
@@ -168,11 +168,11 @@ class App:
             store=self.store,
             registry=self.registry,
             events=self.events,
-            chain=self.daemon,
+            chain=self.chain,
             metrics=self.metrics,
         )
         self.status = Status(
-            registry=self.registry, store=self.store, chain=self.daemon, metrics=self.metrics
+            registry=self.registry, store=self.store, chain=self.chain, metrics=self.metrics
         )
         self.api = Api(
             escrows=self.escrows,
@@ -303,7 +303,7 @@ class App:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await self.daemon.aclose()
+                await self.chain.aclose()
             self.store.close()
             self.stopped.set()
             log.info("walletd stopped")
