@@ -309,7 +309,7 @@ class App:
             log.info("walletd stopped")
 
     async def _scoped(
-        self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: Any
+        self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[None]
     ) -> None:
         done = self._done[name] = trio.Event()
         try:

@@ -47,7 +47,7 @@ class _CookielessClient(httpx.AsyncClient):
     into a plain jar, so the public `cookies` property is overridden instead.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:  # Any: httpx.AsyncClient's own keyword arguments
         super().__init__(**kwargs)
         self._no_cookies = _NoCookies()
 
