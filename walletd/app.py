@@ -206,7 +206,7 @@ class App:
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
 
-    def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:
+    def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         self.events.emit("wallet_repaired", escrow_id, **data)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
@@ -214,7 +214,7 @@ class App:
         self.metrics.wallet_rpc_restarts.inc()
         self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 
-    def _session_event(self, type_: str, escrow_id: str, **data: Any) -> None:
+    def _session_event(self, type_: str, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         if type_ == "session_opened":
             self.metrics.session_opens.inc()
         elif type_ == "session_closed":

@@ -30,7 +30,7 @@ __all__ = ["DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc"]
 
 NO_WALLET_FILE = -13
 
-JsonObject = dict[str, Any]
+JsonObject = dict[str, Any]  # Any: wallet-rpc answers and params are untyped JSON
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
