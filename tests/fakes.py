@@ -70,6 +70,12 @@ def fake_app(
     return app
 
 
+def fake_pool(app: App) -> FakePool:
+    """The app's pool, as the `FakePool` every app made by `fake_app` has."""
+    assert isinstance(app.pool, FakePool), app.pool
+    return app.pool
+
+
 async def call(app: App, method: str, path: str, body: object = None) -> tuple[int, Any]:
     """Call the API in-process (no socket), as the server would; the answer's JSON."""
     response = await raw_call(app, method, path, body)

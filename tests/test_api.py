@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, start
+from tests.fakes import FakeDaemon, call, fake_app, fake_pool, make_fake_multisig, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
@@ -141,7 +141,7 @@ async def test_adopt_retry_conflict_and_errors(
         # The same files under another id: they belong to "good" already.
         assert (await call(app, "POST", "/v1/escrows", s.adopt_body("other")))[0] == 409
 
-        world = app.pool.world  # type: ignore[attr-defined]
+        world = fake_pool(app).world
         s2 = await make_fake_multisig(world, "b")
         for name in s2.files.values():
             (app.config.monero.wallet_dir / f"{name}.keys").write_bytes(b"fake")
@@ -160,7 +160,7 @@ async def test_adopt_refuses_plain_wallets(tmp_path: Path, autojump_clock: trio.
     """Three plain wallets are not a 2-of-3 multisig: 400, and no escrow is recorded."""
     async with trio.open_nursery() as nursery:
         app, _ = await _app(nursery, tmp_path)
-        world = app.pool.world  # type: ignore[attr-defined]
+        world = fake_pool(app).world
         for role in ("buyer", "vendor", "arbiter"):
             world.add_wallet(f"plain-{role}", "pw")
             (app.config.monero.wallet_dir / f"plain-{role}.keys").write_bytes(b"fake")

@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.fakes import call, raw_call
@@ -38,9 +39,9 @@ class FailingWrites:
         return getattr(self.db, name)
 
 
-def _break_writes(app: App) -> FailingWrites:
+def _break_writes(app: App, monkeypatch: pytest.MonkeyPatch) -> FailingWrites:
     failing = FailingWrites(app.store._db)
-    app.store._db = failing  # type: ignore[assignment]
+    monkeypatch.setattr(app.store, "_db", failing)
     return failing
 
 
@@ -52,7 +53,7 @@ async def _db_errors(app: App) -> float:
 
 
 async def test_monitor_and_session_hook_survive_a_full_disk(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the disk full, the monitor's funding update and the session_closed event fail but
     walletd stays up and answers; /v1/health is 503 degraded naming the database and /metrics
@@ -62,7 +63,7 @@ async def test_monitor_and_session_hook_survive_a_full_disk(
         await _run_monitor(nursery, app)
         status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "f1", "amount": AMOUNT})
         assert status == 201, esc
-        failing = _break_writes(app)
+        failing = _break_writes(app, monkeypatch)
         world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
         await trio.sleep(30)  # several monitor cycles, each failing to record the funding
         status, body = await call(app, "DELETE", "/v1/escrows/f1/session")
@@ -84,7 +85,7 @@ async def test_monitor_and_session_hook_survive_a_full_disk(
 
 
 async def test_payout_whose_record_cannot_be_written_fails_only_itself(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A payout whose signed blob cannot be recorded (disk full) is not submitted, the caller
     gets 503 and walletd stays up; repeating the call once writes work pays out exactly once."""
@@ -97,7 +98,7 @@ async def test_payout_whose_record_cannot_be_written_fails_only_itself(
         await _wait_state(app, "p1", "ready")
         vendor = world.add_wallet("vendor-payout", "x")
         release = {"address": vendor.address}
-        failing = _break_writes(app)
+        failing = _break_writes(app, monkeypatch)
         failing.allow = 1  # the payout intent is recorded; the signed blob is not
         status, body = await call(app, "POST", "/v1/escrows/p1/release", release)
         assert (status, body["error"]["code"]) == (503, "unavailable"), body

@@ -16,7 +16,15 @@ import pytest
 import trio
 import trio.testing
 
-from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multisig, start
+from tests.fakes import (
+    FakeDaemon,
+    MultisigSet,
+    call,
+    fake_app,
+    fake_pool,
+    make_fake_multisig,
+    start,
+)
 from walletd.app import App
 from walletd.errors import Conflict, InvalidRequest
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, WalletRef, utcnow
@@ -86,7 +94,7 @@ async def test_overlapping_adoptions_of_the_same_files_make_one_escrow(
         assert [e["escrow_id"] for e in listed] == ["x"]
         assert (await call(app, "GET", "/v1/escrows/x/balance"))[0] == 200
         # Once the loser is gone, other wallets can still be adopted.
-        world = app.pool.world  # type: ignore[attr-defined]
+        world = fake_pool(app).world
         b = await make_fake_multisig(world, "b")
         for name in b.files.values():
             (app.config.monero.wallet_dir / f"{name}.keys").write_bytes(b"fake")

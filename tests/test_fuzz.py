@@ -65,7 +65,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, make_fake_multisig
+from tests.fakes import FakeDaemon, MultisigSet, call, fake_app, fake_pool, make_fake_multisig
 from walletd.app import App
 from walletd.ids import ROLES, Role
 from walletd.testing.fake_chain import FakeWalletWorld, fake_address
@@ -1820,7 +1820,7 @@ async def test_memory_stays_flat(walletd: Walletd) -> None:
     """Replaying the hostile corpus and requests for ever new escrow ids, round after round,
     leaves walletd's live objects and the process's RSS flat."""
     rnd = random.Random(7)
-    world: FakeWalletWorld = walletd.app.pool.world  # type: ignore[attr-defined]
+    world = fake_pool(walletd.app).world
 
     def one_round() -> None:
         for case in CASES:
@@ -1903,7 +1903,7 @@ async def test_refused_head_request_gets_an_answer(walletd: Walletd) -> None:
 
 async def test_payout_requests_for_unknown_escrows_leave_nothing_behind(walletd: Walletd) -> None:
     """1,200 refund requests for escrows that do not exist (404) leave no live objects behind."""
-    world: FakeWalletWorld = walletd.app.pool.world  # type: ignore[attr-defined]
+    world = fake_pool(walletd.app).world
 
     def measure() -> int:
         reqs = [

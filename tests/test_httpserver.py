@@ -443,12 +443,13 @@ async def test_refused_peers_take_no_connection_slot(nursery: trio.Nursery) -> N
             [sys.executable, "-c", HOLD_CONNECTIONS, str(path), str(2 * n)],
             stdout=subprocess.PIPE,
         )
+        stdout = holder.stdout
         try:
-            assert holder.stdout is not None
+            assert stdout is not None
             with trio.fail_after(TIMEOUT):
                 line = b""
                 while not line.endswith(b"\n"):
-                    chunk = await holder.stdout.receive_some(100)
+                    chunk = await stdout.receive_some(100)
                     assert chunk, "the holder exited early"
                     line += chunk
             assert line == b"connected\n"
@@ -460,7 +461,8 @@ async def test_refused_peers_take_no_connection_slot(nursery: trio.Nursery) -> N
             holder.kill()
             with trio.CancelScope(shield=True):
                 await holder.wait()
-                await holder.stdout.aclose()  # type: ignore[union-attr]
+                if stdout is not None:
+                    await stdout.aclose()
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, start
+from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
 from walletd.app import App
 from walletd.testing.fake_chain import FEE, FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_pool import FakePool, FakeProcess
+from walletd.wallets.children import WalletProcess
 
 AMOUNT = 10**12
 
@@ -173,21 +175,25 @@ async def test_failed_creation_leaves_nothing(
     the identical retry then succeeds."""
     async with trio.open_nursery() as nursery:
         app, world = await _app(nursery, tmp_path)
-        original = app.pool.acquire
+        pool = fake_pool(app)
+        original = pool.acquire
 
-        async def failing_acquire() -> Any:
+        async def failing_acquire() -> WalletProcess:
             proc = await original()
-            proc.fake.fail_next("make_multisig", -1, "boom")  # type: ignore[attr-defined]
+            assert isinstance(proc, FakeProcess)
+            proc.fake.fail_next("make_multisig", -1, "boom")
             return proc
 
-        app.pool.acquire = failing_acquire  # type: ignore[method-assign]
-        status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "o4", "amount": AMOUNT})
-        assert (status, body["error"]["code"]) == (502, "wallet_error"), body
-        assert "make_multisig" in body["error"]["message"]
-        assert (await call(app, "GET", "/v1/escrows/o4"))[0] == 404
-        assert world.locks == {}
-        assert app.store.get_escrow("o4") is None
-        app.pool.acquire = original  # type: ignore[method-assign]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pool, "acquire", failing_acquire)
+            status, body = await call(
+                app, "POST", "/v1/escrows", {"escrow_id": "o4", "amount": AMOUNT}
+            )
+            assert (status, body["error"]["code"]) == (502, "wallet_error"), body
+            assert "make_multisig" in body["error"]["message"]
+            assert (await call(app, "GET", "/v1/escrows/o4"))[0] == 404
+            assert world.locks == {}
+            assert app.store.get_escrow("o4") is None
         # walletd moved the new wallet files aside; the fake's directory is in memory, so do
         # the same to it (the regtest suite checks the real files).
         for role in ("buyer", "vendor", "arbiter"):
@@ -231,10 +237,10 @@ async def test_one_stuck_wallet_does_not_stop_the_monitor(
     async with trio.open_nursery() as nursery:
         app, world = await _app(nursery, tmp_path)
         await _run_monitor(nursery, app)
-        pool = app.pool
+        pool = fake_pool(app)
         _, stuck = await call(app, "POST", "/v1/escrows", {"escrow_id": "s1", "amount": AMOUNT})
         _, fine = await call(app, "POST", "/v1/escrows", {"escrow_id": "s2", "amount": AMOUNT})
-        pool.fake_of("escrow-s1-buyer").hang()  # type: ignore[attr-defined]
+        pool.fake_of("escrow-s1-buyer").hang()
         world.credit(stuck["multisig_address"], AMOUNT, unlocked=False)
         world.credit(fine["multisig_address"], AMOUNT, unlocked=False)
         await _wait_state(app, "s2", "funded", timeout=120)
@@ -253,7 +259,7 @@ async def test_cosigner_killed_mid_payout_is_restored(
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
         await _wait_state(app, "k1", "ready")
         vendor = world.add_wallet("vk", "x")
-        arbiter = app.pool.fake_of("escrow-k1-arbiter")  # type: ignore[attr-defined]
+        arbiter = fake_pool(app).fake_of("escrow-k1-arbiter")
         arbiter.call_delay = 10.0
         answers: list[tuple[int, Any]] = []
         answered = trio.Event()
@@ -294,7 +300,7 @@ async def test_restored_reader_of_a_created_escrow_catches_up(
         await _wait_state(app, "r1", "ready")
         status, body = await call(app, "GET", f"/v1/escrows/r1/transfers/{txid}")
         assert status == 200, body
-        app.pool.fake_of("escrow-r1-buyer").kill()  # type: ignore[attr-defined]
+        fake_pool(app).fake_of("escrow-r1-buyer").kill()
         status, body = await call(app, "GET", f"/v1/escrows/r1/transfers/{txid}")
         assert status == 200, body
         assert (body["txid"], body["direction"], body["amount"]) == (txid, "in", AMOUNT)

@@ -331,8 +331,9 @@ class RegistryMachine(RuleBasedStateMachine):
             self._finish_holds(self.t)
             event("a busy call ended during the capacity wait")
 
-    def _acquire(self, escrow_id: str, *, api: bool, cold: bool = False) -> tuple[bool, set[str]]:
+    def _acquire(self, escrow_id: str, caller: Caller) -> tuple[bool, set[str]]:
         """Model of Registry._acquire: (opened a new session, possible eviction victims)."""
+        api = caller is Caller.API  # only a client's call counts as use
         session = self.open.get(escrow_id)
         if session is not None:
             self.counts["hits"] += 1
@@ -340,7 +341,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 session.last_api = self.t
             return False, set()
         self.counts["misses"] += 1
-        victims = self._reserve(cold=cold) or set()
+        victims = self._reserve(cold=caller is Caller.COLD_MONITOR) or set()
         self.open[escrow_id] = Modelled(created=self.t, last_api=self.t if api else None)
         self.counts["opened"] += 1
         return True, victims
@@ -380,14 +381,16 @@ class RegistryMachine(RuleBasedStateMachine):
         escrow_id: str,
         fn: Callable[[], Awaitable[object]],
         *,
-        api: bool,
-        cold: bool = False,
+        caller: Caller,
         message: bool = True,
     ) -> None:
+        """One step that acquires a session for `caller` (as `fn` does on the real registry)."""
+        api = caller is Caller.API
         was_open = escrow_id in self.open
         try:
-            opened, victims = self._acquire(escrow_id, api=api, cold=cold)
+            opened, victims = self._acquire(escrow_id, caller)
         except Full:
+            cold = caller is Caller.COLD_MONITOR
             event(f"capacity ({'cold monitor' if cold else 'after the wait'})")
             result = self._step(fn)
             assert isinstance(result, outcome.Error), f"expected capacity, got {result!r}"
@@ -420,7 +423,7 @@ class RegistryMachine(RuleBasedStateMachine):
         async def fn() -> object:
             return await self.registry.open(escrow_id, caller=Caller.API)
 
-        self._acquiring_step(escrow_id, fn, api=True, message=False)
+        self._acquiring_step(escrow_id, fn, caller=Caller.API, message=False)
 
     def _not_busy(self) -> list[str]:
         """Escrows a call may go to now: a call to a busy session would wait behind its call
@@ -435,18 +438,18 @@ class RegistryMachine(RuleBasedStateMachine):
         async def fn() -> object:
             return await self.registry.call(escrow_id, GetBalance(), caller=Caller.API)
 
-        self._acquiring_step(escrow_id, fn, api=True)
+        self._acquiring_step(escrow_id, fn, caller=Caller.API)
 
     @rule(data=st.data(), cold=st.booleans())
     def monitor_use(self, data: st.DataObject, cold: bool) -> None:
         """A monitor check: never counts as use; a cold one evicts only cold sessions."""
         escrow_id = data.draw(st.sampled_from(self._not_busy()), label="escrow_id")
+        caller = Caller.COLD_MONITOR if cold else Caller.MONITOR
 
         async def fn() -> object:
-            caller = Caller.COLD_MONITOR if cold else Caller.MONITOR
             return await self.registry.call(escrow_id, GetBalance(), caller=caller)
 
-        self._acquiring_step(escrow_id, fn, api=False, cold=cold)
+        self._acquiring_step(escrow_id, fn, caller=caller)
 
     def _holdable(self) -> list[str]:
         return [e for e, s in self.open.items() if s.busy_until is None and not s.dead]

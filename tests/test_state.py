@@ -78,7 +78,9 @@ def test_state_change_and_its_event_are_one_transaction(tmp_path: Path) -> None:
     assert [e.type for e in inserted] == ["escrow_created"]
     with pytest.raises(TypeError):
         store.change_escrow("e1", {"state": EscrowState.FUNDED}, [("funded", {"bad": object()})])
-    assert store.get_escrow("e1").state == "awaiting_funding"  # type: ignore[union-attr]
+    rec = store.get_escrow("e1")
+    assert rec is not None
+    assert rec.state == "awaiting_funding"
     with pytest.raises(KeyError):
         store.change_escrow("nobody", {"state": EscrowState.FUNDED}, [("funded", {})])
     rec, events = store.change_escrow(
@@ -195,12 +197,15 @@ def test_failed_commit_leaves_no_half_transaction(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     store.insert_escrow(_record(), [("escrow_created", {"amount": 5})])
     real = store._db
-    store._db = _FailingDb(real, "COMMIT")  # type: ignore[assignment]
-    with pytest.raises(Exception, match="disk is full"):
-        store.change_escrow("e1", {"state": EscrowState.FUNDED}, [("funded", {"balance": 5})])
-    store._db = real
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store, "_db", _FailingDb(real, "COMMIT"))
+        with pytest.raises(Exception, match="disk is full"):
+            store.change_escrow("e1", {"state": EscrowState.FUNDED}, [("funded", {"balance": 5})])
+    assert store._db is real
     assert not real.in_transaction
-    assert store.get_escrow("e1").state == "awaiting_funding"  # type: ignore[union-attr]
+    rec = store.get_escrow("e1")
+    assert rec is not None
+    assert rec.state == "awaiting_funding"
     assert [e.type for e in store.events_after(0)] == ["escrow_created"]
     store.append_event("session_opened", "e1", {})
     assert [e.type for e in store.events_after(0)] == ["escrow_created", "session_opened"]
@@ -325,7 +330,9 @@ def test_states_only_move_forward(tmp_path: Path) -> None:
     store.insert_escrow(_record())
     with pytest.raises(IllegalMove):
         store.change_escrow("e1", {"state": S.RELEASING}, [("payout_submitted", {})])
-    assert store.get_escrow("e1").state is S.AWAITING_FUNDING  # type: ignore[union-attr]
+    rec = store.get_escrow("e1")
+    assert rec is not None
+    assert rec.state is S.AWAITING_FUNDING
     assert store.events_after(0) == []
     store.update_escrow("e1", state=S.READY)
     with pytest.raises(IllegalMove):

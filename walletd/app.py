@@ -117,7 +117,7 @@ class App:
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
-        self.daemon: Chain = chain or DaemonRpc(
+        self.chain: Chain = chain or DaemonRpc(
             f"http://{config.monero.daemon_address}", timeout=10.0
         )
         m = config.monero
@@ -167,7 +167,7 @@ class App:
             registry=self.registry,
             events=self.events,
             vault=self.vault,
-            chain=self.daemon,
+            chain=self.chain,
             wallet_dir=m.wallet_dir,
             state_dir=state,
             required_confirmations=config.monitor.required_confirmations,
@@ -177,11 +177,11 @@ class App:
             store=self.store,
             registry=self.registry,
             events=self.events,
-            chain=self.daemon,
+            chain=self.chain,
             metrics=self.metrics,
         )
         self.status = Status(
-            registry=self.registry, store=self.store, chain=self.daemon, metrics=self.metrics
+            registry=self.registry, store=self.store, chain=self.chain, metrics=self.metrics
         )
         self.status.fast_open = self.fast_open
         self.api = Api(
@@ -216,7 +216,7 @@ class App:
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
 
-    def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:
+    def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         self.events.emit("wallet_repaired", escrow_id, **data)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
@@ -224,7 +224,7 @@ class App:
         self.metrics.wallet_rpc_restarts.inc()
         self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 
-    def _session_event(self, type_: str, escrow_id: str, **data: Any) -> None:
+    def _session_event(self, type_: str, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         if type_ == "session_opened":
             self.metrics.session_opens.inc()
         elif type_ == "session_closed":
@@ -317,13 +317,13 @@ class App:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await self.daemon.aclose()
+                await self.chain.aclose()
             self.store.close()
             self.stopped.set()
             log.info("walletd stopped")
 
     async def _scoped(
-        self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: Any
+        self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[None]
     ) -> None:
         done = self._done[name] = trio.Event()
         try:

@@ -3,6 +3,10 @@
 A missing file, an unknown key or a bad value stops start-up with a `ConfigError` whose message
 names the key (`sessions.max_active: must be an integer >= 1, got 0`). Every key and its default is
 documented in config.example.toml; `tests/test_config.py` checks the two stay in step.
+
+Each key is declared once, as a field made by `_key(default, parser)`: the parser rides on the
+field's metadata, and parsing walks `attrs.fields` of the section class, so there is no separate
+schema to keep in step with the classes.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
+from attrs import AttrsInstance
 
 from walletd.errors import ConfigError
 
@@ -29,6 +34,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+A = TypeVar("A", bound=AttrsInstance)
+Parser = Callable[[str, object], T]  # (key as named in messages, raw TOML value) -> typed value
 
 
 @attrs.frozen
@@ -40,80 +47,10 @@ class EndpointConfig:
     password: str = attrs.field(repr=False)
 
 
-@attrs.frozen
-class DaemonConfig:
-    socket_path: Path = Path("/run/walletd/walletd.sock")
-    socket_mode: int = 0o660
-    state_dir: Path = Path("/var/lib/walletd")
-    allow_uids: frozenset[int] = frozenset()
-    allow_gids: frozenset[int] = frozenset()
-    shutdown_timeout: float = 30.0
-    max_body_bytes: int = 1_048_576
-    max_connections: int = 64
-    request_timeout: float = 90.0
-    events_retention_days: int = 90
-
-
-@attrs.frozen
-class MoneroConfig:
-    daemon_address: str = "127.0.0.1:18081"
-    wallet_dir: Path = Path("/var/lib/walletd/wallets")
-    wallet_rpc_path: str = "monero-wallet-rpc"
-    wallet_rpc_endpoints: tuple[EndpointConfig, ...] = ()
-    spare_processes: int = 3
-    call_timeout: float = 30.0
-    open_timeout: float = 120.0
-    fast_open: bool = True
-
-
-@attrs.frozen
-class SessionsConfig:
-    max_active: int = 10
-    idle_ttl: float = 7200.0
-    sweep_interval: float = 600.0
-    capacity_wait: float = 30.0
-    evict_grace: float = 60.0
-    restart_intensity: int = 3
-    restart_period: float = 60.0
-    store_interval: float = 300.0
-
-
-@attrs.frozen
-class MonitorConfig:
-    enabled: bool = True
-    poll_interval: float = 30.0
-    required_confirmations: int = 10
-    cold_interval: float = 300.0
-    height_check: float = 2.0
-
-
-@attrs.frozen
-class LogConfig:
-    level: str = "info"
-    format: str = "json"
-
-
-@attrs.frozen
-class Config:
-    daemon: DaemonConfig = DaemonConfig()
-    monero: MoneroConfig = MoneroConfig()
-    sessions: SessionsConfig = SessionsConfig()
-    monitor: MonitorConfig = MonitorConfig()
-    log: LogConfig = LogConfig()
-
-    @property
-    def effective_max_active(self) -> int:
-        """The session cap: with external endpoints each session needs three of them."""
-        endpoints = len(self.monero.wallet_rpc_endpoints)
-        if endpoints:
-            return min(self.sessions.max_active, endpoints // 3)
-        return self.sessions.max_active
-
-
 # ---- value parsers: each takes (key, raw value) and returns the typed value or raises ------------
 
 
-def _int(low: int, high: int | None = None) -> Callable[[str, object], int]:
+def _int(low: int, high: int | None = None) -> Parser[int]:
     def parse(key: str, value: object) -> int:
         if (
             not isinstance(value, int)
@@ -128,7 +65,7 @@ def _int(low: int, high: int | None = None) -> Callable[[str, object], int]:
     return parse
 
 
-def _seconds(low: float) -> Callable[[str, object], float]:
+def _seconds(low: float) -> Parser[float]:
     def parse(key: str, value: object) -> float:
         if not isinstance(value, int | float) or isinstance(value, bool) or float(value) < low:
             raise ConfigError(f"{key}: must be a number of seconds >= {low}, got {value!r}")
@@ -155,7 +92,7 @@ def _bool(key: str, value: object) -> bool:
     return value
 
 
-def _one_of(*choices: str) -> Callable[[str, object], str]:
+def _one_of(*choices: str) -> Parser[str]:
     def parse(key: str, value: object) -> str:
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
@@ -221,88 +158,116 @@ def _endpoints(key: str, value: object) -> tuple[EndpointConfig, ...]:
     return tuple(out)
 
 
-_SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[str, object], Any]]]] = {
-    "daemon": (
-        DaemonConfig,
-        {
-            "socket_path": _path,
-            "socket_mode": _mode,
-            "state_dir": _path,
-            "allow_uids": _ids,
-            "allow_gids": _ids,
-            "shutdown_timeout": _seconds(1),
-            "max_body_bytes": _int(1024, 64 * 1024 * 1024),
-            "max_connections": _int(1, 10_000),
-            "request_timeout": _seconds(1),
-            "events_retention_days": _int(0, 36500),
-        },
-    ),
-    "monero": (
-        MoneroConfig,
-        {
-            "daemon_address": _loopback_host_port,
-            "wallet_dir": _path,
-            "wallet_rpc_path": _string,
-            "wallet_rpc_endpoints": _endpoints,
-            "spare_processes": _int(0, 30),
-            "call_timeout": _seconds(0.1),
-            "open_timeout": _seconds(1),
-            "fast_open": _bool,
-        },
-    ),
-    "sessions": (
-        SessionsConfig,
-        {
-            "max_active": _int(1, 1000),
-            "idle_ttl": _seconds(1),
-            "sweep_interval": _seconds(0.1),
-            "capacity_wait": _seconds(0),
-            "evict_grace": _seconds(1),
-            "restart_intensity": _int(0, 100),
-            "restart_period": _seconds(1),
-            "store_interval": _seconds(1),
-        },
-    ),
-    "monitor": (
-        MonitorConfig,
-        {
-            "enabled": _bool,
-            "poll_interval": _seconds(0.1),
-            "required_confirmations": _int(1, 1000),
-            "cold_interval": _seconds(0.1),
-            "height_check": _seconds(0.05),
-        },
-    ),
-    "log": (
-        LogConfig,
-        {
-            "level": _one_of("debug", "info", "warning", "error"),
-            "format": _one_of("json", "console"),
-        },
-    ),
-}
+# ---- each key is declared once: a typed field with its default and its parser ------------------
+
+_PARSE = "walletd.config.parse"
 
 
-def _section(name: str, raw: object) -> Any:
-    cls, parsers = _SCHEMA[name]
+def _key(default: T, parse: Parser[T]) -> T:
+    """A config key: its default, and the parser that checks a value given in the file."""
+    return attrs.field(default=default, metadata={_PARSE: parse})
+
+
+@attrs.frozen
+class DaemonConfig:
+    socket_path: Path = _key(Path("/run/walletd/walletd.sock"), _path)
+    socket_mode: int = _key(0o660, _mode)
+    state_dir: Path = _key(Path("/var/lib/walletd"), _path)
+    allow_uids: frozenset[int] = _key(frozenset(), _ids)
+    allow_gids: frozenset[int] = _key(frozenset(), _ids)
+    shutdown_timeout: float = _key(30.0, _seconds(1))
+    max_body_bytes: int = _key(1_048_576, _int(1024, 64 * 1024 * 1024))
+    max_connections: int = _key(64, _int(1, 10_000))
+    request_timeout: float = _key(90.0, _seconds(1))
+    events_retention_days: int = _key(90, _int(0, 36500))
+
+
+@attrs.frozen
+class MoneroConfig:
+    daemon_address: str = _key("127.0.0.1:18081", _loopback_host_port)
+    wallet_dir: Path = _key(Path("/var/lib/walletd/wallets"), _path)
+    wallet_rpc_path: str = _key("monero-wallet-rpc", _string)
+    wallet_rpc_endpoints: tuple[EndpointConfig, ...] = _key((), _endpoints)
+    spare_processes: int = _key(3, _int(0, 30))
+    call_timeout: float = _key(30.0, _seconds(0.1))
+    open_timeout: float = _key(120.0, _seconds(1))
+    fast_open: bool = _key(True, _bool)
+
+
+@attrs.frozen
+class SessionsConfig:
+    max_active: int = _key(10, _int(1, 1000))
+    idle_ttl: float = _key(7200.0, _seconds(1))
+    sweep_interval: float = _key(600.0, _seconds(0.1))
+    capacity_wait: float = _key(30.0, _seconds(0))
+    evict_grace: float = _key(60.0, _seconds(1))
+    restart_intensity: int = _key(3, _int(0, 100))
+    restart_period: float = _key(60.0, _seconds(1))
+    store_interval: float = _key(300.0, _seconds(1))
+
+
+@attrs.frozen
+class MonitorConfig:
+    enabled: bool = _key(True, _bool)
+    poll_interval: float = _key(30.0, _seconds(0.1))
+    required_confirmations: int = _key(10, _int(1, 1000))
+    cold_interval: float = _key(300.0, _seconds(0.1))
+    height_check: float = _key(2.0, _seconds(0.05))
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = _key("info", _one_of("debug", "info", "warning", "error"))
+    format: str = _key("json", _one_of("json", "console"))
+
+
+@attrs.frozen
+class Config:
+    daemon: DaemonConfig = DaemonConfig()
+    monero: MoneroConfig = MoneroConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def effective_max_active(self) -> int:
+        """The session cap: with external endpoints each session needs three of them."""
+        endpoints = len(self.monero.wallet_rpc_endpoints)
+        if endpoints:
+            return min(self.sessions.max_active, endpoints // 3)
+        return self.sessions.max_active
+
+
+def _section(name: str, cls: type[A], raw: object) -> A:
+    """Parse one [section] table into `cls`, each key by the parser declared on its field."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name}: must be a table")
-    values = {}
+    fields = attrs.fields_dict(cls)
+    values: dict[str, object] = {}
     for key, value in raw.items():
-        if key not in parsers:
+        field = fields.get(key)
+        if field is None:
             raise ConfigError(f"{name}.{key}: unknown key")
-        values[key] = parsers[key](f"{name}.{key}", value)
+        parse: Parser[object] = field.metadata[_PARSE]
+        values[key] = parse(f"{name}.{key}", value)
+    return _build(cls, values)
+
+
+def _build(cls: Callable[..., T], values: Mapping[str, object]) -> T:
+    """Construct `cls` from parsed values (keys checked by the caller, types by the parsers)."""
     return cls(**values)
 
 
 def parse_config(raw: Mapping[str, object]) -> Config:
     """Build a `Config` from parsed TOML, rejecting unknown sections and keys."""
-    sections = {}
+    defaults = Config()
+    sections: dict[str, object] = {}
     for name, table in raw.items():
-        if name not in _SCHEMA:
+        if name not in attrs.fields_dict(Config):
             raise ConfigError(f"{name}: unknown section")
-        sections[name] = _section(name, table)
-    config = Config(**sections)
+        # Each section's class is the class of its default: DaemonConfig for [daemon], ...
+        sections[name] = _section(name, type(getattr(defaults, name)), table)
+    config = _build(Config, sections)
     if config.monero.wallet_rpc_endpoints and len(config.monero.wallet_rpc_endpoints) < 3:
         raise ConfigError("monero.wallet_rpc_endpoints: needs at least 3 endpoints")
     return config

@@ -121,7 +121,7 @@ async def _run_app(
                 nursery.cancel_scope.cancel()  # the pool stops every child
     finally:
         with trio.CancelScope(shield=True):
-            await app.daemon.aclose()
+            await app.chain.aclose()
         app.store.close()
 
 

@@ -15,7 +15,6 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import structlog
 import trio
@@ -153,7 +152,7 @@ async def _dev_main(root: Path, socket_path: Path, fmt: str) -> None:
 
 def _banner(socket_path: Path, monerod: Monerod) -> str:
     s = f"curl -s --unix-socket {socket_path} http://walletd"
-    lines: list[Any] = [
+    lines: list[str] = [
         "",
         f"walletd dev sandbox ready: socket {socket_path}, regtest monerod {monerod.rpc_url}",
         "try:",
@@ -164,4 +163,4 @@ def _banner(socket_path: Path, monerod: Monerod) -> str:
         f"  {s}/v1/escrows/demo1",
         "stop with Ctrl-C",
     ]
-    return "\n".join(str(x) for x in lines)
+    return "\n".join(lines)

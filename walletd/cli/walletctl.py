@@ -434,7 +434,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        parent: Any, name: str, fn: Callable[[Client, argparse.Namespace], int], help_: str
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        fn: Callable[[Client, argparse.Namespace], int],
+        help_: str,
     ) -> argparse.ArgumentParser:
         cp: argparse.ArgumentParser = parent.add_parser(
             name, parents=[common], help=help_, description=help_

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 __all__ = ["SECRET_KEY_PATTERN", "configure_logging", "mask_secrets"]
 
@@ -37,9 +37,7 @@ def _mask_value(value: object) -> object:
     return value
 
 
-def mask_secrets(
-    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def mask_secrets(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask values under secret-looking keys, also inside nested dicts."""
     for key in list(event_dict):
         if key != "event" and SECRET_KEY_PATTERN.search(key):

@@ -8,7 +8,7 @@ escrows by state, session ages) are set from the live state when /metrics is scr
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +19,17 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "SessionCounts"]
+
+
+class SessionCounts(Protocol):
+    """The registry's figures a scrape reports (its `RegistryStats`; ops sits below sessions)."""
+
+    @property
+    def active_sessions(self) -> int: ...
+    @property
+    def max_sessions(self) -> int: ...
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _AGE_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
@@ -70,7 +80,10 @@ class Metrics:
         self.rpc_latency.labels(method=method).observe(seconds)
 
     def render(
-        self, stats: Any, session_ages: Iterable[float], escrows_by_state: Mapping[str, int]
+        self,
+        stats: SessionCounts,
+        session_ages: Iterable[float],
+        escrows_by_state: Mapping[str, int],
     ) -> tuple[bytes, str]:
         self.sessions_active.set(stats.active_sessions)
         self.sessions_max.set(stats.max_sessions)

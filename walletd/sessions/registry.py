@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -39,7 +39,14 @@ __all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]
 
 log = structlog.get_logger(__name__)
 
-SessionRunner = Callable[[SessionSpec], Any]  # returns an object with `run(task_status=...)`
+
+class RunnableSession(Protocol):
+    """What `new_session` makes of a spec: an `EscrowSession` in production."""
+
+    async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None: ...
+
+
+SessionRunner = Callable[[SessionSpec], RunnableSession]
 SpecLookup = Callable[[str], Awaitable[SessionSpec]]
 EventSink = Callable[..., object]
 R = TypeVar("R")

@@ -58,6 +58,7 @@ class EventLog:
         self._store = store
         self._changed = trio.Event()
 
+    # Any: an event's data is JSON, stored and served as given.
     def emit(self, type_: str, escrow_id: str | None = None, **data: Any) -> EventRecord | None:
         """Record an event and wake every waiting long poll; None if the database refused it."""
         try:

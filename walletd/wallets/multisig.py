@@ -60,7 +60,7 @@ THRESHOLD = 2
 TOTAL = 3
 EXCHANGE_ROUNDS = 2  # 2-of-3 in 0.18: make_multisig, then two key exchange rounds
 
-JsonObject = dict[str, Any]
+JsonObject = dict[str, Any]  # Any: wallet-rpc answers and params are untyped JSON
 K = TypeVar("K", bound=str)
 
 

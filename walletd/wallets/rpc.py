@@ -30,7 +30,7 @@ __all__ = ["DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc"]
 
 NO_WALLET_FILE = -13
 
-JsonObject = dict[str, Any]
+JsonObject = dict[str, Any]  # Any: wallet-rpc answers and params are untyped JSON
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -47,7 +47,7 @@ class _CookielessClient(httpx.AsyncClient):
     into a plain jar, so the public `cookies` property is overridden instead.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:  # Any: httpx.AsyncClient's own keyword arguments
         super().__init__(**kwargs)
         self._no_cookies = _NoCookies()
 
