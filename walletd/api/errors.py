@@ -7,8 +7,6 @@ A public error is answered with the entry of its nearest class in the table (alo
 
 from __future__ import annotations
 
-from typing import Any
-
 from walletd.errors import (
     Capacity,
     Conflict,
@@ -24,6 +22,7 @@ from walletd.errors import (
     WalletError,
     public_error,
 )
+from walletd.jsontypes import JsonObject
 
 __all__ = ["STATUS_AND_CODE", "error_answer", "error_body", "status_and_code"]
 
@@ -51,12 +50,12 @@ def status_and_code(error: PublicError) -> tuple[int, str]:
     raise AssertionError("unreachable: PublicError is in the table")  # pragma: no cover
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
+def error_body(code: str, message: str) -> JsonObject:
     """The API error format of api.md."""
     return {"error": {"code": code, "message": message}}
 
 
-def error_answer(exc: BaseException) -> tuple[int, dict[str, Any], PublicError]:
+def error_answer(exc: BaseException) -> tuple[int, JsonObject, PublicError]:
     """Status and JSON body for `exc`, and the public error they were made from."""
     error = public_error(exc)
     status, code = status_and_code(error)

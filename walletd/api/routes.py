@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 
@@ -21,6 +20,7 @@ from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import PayoutKind
 from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, check_escrow_id, check_txid
+from walletd.jsontypes import JsonObject
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog, page_json
 
@@ -32,7 +32,7 @@ Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
 MAX_AMOUNT = 2**63 - 1  # SQLite integers are signed 64-bit; more than all XMR ever paid at once
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes) -> JsonObject:
     """The request body as a JSON object, or InvalidRequest saying what is wrong with it."""
     if not body:
         raise InvalidRequest("request body must be a JSON object")
@@ -53,7 +53,7 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not allowed")
 
 
-def _fields(body: dict[str, Any], required: set[str], optional: set[str]) -> None:
+def _fields(body: JsonObject, required: set[str], optional: set[str]) -> None:
     unknown = set(body) - required - optional
     if unknown:
         raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}")
@@ -62,7 +62,7 @@ def _fields(body: dict[str, Any], required: set[str], optional: set[str]) -> Non
         raise InvalidRequest(f"missing field {sorted(missing)[0]!r}")
 
 
-def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int:
+def _int_field(body: JsonObject, name: str, low: int, high: int) -> int:
     value = body[name]
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidRequest(f"{name} must be an integer in {low}..{high}")

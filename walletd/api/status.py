@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
 from walletd import __version__
 from walletd.errors import RpcError
 from walletd.escrows.service import STATES
+from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.store import Store, StoreUnavailable
@@ -27,7 +26,7 @@ class Status:
         self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
         self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
 
-    def stats_json(self) -> dict[str, Any]:
+    def stats_json(self) -> JsonObject:
         stats = self._registry.stats()
         return {
             "active_sessions": stats.active_sessions,
@@ -45,8 +44,8 @@ class Status:
             "wallet_rpc_restarts": self.wallet_rpc_restarts,
         }
 
-    async def health(self) -> tuple[int, dict[str, Any]]:
-        body: dict[str, Any] = {
+    async def health(self) -> tuple[int, JsonObject]:
+        body: JsonObject = {
             "version": __version__,
             "active_sessions": self._registry.stats().active_sessions,
         }

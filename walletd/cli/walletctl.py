@@ -19,6 +19,7 @@ import httpx
 
 from walletd.errors import InvalidRequest
 from walletd.ids import check_escrow_id
+from walletd.jsontypes import JsonObject
 
 __all__ = ["CtlError", "main", "table"]
 
@@ -176,7 +177,7 @@ class _Fields:
 
     A newer walletd may add fields: they are shown as they come rather than hidden."""
 
-    def __init__(self, obj: dict[str, Any]) -> None:
+    def __init__(self, obj: JsonObject) -> None:
         self._rest = dict(obj)
 
     def __call__(self, key: str) -> Any:
@@ -341,7 +342,7 @@ def cmd_session_close(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _event_row(event: dict[str, Any]) -> list[str]:
+def _event_row(event: JsonObject) -> list[str]:
     details = " ".join(f"{k}={_text(v)}" for k, v in event.items() if k not in _EVENT_KEYS)
     return [*(_text(event.get(k)) for k in _EVENT_KEYS), details]
 
@@ -350,7 +351,7 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
     after: int = args.after
     if not args.follow:
         # Every page after `after` (walletd answers a bounded page per call), as one answer.
-        events: list[dict[str, Any]] = []
+        events: list[JsonObject] = []
         while True:
             body = client.call("GET", "/v1/events", params={"after": after, "timeout": 0})
             if not body["events"]:

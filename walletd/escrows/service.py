@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import structlog
@@ -36,6 +36,7 @@ from walletd.errors import (
 )
 from walletd.escrows.model import EscrowRecord, EscrowState, Payout, WalletRef
 from walletd.ids import ROLES, Role, check_adoptable_wallet_file
+from walletd.jsontypes import JsonMapping, JsonObject
 from walletd.sessions.messages import Balance, GetBalance, GetTransfer, MultisigStatus, Transfer
 from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
@@ -112,9 +113,9 @@ class EscrowService:
             password = self.vault.unseal(escrow_id, role, ref.sealed_password)
         return WalletSpec(file=ref.file, password=password)
 
-    def to_json(self, rec: EscrowRecord) -> dict[str, Any]:  # Any: the JSON answer's values
+    def to_json(self, rec: EscrowRecord) -> JsonObject:  # Any: the JSON answer's values
         info = self.registry.session_info(rec.escrow_id)
-        session: dict[str, Any] = (
+        session: JsonObject = (
             {"open": True, "age_s": round(info.age_s, 3), "idle_s": round(info.idle_s, 3)}
             if info
             else {"open": False}
@@ -200,7 +201,7 @@ class EscrowService:
 
     # ---- adopting existing multisig wallet files -------------------------------------------------
 
-    def request_digest(self, request: Mapping[str, Any]) -> str:
+    def request_digest(self, request: JsonMapping) -> str:
         """A keyed digest of a create request, to tell an identical retry from a conflict
         without keeping the request's passwords (a plain hash of a password is guessable)."""
         canonical = json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
@@ -312,7 +313,7 @@ class EscrowService:
             await self.registry.close(escrow_id, reason="explicit")
 
 
-def _public_payout(payout: Payout | None) -> dict[str, Any] | None:  # Any: JSON values
+def _public_payout(payout: Payout | None) -> JsonObject | None:  # Any: JSON values
     if payout is None:
         return None
     return {

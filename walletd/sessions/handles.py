@@ -35,6 +35,7 @@ from walletd.errors import (
 )
 from walletd.ids import Role
 from walletd.wallets.children import ProcessPool, WalletProcess
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "CLOSE_WALLET_TIMEOUT",
@@ -89,7 +90,7 @@ class Opener:
     """Opens wallets, with one escrow wallet's password, in the process that failed to open it
     (walletd.wallets.repair.Opener): a backup is checked there before it may replace anything."""
 
-    rpc: Any
+    rpc: WalletRpc
     password: str = attrs.field(repr=False)
     timeout: float
 
@@ -151,7 +152,7 @@ class WalletHandles:
                 proc, handle.proc = handle.proc, None
                 await self._pool.discard(proc)
 
-    async def _open_in(self, handle: Handle, rpc: Any) -> None:
+    async def _open_in(self, handle: Handle, rpc: WalletRpc) -> None:
         assert handle.proc is not None
         if not await handle.proc.still_ours():
             # Taken for a lost process: discarded, and the open moves to a fresh one.

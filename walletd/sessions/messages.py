@@ -10,11 +10,12 @@ payout record in hand).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import attrs
 
 from walletd.ids import Role
+from walletd.jsontypes import JsonMapping, JsonObject
 from walletd.wallets.multisig import PayoutTx
 
 __all__ = [
@@ -73,7 +74,7 @@ class Transfer:
     confirmations: int
     in_pool: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return attrs.asdict(self)
 
 
@@ -87,7 +88,7 @@ class MultisigInfo:
     total: int
 
     @classmethod
-    def from_rpc(cls, answer: Mapping[str, Any]) -> MultisigInfo:
+    def from_rpc(cls, answer: JsonMapping) -> MultisigInfo:
         return cls(
             multisig=bool(answer.get("multisig")),
             ready=bool(answer.get("ready")),

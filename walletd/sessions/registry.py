@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 import structlog
 import trio
 
 from walletd.errors import Capacity, Conflict, Unavailable, public_error
+from walletd.jsontypes import JsonObject
 from walletd.sessions.messages import Leave, Message
 from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
 
@@ -124,7 +125,7 @@ class SessionInfo:
     idle_s: float
     busy: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {
             "escrow_id": self.escrow_id,
             "age_s": round(self.age_s, 3),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import attrs
 import outcome
@@ -68,6 +68,7 @@ from walletd.sessions.messages import (
 )
 from walletd.wallets import multisig
 from walletd.wallets.children import ProcessPool
+from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "EscrowSession",
@@ -81,7 +82,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R")
-Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+Reply = trio.MemorySendChannel[outcome.Outcome[object]]
 Envelope = tuple[Message[object], Reply]
 
 # Errors that mean "this handle's process is gone or no longer holds our wallet".
@@ -104,7 +105,7 @@ class SessionHandle:
 
     async def request(self, message: Message[R]) -> R:
         """Send `message` and wait for its reply; SessionClosed if the session is gone."""
-        reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[object]](1)
         try:
             await self._send.send((message, reply_send))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -119,7 +120,7 @@ class SessionHandle:
 
     def tell(self, message: Message[object]) -> bool:
         """Deliver `message` without waiting for a reply (Leave); False if the inbox is gone."""
-        reply_send, _ = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        reply_send, _ = trio.open_memory_channel[outcome.Outcome[object]](1)
         try:
             self._send.send_nowait((message, reply_send))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -222,7 +223,7 @@ class EscrowSession(WalletHandles):
                                 self.leave_reason = message.reason
                                 break
                             try:
-                                result: outcome.Outcome[Any] = outcome.Value(
+                                result: outcome.Outcome[object] = outcome.Value(
                                     await self._serve(message)
                                 )
                             except SessionFailed as exc:
@@ -261,7 +262,7 @@ class EscrowSession(WalletHandles):
         except (WalletdError, RpcError) as exc:
             log.warning("periodic store failed", error=str(exc))
 
-    async def _serve(self, message: Message[object]) -> Any:
+    async def _serve(self, message: Message[object]) -> object:
         repeated = False
         relinked = False
         while True:
@@ -293,7 +294,7 @@ class EscrowSession(WalletHandles):
                 relinked = True
                 await self._relink_daemon()
 
-    async def _dispatch(self, message: Message[object]) -> Any:
+    async def _dispatch(self, message: Message[object]) -> object:
         if not isinstance(message, GetBalance | GetTransfer | Store):
             self._reader_height = None  # anything else may have refreshed the reader wallet
         match message:
@@ -370,7 +371,7 @@ class EscrowSession(WalletHandles):
             files = [self.spec.wallets[role].file for role in ROLES]
             await trio.to_thread.run_sync(self._on_backup, self.escrow_id, files, label)
 
-    def _rpc(self, role: Role) -> Any:
+    def _rpc(self, role: Role) -> WalletRpc:
         proc = self._handles[role].proc
         if proc is None:
             raise Unavailable(f"{role} wallet is not open")
@@ -490,7 +491,7 @@ class EscrowSession(WalletHandles):
                 await self._rpc(handle.role).call("refresh")
 
 
-def _answer(reply: Reply, result: outcome.Outcome[Any]) -> None:
+def _answer(reply: Reply, result: outcome.Outcome[object]) -> None:
     # The caller may have timed out and gone: that must never crash the actor.
     try:
         reply.send_nowait(result)

@@ -29,6 +29,7 @@ import trio
 import trio.lowlevel
 
 from walletd.escrows.model import EscrowRecord
+from walletd.jsontypes import JsonObject
 from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store, StoreUnavailable
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
@@ -40,11 +41,11 @@ PRUNE_INTERVAL = 3600.0  # seconds between pruning rounds
 PRUNE_BATCH = 1000  # events deleted per transaction
 
 
-def page_json(after: int, events: Sequence[EventRecord]) -> dict[str, Any]:
+def page_json(after: int, events: Sequence[EventRecord]) -> JsonObject:
     """The /v1/events reply. Seqs have no gaps except where events were pruned (a rolled-back
     insert rolls AUTOINCREMENT's counter back too), so a first event past `after + 1` means
     the client's cursor fell into the pruned range."""
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "events": [e.to_json() for e in events],
         "next": events[-1].seq if events else max(after, 0),
     }

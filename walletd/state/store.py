@@ -29,7 +29,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
 
 import attrs
 import structlog
@@ -46,6 +46,7 @@ from walletd.escrows.model import (
     utcnow,
 )
 from walletd.ids import ROLES, Role
+from walletd.jsontypes import JsonMapping, JsonObject
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -103,9 +104,9 @@ class EventRecord:
     type: str
     escrow_id: str | None
     at: str
-    data: Mapping[str, Any]
+    data: JsonMapping
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {
             "seq": self.seq,
             "type": self.type,
@@ -115,7 +116,7 @@ class EventRecord:
         }
 
 
-NewEvent = tuple[str, Mapping[str, Any]]  # (type, data) of an event to append with a change
+NewEvent = tuple[str, JsonMapping]  # (type, data) of an event to append with a change
 
 
 def _wallets_to_json(wallets: Mapping[Role, WalletRef]) -> str:
@@ -153,7 +154,7 @@ def _funding_from_json(text: str) -> Funding:
 def _payout_to_json(payout: Payout) -> str:
     """The payout column as walletd has always written it: the intent's keys always, what
     signing adds (txids, signed_txset, amount, fee) and last_error only once known."""
-    raw: dict[str, Any] = {  # Any: JSON values
+    raw: JsonObject = {  # Any: JSON values
         "kind": payout.kind.value,
         "address": payout.address,
         "phase": payout.phase.value,
@@ -451,9 +452,7 @@ class Store:
 
     # ---- events ----------------------------------------------------------------------------------
 
-    def append_event(
-        self, type_: str, escrow_id: str | None, data: Mapping[str, Any]
-    ) -> EventRecord:
+    def append_event(self, type_: str, escrow_id: str | None, data: JsonMapping) -> EventRecord:
         with self._tx() as db:
             return _insert_event(db, type_, escrow_id, data)
 
@@ -487,7 +486,7 @@ class Store:
 
 
 def _insert_event(
-    db: sqlite3.Connection, type_: str, escrow_id: str | None, data: Mapping[str, Any]
+    db: sqlite3.Connection, type_: str, escrow_id: str | None, data: JsonMapping
 ) -> EventRecord:
     at = utcnow()
     cur = db.execute(

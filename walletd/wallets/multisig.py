@@ -23,7 +23,7 @@ a crash. Every failure is a `MultisigError` naming the step and the wallets that
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import structlog
@@ -31,6 +31,7 @@ import trio
 
 from walletd.errors import MultisigError, RpcError
 from walletd.ids import ROLES, Role
+from walletd.jsontypes import JsonObject
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
@@ -60,7 +61,6 @@ THRESHOLD = 2
 TOTAL = 3
 EXCHANGE_ROUNDS = 2  # 2-of-3 in 0.18: make_multisig, then two key exchange rounds
 
-JsonObject = dict[str, Any]  # Any: wallet-rpc answers and params are untyped JSON
 K = TypeVar("K", bound=str)
 
 

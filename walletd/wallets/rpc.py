@@ -24,13 +24,13 @@ from walletd.errors import (
     RpcTimeout,
     RpcUnreachable,
 )
+from walletd.jsontypes import JsonObject
 from walletd.wallets.transport import LoopbackTransport
 
 __all__ = ["DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc"]
 
 NO_WALLET_FILE = -13
 
-JsonObject = dict[str, Any]  # Any: wallet-rpc answers and params are untyped JSON
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
