@@ -36,7 +36,8 @@ async def _running(
 
 
 async def test_sighup_reloads_limits(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    """SIGHUP re-reads the config file: a lower cap evicts down to it, sessions stay otherwise."""
+    """SIGHUP re-reads the config file: a lower cap evicts down to it, sessions stay otherwise;
+    escrows made afterwards, created or adopted, default to the new required confirmations."""
     async with trio.open_nursery() as nursery:
         app, _, _ = await _running(nursery, tmp_path, 3, max_active=3)
         config = tmp_path / "walletd.toml"
@@ -45,7 +46,7 @@ async def test_sighup_reloads_limits(tmp_path: Path, autojump_clock: trio.abc.Cl
             f'[daemon]\nsocket_path = "{cfg.daemon.socket_path}"\n'
             f'state_dir = "{cfg.daemon.state_dir}"\n'
             f'[monero]\ndaemon_address = "127.0.0.1:1"\nwallet_dir = "{cfg.monero.wallet_dir}"\n'
-            "[sessions]\nmax_active = 2\n[monitor]\nenabled = false\n"
+            "[sessions]\nmax_active = 2\n[monitor]\nenabled = false\nrequired_confirmations = 7\n"
         )
         app.config_path = config
         os.kill(os.getpid(), signal.SIGHUP)
@@ -53,6 +54,9 @@ async def test_sighup_reloads_limits(tmp_path: Path, autojump_clock: trio.abc.Cl
         assert app.registry.limits.max_active == 2
         assert [s.escrow_id for s in app.registry.sessions()] == ["d2", "d1"]
         assert (await call(app, "GET", "/v1/stats"))[1]["max_sessions"] == 2
+        status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "n1", "amount": 5})
+        assert (status, body["required_confirmations"]) == (201, 7), body
+        assert app.escrows.required_confirmations == 7  # what an adoption defaults to
         # A bad file is refused and the running limits stay.
         config.write_text("[sessions]\nmax_active = 0\n")
         os.kill(os.getpid(), signal.SIGHUP)

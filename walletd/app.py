@@ -170,7 +170,6 @@ class App:
             chain=self.chain,
             wallet_dir=m.wallet_dir,
             state_dir=state,
-            required_confirmations=config.monitor.required_confirmations,
         )
         self.monitor = Monitor(
             config.monitor,
@@ -250,7 +249,8 @@ class App:
         self.config = fresh
         self.registry.set_limits(limits_from(fresh))
         self.monitor.set_interval(fresh.monitor.poll_interval)
-        self.lifecycle.required_confirmations = fresh.monitor.required_confirmations
+        # The default for new escrows, created or adopted (one value: the escrow service's).
+        self.escrows.required_confirmations = fresh.monitor.required_confirmations
         log.info("limits reloaded", max_active=fresh.effective_max_active)
 
     def request_stop(self) -> None:

@@ -106,7 +106,6 @@ class Lifecycle:
         chain: Chain,
         wallet_dir: Path,
         state_dir: Path,
-        required_confirmations: int,
     ) -> None:
         self._store = store
         self._escrows = escrows
@@ -116,8 +115,6 @@ class Lifecycle:
         self._chain = chain
         self._wallet_dir = wallet_dir
         self._state_dir = state_dir  # abandoned wallet files go under it
-        # Unless a creation names its own; App.reload updates it (it read the config live before).
-        self.required_confirmations = required_confirmations
         self._locks: dict[str, trio.Lock] = {}
         self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
@@ -172,7 +169,7 @@ class Lifecycle:
             escrow_id=escrow_id,
             state=EscrowState.CREATING,
             amount=amount,
-            required_confirmations=confirmations or self.required_confirmations,
+            required_confirmations=confirmations or self._escrows.required_confirmations,
             multisig_address=None,
             origin="created",
             wallets={role: WalletRef(files[role]) for role in ROLES},
