@@ -92,7 +92,7 @@ BAD_REQUESTS: list[tuple[str, str, object, int, str]] = [
     ("GET", "/v1/events?after=-1", None, 400, "invalid_request"),
     ("GET", "/v1/events?timeout=600", None, 400, "invalid_request"),
     ("GET", "/v1/events?timeout=abc", None, 400, "invalid_request"),
-    ("DELETE", "/v1/stats", None, 400, "invalid_request"),
+    ("DELETE", "/v1/stats", None, 405, "method_not_allowed"),
     ("GET", "/v2/anything", None, 404, "not_found"),
     (
         "POST",

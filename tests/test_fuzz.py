@@ -8,7 +8,7 @@ is called in-process except to adopt the one real escrow ("good") before fuzzing
 
 Every answer must be documented (api.md): a success (200/201/202) for a request that happens to
 be valid, or an HTTP status with exactly ``{"error": {"code", "message"}}`` where the code is one
-of the ten documented codes and matches the status. A complete request must get an answer; the
+of the eleven documented codes and matches the status. A complete request must get an answer; the
 server may only stop answering a connection after an answer that says ``connection: close``; a
 half-closed connection is closed promptly; no exchange takes longer than `SLOW` seconds. After
 every batch the daemon must still be healthy (GET /v1/health is 200 "ok"), and at the end of each
@@ -77,6 +77,7 @@ CODES = {
     "invalid_request": 400,
     "forbidden": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "not_ready": 409,
     "too_large": 413,
@@ -314,6 +315,8 @@ def check_reply(reply: Reply, *, head: bool = False, what: str = "") -> None:
         return
     if reply.status not in ERROR_STATUSES:
         raise Broken(f"undocumented status: {where}")
+    if reply.status == 405 and not reply.headers.get("allow"):
+        raise Broken(f"405 without an Allow header: {where}")
     if head and not reply.body:
         return
     if reply.headers.get("content-type") != "application/json":
@@ -1362,21 +1365,26 @@ def _cases() -> list[Case]:
         )
     )
 
-    # methods
-    for method, target in (
-        ("FOO", "/v1/health"),
-        ("get", "/v1/health"),
-        ("TRACE", "/v1/health"),
-        ("PUT", "/v1/escrows"),
-        ("PATCH", "/v1/escrows/good"),
-        ("DELETE", "/v1/stats"),
-        ("POST", "/v1/health"),
-        ("GET", "/v1/escrows/good/release"),
-        ("OPTIONS", "*"),
-        ("CONNECT", "walletd:80"),
-        ("M" * 10_000, "/v1/health"),
+    # methods: a known path with a method it does not take is 405 (api.md since v1.1)
+    for method, target, status in (
+        ("FOO", "/v1/health", 405),
+        ("get", "/v1/health", 405),  # methods are case-sensitive
+        ("TRACE", "/v1/health", 405),
+        ("PUT", "/v1/escrows", 405),
+        ("PATCH", "/v1/escrows/good", 405),
+        ("DELETE", "/v1/stats", 405),
+        ("POST", "/v1/health", 405),
+        ("GET", "/v1/escrows/good/release", 405),
+        ("FOO", "/v2/nothing", 404),  # an unknown path stays 404 whatever the method
+        ("OPTIONS", "*", 400),  # not a path at all
+        ("CONNECT", "walletd:80", 400),
+        ("M" * 10_000, "/v1/health", 405),
     ):
-        add(Case(f"method-{method[:10]}", http(method, target), (400,), success_ok=False))
+        add(
+            Case(
+                f"method-{method[:10]}-{status}", http(method, target), (status,), success_ok=False
+            )
+        )
     add(
         Case(
             "method-nul", b"G\x00T /v1/health HTTP/1.1\r\nHost: w\r\n\r\n", (400,), success_ok=False
@@ -1390,7 +1398,8 @@ def _cases() -> list[Case]:
             success_ok=False,
         )
     )
-    add(Case("method-head", http("HEAD", "/v1/health"), (400,), success_ok=False))
+    add(Case("method-head", http("HEAD", "/v1/health"), (200,), success_ok=True))
+    add(Case("method-head-post-only", http("HEAD", "/v1/escrows/good/release"), (405,)))
 
     # truncated requests and half-closed connections
     ok = http("GET", "/v1/health")
@@ -1957,7 +1966,7 @@ async def test_abort_after_a_head_request_still_gets_its_answer(walletd: Walletd
 
     head, malformed = await in_thread(send)
     assert head is not None, "no answer to the HEAD request"
-    assert head.status == 400  # HEAD is not a route; answered without a body
+    assert head.status == 200  # HEAD is answered on every GET path, without a body
     assert malformed is not None, "no answer to the malformed request"
     check_reply(malformed)
     assert malformed.status == 400

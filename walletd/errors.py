@@ -8,6 +8,7 @@ The hierarchy::
     │   ├── InvalidRequest            the request is malformed or breaks a rule of api.md
     │   ├── Forbidden                 the caller may not do this
     │   ├── NotFound                  no such escrow (or route)
+    │   ├── MethodNotAllowed          a known route, not with this method; names the ones it takes
     │   ├── Conflict                  the request contradicts the escrow's state or another request
     │   ├── NotReady                  the escrow is not there yet (funding, confirmations)
     │   ├── TooLarge                  the request exceeds a size limit
@@ -42,6 +43,7 @@ __all__ = [
     "Forbidden",
     "Internal",
     "InvalidRequest",
+    "MethodNotAllowed",
     "MultisigError",
     "NoWalletFile",
     "NotFound",
@@ -93,6 +95,17 @@ class Forbidden(PublicError):
 
 class NotFound(PublicError):
     pass
+
+
+class MethodNotAllowed(PublicError):
+    """The route exists, but not with this method; `allowed` are the methods it takes."""
+
+    def __init__(self, message: str, allowed: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.allowed = tuple(allowed)
+
+    def copy(self) -> Self:
+        return type(self)(self.message, self.allowed)
 
 
 class Conflict(PublicError):

@@ -15,7 +15,7 @@ import structlog
 from walletd.api.errors import error_answer
 from walletd.api.server import Request, Response
 from walletd.api.status import Status
-from walletd.errors import Internal, InvalidRequest, NotFound, PublicError
+from walletd.errors import Internal, InvalidRequest, MethodNotAllowed, NotFound, PublicError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import PayoutKind
 from walletd.escrows.service import EscrowService
@@ -140,9 +140,10 @@ class Api:
     async def __call__(self, request: Request) -> Response:
         try:
             handler, params = self._match(request)
-            if "id" in params:
-                params["id"] = check_escrow_id(params["id"])
             return await handler(request, params)
+        except MethodNotAllowed as exc:
+            status, body, _ = error_answer(exc)
+            return Response.json(status, body, headers=(("allow", ", ".join(exc.allowed)),))
         except PublicError as exc:
             status, body, _ = error_answer(exc)
             return Response.json(status, body)
@@ -157,16 +158,27 @@ class Api:
     def _match(self, request: Request) -> tuple[Handler, dict[str, str]]:
         """Match on the request's segments, each decoded on its own (`Request.segments`): a
         decoded `/` inside a segment is part of that parameter (and no valid id has one), so an
-        encoded slash can never turn `/v1/escrows/e1%2Fbalance` into a balance read."""
+        encoded slash can never turn `/v1/escrows/e1%2Fbalance` into a balance read.
+
+        An invalid escrow id is refused (400) before the method is looked at: such a path names
+        nothing, so it is no known path to answer 405 for."""
         segments = request.segments
         for template, methods in self._routes:
             params = _match_segments(template, segments)
             if params is None:
                 continue
+            if "id" in params:
+                params["id"] = check_escrow_id(params["id"])
             handler = methods.get(request.method)
+            if handler is None and request.method == "HEAD":
+                # HEAD is GET without the body (the server leaves it out, keeping the length).
+                handler = methods.get("GET")
             if handler is None:
-                allowed = ", ".join(sorted(methods))
-                raise InvalidRequest(f"method {request.method} not allowed here (use {allowed})")
+                allowed = _allowed(methods)
+                raise MethodNotAllowed(
+                    f"method {request.method[:20]} not allowed here (use {', '.join(allowed)})",
+                    allowed,
+                )
             return handler, params
         raise NotFound(f"no such endpoint: {request.path[:200]}")
 
@@ -269,6 +281,14 @@ class Api:
     async def metrics(self, _: Request, __: dict[str, str]) -> Response:
         body, content_type = self._status.metrics_text()
         return Response(200, body, content_type=content_type)
+
+
+def _allowed(methods: dict[str, Handler]) -> list[str]:
+    """The methods a route takes, for `Allow`: HEAD wherever GET is."""
+    allowed = set(methods)
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return sorted(allowed)
 
 
 def _match_segments(template: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:

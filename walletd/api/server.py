@@ -94,12 +94,16 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    # Extra headers (lower-case names), e.g. `allow` on a 405; framing headers are the server's.
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def json(cls, status: int, obj: object) -> Response:
+    def json(
+        cls, status: int, obj: object, *, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Response:
         """Compact UTF-8 JSON; NaN and infinities are refused since they are not JSON."""
         text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return cls(status, text.encode())
+        return cls(status, text.encode(), headers=headers)
 
 
 @attrs.frozen
@@ -512,7 +516,13 @@ def _h11_response(
     no_body = response.status in (204, 304) or method == "HEAD"
     headers = [("content-type", response.content_type)]
     if response.status not in (204, 304):
+        # Also on a HEAD answer: the length the GET answer's body has (RFC 9110 9.3.2).
         headers.append(("content-length", str(len(response.body))))
+    headers += [
+        (name, value)
+        for name, value in response.headers
+        if name not in ("content-type", "content-length", "connection", "transfer-encoding")
+    ]
     if close:
         headers.append(("connection", "close"))
     try:

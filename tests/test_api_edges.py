@@ -1,0 +1,199 @@
+"""The API edges added in api.md's "Since v1.1", through a RUNNING walletd's real Unix socket.
+
+walletd runs in-process (`App.run`, fake wallet-rpc processes, the monitor off so nothing changes
+behind the test's back), bound to a socket in a private /tmp directory. Requests go through that
+socket with curl (what an operator types) or, for what curl will not send, as raw bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig
+from walletd.app import App
+from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_pool import FakePool
+
+CURL = shutil.which("curl")
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+TXID = "ab" * 32
+
+# Every GET path of api.md (v1 and v1.1 as far as this walletd serves them), one concrete each.
+GET_PATHS = (
+    "/v1/escrows",
+    "/v1/escrows?state=ready",
+    "/v1/escrows/good",
+    "/v1/escrows/good/balance",
+    f"/v1/escrows/good/transfers/{TXID}",
+    "/v1/sessions",
+    "/v1/stats",
+    "/v1/health",
+    "/v1/events?after=0",
+    "/metrics",
+)
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@pytest.fixture
+async def walletd() -> AsyncIterator[App]:
+    """walletd's App.run on fake wallet-rpc processes, one adopted escrow "good"."""
+    root = Path(tempfile.mkdtemp(prefix="wdedge-", dir="/tmp"))  # short: AF_UNIX path limit
+    try:
+        world = FakeWalletWorld()
+        good = await make_fake_multisig(world, "good")
+        app = fake_app(root, world, FakePool(world), chain=FakeDaemon(world))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            status, body = await call(app, "POST", "/v1/escrows", good.adopt_body("good"))
+            assert status == 201, body
+            yield app
+            app.request_stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _sock(app: App) -> str:
+    return str(app.config.daemon.socket_path)
+
+
+def _parse(raw: bytes) -> Answer:
+    """curl -i output (one response; 100 Continue skipped)."""
+    while True:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split()[1])
+        if status != 100:
+            break
+        raw = rest
+    headers = {}
+    for line in lines:
+        name, value = line.split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    return Answer(status, headers, rest)
+
+
+async def curl(app: App, *args: str) -> Answer:
+    assert CURL is not None
+    done = await trio.run_process(
+        [CURL, "-sS", "-i", "--max-time", "10", "--unix-socket", _sock(app), *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return _parse(done.stdout)
+
+
+async def raw_exchange(app: App, data: bytes) -> tuple[bytes, bool]:
+    """Send `data`, read until the server closes (or 5 s pass): what came back, and whether
+    the server closed the connection."""
+
+    def run() -> tuple[bytes, bool]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5.0)
+            s.connect(_sock(app))
+            s.sendall(data)
+            got = b""
+            try:
+                while chunk := s.recv(65_536):
+                    got += chunk
+            except TimeoutError:
+                return got, False
+            except ConnectionResetError:
+                pass
+            return got, True
+
+    return await trio.to_thread.run_sync(run)
+
+
+def _error_code(answer: Answer) -> str:
+    body = json.loads(answer.body)
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    code: str = body["error"]["code"]
+    return code
+
+
+# ---- HEAD and 405 ------------------------------------------------------------------------------
+
+
+@needs_curl
+async def test_head_answers_every_get_path_like_get_without_a_body(walletd: App) -> None:
+    """HEAD on every GET path gets GET's status, content type and Content-Length, and no body."""
+    for path in GET_PATHS:
+        url = f"http://walletd{path}"
+        got = await curl(walletd, url)
+        head = await curl(walletd, "-I", url)
+        assert head.status == got.status, (path, head, got)
+        assert head.body == b"", (path, head)
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert "content-length" in head.headers, (path, head)
+    # Where the answer does not change between two calls, the length is GET's body's exactly.
+    for path in ("/v1/escrows/nope", "/v1/events?after=0", f"/v1/escrows/good/transfers/{TXID}"):
+        url = f"http://walletd{path}"
+        got = await curl(walletd, url)
+        head = await curl(walletd, "-I", url)
+        assert int(head.headers["content-length"]) == len(got.body) > 0, (path, head, got)
+
+
+@needs_curl
+async def test_head_on_an_unknown_path_is_404(walletd: App) -> None:
+    """HEAD on a path walletd does not serve is 404 like GET: no Allow, no body."""
+    head = await curl(walletd, "-I", "http://walletd/v2/anything")
+    assert head.status == 404
+    assert head.body == b""
+    assert "allow" not in head.headers
+
+
+@needs_curl
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/v1/stats", "GET, HEAD"),
+        ("POST", "/v1/health", "GET, HEAD"),
+        ("PUT", "/v1/escrows", "GET, HEAD, POST"),
+        ("PATCH", "/v1/escrows/good", "GET, HEAD"),
+        ("GET", "/v1/escrows/good/release", "POST"),
+        ("HEAD", "/v1/escrows/good/refund", "POST"),
+        ("GET", "/v1/escrows/good/session", "DELETE, POST"),
+        ("OPTIONS", "/metrics", "GET, HEAD"),
+        ("FOO", "/v1/events", "GET, HEAD"),
+    ],
+)
+async def test_wrong_method_on_a_known_path_is_405_with_allow(
+    walletd: App, method: str, path: str, allow: str
+) -> None:
+    """A known path with a method it does not take is 405 method_not_allowed, with an Allow
+    header listing the methods it takes (HEAD wherever GET is); the connection stays usable."""
+    flag = ["-I"] if method == "HEAD" else ["-X", method]
+    got = await curl(walletd, *flag, f"http://walletd{path}")
+    assert got.status == 405, got
+    assert got.headers["allow"] == allow, got
+    assert "close" not in got.headers.get("connection", ""), got
+    if method != "HEAD":
+        assert _error_code(got) == "method_not_allowed"
+        assert method in json.loads(got.body)["error"]["message"]
+
+
+@needs_curl
+async def test_wrong_method_on_an_unknown_path_stays_404(walletd: App) -> None:
+    """An unknown path is 404 not_found whatever the method: 405 is only for known paths."""
+    got = await curl(walletd, "-X", "DELETE", "http://walletd/v1/nothing/here")
+    assert got.status == 404
+    assert _error_code(got) == "not_found"
+    assert "allow" not in got.headers
