@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
+import h11
 import pytest
 import trio
 
@@ -197,3 +198,59 @@ async def test_wrong_method_on_an_unknown_path_stays_404(walletd: App) -> None:
     assert got.status == 404
     assert _error_code(got) == "not_found"
     assert "allow" not in got.headers
+
+
+# ---- Content-Length with Transfer-Encoding -------------------------------------------------------
+
+
+async def test_h11_alone_accepts_content_length_with_transfer_encoding() -> None:
+    """h11 by itself takes a request with both framings (Transfer-Encoding wins): refusing it
+    is walletd's own check, so this pins why that check exists."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(
+        b"POST /v1/escrows HTTP/1.1\r\nHost: w\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    assert isinstance(conn.next_event(), h11.Request)
+    assert isinstance(conn.next_event(), h11.EndOfMessage)
+
+
+@needs_curl
+async def test_content_length_with_transfer_encoding_is_refused_by_curl(walletd: App) -> None:
+    """curl sending both Content-Length and Transfer-Encoding gets 400 invalid_request and a
+    connection: close."""
+    got = await curl(
+        walletd,
+        "-H",
+        "Content-Length: 5",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "{}",
+        "http://walletd/v1/escrows",
+    )
+    assert got.status == 400, got
+    assert _error_code(got) == "invalid_request"
+    assert "Transfer-Encoding" in json.loads(got.body)["error"]["message"]
+    assert got.headers.get("connection") == "close", got
+
+
+async def test_content_length_with_transfer_encoding_is_refused_and_closed(walletd: App) -> None:
+    """Both framings in one request (a smuggling attempt: the pipelined GET hides in the body
+    one framing sees) get one 400 invalid_request, then the connection is closed: the request
+    behind it is never answered."""
+    smuggled = b"GET /v1/stats HTTP/1.1\r\nHost: w\r\n\r\n"
+    data = (
+        b"POST /v1/escrows HTTP/1.1\r\nHost: w\r\nContent-Length: %d\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" % (5 + len(smuggled))
+    ) + smuggled
+    got, closed = await raw_exchange(walletd, data)
+    assert closed, "the server kept the connection open"
+    assert got.count(b"HTTP/1.1 ") == 1, got
+    answer = _parse(got)
+    assert answer.status == 400, answer
+    assert answer.headers["connection"] == "close"
+    assert _error_code(answer) == "invalid_request"
+    # The daemon serves the next connection as usual.
+    status, _ = await call(walletd, "GET", "/v1/health")
+    assert status == 200

@@ -388,6 +388,13 @@ class _Connection:
         limits = self._limits
         if _head_size(head) > limits.max_header_bytes:
             raise _Abort(self._head_too_large())
+        names = {name for name, _ in head.headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # h11 lets Transfer-Encoding win, as RFC 9112 6.3 allows; but the two framings
+            # disagreeing is the stuff of request smuggling, so refuse and close (RFC 9112 6.1).
+            raise _Abort(
+                _error(InvalidRequest("request has both Content-Length and Transfer-Encoding"))
+            )
         length = _content_length(head)
         if length is not None and length > limits.max_body_bytes:
             # Answered before reading the body: no reason to receive what we will refuse.
