@@ -254,3 +254,37 @@ async def test_content_length_with_transfer_encoding_is_refused_and_closed(walle
     # The daemon serves the next connection as usual.
     status, _ = await call(walletd, "GET", "/v1/health")
     assert status == 200
+
+
+# ---- events cursor past the newest seq -----------------------------------------------------------
+
+
+@needs_curl
+async def test_events_after_past_the_newest_seq_is_400_naming_it(walletd: App) -> None:
+    """GET /v1/events?after=N with N past the newest seq is 400 invalid_request at once (no long
+    poll), the message naming the newest seq; N equal to the newest is an ordinary empty page."""
+    newest = walletd.events.last_seq
+    assert newest > 0  # the adoption's escrow_created at least
+    ok = await curl(walletd, f"http://walletd/v1/events?after={newest}")
+    assert ok.status == 200, ok
+    assert json.loads(ok.body) == {"events": [], "next": newest}
+    with trio.fail_after(5):  # a long poll would take the whole timeout
+        got = await curl(walletd, f"http://walletd/v1/events?after={newest + 1}&timeout=30")
+    assert got.status == 400, got
+    assert _error_code(got) == "invalid_request"
+    assert f"newest event seq {newest}" in json.loads(got.body)["error"]["message"]
+
+
+async def test_events_cursor_check_survives_pruning_every_event(walletd: App) -> None:
+    """With every event row gone (pruned), the newest seq is still the last one handed out:
+    a client's cursor at it is valid (200, empty), one past it is 400 naming it."""
+    for _ in range(3):
+        walletd.events.emit("funded", "good")
+    newest = walletd.events.last_seq
+    walletd.store._db.execute("DELETE FROM events")  # what max(seq) would see as "no events"
+    status, body = await call(walletd, "GET", f"/v1/events?after={newest}")
+    assert (status, body) == (200, {"events": [], "next": newest})
+    status, body = await call(walletd, "GET", f"/v1/events?after={newest + 1}")
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request"
+    assert f"newest event seq {newest}" in body["error"]["message"]

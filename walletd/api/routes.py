@@ -271,6 +271,11 @@ class Api:
             raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
         after = _query_int(request, "after", 0)
         timeout = _query_float(request, "timeout", 0.0, 0.0, 60.0)
+        # AUTOINCREMENT's counter, not max(seq): pruning never makes a valid cursor look too new.
+        newest = self._events.last_seq
+        if after > newest:
+            # A cursor from another database or a typo would otherwise wait forever in silence.
+            raise InvalidRequest(f"after={after} is past the newest event seq {newest}")
         events = await self._events.wait_after(after, timeout)
         return Response.json(200, page_json(after, events))
 
