@@ -151,6 +151,37 @@ async def test_concurrent_releases_send_once(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(("first", "other"), [("release", "refund"), ("refund", "release")])
+async def test_conflicting_payout_says_what_differs(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, first: str, other: str
+) -> None:
+    """After a payout, the other kind is 409 conflict saying "already has a <first> payout"
+    and that the other kind cannot follow, even to the same address; the same kind to another
+    address is 409 naming the address as what differs; the same call again is the same payout."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o4", "amount": AMOUNT})
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+        await _wait_state(app, "o4", "ready")
+        payee = world.add_wallet("p4", "x").address
+        elsewhere = world.add_wallet("q4", "x").address
+        status, done = await call(app, "POST", f"/v1/escrows/o4/{first}", {"address": payee})
+        assert status == 202, done
+        for address in (payee, elsewhere):
+            status, body = await call(app, "POST", f"/v1/escrows/o4/{other}", {"address": address})
+            assert (status, body["error"]["code"]) == (409, "conflict"), body
+            message = body["error"]["message"]
+            assert f"already has a {first} payout; a {other} cannot follow it" in message
+            assert "address" not in message
+        status, body = await call(app, "POST", f"/v1/escrows/o4/{first}", {"address": elsewhere})
+        assert (status, body["error"]["code"]) == (409, "conflict"), body
+        assert f"already has a {first} payout to another address" in body["error"]["message"]
+        status, again = await call(app, "POST", f"/v1/escrows/o4/{first}", {"address": payee})
+        assert (status, again["payout"]) == (202, done["payout"])
+        nursery.cancel_scope.cancel()
+
+
 async def test_refund_path(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     """The refund path ends `refunded`, and the buyer receives the amount less the fee."""
     async with trio.open_nursery() as nursery:

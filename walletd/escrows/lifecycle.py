@@ -270,7 +270,12 @@ class Lifecycle:
         async with lock:
             rec = escrows.get(escrow_id)
             if rec.payout is not None:
-                if rec.payout.kind != kind or rec.payout.address != address:
+                if rec.payout.kind != kind:
+                    raise Conflict(
+                        f"escrow {escrow_id!r} already has a {rec.payout.kind} payout; "
+                        f"a {kind} cannot follow it"
+                    )
+                if rec.payout.address != address:
                     raise Conflict(
                         f"escrow {escrow_id!r} already has a {rec.payout.kind} payout "
                         "to another address"
