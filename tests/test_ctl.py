@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 import structlog
 import trio
 
+import walletd
 from walletd.api import server as httpserver
 from walletd.api.server import Request, Response, serve_unix
 from walletd.cli import walletctl as ctl
@@ -400,3 +403,17 @@ def test_socket_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert ctl._parser().parse_args(["status"]).socket == "/tmp/x.sock"
     monkeypatch.delenv("WALLETD_SOCKET")
     assert ctl._parser().parse_args(["status"]).socket == "/run/walletd/walletd.sock"
+
+
+@pytest.mark.parametrize("program", ["walletd", "walletctl"])
+def test_version_prints_the_version_and_exits_0(program: str) -> None:
+    """`walletd --version` and `walletctl --version` (the installed commands) print the program's
+    name and walletd.__version__ on stdout and exit 0, needing no config and no socket."""
+    command = Path(sys.executable).parent / program
+    if not command.exists():
+        pytest.skip(f"{program} is not installed next to {sys.executable}")
+    done = subprocess.run(
+        [str(command), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{program} {walletd.__version__}"

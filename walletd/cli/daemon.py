@@ -9,6 +9,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from walletd import __version__
 from walletd.config import Config, load_config
 from walletd.errors import ConfigError
 
@@ -19,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="walletd", description=__doc__)
     p.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
     p.add_argument("--check-config", action="store_true", help="check the config file and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command")
     dev = sub.add_parser("dev", help="private regtest monerod + walletd with dev-only endpoints")
     dev.add_argument("--dir", type=Path, default=Path("./walletd-dev"), help="state directory")

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from walletd import __version__
 from walletd.errors import InvalidRequest
 from walletd.ids import check_escrow_id
 from walletd.jsontypes import JsonObject
@@ -432,6 +433,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[_common(top=True)],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
