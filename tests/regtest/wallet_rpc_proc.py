@@ -102,8 +102,11 @@ class WalletRpcProcess:
         work_dir: Path,
         daemon_address: str,
         binary: str = "monero-wallet-rpc",
+        extra_env: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """`extra_env`: added to the process's environment (e.g. `FastOpen.env()`)."""
         self.wallet_dir = wallet_dir
+        self._extra_env = dict(extra_env)
         self.work_dir = work_dir
         self.port = free_port()
         self.user = "walletd"
@@ -151,7 +154,7 @@ class WalletRpcProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.wallet_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
-        env = {**os.environ, "DNS_PUBLIC": "tcp://127.0.0.1"}
+        env = {**os.environ, "DNS_PUBLIC": "tcp://127.0.0.1", **self._extra_env}
         with open(self.work_dir / "wallet-rpc.out", "ab") as output:
             self._process = subprocess.Popen(
                 self._argv,
