@@ -19,13 +19,15 @@ import httpx
 import trio
 
 from bench.plan import Plan
-from bench.report import ItemResult, Row
+from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_s, summarize
 from tests.regtest.wallet_rpc_proc import MultisigSet
 from walletd.wallets import multisig
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["ReleaseSetup", "run_release"]
+
+MIN_SPEEDUP = 3.0  # warm release vs the old way, medians
 
 
 @attrs.frozen
@@ -72,12 +74,27 @@ async def run_release(s: ReleaseSetup, plan: Plan) -> ItemResult:
         txids.append(await _old_release(s, ms))
         old.append(time.perf_counter() - started)
     w, o = summarize(walletd), summarize(old)
+    speedup = o.median / w.median
+    met = speedup >= MIN_SPEEDUP
     row = Row(
         ("4 release (2-of-3 payout)", "  (walletd warm)"),
         fmt_s(w),
         "old way: " + fmt_s(o),
-        f"{o.median / w.median:.1f}x faster",
-        f"(n={plan.releases}: a sample spends an escrow)",
+        f"{speedup:.1f}x faster",
+        (f">= {MIN_SPEEDUP:.0f}x faster", f"(n={plan.releases}: a sample spends an escrow)"),
+        met,
+    )
+    why = (
+        "met"
+        if met
+        else "missed: a warm release still refreshes and exchanges multisig info (export/import"
+        " between the signers) inside the call; the pre-exchange of multisig info ahead of a"
+        " release, which would take that out of it, is not built yet"
+    )
+    target = Target(
+        f"warm release at least {MIN_SPEEDUP:.0f}x faster than the old way (median)",
+        met,
+        f"{speedup:.1f}x (walletd {w.median:.2f} s, old way {o.median:.2f} s, medians): {why}",
     )
     data = {
         "walletd": {"summary_s": w.to_json(), "samples_s": walletd},
@@ -89,4 +106,4 @@ async def run_release(s: ReleaseSetup, plan: Plan) -> ItemResult:
         " open vendor and arbiter wallets, refresh, export/import multisig info, sweep_all,"
         " sign_multisig, submit_multisig, close (walletd.wallets.multisig on wallet-rpc)."
     )
-    return ItemResult("4_release", [row], [], data, legend)
+    return ItemResult("4_release", [row], [target], data, legend)
