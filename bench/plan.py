@@ -24,9 +24,10 @@ class Plan:
     idle_cycles: int  # monitor cycles without a new block
     block_cycles: int  # monitor cycles after one new block each
     escrows: int  # registered escrows for the memory figure
+    creations: int  # escrows created through walletd (three wallets and a multisig each)
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 50, 20, 5, 1, 3, 1, 2, 10, 2.0, 1, 0.5, 10, 3, 1000)
-        return cls(False, 200, 100, 20, 4, 20, 2, 5, 10, 4.0, 2, 1.0, 30, 10, 1000)
+            return cls(True, 50, 20, 5, 1, 3, 1, 2, 10, 2.0, 1, 0.5, 10, 3, 1000, 2)
+        return cls(False, 200, 100, 20, 4, 20, 2, 5, 10, 4.0, 2, 1.0, 30, 10, 1000, 5)

@@ -3,7 +3,9 @@
 1. Regtest: monerod, six wallet-rpc processes, a miner; ready multisig sets (escrow `a`, the
    release escrows for walletd and for the old way, and one set copied for the warm sessions);
    one transaction funds `a` and the release escrows, and 12 blocks unlock it.
-2. walletd #1 (real children): `a` adopted -> items 1, 2, 3; release escrows adopted -> item 4;
+2. walletd #1 (real children): `a` adopted -> items 1, 2, 3 (with one more wallet-rpc, started
+   with the fast-open preload, for the plain vs fast `open_wallet` row); escrows created through
+   walletd -> item 3c; release escrows adopted -> item 4;
    10 escrows adopted -> item 6 (no session, 10 sessions), then item 5 and, once walletd #1
    has stopped, item 7 (walletd's App in this process on the same 10 escrows).
    For item 5, walletd #2 runs alongside on instant fake wallet-rpc endpoints (another
@@ -33,6 +35,7 @@ import trio
 from bench.aio import in_batches
 from bench.daemon import XMR, BenchWalletd, adopt_body, wait_escrows
 from bench.env import PASSWORD, Regtest, copy_set, copy_wallet, move_set, start_regtest
+from bench.items.create import CreateSetup, run_create
 from bench.items.load import LoadLevel, Subject, load_result, run_paired
 from bench.items.memory import MemorySnapshot, many_escrows, memory_result, snapshot
 from bench.items.monitor import run_monitor
@@ -42,10 +45,11 @@ from bench.items.session_open import OpenSetup, run_open
 from bench.plan import Plan
 from bench.procs import die_with_parent
 from bench.report import ItemResult
-from tests.regtest.wallet_rpc_proc import MultisigSet
+from tests.regtest.wallet_rpc_proc import MultisigSet, WalletRpcProcess
 from walletd.escrows.model import Payout, PayoutKind, PayoutPhase
 from walletd.ids import ROLES, Role
 from walletd.state.store import Store
+from walletd.wallets import fastopen
 
 __all__ = ["Run"]
 
@@ -54,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 # without a new block makes no wallet-rpc call, so this adds no load to the figures.
 MONITOR = {"poll_interval": 1.0, "height_check": 0.25}
 FAKE_USER = "bench"
+FAST_COPY = "fast-buyer"  # the byte copy of escrow a's buyer wallet the fast-open process opens
 
 
 class Run:
@@ -140,6 +145,8 @@ class Run:
         for role in ROLES:
             copy_wallet(reg.direct_dir, a_set.files[role], reg.direct_dir, copies[role])
         copy_wallet(reg.direct_dir, a_set.files["buyer"], reg.direct_dir, "floor-buyer")
+        copy_wallet(reg.direct_dir, a_set.files["buyer"], reg.direct_dir, FAST_COPY)
+        fast = self._start_fast(stack, reg)
         for s in [a_set, *releases]:
             move_set(s, reg.direct_dir, daemon.wallet_dir)
         # The warm sessions only read (balance, monitor checks): byte copies of one ready set
@@ -152,8 +159,18 @@ class Run:
             time.sleep(1.0)
         self._empty = snapshot(daemon.pid)
         trio.run(
-            self._real_items, daemon, reg, a_set, releases, old_releases, sessions, txid, copies
+            self._real_items,
+            daemon,
+            reg,
+            a_set,
+            releases,
+            old_releases,
+            sessions,
+            txid,
+            copies,
+            fast,
         )
+        fast.stop()  # its item is over: it would only add noise
         self._warm = snapshot(daemon.pid)
         real = Subject(
             "real",
@@ -187,9 +204,11 @@ class Run:
         sessions: list[MultisigSet],
         txid: str,
         copies: dict[Role, str],
+        fast: WalletRpcProcess,
     ) -> None:
         plan = self.plan
         rpcs = {role: reg.pool[i].client() for i, role in enumerate(ROLES)}
+        fast_rpc = fast.client()
         try:
             async with daemon.client() as api:
                 with self.phase("adopting escrow a"):
@@ -207,14 +226,25 @@ class Run:
                         PASSWORD,
                     )
                     self.items += await run_reads(setup, plan)
-                with self.phase("item 3: session opens"):
-                    self.items.append(
-                        await run_open(
-                            OpenSetup(api, "a", rpcs, copies, PASSWORD, daemon.pid, _pid(reg, 0)),
-                            plan,
-                        )
+                with self.phase("item 3: session opens, open_wallet plain and fast"):
+                    open_setup = OpenSetup(
+                        api,
+                        "a",
+                        rpcs,
+                        copies,
+                        PASSWORD,
+                        daemon.pid,
+                        _pid(reg, 0),
+                        fast_rpc,
+                        _proc_pid(fast),
+                        FAST_COPY,
                     )
+                    self.items += await run_open(open_setup, plan)
                 await _close(api, ["a"])
+                with self.phase(f"item 3c: {plan.creations} escrow creations"):
+                    create = CreateSetup(api, "c", XMR, daemon.pid)
+                    result, _created = await run_create(create, plan)
+                    self.items.append(result)
                 ids = [f"r{i}" for i in range(len(releases))]
                 with self.phase("adopting release escrows"):
                     await in_batches(
@@ -238,8 +268,26 @@ class Run:
                     raise RuntimeError(f"{active} sessions open, expected {len(ids)}")
         finally:
             with trio.CancelScope(shield=True):
-                for rpc in rpcs.values():
+                for rpc in [*rpcs.values(), fast_rpc]:
                     await rpc.aclose()
+
+    def _start_fast(self, stack: contextlib.ExitStack, reg: Regtest) -> WalletRpcProcess:
+        """A wallet-rpc on `direct_dir` like the pool's, but with walletd's fast-open preload."""
+        key_dir = self.root / "fastopen"
+        key_dir.mkdir(mode=0o700, exist_ok=True)
+        fo = fastopen.prepare(key_dir, wanted=True)
+        if not fo.enabled:
+            raise RuntimeError(f"fast open unavailable: {fo.reason}")
+        proc = stack.enter_context(
+            WalletRpcProcess(
+                wallet_dir=reg.direct_dir,
+                work_dir=self.root / "regtest" / "wallet-rpc-fast",
+                daemon_address=reg.monerod.daemon_address,
+                extra_env=fo.env(),
+            )
+        )
+        proc.wait_ready()
+        return proc
 
     # ---- walletd on instant fake wallet-rpc endpoints --------------------------------------------
 
@@ -302,6 +350,12 @@ def _pid(reg: Regtest, index: int) -> int:
     if pid is None:
         raise RuntimeError(f"wallet-rpc #{index} is not running")
     return pid
+
+
+def _proc_pid(proc: WalletRpcProcess) -> int:
+    if proc.pid is None:
+        raise RuntimeError(f"{proc!r} is not running")
+    return proc.pid
 
 
 async def _adopt(api: httpx.AsyncClient, escrow_id: str, s: MultisigSet) -> None:
