@@ -15,7 +15,7 @@ from typing import TextIO
 import structlog
 from structlog.typing import EventDict
 
-__all__ = ["SECRET_KEY_PATTERN", "configure_logging", "mask_secrets"]
+__all__ = ["SECRET_KEY_PATTERN", "configure_logging", "mask_secrets", "set_level"]
 
 # Keys whose values must never reach a log line, whatever the caller passed.
 SECRET_KEY_PATTERN = re.compile(
@@ -47,6 +47,24 @@ def mask_secrets(_logger: object, _method: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
+# The level is checked by a processor rather than baked into the (cached) bound loggers, so that
+# SIGHUP can change it for loggers already in use.
+_LEVELS = {name.lower(): n for name, n in logging.getLevelNamesMapping().items()}
+_threshold = logging.INFO
+
+
+def set_level(level: str) -> None:
+    """Log `level` and above from now on, in every logger (SIGHUP applies `log.level` here)."""
+    global _threshold
+    _threshold = _LEVELS[level.lower()]
+
+
+def _filter_level(_logger: object, method: str, event_dict: EventDict) -> EventDict:
+    if _LEVELS.get(method, logging.CRITICAL) < _threshold:  # "exception" logs as an error
+        raise structlog.DropEvent
+    return event_dict
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process (call once at start-up)."""
     out = stream or sys.stderr
@@ -55,8 +73,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
+    set_level(level)
     structlog.configure(
         processors=[
+            _filter_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -65,9 +85,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
