@@ -169,6 +169,7 @@ class App:
             chain=self.chain,
             wallet_dir=m.wallet_dir,
             state_dir=state,
+            daemon_check=config.monitor.height_check,
         )
         self.monitor = Monitor(
             config.monitor,
