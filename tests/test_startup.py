@@ -15,7 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
+from tests.fakes import fake_app
+from walletd import app as app_module
+from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_pool import FakePool
 from walletd.testing.walletd_process import WalletdProcess, toml_value
 
 EXIT_RUNTIME, EXIT_CONFIG = 1, 2
@@ -187,3 +192,19 @@ def test_sighup_with_no_change_says_so(tmp_path: Path) -> None:
         proc.signal(signal.SIGHUP)
         reloaded = _wait_for(proc, "config reloaded")
         assert (reloaded["changed"], reloaded["restart_needed"]) == ({}, [])
+
+
+def test_sighup_under_walletd_dev_says_it_does_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`walletd dev` builds its App without a config file (as here): SIGHUP's reload says so in
+    a warning instead of silently doing nothing."""
+    world = FakeWalletWorld()
+    app = fake_app(tmp_path, world, FakePool(world))
+    assert app.config_path is None  # as in walletd.cli.dev
+    monkeypatch.setattr(app_module, "log", structlog.get_logger(app_module.__name__))
+    with structlog.testing.capture_logs() as logs:
+        app.reload()
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "SIGHUP ignored: no config file to re-read (walletd dev); restart instead")
+    ]
