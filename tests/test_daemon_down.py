@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, start
+from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_pool import FakePool, FakeProcess
+from walletd.wallets.children import WalletProcess
 from walletd.wallets.rpc import DaemonRpc
 
 AMOUNT = 10**12
@@ -110,3 +111,33 @@ async def test_create_against_a_silent_monerod_is_503(tmp_path: Path) -> None:
     finally:
         listener.close()
         await chain.aclose()
+
+
+async def test_monerod_lost_half_way_through_a_creation_is_503(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """monerod answers walletd's check, then the new wallets' wallet-rpc lose it (-38 "no
+    connection to daemon") during the multisig setup: 503 unavailable, no escrow left."""
+    world = FakeWalletWorld()
+    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
+    pool = fake_pool(app)
+    original = pool.acquire
+
+    async def acquire() -> WalletProcess:
+        proc = await original()
+        assert isinstance(proc, FakeProcess)
+        for _ in range(3):  # also after walletd relinks it with set_daemon
+            proc.fake.fail_next("refresh", -38, "no connection to daemon")
+        return proc
+
+    async with trio.open_nursery() as nursery:
+        await start(nursery, app)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pool, "acquire", acquire)
+            status, body = await call(
+                app, "POST", "/v1/escrows", {"escrow_id": "m2", "amount": AMOUNT}
+            )
+        assert (status, body["error"]["code"]) == (503, "unavailable"), body
+        assert "monerod unreachable" in body["error"]["message"]
+        assert (await call(app, "GET", "/v1/escrows/m2"))[0] == 404
+        nursery.cancel_scope.cancel()
