@@ -208,3 +208,24 @@ def test_sighup_under_walletd_dev_says_it_does_nothing(
     assert [(e["log_level"], e["event"]) for e in logs] == [
         ("warning", "SIGHUP ignored: no config file to re-read (walletd dev); restart instead")
     ]
+
+
+def test_a_vault_key_others_may_read_is_named_by_check_and_start(tmp_path: Path) -> None:
+    """A state dir whose key file others may read: --check-config names it, and start-up stops
+    with exit 2 and one line naming it (before: a traceback)."""
+    config = _good(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    key = tmp_path / "state" / "walletd.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    path = _write(tmp_path / "w.toml", config)
+    checked = _walletd("--config", str(path), "--check-config")
+    assert checked.returncode == EXIT_CONFIG
+    assert checked.stderr.splitlines() == [
+        f"walletd: daemon.state_dir: {key}: key file must be mode 0600, is 0644"
+    ]
+    done = _walletd("--config", str(path))
+    assert done.returncode == EXIT_CONFIG, done
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert str(key) in done.stderr
+    assert "Traceback" not in done.stderr

@@ -77,6 +77,7 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
     from walletd.app import App, prepare_dirs
     from walletd.ops.logs import configure_logging
     from walletd.state.statelock import StateDirBusy, StateLock
+    from walletd.state.vault import VaultError
 
     fmt = config.log.format
     if fmt == "json" and sys.stderr.isatty():
@@ -103,7 +104,7 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
     with lock:  # held until the process ends
         try:
             app = App(config, config_path)
-        except ConfigError as exc:
+        except (ConfigError, VaultError) as exc:
             log.error("cannot start", error=str(exc))
             return EXIT_CONFIG
         except OSError as exc:

@@ -25,6 +25,7 @@ def problems(config: Config) -> list[str]:
         found += _executable("monero.wallet_rpc_path", m.wallet_rpc_path)
     d = config.daemon
     found += _private_dir("daemon.state_dir", d.state_dir)
+    found += _key_file(d.state_dir / "walletd.key")
     found += _private_dir("monero.wallet_dir", m.wallet_dir)
     sock_dir = d.socket_path.parent
     if sock_dir.exists():
@@ -73,6 +74,22 @@ def _private_dir(key: str, path: Path) -> list[str]:
         return [f"{key}: {path} is owned by uid {st.st_uid}, walletd runs as {os.getuid()}"]
     if not os.access(path, os.W_OK | os.X_OK):
         return [f"{key}: {path} is not writable"]
+    return []
+
+
+def _key_file(path: Path) -> list[str]:
+    """The vault key (walletd.state.vault), if it exists yet: private and whole."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return []  # made at first start
+    except OSError as exc:
+        return [f"daemon.state_dir: {path}: {exc.strerror}"]
+    if st.st_mode & 0o077:
+        mode = st.st_mode & 0o777
+        return [f"daemon.state_dir: {path}: key file must be mode 0600, is {mode:04o}"]
+    if st.st_size != 32:
+        return [f"daemon.state_dir: {path}: key file has {st.st_size} bytes, expected 32"]
     return []
 
 
