@@ -24,8 +24,8 @@ def problems(config: Config) -> list[str]:
     if not m.wallet_rpc_endpoints:  # walletd starts its own monero-wallet-rpc children
         found += _executable("monero.wallet_rpc_path", m.wallet_rpc_path)
     d = config.daemon
-    found += _private_dir("daemon.state_dir", d.state_dir)
-    found += _key_file(d.state_dir / "walletd.key")
+    state_problems = _private_dir("daemon.state_dir", d.state_dir)
+    found += state_problems or _key_file(d.state_dir / "walletd.key")
     found += _private_dir("monero.wallet_dir", m.wallet_dir)
     sock_dir = d.socket_path.parent
     if sock_dir.exists():
