@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,4 +229,37 @@ def test_a_vault_key_others_may_read_is_named_by_check_and_start(tmp_path: Path)
     assert done.returncode == EXIT_CONFIG, done
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert str(key) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_file_in_the_socket_path_is_a_config_problem(tmp_path: Path) -> None:
+    """A regular file where the socket goes: --check-config names daemon.socket_path, exit 2."""
+    config = _good(tmp_path)
+    Path(config["daemon"]["socket_path"]).write_text("")
+    path = _write(tmp_path / "w.toml", config)
+    done = _walletd("--config", str(path), "--check-config")
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.splitlines() == [
+        f"walletd: daemon.socket_path: {config['daemon']['socket_path']} exists and is not a socket"
+    ]
+
+
+def test_a_socket_another_server_listens_on_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    """Another server listening on the socket path (found only when binding): walletd exits 1
+    (systemd may retry: it may be an old walletd going away) with one line, no traceback."""
+    config = _good(tmp_path)
+    config = _with(config, "monero", spare_processes=0)
+    path = _write(tmp_path / "w.toml", config)
+    assert _walletd("--config", str(path), "--check-config").returncode == 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(config["daemon"]["socket_path"])
+        other.listen(8)
+        done = _walletd("--config", str(path))
+    assert done.returncode == EXIT_RUNTIME, done
+    lines = [line for line in done.stderr.splitlines() if '"error"' in line]
+    assert len(lines) == 1, done.stderr
+    cannot = json.loads(lines[0])
+    assert cannot["event"] == "cannot start"
+    assert "another server is listening" in cannot["error"]
+    assert config["daemon"]["socket_path"] in cannot["error"]
     assert "Traceback" not in done.stderr

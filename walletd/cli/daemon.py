@@ -17,7 +17,7 @@ import trio
 
 from walletd import __version__
 from walletd.config import Config, load_config
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, first_error
 from walletd.ops import preflight
 
 __all__ = ["EXIT_CONFIG", "EXIT_RUNTIME", "main"]
@@ -113,8 +113,22 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
 
         app.exit_backstop = config.daemon.shutdown_timeout + 10
 
-        async def _main() -> None:
-            await app.run()
+        started = False
 
-        trio.run(_main)
+        async def _main() -> None:
+            nonlocal started
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                started = True
+
+        try:
+            trio.run(_main)
+        except BaseException as exc:
+            # An OS refusal while starting (the socket path taken by another server, a port or
+            # file refused) is one line and exit 1; anything else, or later, is a bug: traceback.
+            leaf = first_error(exc)
+            if started or not isinstance(leaf, OSError):
+                raise
+            log.error("cannot start", error=str(leaf))
+            return EXIT_RUNTIME
     return 0

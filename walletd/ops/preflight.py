@@ -33,6 +33,10 @@ def problems(config: Config) -> list[str]:
         found += [problem] if problem else []
     else:
         found += _creatable("daemon.socket_path", sock_dir)
+    if d.socket_path.is_symlink() or (
+        d.socket_path.exists() and not stat.S_ISSOCK(d.socket_path.stat().st_mode)
+    ):  # a live socket is fine: `systemctl reload` checks next to the running walletd
+        found.append(f"daemon.socket_path: {d.socket_path} exists and is not a socket")
     if len(os.fsencode(d.socket_path)) > 107:  # sun_path holds 108 bytes with the NUL
         found.append(f"daemon.socket_path: {d.socket_path} is longer than a Unix socket allows")
     return found
