@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
@@ -18,6 +19,7 @@ from walletd.sessions.messages import PreExchange
 from walletd.sessions.registry import Caller
 from walletd.testing.fake_chain import FEE, FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
+from walletd.testing.fake_spending import STALE
 
 AMOUNT = 10**12
 EXCHANGE = ("export_multisig_info", "import_multisig_info")
@@ -108,6 +110,36 @@ async def test_funds_arriving_after_the_exchange_cause_a_fresh_exchange(
         before_submit = _calls_before_submit(world, since)
         assert set(EXCHANGE) <= set(before_submit), before_submit
         assert _received(world, vendor.address) == [AMOUNT + AMOUNT // 2 - FEE]
+        assert world.epoch(esc["multisig_address"]) == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "code", "message"),
+    [
+        ("vendor", "sweep_all", -16, "No transaction created"),
+        ("arbiter", "sign_multisig", -35, STALE),
+    ],
+)
+async def test_a_warm_payout_refused_for_stale_info_exchanges_afresh(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, role: str, method: str, code: int, message: str
+) -> None:
+    """wallet-rpc refuses the warm proposal or signature for want of fresh multisig info: the
+    release exchanges afresh, proposes again and pays the whole balance once (202, no error)."""
+    async with trio.open_nursery() as nursery:
+        app, world, esc = await _ready_escrow(nursery, tmp_path, "w5")
+        await _cycle(app, world)
+        assert await _exchanged(app, "w5")
+        fake_pool(app).fake_of(f"escrow-w5-{role}").fail_next(method, code, message)
+
+        vendor = world.add_wallet("vendor-payout", "x")
+        since = len(world.calls)
+        await _release(app, "w5", vendor.address)
+        methods = _calls_before_submit(world, since)
+        refused = methods.index(method)
+        assert set(EXCHANGE) <= set(methods[refused:]), methods
+        assert methods[refused + 1 :].count("sweep_all") == 1, methods
+        assert _received(world, vendor.address) == [AMOUNT - FEE]
         assert world.epoch(esc["multisig_address"]) == 1
         nursery.cancel_scope.cancel()
 

@@ -76,6 +76,7 @@ class Monitor:
         self.interval: float = cfg.poll_interval
         self.cold_interval: float = cfg.cold_interval
         self.height_check: float = cfg.height_check
+        self.pre_exchange_enabled: bool = cfg.pre_exchange
         self._wake = trio.Event()
         self._cold_wake = trio.Event()
         self._refreshed_at: dict[str, int] = {}  # escrow -> chain height of its last refresh
@@ -208,10 +209,15 @@ class Monitor:
         )
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
-        if rec.state is not EscrowState.READY or rec.payout is not None:
+        if (
+            not self.pre_exchange_enabled
+            or rec.state is not EscrowState.READY
+            or rec.payout is not None
+        ):
             return False
+        # Low priority: never into a session with an API call in hand; the next cycle will do.
         info = self._registry.session_info(rec.escrow_id)
-        return info is not None and not info.exchanged
+        return info is not None and not info.exchanged and not info.busy
 
     async def pre_exchange(self, rec: EscrowRecord, height: int) -> None:
         """Exchange the escrow's multisig info ahead of its payout. Never once a payout is
