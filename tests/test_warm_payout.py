@@ -60,6 +60,20 @@ def _received(world: FakeWalletWorld, address: str) -> list[int]:
     return [a for tx in world.txs.values() for to, a in tx.outputs if to == address]
 
 
+class _Observed(list[tuple[int, str]]):
+    """The fake's call log, setting `event` when `method` is called."""
+
+    def __init__(self, calls: list[tuple[int, str]], method: str, event: trio.Event) -> None:
+        super().__init__(calls)
+        self._method = method
+        self._event = event
+
+    def append(self, call: tuple[int, str]) -> None:
+        super().append(call)
+        if call[1] == self._method:
+            self._event.set()
+
+
 async def _release(app: App, escrow_id: str, address: str) -> dict[str, Any]:
     status, body = await call(app, "POST", f"/v1/escrows/{escrow_id}/release", {"address": address})
     assert status == 202, body
@@ -178,6 +192,8 @@ async def test_a_payout_in_flight_is_not_disturbed(
         vendor = world.add_wallet("vendor-payout", "x")
         arbiter = fake_pool(app).fake_of("escrow-w4-arbiter")
         arbiter.call_delay = 5.0  # the payout's steps on the co-signer take a while
+        proposed = trio.Event()
+        world.calls = _Observed(world.calls, "sweep_all", proposed)
         done = trio.Event()
 
         async def release() -> None:
@@ -186,18 +202,14 @@ async def test_a_payout_in_flight_is_not_disturbed(
 
         since = len(world.calls)
         nursery.start_soon(release)
-        with trio.fail_after(60):
-            while True:  # until the payout is being prepared (its proposal is made)
-                if "sweep_all" in [m for _, m in world.calls[since:]]:
-                    break
-                await trio.sleep(0.5)
+        # No timeouts around these waits: a failed release fails the test through the nursery.
+        await proposed.wait()  # the payout is being prepared
         await _cycle(app, world)  # the payout is recorded: the monitor leaves the escrow alone
         assert app.monitor.session_calls["pre_exchange"] == 0
         # Asked directly (e.g. a monitor check sent just before the payout was recorded).
         asked = await app.registry.call("w4", PreExchange(), caller=Caller.MONITOR)
         assert asked is False
-        with trio.fail_after(120):
-            await done.wait()
+        await done.wait()
         methods = [m for _, m in world.calls[since:]]
         sign = methods.index("sign_multisig")
         submit = methods.index("submit_multisig")
