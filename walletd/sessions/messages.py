@@ -169,7 +169,8 @@ class SetupMultisig(Message[str]):
 
 @attrs.frozen
 class PreparePayout(Message[PayoutTx]):
-    """Refresh and sync the two signers, sweep to `address`, co-sign: answers a signed PayoutTx.
+    """Refresh the two signers, exchange their multisig info unless the session's pre-exchange
+    still covers them (`warm_payout`), sweep to `address`, co-sign: answers a signed PayoutTx.
 
     Nothing leaves the wallets until `SubmitPayout`, so repeating this after a restore is safe."""
 
