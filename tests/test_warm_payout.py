@@ -128,6 +128,27 @@ async def test_funds_arriving_after_the_exchange_cause_a_fresh_exchange(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_restored_wallet_rpc_means_a_fresh_exchange(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """kill -9 of a signer's wallet-rpc after the pre-exchange: the session restores it, and the
+    release exchanges afresh (the reopened wallet may lack what it never stored) and pays once."""
+    async with trio.open_nursery() as nursery:
+        app, world, esc = await _ready_escrow(nursery, tmp_path, "w6")
+        await _cycle(app, world)
+        assert await _exchanged(app, "w6")
+        fake_pool(app).fake_of("escrow-w6-vendor").kill()
+
+        vendor = world.add_wallet("vendor-payout", "x")
+        since = len(world.calls)
+        await _release(app, "w6", vendor.address)
+        before_submit = _calls_before_submit(world, since)
+        assert set(EXCHANGE) <= set(before_submit), before_submit
+        assert _received(world, vendor.address) == [AMOUNT - FEE]
+        assert world.epoch(esc["multisig_address"]) == 1
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     ("role", "method", "code", "message"),
     [
