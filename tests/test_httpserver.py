@@ -485,7 +485,7 @@ async def test_handler_exception_is_500_and_logged(nursery: trio.Nursery, sock_p
         "error": {"code": "internal", "message": "internal error; see walletd's log"}
     }
     assert after.status_code == 200
-    failures = [e for e in logs if e["event"] == "http_handler_failed"]
+    failures = [e for e in logs if e["event"] == "http handler failed"]
     assert len(failures) == 1
     assert failures[0]["log_level"] == "error"
     assert failures[0]["path"] == "/boom"
