@@ -12,8 +12,12 @@ from typing import IO
 
 import pytest
 import structlog
+import trio
 
+from tests.fakes import FakeDaemon, call, fake_app, fake_pool, make_fake_multisig, start
 from walletd.ops.logs import configure_logging
+from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_pool import FakePool
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = re.compile(r"^<([0-7])>")
@@ -147,3 +151,28 @@ def test_event_names_are_lowercase_words() -> None:
         if identifier.match(event) or not event[:1].islower()
     ]
     assert not bad, "\n".join(bad)
+
+
+async def test_a_session_labels_its_processes_while_it_holds_their_wallets(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session marks each process with its escrow and role once the wallet is open there
+    (`wallet_of`: what the pool's log lines about that process name), and clears the mark
+    once the wallet is closed and the process goes back to the pool as a spare."""
+    world = FakeWalletWorld()
+    ready = await make_fake_multisig(world, "l1")
+    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
+    async with trio.open_nursery() as nursery:
+        await start(nursery, app)
+        assert (await call(app, "POST", "/v1/escrows", ready.adopt_body("l1")))[0] == 201
+        pool = fake_pool(app)
+        held = list(pool.in_use.values())
+        assert sorted(p.wallet_of or ("", "") for p in held) == [
+            ("l1", "arbiter"),
+            ("l1", "buyer"),
+            ("l1", "vendor"),
+        ]
+        assert (await call(app, "DELETE", "/v1/escrows/l1/session"))[0] == 200
+        assert not pool.in_use
+        assert [p.wallet_of for p in held] == [None, None, None]
+        nursery.cancel_scope.cancel()

@@ -15,16 +15,24 @@ Event names are lowercase words ("session opened", "http request"); values go in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict
 
-__all__ = ["SECRET_KEY_PATTERN", "configure_logging", "is_journal_stream", "mask_secrets"]
+__all__ = [
+    "SECRET_KEY_PATTERN",
+    "configure_logging",
+    "is_journal_stream",
+    "mask_secrets",
+    "unlabelled",
+]
 
 # Keys whose values must never reach a log line, whatever the caller passed.
 SECRET_KEY_PATTERN = re.compile(
@@ -54,6 +62,18 @@ def mask_secrets(_logger: object, _method: str, event_dict: EventDict) -> EventD
         else:
             event_dict[key] = _mask_value(event_dict[key])
     return event_dict
+
+
+@contextlib.contextmanager
+def unlabelled() -> Iterator[None]:
+    """Log without the calling task's bound context (its `escrow_id`) inside the block: for
+    work the task does on behalf of nothing it is labelled with (a session starting a spare)."""
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.bind_contextvars(**saved)
 
 
 # syslog priorities (sd-daemon(3)), by structlog's level names.
