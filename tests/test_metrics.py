@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -277,3 +280,33 @@ async def test_metrics_address_taken_stops_start_up_naming_the_key(tmp_path: Pat
         with pytest.raises(ConfigError, match=rf"^daemon\.metrics_address: .*127\.0\.0\.1:{port}"):
             await app.run()
     assert not app.config.daemon.socket_path.exists()
+
+
+def test_a_taken_metrics_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """From the command line, a taken metrics port is one log line naming the key and exit
+    code 2 (a configuration error), not a traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "walletd.toml"
+        config.write_text(
+            f'[daemon]\nsocket_path = "{tmp_path}/w.sock"\nstate_dir = "{tmp_path}/state"\n'
+            f'metrics_address = "127.0.0.1:{port}"\n'
+            f'[monero]\ndaemon_address = "127.0.0.1:1"\nwallet_dir = "{tmp_path}/wallets"\n'
+            'wallet_rpc_path = "/bin/false"\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "walletd", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [json.loads(line) for line in result.stderr.splitlines() if '"error"' in line]
+    assert [e["event"] for e in errors] == ["cannot start"], result.stderr
+    assert errors[0]["error"].startswith(
+        f"daemon.metrics_address: cannot listen on 127.0.0.1:{port}"
+    )
