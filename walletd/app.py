@@ -282,6 +282,7 @@ class App:
             max_connections=cfg.daemon.max_connections,
             handler_timeout=cfg.daemon.request_timeout,
         )
+        metrics_listeners: list[trio.SocketListener] = []
         try:
             # Bound before anything starts: a taken port stops start-up with the key's name.
             metrics_listeners = await self._metrics_listeners()
@@ -328,6 +329,8 @@ class App:
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
         finally:
+            for listener in metrics_listeners:  # closed by serve_tcp, unless it never started
+                listener.socket.close()
             with trio.CancelScope(shield=True):
                 await self.chain.aclose()
             self.store.close()
