@@ -161,7 +161,7 @@ async def test_a_session_labels_its_processes_while_it_holds_their_wallets(
     once the wallet is closed and the process goes back to the pool as a spare."""
     world = FakeWalletWorld()
     ready = await make_fake_multisig(world, "l1")
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
+    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world), idle_ttl=10**9)
     async with trio.open_nursery() as nursery:
         await start(nursery, app)
         assert (await call(app, "POST", "/v1/escrows", ready.adopt_body("l1")))[0] == 201
