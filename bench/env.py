@@ -30,7 +30,6 @@ __all__ = [
     "PASSWORD",
     "XMR",
     "Regtest",
-    "copy_set",
     "copy_wallet",
     "move_set",
     "start_regtest",
@@ -123,14 +122,6 @@ def move_set(s: MultisigSet, src: Path, dst: Path) -> None:
         for path in _wallet_files(src, s.files[role]):
             if path.exists():
                 shutil.move(path, dst / path.name)
-
-
-def copy_set(s: MultisigSet, src: Path, dst: Path, prefix: str) -> MultisigSet:
-    """Byte copies of a set's three wallets under new names: the same multisig, other files."""
-    files = {role: f"{prefix}-{role}" for role in ROLES}
-    for role in ROLES:
-        copy_wallet(src, s.files[role], dst, files[role])
-    return MultisigSet(files=files, password=s.password, address=s.address)
 
 
 def copy_wallet(src: Path, name: str, dst: Path, new_name: str) -> None:

@@ -1,7 +1,7 @@
 """The whole benchmark, in the order that lets one regtest world serve every item.
 
 1. Regtest: monerod, six wallet-rpc processes, a miner; ready multisig sets (escrow `a`, the
-   release escrows for walletd and for the old way, and one set copied for the warm sessions);
+   release escrows for walletd and for the old way, and one set per warm session);
    one transaction funds `a` and the release escrows, and 12 blocks unlock it.
 2. walletd #1 (real children): `a` adopted -> items 1, 2, 3 (with one more wallet-rpc, started
    with the fast-open preload, for the plain vs fast `open_wallet` row); escrows created through
@@ -34,7 +34,7 @@ import trio
 
 from bench.aio import in_batches
 from bench.daemon import XMR, BenchWalletd, adopt_body, wait_escrows, wait_exchanged
-from bench.env import PASSWORD, Regtest, copy_set, copy_wallet, move_set, start_regtest
+from bench.env import PASSWORD, Regtest, copy_wallet, move_set, start_regtest
 from bench.items.create import CreateSetup, run_create
 from bench.items.load import LoadLevel, Subject, load_result, run_paired
 from bench.items.memory import MemorySnapshot, many_escrows, memory_result, snapshot
@@ -87,15 +87,17 @@ class Run:
         with self.phase("regtest: monerod, wallet-rpc processes, miner"):
             reg = start_regtest(stack, self.root / "regtest")
         n_rel = plan.releases
-        with self.phase(f"{2 + 2 * n_rel} multisig sets"):
-            sets = reg.make_sets(2 + 2 * n_rel)
+        n_sets = 1 + 2 * n_rel + plan.sessions
+        with self.phase(f"{n_sets} multisig sets"):
+            sets = reg.make_sets(n_sets)
         reg.shrink_pool(3)
-        a_set, template = sets[0], sets[-1]
+        a_set = sets[0]
         releases, old_releases = sets[1 : 1 + n_rel], sets[1 + n_rel : 1 + 2 * n_rel]
+        warm = sets[1 + 2 * n_rel :]
         with self.phase("funding escrows"):
             funded = [a_set, *releases, *old_releases]
             txid = reg.fund([s.address for s in funded], XMR)
-        sessions = self._walletd_real(stack, reg, a_set, releases, old_releases, template, txid)
+        sessions = self._walletd_real(stack, reg, a_set, releases, old_releases, warm, txid)
         with self.phase("item 7: monitor cycles (walletd App in-process)"):
             self.items.append(
                 run_monitor(
@@ -129,12 +131,12 @@ class Run:
         a_set: MultisigSet,
         releases: list[MultisigSet],
         old_releases: list[MultisigSet],
-        template: MultisigSet,
+        warm: list[MultisigSet],
         txid: str,
     ) -> list[MultisigSet]:
         """Items 1-4, 5 on real wallet-rpc, 6 without and with sessions; returns the sets of
         the warm sessions (their files stay in walletd #1's wallet dir)."""
-        n = self.plan.sessions
+        n = len(warm)
         daemon = BenchWalletd(
             self.root / "walletd",
             reg.monerod.daemon_address,
@@ -147,13 +149,11 @@ class Run:
         copy_wallet(reg.direct_dir, a_set.files["buyer"], reg.direct_dir, "floor-buyer")
         copy_wallet(reg.direct_dir, a_set.files["buyer"], reg.direct_dir, FAST_COPY)
         fast = self._start_fast(stack, reg)
-        for s in [a_set, *releases]:
+        # Distinct sets for the warm sessions: walletd refuses byte copies of one set (the same
+        # multisig address twice is the same escrow's money).
+        for s in [a_set, *releases, *warm]:
             move_set(s, reg.direct_dir, daemon.wallet_dir)
-        # The warm sessions only read (balance, monitor checks): byte copies of one ready set
-        # behave as distinct sets would, and save making nine more (~10 s each here).
-        sessions = [
-            copy_set(template, reg.direct_dir, daemon.wallet_dir, f"s{i}") for i in range(n)
-        ]
+        sessions = warm
         with self.phase("walletd #1 start (real wallet-rpc children)"):
             stack.enter_context(daemon)
             time.sleep(1.0)
