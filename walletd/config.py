@@ -238,6 +238,8 @@ class MonitorConfig:
     required_confirmations: int = _key(10, _int(1, 1000))
     cold_interval: float = _key(300.0, _seconds(0.1))
     height_check: float = _key(2.0, _seconds(0.05))
+    # Exchange a ready escrow's multisig info ahead, in its open session, so a payout skips it.
+    pre_exchange: bool = _key(True, _bool)
 
 
 @attrs.frozen

@@ -10,6 +10,10 @@ Warm escrows (session open) are checked every cycle through their session's inbo
 each, and only into a free slot or one held by another monitor-only session: watching many escrows
 never evicts a session the API is using, and never thrashes the cap.
 
+A ready escrow without a payout whose session is open, and holds no multisig info exchange yet,
+is asked to exchange it ahead (`PreExchange`), so that its release or refund needs no exchange in
+the call. The check is redone each cycle: a session reopened since gets it again.
+
 Payout confirmations are read from monerod directly (the transaction's block height): no wallet,
 no session. A completed or refunded escrow's session is closed.
 
@@ -36,7 +40,7 @@ from walletd.errors import Capacity, WalletdError
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
-from walletd.sessions.messages import GetFunding, SubmitPayout
+from walletd.sessions.messages import GetFunding, PreExchange, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.store import Store, StoreUnavailable
@@ -72,6 +76,7 @@ class Monitor:
         self.interval: float = cfg.poll_interval
         self.cold_interval: float = cfg.cold_interval
         self.height_check: float = cfg.height_check
+        self.pre_exchange_enabled: bool = cfg.pre_exchange
         self._wake = trio.Event()
         self._cold_wake = trio.Event()
         self._refreshed_at: dict[str, int] = {}  # escrow -> chain height of its last refresh
@@ -141,6 +146,8 @@ class Monitor:
                     nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
                     nursery.start_soon(self._guarded, rec, height, self.check_payout)
+                elif self._wants_exchange(rec):
+                    nursery.start_soon(self._guarded, rec, height, self.pre_exchange)
         self._metrics.monitor_cycle.observe(trio.current_time() - started)
         self._cycled_height = height
         self._report_lag()
@@ -214,6 +221,26 @@ class Monitor:
         self._events.change(
             rec.escrow_id, [(t, seen) for t in events], state=state, funding=funding
         )
+
+    def _wants_exchange(self, rec: EscrowRecord) -> bool:
+        if (
+            not self.pre_exchange_enabled
+            or rec.state is not EscrowState.READY
+            or rec.payout is not None
+        ):
+            return False
+        # Low priority: never into a session with an API call in hand; the next cycle will do.
+        info = self._registry.session_info(rec.escrow_id)
+        return info is not None and not info.exchanged and not info.busy
+
+    async def pre_exchange(self, rec: EscrowRecord, height: int) -> None:
+        """Exchange the escrow's multisig info ahead of its payout. Never once a payout is
+        recorded: the session also refuses it once it has begun preparing one."""
+        fresh = self._store.get_escrow(rec.escrow_id)
+        if fresh is None or not self._wants_exchange(fresh):
+            return
+        self.session_calls["pre_exchange"] += 1
+        await self._registry.call(rec.escrow_id, PreExchange(), caller=Caller.MONITOR)
 
     async def check_payout(self, rec: EscrowRecord, height: int) -> None:
         payout = rec.payout

@@ -316,8 +316,10 @@ class Lifecycle:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
 
     async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
+        submitted = False
         try:
             await self._payout_steps(escrow_id)
+            submitted = True
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             try:
@@ -332,6 +334,9 @@ class Lifecycle:
         finally:
             del self._payouts[escrow_id]
             done.set()
+        if submitted:
+            # After the answer, not in it: the payout is recorded and submitted already.
+            await self._sync_after_payout(escrow_id)
 
     async def _payout_steps(self, escrow_id: str) -> None:
         registry = self._registry
@@ -393,10 +398,12 @@ class Lifecycle:
             state=payout.kind.paying_state,
         )
         self._metrics.payout(payout.kind.value, "submitted")
+
+    async def _sync_after_payout(self, escrow_id: str) -> None:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
-            await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
-        except WalletdError as exc:
+            await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
+        except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 
     async def _known_to_daemon(self, txid: str) -> bool:

@@ -124,6 +124,7 @@ class SessionInfo:
     age_s: float
     idle_s: float
     busy: bool
+    exchanged: bool = False  # holds a multisig info exchange a payout may use (PreExchange)
 
     def to_json(self) -> JsonObject:
         return {
@@ -535,6 +536,7 @@ class Registry:
             age_s=now - (entry.opened_at or now),
             idle_s=now - last,
             busy=entry.inflight > 0,
+            exchanged=entry.handle is not None and entry.handle.exchanged,
         )
 
 

@@ -57,6 +57,7 @@ from walletd.sessions.messages import (
     Message,
     MultisigInfo,
     MultisigStatus,
+    PreExchange,
     PreparePayout,
     Refresh,
     SetupMultisig,
@@ -66,6 +67,7 @@ from walletd.sessions.messages import (
     Transfer,
     ValidateAddress,
 )
+from walletd.sessions.warm_payout import Exchanged, incoming, prepare
 from walletd.wallets import multisig
 from walletd.wallets.children import ProcessPool
 from walletd.wallets.rpc import WalletRpc
@@ -102,6 +104,8 @@ class SessionHandle:
         self.escrow_id = escrow_id
         self._send = send
         self.address: str | None = None
+        # The session holds a multisig info exchange that a payout may use (`PreExchange`).
+        self.exchanged = False
 
     async def request(self, message: Message[R]) -> R:
         """Send `message` and wait for its reply; SessionClosed if the session is gone."""
@@ -186,13 +190,19 @@ class EscrowSession(WalletHandles):
         # The reader wallet synced with the chain since this process opened it: until then a
         # transaction it does not know may be one it has not scanned yet.
         self._reader_synced = False
+        self._handle: SessionHandle | None = None
+        # The last exchange of multisig info among the three wallets and what it covered; None
+        # when there is none a payout could use (see warm_payout).
+        self._exchanged: Exchanged | None = None
+        self._payout_begun = False  # a PreparePayout was served: no more pre-exchanges here
+        self.warm_payouts = 0  # payouts prepared without an exchange (tests, bench)
 
     # ---- the actor loop --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None:
         """Open the wallets, report ready with a handle, serve until told to leave, then close."""
         send, inbox = trio.open_memory_channel[Envelope](64)
-        handle = SessionHandle(self.escrow_id, send)
+        handle = self._handle = SessionHandle(self.escrow_id, send)
         structlog.contextvars.bind_contextvars(escrow_id=self.escrow_id)
         try:
             with trio.fail_after(self._open_timeout):
@@ -322,16 +332,14 @@ class EscrowSession(WalletHandles):
             case SetupMultisig():
                 return await self._setup_multisig()
             case PreparePayout(proposer=proposer, cosigner=cosigner, address=address):
-                signers = [self._rpc(proposer), self._rpc(cosigner)]
-                await self._store_and_backup("before payout")
-                await multisig.refresh(signers)
-                await multisig.sync_multisig_info(signers)
-                proposal = await multisig.propose(signers[0], address)
-                return await multisig.cosign(signers[1], proposal)
+                return await self._prepare_payout(proposer, cosigner, address)
+            case PreExchange():
+                return await self._pre_exchange()
             case SubmitPayout(role=role, txids=txids, signed_txset=signed):
                 payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)
                 return await multisig.submit(self._rpc(role), payout)
             case SyncAll():
+                self._set_exchanged(None)  # fresh exports: older imports no longer match them
                 rpcs = [self._rpc(role) for role in ROLES]
                 await multisig.refresh(rpcs)
                 await multisig.sync_multisig_info(rpcs)
@@ -357,6 +365,39 @@ class EscrowSession(WalletHandles):
         await self._store_all()
         self.address = address
         return address
+
+    async def _prepare_payout(self, proposer: Role, cosigner: Role, address: str) -> object:
+        signers = {proposer: self._rpc(proposer), cosigner: self._rpc(cosigner)}
+        # Used once at most, whatever happens next: a proposal consumes its signing nonces.
+        marker = self._exchanged
+        self._set_exchanged(None)
+        self._payout_begun = True
+        await self._store_and_backup("before payout")
+        await multisig.refresh(list(signers.values()))
+        payout, warm = await prepare(signers, address, marker)
+        self.warm_payouts += warm
+        return payout
+
+    async def _pre_exchange(self) -> bool:
+        """Exchange multisig info among the three wallets ahead of a payout (`PreExchange`)."""
+        if self._payout_begun or self.address is None:
+            return False
+        rpcs = {role: self._rpc(role) for role in ROLES}
+        await multisig.refresh(list(rpcs.values()))
+        if self._exchanged is not None:
+            now = {role: await incoming(rpc) for role, rpc in rpcs.items()}
+            if now == self._exchanged.incoming:
+                return False  # nothing arrived since: the last exchange still stands
+        self._set_exchanged(None)
+        await multisig.sync_multisig_info(list(rpcs.values()))
+        # No refresh since the exports: they covered exactly the transfers seen now.
+        self._set_exchanged(Exchanged({role: await incoming(rpc) for role, rpc in rpcs.items()}))
+        return True
+
+    def _set_exchanged(self, marker: Exchanged | None) -> None:
+        self._exchanged = marker
+        if self._handle is not None:
+            self._handle.exchanged = marker is not None
 
     async def _store_all(self) -> None:
         await together(self._store_one, self._handles.values())
@@ -458,6 +499,8 @@ class EscrowSession(WalletHandles):
 
     async def _restore(self, why: str) -> None:
         self._reader_height = None
+        # A reopened wallet may have lost imports it never stored: exchange afresh.
+        self._set_exchanged(None)
         if not self._limiter.allow():
             raise SessionFailed(f"restart limit reached ({why}); session gives up")
         self.restarts += 1
