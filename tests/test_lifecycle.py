@@ -368,7 +368,9 @@ async def test_dust_payments_do_not_hold_a_funded_escrow_out_of_ready(
 
 async def _wait_event(app: App, escrow_id: str, type_: str, timeout: float = 300) -> None:
     with trio.fail_after(timeout):
-        while type_ not in await _events(app, escrow_id):
+        while True:
+            if type_ in await _events(app, escrow_id):
+                return
             await trio.sleep(1)
 
 

@@ -33,8 +33,8 @@ import trio
 
 from walletd.config import MonitorConfig
 from walletd.errors import Capacity, WalletdError
-from walletd.jsontypes import JsonObject
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
+from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, SubmitPayout
