@@ -214,11 +214,17 @@ class App:
             store_interval=s.store_interval,
             daemon_address=self.config.monero.daemon_address,
             repair=self.repairs.repair,
+            on_damage=self._wallet_damaged,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
 
     def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
+        self.metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()
         self.events.emit("wallet_repaired", escrow_id, **data)
+
+    def _wallet_damaged(self, escrow_id: str, role: Role, error: str) -> None:
+        """A wallet in a session reported damage and was reopened from its files unsaved."""
+        self._wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
         self.status.wallet_rpc_restarts += 1

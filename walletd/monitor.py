@@ -38,6 +38,7 @@ import trio
 from walletd.config import MonitorConfig
 from walletd.errors import Capacity, WalletdError
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
+from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, PreExchange, SubmitPayout
@@ -202,25 +203,35 @@ class Monitor:
             confirmations=f.confirmations,
             checked_at=utcnow(),
         )
-        events = []
+        seen: JsonObject = {
+            "balance": f.balance,
+            "unlocked_balance": f.unlocked_balance,
+            "confirmations": f.confirmations,
+        }
+        events: list[tuple[str, JsonObject]] = []
         if state is EscrowState.AWAITING_FUNDING and f.balance >= fresh.amount:
             state = EscrowState.FUNDED
-            events.append("funded")
+            events.append(("funded", seen))
+        elif state is EscrowState.FUNDED and f.balance < fresh.amount <= fresh.funding.balance:
+            # A reorg took (part of) the deposit away before it was ready. States only move
+            # forward, so the escrow stays funded, but it cannot become ready on funds that are
+            # gone (the check below needs them unlocked and confirmed): the server hears it once,
+            # when the balance drops, and again `ready` if the funds are mined back.
+            events.append(("funding_reorged", {**seen, "previous_balance": fresh.funding.balance}))
+            log.warning(
+                "funding reorged away",
+                escrow_id=rec.escrow_id,
+                balance=f.balance,
+                previous_balance=fresh.funding.balance,
+            )
         if (
             state is EscrowState.FUNDED
             and f.unlocked_balance >= fresh.amount
             and f.confirmations >= fresh.required_confirmations
         ):
             state = EscrowState.READY
-            events.append("ready")
-        seen = {
-            "balance": f.balance,
-            "unlocked_balance": f.unlocked_balance,
-            "confirmations": f.confirmations,
-        }
-        self._events.change(
-            rec.escrow_id, [(t, seen) for t in events], state=state, funding=funding
-        )
+            events.append(("ready", seen))
+        self._events.change(rec.escrow_id, events, state=state, funding=funding)
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
         if (

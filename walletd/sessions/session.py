@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from walletd.errors import (
+    DamagedWallet,
     NoWalletFile,
     RpcAuthError,
     RpcCallError,
@@ -166,6 +167,7 @@ class EscrowSession(WalletHandles):
         store_interval: float = 300.0,
         daemon_address: str = "127.0.0.1:18081",
         repair: Repairer | None = None,
+        on_damage: Callable[[str, Role, str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
@@ -182,6 +184,7 @@ class EscrowSession(WalletHandles):
         self._store_interval = store_interval
         self._daemon_address = daemon_address
         self._repair = repair
+        self._on_damage = on_damage  # (escrow_id, role, wallet-rpc's message) once reopened
         self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
         self.leave_reason: str | None = None
@@ -285,11 +288,17 @@ class EscrowSession(WalletHandles):
                 if message.changes_wallets:
                     await self._store_all()  # multisig state is lost on kill -9 unless stored
                 return result
-            except (*LOST, multisig.MultisigError) as exc:
-                if isinstance(exc, multisig.MultisigError) and not isinstance(exc.rpc_error, LOST):
+            except (*LOST, multisig.MultisigError, DamagedWallet) as exc:
+                damage = _damage_in(exc)
+                if damage is not None:
+                    await self._drop_damaged(damage)
+                elif isinstance(exc, multisig.MultisigError) and not isinstance(
+                    exc.rpc_error, LOST
+                ):
                     raise  # a wallet refused a multisig step: the caller gets the step and why
-                log.warning("wallet-rpc lost", error=str(exc))
-                await self._restore(type(exc).__name__)
+                else:
+                    log.warning("wallet-rpc lost", error=str(exc))
+                    await self._restore(type(exc).__name__)
                 if not message.idempotent or repeated:
                     raise Unavailable(
                         f"wallet-rpc lost during {type(message).__name__}; wallets restored, "
@@ -518,6 +527,32 @@ class EscrowSession(WalletHandles):
                 if maybe is not None:
                     await maybe
 
+    async def _drop_damaged(self, exc: DamagedWallet) -> None:
+        """A wallet said it is damaged (in memory or in its cache file): kill its process without
+        saving anything of it, and open the wallet again from its files; a damaged cache there
+        fails that open and goes to the repairer (walletd.wallets.repair), which proves the
+        damage before it touches a file."""
+        damaged = [
+            h
+            for h in self._handles.values()
+            if h.proc is not None and h.proc.rpc.base_url == exc.url
+        ]
+        if not damaged:
+            raise exc  # not one of this session's processes: nothing here to drop
+        for handle in damaged:
+            log.error(
+                "wallet reports damage; dropped unsaved and reopened",
+                role=handle.role,
+                error=exc.rpc_message,
+            )
+            proc, handle.proc = handle.proc, None
+            assert proc is not None
+            await self._pool.discard(proc, damaged=True)
+        await self._restore(f"damaged wallet: {exc.rpc_message}")
+        if self._on_damage is not None:
+            for handle in damaged:
+                self._on_damage(self.escrow_id, handle.role, exc.rpc_message)
+
     async def _reopen(self, handle: Handle) -> None:
         proc, handle.proc = handle.proc, None
         if proc is not None:
@@ -532,6 +567,15 @@ class EscrowSession(WalletHandles):
                 await self._refresh_reader()
             else:
                 await self._rpc(handle.role).call("refresh")
+
+
+def _damage_in(exc: Exception) -> DamagedWallet | None:
+    """The damage report in `exc`, also when a multisig step carries it."""
+    if isinstance(exc, DamagedWallet):
+        return exc
+    if isinstance(exc, multisig.MultisigError) and isinstance(exc.rpc_error, DamagedWallet):
+        return exc.rpc_error
+    return None
 
 
 def _answer(reply: Reply, result: outcome.Outcome[object]) -> None:

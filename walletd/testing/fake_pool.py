@@ -49,6 +49,7 @@ class FakePool:
         self.idle: list[FakeProcess] = []
         self.in_use: dict[int, FakeProcess] = {}
         self.started = 0
+        self.discarded_damaged = 0  # processes dropped with their wallet unsaved
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -77,14 +78,18 @@ class FakePool:
         fake_proc = self.in_use.pop(proc.pid or -1)
         self.idle.append(fake_proc)
 
-    async def discard(self, proc: WalletProcess) -> None:
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:
         await trio.lowlevel.checkpoint()
         fake_proc = self.in_use.pop(proc.pid or -1, None)
         if fake_proc is None:
             return
         if fake_proc.fake.dead:
             self.restarts += 1
-        fake_proc.fake.terminate()
+        if damaged:
+            self.discarded_damaged += 1
+            fake_proc.fake.kill()  # as ChildPool does: SIGKILL, nothing stored
+        else:
+            fake_proc.fake.terminate()
 
     async def kill_spares_unnoticed(self, n: int) -> None:
         """Add `n` spares killed so recently that they still look alive, as real spares do

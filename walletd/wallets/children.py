@@ -178,7 +178,7 @@ class ProcessPool(Protocol):
 
     async def release(self, proc: WalletProcess) -> None: ...
 
-    async def discard(self, proc: WalletProcess) -> None: ...
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
@@ -302,14 +302,17 @@ class ChildPool:
             log.debug("retiring wallet-rpc", ident=proc.ident, pid=proc.pid, reason=reason)
             await self._stop(proc, store=False)
 
-    async def discard(self, proc: WalletProcess) -> None:
-        """Dead, hung or unknown state: stop it with escalation; count a restart if it died."""
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:
+        """Dead, hung or unknown state: stop it with escalation; count a restart if it died.
+
+        `damaged`: the wallet it holds is damaged, so nothing of it may reach the disk: no
+        store and straight to SIGKILL (wallet-rpc stores its wallet on SIGTERM)."""
         self._busy.discard(proc)
         if proc in self._idle:
             self._idle.remove(proc)
         child = _managed(proc)
         died = child.died
-        await self._stop(proc, store=proc.alive())
+        await self._stop(proc, store=proc.alive() and not damaged, kill=damaged)
         if died:
             self.restarts += 1
             log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid, **proc.labels())
@@ -552,19 +555,22 @@ class ChildPool:
 
     # ---- stopping --------------------------------------------------------------------------------
 
-    async def _stop(self, proc: WalletProcess, *, store: bool) -> None:
+    async def _stop(self, proc: WalletProcess, *, store: bool, kill: bool = False) -> None:
         """Stop a child from the owner's task; its supervisor reaps it and cleans up."""
         bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
         with trio.move_on_after(bound) as cs:
             cs.shield = True
-            await self._terminate(proc, store=store, reap=False)
+            await self._terminate(proc, store=store, reap=False, kill=kill)
             await _managed(proc).gone.wait()
             await proc.rpc.aclose()
         if not proc.exited.is_set():
             log.error("wallet-rpc did not stop", ident=proc.ident, pid=proc.pid, **proc.labels())
 
-    async def _terminate(self, proc: WalletProcess, *, store: bool, reap: bool) -> None:
-        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited."""
+    async def _terminate(
+        self, proc: WalletProcess, *, store: bool, reap: bool, kill: bool = False
+    ) -> None:
+        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited.
+        `kill`: SIGKILL at once."""
         child = _managed(proc)
         child.stopping = True
         if proc.exited.is_set():
@@ -581,17 +587,18 @@ class ChildPool:
                 await proc.rpc.call("store", timeout=STORE_TIMEOUT)
             except (RpcError, OSError) as exc:
                 log.debug("store before stop failed", pid=proc.pid, error=str(exc), **proc.labels())
-        _signal(proc, signal.SIGTERM)
-        with trio.move_on_after(self.settings.stop_timeout):
-            await wait()
-        if proc.exited.is_set():
-            return
-        log.warning(
-            "wallet-rpc ignored SIGTERM; sending SIGKILL",
-            ident=proc.ident,
-            pid=proc.pid,
-            **proc.labels(),
-        )
+        if not kill:
+            _signal(proc, signal.SIGTERM)
+            with trio.move_on_after(self.settings.stop_timeout):
+                await wait()
+            if proc.exited.is_set():
+                return
+            log.warning(
+                "wallet-rpc ignored SIGTERM; sending SIGKILL",
+                ident=proc.ident,
+                pid=proc.pid,
+                **proc.labels(),
+            )
         _signal(proc, signal.SIGKILL)
         await wait()
 
