@@ -137,6 +137,7 @@ def _funding_to_json(funding: Funding) -> str:
             "unlocked_balance": funding.unlocked_balance,
             "confirmations": funding.confirmations,
             "checked_at": funding.checked_at,
+            "ready_height": funding.ready_height,
         }
     )
 
@@ -148,6 +149,7 @@ def _funding_from_json(text: str) -> Funding:
         unlocked_balance=raw.get("unlocked_balance", 0),
         confirmations=raw.get("confirmations", 0),
         checked_at=raw.get("checked_at"),
+        ready_height=raw.get("ready_height"),
     )
 
 
