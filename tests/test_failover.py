@@ -142,13 +142,13 @@ async def test_no_move_back_to_a_daemon_still_behind(autojump_clock: trio.abc.Cl
 
 
 async def _failover_app(
-    nursery: trio.Nursery, tmp_path: Path, world: FakeWalletWorld
+    nursery: trio.Nursery, tmp_path: Path, world: FakeWalletWorld, open_delay: float = 1.5
 ) -> tuple[App, dict[str, FakeMonerod]]:
     config = fake_config(tmp_path)
     config = attrs.evolve(config, monero=attrs.evolve(config.monero, daemon_addresses=(A, B)))
     prepare_dirs(config)
     fakes = {A: FakeMonerod(world, A), B: FakeMonerod(world, B)}
-    pool = FakePool(world)
+    pool = FakePool(world, open_delay=open_delay)
     app = App(config, pool=pool, connect=fakes.__getitem__)
     assert app.daemons is not None
     app.daemons.interval = 1.0
@@ -218,6 +218,39 @@ async def _event_after(app: App, type_: str, seen: dict[str, object]) -> dict[st
                 event: dict[str, object] = found[0]
                 return event
             await trio.sleep(0.5)
+
+
+async def test_a_session_opening_during_a_switch_is_reopened_on_the_new_daemon(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session still opening its wallets (in processes started against the old daemon) when
+    the switch comes is closed as soon as it is open: the call waiting for it is answered by a
+    session whose processes use the new daemon."""
+    world = FakeWalletWorld()
+    async with trio.open_nursery() as nursery:
+        app, fakes = await _failover_app(nursery, tmp_path, world, open_delay=20.0)
+        status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "f3", "amount": AMOUNT})
+        assert status == 201, esc
+        await app.registry.close("f3")
+        answers: list[int] = []
+        answered = trio.Event()
+
+        async def balance() -> None:
+            answers.append((await call(app, "GET", "/v1/escrows/f3/balance"))[0])
+            answered.set()
+
+        nursery.start_soon(balance)
+        await trio.sleep(1)
+        fakes[A].down = True
+        await _event(app, "daemon_switched")
+        assert not app.registry.is_open("f3")  # still opening when the switch came
+        with trio.fail_after(120):
+            await answered.wait()
+        assert answers == [200]
+        pool = app.pool
+        assert isinstance(pool, FakePool)
+        assert {p.daemon_address for p in pool.in_use.values()} == {B}
+        nursery.cancel_scope.cancel()
 
 
 async def test_payout_waits_for_a_daemon_at_the_ready_height(
