@@ -13,6 +13,7 @@ import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,6 +55,16 @@ async def _wait_state(client: httpx.AsyncClient, escrow_id: str, state: str) -> 
         while True:
             if (await client.get(f"/v1/escrows/{escrow_id}")).json()["state"] == state:
                 return
+            await trio.sleep(0.5)
+
+
+async def _switches(client: httpx.AsyncClient, count: int) -> list[dict[str, Any]]:
+    """Wait until `count` daemon_switched events are recorded; returns them."""
+    with trio.fail_after(WAIT):
+        while True:
+            switches = await events_of(client, "daemon_switched")
+            if len(switches) >= count:
+                return switches
             await trio.sleep(0.5)
 
 
@@ -158,4 +169,13 @@ async def test_first_daemon_stopped_under_load(tmp_path: Path, regtest_dir: Path
             await _wait_state(client, "fo-1", "completed")
             assert len(await events_of(client, "payout_submitted")) == 1
             assert len(await events_of(client, "daemon_switched")) == 1
+
+            # The first daemon comes back (regtest wipes its chain; it syncs from the second):
+            # once it has caught up, walletd moves back to it and calls answer.
+            await trio.to_thread.run_sync(first.start)
+            switches = await _switches(client, 2)
+            assert (switches[1]["from"], switches[1]["to"]) == (daemons[1], daemons[0])
+            assert (await client.get("/v1/health")).json()["daemon"] == first.daemon_address
+            r = await client.get("/v1/escrows/fo-1/balance")
+            assert r.status_code == 200, r.text
         await miner.aclose()

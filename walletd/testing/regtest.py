@@ -272,6 +272,8 @@ class MonerodProcess:
     def start(self) -> None:
         """Start monerod and wait until `get_info` answers; stops it again if that fails."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._client.is_closed:  # started again after a stop
+            self._client = httpx.Client(base_url=self.rpc_url, timeout=30.0, trust_env=False)
         with open(self.data_dir / _OUTPUT_NAME, "ab") as output:
             argv = monerod_argv(
                 self.data_dir,
