@@ -1,20 +1,24 @@
 """Failover between two real monerod sharing one regtest chain (`monero.daemon_addresses`).
 
-The first daemon is stopped while a client reads an escrow's balance in a loop and the escrow
-awaits its deposit: walletd moves its wallet-rpc children to the second daemon, the balance calls
-keep answering (or answer 503 while the sessions restart), the deposit paid and mined through the
-second daemon is detected, and a release pays once. The switch time (daemon stopped -> calls
-answering again from the restarted session) is printed; run with -s to see it.
+The first daemon is stopped (or hung with SIGSTOP) while a client reads an escrow's balance in a
+loop and the escrow awaits its deposit: walletd moves its wallet-rpc children to the second
+daemon, the balance calls keep answering (or answer 503 while the sessions restart), the deposit
+paid and mined through the second daemon is detected, and (stopped case) a release pays once.
+When the first daemon is back and synced, walletd moves back to it. The switch time (daemon
+failed -> calls answering again from the restarted session) is printed; run with -s to see it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -23,6 +27,7 @@ from tests.regtest.conftest import MINER_BLOCKS
 from tests.regtest.wallet_rpc_proc import WalletRpcProcess, create_plain_wallet, fund
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.testing.regtest import MonerodProcess
+from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
 AMOUNT = 2 * 10**12
@@ -68,10 +73,22 @@ async def _switches(client: httpx.AsyncClient, count: int) -> list[dict[str, Any
             await trio.sleep(0.5)
 
 
-async def test_first_daemon_stopped_under_load(tmp_path: Path, regtest_dir: Path) -> None:
-    """Stop the daemon in use under a stream of balance calls with an escrow awaiting funding:
-    every call answers 200 or 503, `daemon_switched` names both daemons, /v1/health names the
-    second, the deposit mined on the second daemon is detected, and a release pays once."""
+@attrs.frozen
+class Setup:
+    first: MonerodProcess
+    second: MonerodProcess
+    miner: WalletRpc  # a funded plain wallet whose wallet-rpc uses the second daemon
+    miner_address: str
+    client: httpx.AsyncClient  # walletd, configured with [first, second]
+    escrow: dict[str, Any]  # "fo-1", awaiting funding
+
+    @property
+    def daemons(self) -> tuple[str, str]:
+        return (self.first.daemon_address, self.second.daemon_address)
+
+
+@contextlib.asynccontextmanager
+async def _setup(tmp_path: Path) -> AsyncIterator[Setup]:
     with contextlib.ExitStack() as stack:
         first, second = stack.enter_context(_two_nodes(tmp_path))
         miner_proc = stack.enter_context(
@@ -83,99 +100,146 @@ async def test_first_daemon_stopped_under_load(tmp_path: Path, regtest_dir: Path
         )
         miner_proc.wait_ready()
         miner = miner_proc.client()
-        miner_address = await create_plain_wallet(miner, "miner")
-        await trio.to_thread.run_sync(first.mine, MINER_BLOCKS, miner_address)
-        await _synced(first, second)
-
-        daemons = [first.daemon_address, second.daemon_address]
-        daemon = stack.enter_context(
-            WalletdProcess(
-                tmp_path / "w",
-                first.daemon_address,
-                monitor=MONITOR,
-                monero={"daemon_addresses": daemons},
+        try:
+            miner_address = await create_plain_wallet(miner, "miner")
+            await trio.to_thread.run_sync(first.mine, MINER_BLOCKS, miner_address)
+            await _synced(first, second)
+            daemon = stack.enter_context(
+                WalletdProcess(
+                    tmp_path / "w",
+                    first.daemon_address,
+                    monitor=MONITOR,
+                    monero={"daemon_addresses": [first.daemon_address, second.daemon_address]},
+                )
             )
+            async with daemon.client() as client:
+                r = await client.post("/v1/escrows", json={"escrow_id": "fo-1", "amount": AMOUNT})
+                assert r.status_code == 201, r.text
+                escrow = r.json()
+                assert escrow["state"] == "awaiting_funding"
+                assert (await client.get("/v1/health")).json()["daemon"] == first.daemon_address
+                yield Setup(first, second, miner, miner_address, client, escrow)
+        finally:
+            await miner.aclose()
+
+
+class BalanceStream:
+    """A client reading the escrow's balance in a loop, recording when each answer came."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.answers: list[tuple[float, float, int]] = []  # (sent, answered, status)
+        self.warmed = trio.Event()
+        self.back = trio.Event()  # a 200 for a call sent after `switched_at`
+        self.switched_at: float | None = None
+        self.back_at: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            sent = trio.current_time()
+            r = await self.client.get("/v1/escrows/fo-1/balance")
+            self.answers.append((sent, trio.current_time(), r.status_code))
+            if len(self.answers) >= 5:
+                self.warmed.set()
+            switched = self.switched_at is not None and sent > self.switched_at
+            if switched and r.status_code == 200 and not self.back.is_set():
+                self.back_at = trio.current_time()
+                self.back.set()
+            await trio.sleep(0.2)
+
+    def report(self, what: str, stopped_at: float) -> None:
+        assert {status for _, _, status in self.answers} <= {200, 503}, self.answers
+        assert self.switched_at is not None
+        assert self.back_at is not None
+        ok = sorted(end for _, end, status in self.answers if status == 200)
+        gaps = [b - a for a, b in itertools.pairwise(ok) if a >= stopped_at - 1]
+        print(
+            f"\nfailover ({what}): -> daemon_switched {self.switched_at - stopped_at:.1f} s,"
+            f" -> calls answering from the new session {self.back_at - stopped_at:.1f} s;"
+            f" longest gap between 200s {max(gaps, default=0.0):.1f} s;"
+            f" 503s {sum(s == 503 for _, _, s in self.answers)} of {len(self.answers)} calls"
         )
-        async with daemon.client() as client:
-            r = await client.post("/v1/escrows", json={"escrow_id": "fo-1", "amount": AMOUNT})
-            assert r.status_code == 201, r.text
-            escrow = r.json()
-            assert escrow["state"] == "awaiting_funding"
-            assert (await client.get("/v1/health")).json()["daemon"] == first.daemon_address
 
-            answers: list[tuple[float, float, int]] = []  # (sent, answered, status)
-            streaming = True
-            warmed, back = trio.Event(), trio.Event()
-            marks: dict[str, float] = {}  # "switched": when the event was seen; "back"
 
-            async def balance_stream() -> None:
-                while streaming:
-                    sent = trio.current_time()
-                    r = await client.get("/v1/escrows/fo-1/balance")
-                    answers.append((sent, trio.current_time(), r.status_code))
-                    if len(answers) >= 5:
-                        warmed.set()
-                    after_switch = "switched" in marks and sent > marks["switched"]
-                    if after_switch and r.status_code == 200 and not back.is_set():
-                        marks["back"] = trio.current_time()
-                        back.set()
-                    await trio.sleep(0.2)
+async def _fail_first_under_load(s: Setup, what: str, fail: Callable[[], Awaitable[None]]) -> None:
+    """Fail the first daemon under a stream of balance calls; wait for the switch and for calls
+    answered by the restarted sessions; pay and mine the deposit through the second daemon and
+    wait for the escrow to be ready."""
+    stream = BalanceStream(s.client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.run)
+        with trio.fail_after(WAIT):
+            await stream.warmed.wait()
+        stopped_at = trio.current_time()
+        await fail()
+        with trio.fail_after(WAIT):
+            switched = await wait_event(s.client, "daemon_switched")
+        stream.switched_at = trio.current_time()
+        assert (switched["from"], switched["to"]) == s.daemons
+        with trio.fail_after(WAIT):
+            await stream.back.wait()
+        health = (await s.client.get("/v1/health")).json()
+        assert health["daemon"] == s.second.daemon_address
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(balance_stream)
-                with trio.fail_after(WAIT):
-                    await warmed.wait()
+        # The deposit, paid and mined through the second daemon, is detected.
+        await s.miner.call("refresh")
+        await fund(s.miner, s.escrow["multisig_address"], AMOUNT)
+        await trio.to_thread.run_sync(s.second.mine, 1, s.miner_address)
+        with trio.fail_after(WAIT):
+            await wait_event(s.client, "funded", "fo-1")
+        await trio.to_thread.run_sync(s.second.mine, 10, s.miner_address)
+        await _wait_state(s.client, "fo-1", "ready")
+        nursery.cancel_scope.cancel()
+    stream.report(what, stopped_at)
 
-                stopped_at = trio.current_time()
-                await trio.to_thread.run_sync(first.stop)
-                with trio.fail_after(WAIT):
-                    switched = await wait_event(client, "daemon_switched")
-                switched_at = marks["switched"] = trio.current_time()
-                assert (switched["from"], switched["to"]) == tuple(daemons)
-                # Calls answering again: a 200 for a call sent after the sessions restarted.
-                with trio.fail_after(WAIT):
-                    await back.wait()
-                back_at = marks["back"]
-                health = (await client.get("/v1/health")).json()
-                assert health["daemon"] == second.daemon_address
 
-                # The deposit, paid and mined through the second daemon, is detected.
-                await miner.call("refresh")
-                await fund(miner, escrow["multisig_address"], AMOUNT)
-                await trio.to_thread.run_sync(second.mine, 1, miner_address)
-                with trio.fail_after(WAIT):
-                    await wait_event(client, "funded", "fo-1")
-                await trio.to_thread.run_sync(second.mine, 10, miner_address)
-                await _wait_state(client, "fo-1", "ready")
-                streaming = False
+async def _moved_back(s: Setup) -> None:
+    switches = await _switches(s.client, 2)
+    assert (switches[1]["from"], switches[1]["to"]) == s.daemons[::-1]
+    assert (await s.client.get("/v1/health")).json()["daemon"] == s.first.daemon_address
+    r = await s.client.get("/v1/escrows/fo-1/balance")
+    assert r.status_code == 200, r.text
 
-            statuses = {status for _, _, status in answers}
-            assert statuses <= {200, 503}, answers
-            ok = sorted(end for _, end, status in answers if status == 200)
-            gaps = [b - a for a, b in itertools.pairwise(ok) if a >= stopped_at - 1]
-            print(
-                f"\nfailover: daemon stopped -> daemon_switched {switched_at - stopped_at:.1f} s,"
-                f" -> calls answering from the new session {back_at - stopped_at:.1f} s;"
-                f" longest gap between 200s {max(gaps, default=0.0):.1f} s;"
-                f" 503s {sum(s == 503 for _, _, s in answers)} of {len(answers)} calls"
-            )
 
-            url = "/v1/escrows/fo-1/release"
-            first_try = await client.post(url, json={"address": miner_address})
-            again = await client.post(url, json={"address": miner_address})
-            assert (first_try.status_code, again.status_code) == (202, 202), first_try.text
-            assert first_try.json()["payout"]["txid"] == again.json()["payout"]["txid"]
-            await trio.to_thread.run_sync(second.mine, 10, miner_address)
-            await _wait_state(client, "fo-1", "completed")
-            assert len(await events_of(client, "payout_submitted")) == 1
-            assert len(await events_of(client, "daemon_switched")) == 1
+async def test_first_daemon_stopped_under_load(tmp_path: Path, regtest_dir: Path) -> None:
+    """Stop the daemon in use under a stream of balance calls with an escrow awaiting funding:
+    every call answers 200 or 503, `daemon_switched` names both daemons, /v1/health names the
+    second, the deposit mined on the second daemon is detected, and a release pays once. Started
+    again (regtest wipes its chain; it syncs from the second), the first daemon is taken back."""
+    async with _setup(tmp_path) as s:
+        await _fail_first_under_load(
+            s, "monerod stopped", lambda: trio.to_thread.run_sync(s.first.stop)
+        )
 
-            # The first daemon comes back (regtest wipes its chain; it syncs from the second):
-            # once it has caught up, walletd moves back to it and calls answer.
-            await trio.to_thread.run_sync(first.start)
-            switches = await _switches(client, 2)
-            assert (switches[1]["from"], switches[1]["to"]) == (daemons[1], daemons[0])
-            assert (await client.get("/v1/health")).json()["daemon"] == first.daemon_address
-            r = await client.get("/v1/escrows/fo-1/balance")
-            assert r.status_code == 200, r.text
-        await miner.aclose()
+        url = "/v1/escrows/fo-1/release"
+        first_try = await s.client.post(url, json={"address": s.miner_address})
+        again = await s.client.post(url, json={"address": s.miner_address})
+        assert (first_try.status_code, again.status_code) == (202, 202), first_try.text
+        assert first_try.json()["payout"]["txid"] == again.json()["payout"]["txid"]
+        await trio.to_thread.run_sync(s.second.mine, 10, s.miner_address)
+        await _wait_state(s.client, "fo-1", "completed")
+        assert len(await events_of(s.client, "payout_submitted")) == 1
+        assert len(await events_of(s.client, "daemon_switched")) == 1
+
+        await trio.to_thread.run_sync(s.first.start)
+        await _moved_back(s)
+
+
+async def test_first_daemon_hung_under_load(tmp_path: Path, regtest_dir: Path) -> None:
+    """The daemon in use hangs (SIGSTOP: connections accepted, nothing answered): the same as a
+    stopped one, every call answers 200 or 503 and the deposit is detected through the second;
+    resumed (SIGCONT), the first daemon is taken back."""
+    async with _setup(tmp_path) as s:
+        pid = s.first.pid
+        assert pid is not None
+
+        async def hang() -> None:
+            os.kill(pid, signal.SIGSTOP)
+            await trio.lowlevel.checkpoint()
+
+        try:
+            await _fail_first_under_load(s, "monerod hung", hang)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await trio.to_thread.run_sync(s.second.mine, 1, s.miner_address)  # it catches up
+        await _moved_back(s)
