@@ -287,3 +287,49 @@ async def test_payout_waits_for_a_daemon_at_the_ready_height(
         assert status == 202, body
         assert world.call_count("submit_multisig") == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_payout_interrupted_by_a_switch_is_sent_once_from_its_signed_blob(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The signed payout could not be submitted (the daemon went away) and the daemon switches:
+    the repeated release submits the recorded blob through the new daemon's processes, and the
+    vendor is paid by exactly one transaction, the one signed before the switch."""
+    world = FakeWalletWorld()
+    async with trio.open_nursery() as nursery:
+        app, fakes = await _failover_app(nursery, tmp_path, world)
+        app.monitor.enabled = True
+        app.monitor.interval = 5
+        app.monitor.height_check = 1
+        await nursery.start(app.monitor.run)
+        status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "f4", "amount": AMOUNT})
+        assert status == 201, esc
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
+        world.mine(10)
+        await _event(app, "ready")
+        pool = app.pool
+        assert isinstance(pool, FakePool)
+        for proc in pool.in_use.values():
+            proc.fake.fail_next("submit_multisig", -1, "Failed to submit multisig tx")
+
+        vendor = world.add_wallet("vendor-payout", "x").address
+        status, body = await call(app, "POST", "/v1/escrows/f4/release", {"address": vendor})
+        assert status == 503, body
+        _, rec = await call(app, "GET", "/v1/escrows/f4")
+        assert rec["payout"]["txid"] is None  # signed and recorded, not sent
+
+        fakes[A].down = True
+        await _event(app, "daemon_switched")
+        status, body = await call(app, "POST", "/v1/escrows/f4/release", {"address": vendor})
+        assert status == 202, body
+        assert {p.daemon_address for p in pool.in_use.values()} == {B}
+        world.mine(1)
+        paying = [
+            txid
+            for txid, tx in world.txs.items()
+            if tx.height is not None and any(to == vendor for to, _ in tx.outputs)
+        ]
+        assert paying == [body["payout"]["txid"]]
+        _, events = await call(app, "GET", "/v1/events?after=0")
+        assert [e["type"] for e in events["events"]].count("payout_submitted") == 1
+        nursery.cancel_scope.cancel()
