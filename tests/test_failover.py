@@ -333,3 +333,48 @@ async def test_a_payout_interrupted_by_a_switch_is_sent_once_from_its_signed_blo
         _, events = await call(app, "GET", "/v1/events?after=0")
         assert [e["type"] for e in events["events"]].count("payout_submitted") == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lost_payout_is_not_resubmitted_to_a_daemon_behind(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A submitted payout the daemon lost (pool flushed) is resubmitted by the monitor from its
+    blob, but not while the daemon in use is below the escrow's ready height; once it is there,
+    the same transaction is sent again."""
+    world = FakeWalletWorld()
+    async with trio.open_nursery() as nursery:
+        app, fakes = await _failover_app(nursery, tmp_path, world)
+        app.monitor.enabled = True
+        app.monitor.interval = 5
+        app.monitor.height_check = 1
+        await nursery.start(app.monitor.run)
+        status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "f5", "amount": AMOUNT})
+        assert status == 201, esc
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
+        world.mine(10)
+        await _event(app, "ready")
+        vendor = world.add_wallet("vendor-payout", "x").address
+        status, body = await call(app, "POST", "/v1/escrows/f5/release", {"address": vendor})
+        assert status == 202, body
+        txid = body["payout"]["txid"]
+        submits = world.call_count("submit_multisig")
+
+        fakes[A].lag = 5
+        fakes[A].forgotten.add(txid)  # its pool was flushed
+        cycles = app.monitor.cycles
+        with trio.fail_after(300):
+            while True:  # a few monitor cycles that saw the payout missing
+                if app.monitor.cycles >= cycles + 5:
+                    break
+                await trio.sleep(1)
+        assert app.monitor.session_calls["resubmit"] == 0
+        assert world.call_count("submit_multisig") == submits
+
+        fakes[A].lag = 0
+        with trio.fail_after(300):
+            while True:
+                if world.call_count("submit_multisig") > submits:
+                    break
+                await trio.sleep(1)
+        assert app.monitor.session_calls["resubmit"] >= 1
+        nursery.cancel_scope.cancel()

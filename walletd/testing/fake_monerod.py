@@ -20,6 +20,7 @@ class FakeMonerod:
         self.hung = False  # accepts, never answers, as a stopped (SIGSTOP) or wedged monerod
         self.stuck_at: int | None = None  # answers, but its chain stopped growing here
         self.lag = 0  # blocks behind the world's chain (still syncing)
+        self.forgotten: set[str] = set()  # txids it lost (pool flushed, restarted): unknown here
         self.calls = 0
 
     async def _answer(self, method: str) -> None:
@@ -39,7 +40,7 @@ class FakeMonerod:
     async def tx_status(self, txid: str) -> TxStatus | None:
         await self._answer("get_transactions")
         tx = self.world.txs.get(txid)
-        if tx is None:
+        if tx is None or txid in self.forgotten:
             return None
         return TxStatus(in_pool=tx.height is None, block_height=tx.height)
 
