@@ -228,11 +228,6 @@ class Monitor:
         assert payout is not None
         assert payout.txids is not None
         assert payout.signed_txset is not None
-        log.warning(
-            "payout not known to monerod; resubmitting the recorded blob",
-            escrow_id=rec.escrow_id,
-            txid=payout.txid,
-        )
         ready_at = rec.funding.ready_height
         if ready_at is not None and self.height is not None and self.height < ready_at:
             log.warning(
@@ -242,6 +237,11 @@ class Monitor:
                 ready_height=ready_at,
             )
             return
+        log.warning(
+            "payout not known to monerod; resubmitting the recorded blob",
+            escrow_id=rec.escrow_id,
+            txid=payout.txid,
+        )
         self.session_calls["resubmit"] += 1
         await self._registry.call(
             rec.escrow_id,
