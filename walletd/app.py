@@ -22,8 +22,8 @@ from typing import Any
 import structlog
 import trio
 
-from walletd.api.routes import Api
-from walletd.api.server import ServerLimits, serve_unix
+from walletd.api.routes import Api, MetricsOnly
+from walletd.api.server import ServerLimits, serve_tcp, serve_unix
 from walletd.api.status import Status
 from walletd.config import Config, load_config
 from walletd.errors import ConfigError
@@ -181,6 +181,7 @@ class App:
             chain=self.chain,
             wallet_dir=m.wallet_dir,
             state_dir=state,
+            metrics=self.metrics,
         )
         self.monitor = Monitor(
             config.monitor,
@@ -201,6 +202,7 @@ class App:
             registry=self.registry,
             events=self.events,
             status=self.status,
+            metrics=self.metrics,
         )
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: dict[str, trio.Event] = {}
@@ -302,7 +304,10 @@ class App:
             max_connections=cfg.daemon.max_connections,
             handler_timeout=cfg.daemon.request_timeout,
         )
+        metrics_listeners: list[trio.SocketListener] = []
         try:
+            # Bound before anything starts: a taken port stops start-up with the key's name.
+            metrics_listeners = await self._metrics_listeners()
             async with trio.open_nursery() as nursery:
                 watchdog = notify.watchdog_interval()
                 if watchdog:  # systemd counts the pings from READY=1 on
@@ -313,6 +318,14 @@ class App:
                     await nursery.start(self._scoped, "daemons", self.daemons.run)
                 await nursery.start(self._scoped, "lifecycle", self.lifecycle.run)
                 await nursery.start(self._scoped, "monitor", self.monitor.run)
+                if metrics_listeners:
+                    await nursery.start(
+                        self._scoped,
+                        "metrics",
+                        lambda task_status: serve_tcp(
+                            metrics_listeners, MetricsOnly(self.status), task_status=task_status
+                        ),
+                    )
                 await nursery.start(
                     self._scoped,
                     "server",
@@ -340,11 +353,28 @@ class App:
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
         finally:
+            for listener in metrics_listeners:  # closed by serve_tcp, unless it never started
+                listener.socket.close()
             with trio.CancelScope(shield=True):
                 await self.chain.aclose()
             self.store.close()
             self.stopped.set()
             log.info("walletd stopped")
+
+    async def _metrics_listeners(self) -> list[trio.SocketListener]:
+        """The listening sockets of `daemon.metrics_address` (none when it is empty)."""
+        address = self.config.daemon.metrics_address
+        if not address:
+            return []
+        host, _, port = address.rpartition(":")
+        try:
+            return await trio.open_tcp_listeners(
+                int(port), host=host.removeprefix("[").removesuffix("]")
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"daemon.metrics_address: cannot listen on {address}: {exc.strerror or exc}"
+            ) from None
 
     async def _scoped(
         self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[None]

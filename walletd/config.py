@@ -150,6 +150,29 @@ def _trusted_host_port(key: str, value: object) -> str:
     return text
 
 
+def _metrics_address(key: str, value: object) -> str:
+    """Empty (off) or host:port on loopback: the metrics listener has no authentication."""
+    if value == "":
+        return ""
+    text = _string(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f'{key}: must be "" (off) or host:port such as 127.0.0.1:9464, got {value!r}'
+        )
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        loopback = literal == "localhost" or ipaddress.ip_address(literal).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"{key}: metrics are served on loopback only (127.0.0.1, [::1] or localhost), "
+            f"got host {host!r}"
+        )
+    return text
+
+
 def _daemon_list(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{key}: must be a list of host:port strings, got {value!r}")
@@ -218,6 +241,7 @@ class DaemonConfig:
     max_connections: int = _key(64, _int(1, 10_000))
     request_timeout: float = _key(90.0, _seconds(1))
     events_retention_days: int = _key(90, _int(0, 36500))
+    metrics_address: str = _key("", _metrics_address)
 
 
 @attrs.frozen

@@ -77,6 +77,8 @@ class Monitor:
         self._refreshed_at: dict[str, int] = {}  # escrow -> chain height of its last refresh
         self._cold_checked: dict[str, float] = {}
         self.height: int | None = None
+        self._first_height: int | None = None
+        self._cycled_height: int | None = None  # the height the last finished cycle ran at
         self.cycles = 0
         self.session_calls: Counter[str] = Counter()  # what the monitor asked sessions, by kind
         self.cold_opens = 0
@@ -112,6 +114,9 @@ class Monitor:
             else:
                 if height != self.height:
                     self.height = height
+                    if self._first_height is None:
+                        self._first_height = height
+                    self._report_lag()
                     self._wake.set()
                     self._cold_wake.set()
             await trio.sleep(self.height_check)
@@ -137,6 +142,15 @@ class Monitor:
                 elif rec.state in PAYING:
                     nursery.start_soon(self._guarded, rec, height, self.check_payout)
         self._metrics.monitor_cycle.observe(trio.current_time() - started)
+        self._cycled_height = height
+        self._report_lag()
+
+    def _report_lag(self) -> None:
+        """walletd_monitor_lag_blocks: how far monerod's chain is ahead of the height the last
+        finished cycle ran at (before the first, of the height the monitor first read)."""
+        base = self._cycled_height if self._cycled_height is not None else self._first_height
+        if self.height is not None and base is not None:
+            self._metrics.monitor_lag.set(max(0, self.height - base))
 
     def _forget_unwatched(self, watched: set[str]) -> None:
         """Drop what is kept per escrow for escrows past funding (or gone): without this the
@@ -219,6 +233,7 @@ class Monitor:
             (final,) = rec.state.moves
             done = {"txid": txid, "confirmations": confirmations}
             self._events.change(rec.escrow_id, [(final, done)], state=final)
+            self._metrics.payout(payout.kind.value, "confirmed")
             await self._registry.close(rec.escrow_id, reason="finished")
 
     async def _resubmit(self, rec: EscrowRecord) -> None:
@@ -248,6 +263,7 @@ class Monitor:
             SubmitPayout("arbiter", payout.txids, payout.signed_txset),
             caller=Caller.MONITOR,
         )
+        self._metrics.payout(payout.kind.value, "resubmitted")
 
     # ---- cold escrows ----------------------------------------------------------------------------
 

@@ -83,5 +83,9 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
         async def _main() -> None:
             await app.run()
 
-        trio.run(_main)
+        try:
+            trio.run(_main)
+        except ConfigError as exc:  # found only when binding: a taken daemon.metrics_address
+            log.error("cannot start", error=str(exc))
+            return 2
     return 0

@@ -54,6 +54,7 @@ from walletd.escrows.model import (
 from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
+from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import (
     PreparePayout,
     SetupMultisig,
@@ -106,7 +107,9 @@ class Lifecycle:
         chain: Chain,
         wallet_dir: Path,
         state_dir: Path,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._escrows = escrows
         self._registry = registry
@@ -320,6 +323,7 @@ class Lifecycle:
             try:
                 rec = self._escrows.get(escrow_id)
                 if rec.payout is not None:
+                    self._metrics.payout(rec.payout.kind.value, "failed")
                     error = public_error(exc).message[:300]
                     payout = attrs.evolve(rec.payout, last_error=error)
                     self._store.update_escrow(escrow_id, payout=payout)
@@ -390,6 +394,7 @@ class Lifecycle:
             payout=payout,
             state=payout.kind.paying_state,
         )
+        self._metrics.payout(payout.kind.value, "submitted")
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
             await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)

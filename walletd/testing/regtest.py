@@ -178,7 +178,7 @@ async def start_monerod(
         )
     finally:
         await output.aclose()  # the child holds its own copy of the descriptor
-    log.info("monerod_started", pid=process.pid, rpc_port=rpc_port, data_dir=str(data_dir))
+    log.info("monerod started", pid=process.pid, rpc_port=rpc_port, data_dir=str(data_dir))
     daemon = DaemonRpc(f"http://127.0.0.1:{rpc_port}", timeout=30.0)
     try:
         with trio.move_on_after(ready_timeout) as waiting:
@@ -212,9 +212,9 @@ async def _stop_process(process: trio.Process) -> None:
     process.send_signal(signal.SIGTERM)
     with trio.move_on_after(STOP_TIMEOUT):
         await process.wait()
-        log.info("monerod_stopped", pid=process.pid, status=process.returncode)
+        log.info("monerod stopped", pid=process.pid, status=process.returncode)
         return
-    log.warning("monerod_killed", pid=process.pid, after_s=STOP_TIMEOUT)
+    log.warning("monerod killed", pid=process.pid, after_s=STOP_TIMEOUT)
     process.kill()
     await process.wait()
 
