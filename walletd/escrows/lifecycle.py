@@ -344,6 +344,7 @@ class Lifecycle:
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
+        await self._daemon_caught_up(rec)
         if payout.phase is PayoutPhase.INTENT:
             tx = await registry.call(
                 escrow_id,
@@ -366,6 +367,7 @@ class Lifecycle:
         assert payout.txids is not None
         assert payout.signed_txset is not None
         txids = payout.txids
+        await self._daemon_caught_up(rec)  # again: a switch may have come while it was signed
         try:
             await registry.call(
                 escrow_id,
@@ -405,6 +407,23 @@ class Lifecycle:
             await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
         except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
+
+    async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
+        """Unavailable (503, retried) while the daemon in use is below the height at which the
+        escrow was seen ready: after a switch to a daemon that lags, the deposit may not be on
+        its chain yet, and a payout is never built on or submitted to such a daemon."""
+        ready_at = rec.funding.ready_height
+        if ready_at is None:
+            return
+        try:
+            height = await self._chain.height()
+        except WalletdError as exc:
+            raise Unavailable(f"monerod unavailable: {exc}") from exc
+        if height < ready_at:
+            raise Unavailable(
+                f"monerod in use is at height {height}, behind {ready_at} where the escrow was "
+                "seen ready; retry later"
+            )
 
     async def _known_to_daemon(self, txid: str) -> bool:
         try:
