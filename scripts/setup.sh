@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what walletd needs on a fresh Debian machine: Debian's monero package (monerod and
-# monero-wallet-rpc), the fast-open library (gcc, libssl-dev) and a virtualenv with walletd and
-# its development tools. Idempotent.
+# monero-wallet-rpc), the fast-open library (gcc, libssl-dev), promtool for the tests, and a
+# virtualenv with walletd and its development tools. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,18 @@ if ! command -v monerod >/dev/null 2>&1 || ! command -v monero-wallet-rpc >/dev/
   echo "setup: installing Debian's monero package" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq monero >/dev/null
+fi
+
+# promtool, from Debian's prometheus package: tests/test_metrics.py checks /metrics with it.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing promtool (Debian's prometheus package) for the metrics test" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+  # Only promtool is wanted: the package's own server is neither left running nor enabled.
+  if command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # The fast-open library (walletd/wallets/fastopen): built next to its source, where walletd looks

@@ -13,15 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 import trio
 
 from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
-from walletd.wallets import spawning
+from walletd.wallets import children, spawning
 from walletd.wallets.children import (
     STORE_TIMEOUT,
     ChildPool,
@@ -228,6 +230,29 @@ async def test_spares_are_kept_ready(tmp_path: Path) -> None:
             assert proc.returncode == 0
             assert len(pool.idle) == 2
             assert pool.restarts == 0
+
+
+async def test_a_daemon_switch_restarts_children_against_the_new_daemon(tmp_path: Path) -> None:
+    """After `set_daemon_address` the idle spare is stopped and replaced by a child started with
+    the new --daemon-address; a busy child is retired when released, never reused."""
+    new_daemon = f"127.0.0.1:{_unused_port()}"
+    with trio.fail_after(60):
+        async with _running_pool(_settings(tmp_path, spares=1)) as pool:
+            busy = await pool.acquire()
+            await _until(lambda: len(pool.idle) == 1, timeout=30)
+            (old_spare,) = pool.idle
+            pool.set_daemon_address(new_daemon)
+            await pool.release(busy)  # room for a spare, but it uses the old daemon
+            assert busy.exited.is_set()
+            await _until(lambda: old_spare.exited.is_set(), timeout=30)
+            await _until(lambda: len(pool.idle) == 1, timeout=30)
+            (spare,) = pool.idle
+            assert spare.pid is not None
+            argv = _proc_file(spare.pid, "cmdline").split(b"\0")
+            assert argv[argv.index(b"--daemon-address") + 1] == new_daemon.encode()
+            proc = await pool.acquire()
+            assert proc.daemon_address == new_daemon
+            await pool.release(proc)
 
 
 async def test_release_keeps_a_process_until_max_uses(tmp_path: Path) -> None:
@@ -678,3 +703,50 @@ async def test_a_child_whose_port_was_taken_after_it_died_is_not_ours(tmp_path: 
                 thief.listen()
                 assert not await proc.still_ours()
             await pool.discard(proc)
+
+
+async def test_log_lines_name_an_escrow_only_while_its_wallet_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spare started because escrow A's session took a process is no escrow's: its lines carry
+    no escrow_id (trio copies the starting task's context, A's, into the spare's supervisor).
+    A process is named with an escrow (and role) only while it holds that escrow's wallet:
+    its crash then says whose wallet was in it; after the wallet is closed, nothing does."""
+    monkeypatch.setattr(children, "log", structlog.get_logger(children.__name__))
+    with (
+        structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs,
+        trio.fail_after(60),
+    ):
+        async with _running_pool(_settings(tmp_path, spares=1)) as pool:
+            taken: list[WalletProcess] = []
+
+            async def session_of_a() -> None:  # a task of its own, as a session is
+                structlog.contextvars.bind_contextvars(escrow_id="escrow-a")
+                taken.append(await pool.acquire())  # starts a replacement spare from here
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session_of_a)
+            (held,) = taken
+            assert held.pid is not None
+            await _until(lambda: len(pool.idle) == 1 and pool.idle[0] is not held)
+            (spare,) = pool.idle
+            assert spare.pid is not None
+            held.wallet_of = ("escrow-a", "buyer")  # as the session sets it once open_wallet ok
+            for proc, pid in ((held, held.pid), (spare, spare.pid)):
+                os.kill(pid, signal.SIGKILL)
+                await proc.exited.wait()
+            await pool.discard(held)
+            await _until(lambda: len(pool.idle) == 1 and pool.idle[0] is not spare)
+
+    def lines(event: str, pid: int | None) -> list[MutableMapping[str, Any]]:
+        return [e for e in logs if e["event"] == event and e.get("pid") == pid]
+
+    (spare_started,) = lines("wallet-rpc started", spare.pid)
+    assert "escrow_id" not in spare_started
+    (spare_died,) = lines("wallet-rpc exited unexpectedly", spare.pid)
+    assert "escrow_id" not in spare_died
+    (held_died,) = lines("wallet-rpc exited unexpectedly", held.pid)
+    assert (held_died["escrow_id"], held_died["role"]) == ("escrow-a", "buyer")
+    assert held.wallet_of is None  # discarded: it holds nothing of escrow-a any more

@@ -95,7 +95,7 @@ async def test_metrics_expose_the_operational_figures(
             'walletd_session_closes_total{reason="evicted"}',
             'walletd_wallet_rpc_call_seconds_count{method="get_balance"}',
             'walletd_escrows{state="awaiting_funding"} 2.0',
-            "walletd_session_age_seconds_count 1.0",
+            "walletd_session_age_seconds_gcount 1.0",
             "walletd_wallet_rpc_restarts_total 0.0",
             "walletd_monitor_cycle_seconds",
         ):

@@ -485,7 +485,7 @@ async def test_handler_exception_is_500_and_logged(nursery: trio.Nursery, sock_p
         "error": {"code": "internal", "message": "internal error; see walletd's log"}
     }
     assert after.status_code == 200
-    failures = [e for e in logs if e["event"] == "http_handler_failed"]
+    failures = [e for e in logs if e["event"] == "http handler failed"]
     assert len(failures) == 1
     assert failures[0]["log_level"] == "error"
     assert failures[0]["path"] == "/boom"
@@ -683,3 +683,34 @@ def test_response_json_is_compact_utf8() -> None:
     r = Response.json(201, {"a": [1, 2], "é": "ü"})
     assert r.body == '{"a":[1,2],"é":"ü"}'.encode()
     assert (r.status, r.content_type) == (201, "application/json")
+
+
+async def test_access_log_names_the_peer_of_every_state_changing_call(
+    nursery: trio.Nursery, sock_path: Path
+) -> None:
+    """Every call that may move money or change state (POST, DELETE, any method but GET, HEAD
+    and OPTIONS) is logged at info with the peer's uid and pid from SO_PEERCRED, whatever its
+    answer; reads stay at debug. Neither line carries the body (it may hold a password)."""
+
+    async def handler(request: Request) -> Response:
+        return Response.json(404 if request.path == "/missing" else 200, {})
+
+    await start(nursery, sock_path, handler)
+    with structlog.testing.capture_logs() as logs, trio.fail_after(TIMEOUT):
+        async with client(sock_path) as c:
+            await c.post("/v1/escrows/e1/release", content=b'{"password": "hunter2"}')
+            await c.delete("/v1/escrows/e1/session")
+            await c.post("/missing", content=b"{}")
+            await c.get("/v1/escrows/e1")
+            await c.head("/v1/escrows/e1")
+    requests = [e for e in logs if e["event"] == "http request"]
+    assert [(e["method"], e["path"], e["status"], e["log_level"]) for e in requests] == [
+        ("POST", "/v1/escrows/e1/release", 200, "info"),
+        ("DELETE", "/v1/escrows/e1/session", 200, "info"),
+        ("POST", "/missing", 404, "info"),
+        ("GET", "/v1/escrows/e1", 200, "debug"),
+        ("HEAD", "/v1/escrows/e1", 200, "debug"),
+    ]
+    for entry in requests:  # the client is this very process
+        assert (entry["peer_uid"], entry["peer_pid"]) == (os.getuid(), os.getpid())
+    assert "hunter2" not in repr(logs)

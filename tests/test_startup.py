@@ -183,7 +183,7 @@ def test_sighup_applies_log_level_and_names_keys_needing_a_restart(tmp_path: Pat
             }
             assert reloaded["restart_needed"] == ["monero.call_timeout"]
             assert c.get("/v1/stats").json()["max_sessions"] == 4
-            _wait_for(proc, "http_request")  # the stats call, logged at debug level
+            _wait_for(proc, "http request")  # the stats call, logged at debug level
 
 
 def test_sighup_with_no_change_says_so(tmp_path: Path) -> None:
@@ -206,8 +206,8 @@ def test_sighup_under_walletd_dev_says_it_does_nothing(
     monkeypatch.setattr(app_module, "log", structlog.get_logger(app_module.__name__))
     with structlog.testing.capture_logs() as logs:
         app.reload()
-    assert [(e["log_level"], e["event"]) for e in logs] == [
-        ("warning", "SIGHUP ignored: no config file to re-read (walletd dev); restart instead")
+    assert [(e["log_level"], e["event"], e["reason"]) for e in logs] == [
+        ("warning", "reload ignored", "no config file to re-read (walletd dev); restart")
     ]
 
 

@@ -22,8 +22,8 @@ import attrs
 import structlog
 import trio
 
-from walletd.api.routes import Api
-from walletd.api.server import ServerLimits, serve_unix
+from walletd.api.routes import Api, MetricsOnly
+from walletd.api.server import ServerLimits, serve_tcp, serve_unix
 from walletd.api.status import Status
 from walletd.config import Config, SessionsConfig, load_config
 from walletd.errors import ConfigError
@@ -49,6 +49,7 @@ from walletd.wallets.children import (
     ProcessPool,
 )
 from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 from walletd.wallets.fastopen import prepare as prepare_fast_open
 from walletd.wallets.orphans import remove_orphans
@@ -103,6 +104,7 @@ class App:
         *,
         pool: ProcessPool | None = None,
         chain: Chain | None = None,
+        connect: Callable[[str], Chain] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -116,10 +118,19 @@ class App:
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
-        self.chain: Chain = chain or DaemonRpc(
-            f"http://{config.monero.daemon_address}", timeout=10.0
-        )
+        # Without `chain`: every configured monerod (`connect` makes each one's client; tests
+        # pass fakes), the one in use chosen by health checks. The monitor, the payout steps and
+        # /v1/health all ask whichever that is.
         m = config.monero
+        self.daemons: DaemonFailover | None = None
+        if chain is None:
+            make = connect or (lambda address: DaemonRpc(f"http://{address}", timeout=10.0))
+            self.daemons = DaemonFailover(
+                [(address, make(address)) for address in m.daemons],
+                on_switch=self._daemon_switched,
+            )
+            chain = self.daemons
+        self.chain: Chain = chain
         own_children = pool is None and not m.wallet_rpc_endpoints
         self.fast_open = (
             prepare_fast_open(state, wanted=m.fast_open)
@@ -129,7 +140,7 @@ class App:
         self.child_settings = ChildSettings(
             wallet_rpc_path=m.wallet_rpc_path,
             wallet_dir=m.wallet_dir,
-            daemon_address=m.daemon_address,
+            daemon_address=m.daemons[0],
             run_dir=self.run_dir,
             spares=m.spare_processes,
             call_timeout=m.call_timeout,
@@ -169,6 +180,7 @@ class App:
             chain=self.chain,
             wallet_dir=m.wallet_dir,
             state_dir=state,
+            metrics=self.metrics,
             daemon_check=config.monitor.height_check,
         )
         self.monitor = Monitor(
@@ -183,12 +195,14 @@ class App:
             registry=self.registry, store=self.store, chain=self.chain, metrics=self.metrics
         )
         self.status.fast_open = self.fast_open
+        self.status.daemons = self.daemons
         self.api = Api(
             escrows=self.escrows,
             lifecycle=self.lifecycle,
             registry=self.registry,
             events=self.events,
             status=self.status,
+            metrics=self.metrics,
         )
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: dict[str, trio.Event] = {}
@@ -210,13 +224,29 @@ class App:
             on_backup=self.backups.take,
             on_call=self.metrics.observe_rpc,
             store_interval=s.store_interval,
-            daemon_address=self.config.monero.daemon_address,
+            daemon_address=self.daemons.current if self.daemons else self.config.monero.daemons[0],
             repair=self.repairs.repair,
+            on_damage=self._wallet_damaged,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
 
+    async def _daemon_switched(self, old: str, new: str) -> None:
+        """Restart every wallet-rpc against the new daemon: new children for new sessions, every
+        open session closed and reopened on its next call. Payouts are safe across it: a signed
+        blob is recorded before it is sent and only ever resubmitted as is."""
+        self.pool.set_daemon_address(new)
+        sessions = self.registry.restart_all("daemon_switched")
+        self.events.emit("daemon_switched", None, **{"from": old, "to": new})
+        log.warning("monerod switched", from_=old, to=new, sessions_restarted=sessions)
+        await trio.lowlevel.checkpoint()
+
     def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
+        self.metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()
         self.events.emit("wallet_repaired", escrow_id, **data)
+
+    def _wallet_damaged(self, escrow_id: str, role: Role, error: str) -> None:
+        """A wallet in a session reported damage and was reopened from its files unsaved."""
+        self._wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
         self.status.wallet_rpc_restarts += 1
@@ -241,7 +271,7 @@ class App:
         """SIGHUP: re-read the config file; apply the keys that can change live (session limits,
         monitor intervals, confirmations default, log.level), name those that need a restart."""
         if self.config_path is None:
-            log.warning("SIGHUP ignored: no config file to re-read (walletd dev); restart instead")
+            log.warning("reload ignored", reason="no config file to re-read (walletd dev); restart")
             return
         try:
             fresh = load_config(self.config_path)
@@ -289,15 +319,28 @@ class App:
             max_connections=cfg.daemon.max_connections,
             handler_timeout=cfg.daemon.request_timeout,
         )
+        metrics_listeners: list[trio.SocketListener] = []
         try:
+            # Bound before anything starts: a taken port stops start-up with the key's name.
+            metrics_listeners = await self._metrics_listeners()
             async with trio.open_nursery() as nursery:
                 watchdog = notify.watchdog_interval()
                 if watchdog:  # systemd counts the pings from READY=1 on
                     nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
+                if self.daemons is not None:
+                    await nursery.start(self._scoped, "daemons", self.daemons.run)
                 await nursery.start(self._scoped, "lifecycle", self.lifecycle.run)
                 await nursery.start(self._scoped, "monitor", self.monitor.run)
+                if metrics_listeners:
+                    await nursery.start(
+                        self._scoped,
+                        "metrics",
+                        lambda task_status: serve_tcp(
+                            metrics_listeners, MetricsOnly(self.status), task_status=task_status
+                        ),
+                    )
                 await nursery.start(
                     self._scoped,
                     "server",
@@ -325,11 +368,28 @@ class App:
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
         finally:
+            for listener in metrics_listeners:  # closed by serve_tcp, unless it never started
+                listener.socket.close()
             with trio.CancelScope(shield=True):
                 await self.chain.aclose()
             self.store.close()
             self.stopped.set()
             log.info("walletd stopped")
+
+    async def _metrics_listeners(self) -> list[trio.SocketListener]:
+        """The listening sockets of `daemon.metrics_address` (none when it is empty)."""
+        address = self.config.daemon.metrics_address
+        if not address:
+            return []
+        host, _, port = address.rpartition(":")
+        try:
+            return await trio.open_tcp_listeners(
+                int(port), host=host.removeprefix("[").removesuffix("]")
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"daemon.metrics_address: cannot listen on {address}: {exc.strerror or exc}"
+            ) from None
 
     async def _scoped(
         self, name: str, fn: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[None]
@@ -362,6 +422,8 @@ class App:
         log.info("shutting down", timeout_s=total)
         with trio.CancelScope(shield=True):
             self._scopes["monitor"].cancel()
+            if "daemons" in self._scopes:
+                self._scopes["daemons"].cancel()  # no daemon switch while sessions close
             self._scopes["server"].cancel()  # stops accepting; calls in flight get a grace
             with trio.move_on_after(max(0.0, deadline - trio.current_time())):
                 await self._done["server"].wait()

@@ -253,7 +253,7 @@ async def _assert_serving(wd: CrashableWalletd) -> None:
 
 def _last_words(log: str, lines: int = 40) -> str:
     """The tail of a walletd log without the chatter (child output, requests)."""
-    quiet = ('"wallet-rpc output"', '"http_request"')
+    quiet = ('"wallet-rpc output"', '"http request"')
     kept = [x for x in log.splitlines() if not any(q in x for q in quiet)]
     return "\n".join(x[:600] for x in kept[-lines:])
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Awaitable, Callable
 
 import structlog
+import trio
 
 from walletd.api.errors import error_answer
 from walletd.api.server import Request, Response
@@ -21,14 +22,19 @@ from walletd.escrows.model import PayoutKind
 from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, check_escrow_id, check_txid
 from walletd.jsontypes import JsonObject
+from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog, page_json
 
-__all__ = ["Api", "parse_json_object"]
+__all__ = ["UNMATCHED", "Api", "MetricsOnly", "parse_json_object"]
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+Route = tuple[str, tuple[str, ...], dict[str, Handler]]  # template, its segments, methods
+# Metric labels take these methods as they are; any other is counted as "other" (bounded labels).
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the route label of a request whose path is no route (404)
 MAX_AMOUNT = 2**63 - 1  # SQLite integers are signed 64-bit; more than all XMR ever paid at once
 
 
@@ -109,13 +115,15 @@ class Api:
         registry: Registry,
         events: EventLog,
         status: Status,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._escrows = escrows
         self._lifecycle = lifecycle
         self._registry = registry
         self._events = events
         self._status = status
-        self._routes: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
+        self._routes: list[Route] = []
         self._route("/v1/escrows", POST=self.create_escrow, GET=self.list_escrows)
         self._route("/v1/escrows/{id}", GET=self.get_escrow)
         self._route("/v1/escrows/{id}/balance", GET=self.balance)
@@ -131,13 +139,29 @@ class Api:
 
     def _route(self, template: str, **methods: Handler) -> None:
         """`template` is a path whose `{name}` segments match any one non-empty segment."""
-        self._routes.append((tuple(template.split("/")[1:]), methods))
+        self._routes.append((template, tuple(template.split("/")[1:]), methods))
 
     def add_route(self, template: str, **methods: Handler) -> None:
         """Extra routes (the dev sandbox adds its own); `template` as in `_route`."""
         self._route(template, **methods)
 
     async def __call__(self, request: Request) -> Response:
+        started = trio.current_time()
+        response = await self._answer(request)
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        seconds = trio.current_time() - started
+        self._metrics.observe_request(self.route_of(request), method, response.status, seconds)
+        return response
+
+    def route_of(self, request: Request) -> str:
+        """The template of the route the request's path fits (`/v1/escrows/{id}`), whatever
+        its method; `UNMATCHED` if none does."""
+        for template, segments, _ in self._routes:
+            if _match_segments(segments, request.segments) is not None:
+                return template
+        return UNMATCHED
+
+    async def _answer(self, request: Request) -> Response:
         try:
             handler, params = self._match(request)
             return await handler(request, params)
@@ -163,7 +187,7 @@ class Api:
         An invalid escrow id is refused (400) before the method is looked at: such a path names
         nothing, so it is no known path to answer 405 for."""
         segments = request.segments
-        for template, methods in self._routes:
+        for _, template, methods in self._routes:
             params = _match_segments(template, segments)
             if params is None:
                 continue
@@ -286,6 +310,30 @@ class Api:
     async def metrics(self, _: Request, __: dict[str, str]) -> Response:
         body, content_type = self._status.metrics_text()
         return Response(200, body, content_type=content_type)
+
+
+class MetricsOnly:
+    """The handler behind `daemon.metrics_address`: `GET /metrics` (and HEAD) and nothing else."""
+
+    def __init__(self, status: Status) -> None:
+        self._status = status
+
+    async def __call__(self, request: Request) -> Response:
+        await trio.lowlevel.checkpoint()
+        if request.segments != ("metrics",):
+            status, body, _ = error_answer(
+                NotFound(f"no such endpoint: {request.path[:200]} (this address serves /metrics)")
+            )
+            return Response.json(status, body)
+        if request.method not in ("GET", "HEAD"):
+            allowed = ["GET", "HEAD"]
+            exc = MethodNotAllowed(
+                f"method {request.method[:20]} not allowed here (use GET)", allowed
+            )
+            status, body, _ = error_answer(exc)
+            return Response.json(status, body, headers=(("allow", ", ".join(allowed)),))
+        text, content_type = self._status.metrics_text()
+        return Response(200, text, content_type=content_type)
 
 
 def _allowed(methods: dict[str, Handler]) -> list[str]:

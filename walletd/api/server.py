@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import struct
@@ -37,11 +38,13 @@ from walletd.errors import (
 )
 
 __all__ = [
+    "TCP_PEER",
     "Handler",
     "PeerCred",
     "Request",
     "Response",
     "ServerLimits",
+    "serve_tcp",
     "serve_unix",
 ]
 
@@ -55,6 +58,8 @@ _LINGER_BYTES = 1_048_576
 _REJECT_TIMEOUT = 2.0  # a capacity rejection may take at most this long
 _MAX_QUERY_FIELDS = 100
 _INTERNAL_MESSAGE = "internal error; see walletd's log"
+# Requests that may move money or change state: logged at info with the peer (the access log).
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @attrs.frozen
@@ -64,6 +69,10 @@ class PeerCred:
     pid: int
     uid: int
     gid: int
+
+
+# What `Request.peer` holds for a TCP client (the metrics listener): TCP has no SO_PEERCRED.
+TCP_PEER = PeerCred(pid=0, uid=-1, gid=-1)
 
 
 @attrs.frozen
@@ -176,7 +185,7 @@ async def serve_unix(
         server = _Server(handler, limits, allow_uids, allow_gids)
         async with trio.open_nursery() as nursery:
             task_status.started()
-            log.info("http_listening", path=str(path), mode=oct(mode))
+            log.info("http listening", path=str(path), mode=oct(mode))
             try:
                 await server.accept_loop(listener, nursery)
             finally:
@@ -188,6 +197,36 @@ async def serve_unix(
         unlink_if_ours(path, identity)
 
 
+async def serve_tcp(
+    listeners: list[trio.SocketListener],
+    handler: Handler,
+    *,
+    limits: ServerLimits = ServerLimits(),
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `handler` on TCP listeners the caller bound (`trio.open_tcp_listeners`, so that a
+    taken port is the caller's error to word) until cancelled, bounded like `serve_unix`; the
+    listeners are closed at the end.
+
+    For the metrics listener: the config allows loopback hosts only, and TCP carries no peer
+    credentials, so every request's `peer` is `TCP_PEER` (the log names the peer's address)."""
+    server = _Server(handler, limits, None, None, credentials=False)
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        for listener in listeners:
+            host, port = listener.socket.getsockname()[:2]
+            log.info("http listening", address=f"{host}:{port}")
+        try:
+            async with trio.open_nursery() as loops:
+                for listener in listeners:
+                    loops.start_soon(server.accept_loop, listener, nursery)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+                await server.drain(_SHUTDOWN_GRACE)
+
+
 class _Server:
     """Accepts connections and keeps the set of them for capacity and graceful shutdown."""
 
@@ -197,8 +236,11 @@ class _Server:
         limits: ServerLimits,
         allow_uids: frozenset[int] | None,
         allow_gids: frozenset[int] | None,
+        *,
+        credentials: bool = True,
     ) -> None:
         self.handler = handler
+        self.credentials = credentials  # read SO_PEERCRED (Unix socket); False for TCP
         self.limits = limits
         self._allow_uids = allow_uids
         self._allow_gids = allow_gids
@@ -213,7 +255,9 @@ class _Server:
             return True
         return peer.uid in (self._allow_uids or ()) or peer.gid in (self._allow_gids or ())
 
-    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def accept_loop(
+        self, listener: trio.abc.Listener[trio.SocketStream], nursery: trio.Nursery
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -221,12 +265,12 @@ class _Server:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
                 # Out of descriptors or memory: pause instead of spinning; it is transient.
-                log.warning("http_accept_failed", error=os.strerror(exc.errno))
+                log.warning("http accept failed", error=os.strerror(exc.errno))
                 await trio.sleep(0.1)
                 continue
             # Credentials first: a peer outside the allow-lists never takes a connection slot.
             try:
-                peer = _peer_cred(stream)
+                peer = _peer_cred(stream) if self.credentials else TCP_PEER
             except _ClientGone:
                 await trio.aclose_forcefully(stream)
                 continue
@@ -255,10 +299,10 @@ class _Server:
             try:
                 await conn.serve()
             except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.debug("http_client_gone", reason=str(exc) or type(exc).__name__)
+                log.debug("http client gone", reason=str(exc) or type(exc).__name__)
             except Exception:
                 # A bug in walletd, not anything a client did: log it and keep serving others.
-                log.exception("http_connection_failed")
+                log.exception("http connection failed")
             finally:
                 self._connections.discard(conn)
                 self._changed.set()
@@ -272,7 +316,7 @@ class _Server:
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         try:
-            log.debug("http_peer_refused")
+            log.debug("http peer refused")
             forbidden = _error(Forbidden("this user may not use walletd"))
             await self._answer_and_close(stream, None, forbidden)
         finally:
@@ -287,7 +331,7 @@ class _Server:
             with trio.move_on_after(_REJECT_TIMEOUT):
                 await conn.abort(response)
         except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("http_client_gone", reason=str(exc) or type(exc).__name__)
+            log.debug("http client gone", reason=str(exc) or type(exc).__name__)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -310,9 +354,9 @@ class _Server:
                 return await self.handler(request)
             except Exception:
                 # Never log the request itself: its body may hold wallet passwords.
-                log.exception("http_handler_failed", method=request.method, path=request.path)
+                log.exception("http handler failed", method=request.method, path=request.path)
                 return _error(Internal(_INTERNAL_MESSAGE))
-        log.warning("http_handler_timeout", method=request.method, path=request.path)
+        log.warning("http handler timed out", method=request.method, path=request.path)
         return _error(Timeout(f"no answer within {self.limits.handler_timeout:g} s"))
 
 
@@ -322,6 +366,7 @@ class _Connection:
     def __init__(self, server: _Server, stream: trio.SocketStream, peer: PeerCred | None) -> None:
         self._server = server
         self._peer = peer  # None only for a refused peer, which is never served
+        self._who = _who(peer) if server.credentials else _address_of(stream)
         self._limits = server.limits
         self.stream = stream
         self.scope = trio.CancelScope(shield=True)
@@ -465,18 +510,21 @@ class _Connection:
             response = await self._server.call_handler(request)
         keep_alive = await self._send_response(response, method=method)
         duration_ms = round((trio.current_time() - started) * 1000, 1)
-        log.debug(
-            "http_request",
+        # The access log: every call that may move money or change state, with who made it.
+        log.log(
+            logging.DEBUG if method in _SAFE_METHODS else logging.INFO,
+            "http request",
             method=method,
             path=path,
             status=response.status,
             duration_ms=duration_ms,
+            **self._who,
         )
         return keep_alive
 
     async def abort(self, response: Response) -> None:
         """Send an error answer, then close after a short linger so the client can read it."""
-        log.debug("http_rejected", status=response.status)
+        log.debug("http request rejected", status=response.status)
         await self._send_response(response, method=self._method, close=True)
         with trio.move_on_after(_LINGER_SECONDS):
             # Closing with unread input resets the peer, which may then miss our answer.
@@ -505,6 +553,20 @@ class _Connection:
             await self.stream.send_all(data)
             return
         raise _ClientGone("client did not read the response in time")
+
+
+def _who(peer: PeerCred | None) -> dict[str, int]:
+    """The access log's fields for a Unix-socket peer: its uid and pid (SO_PEERCRED)."""
+    return {} if peer is None else {"peer_uid": peer.uid, "peer_pid": peer.pid}
+
+
+def _address_of(stream: trio.SocketStream) -> dict[str, str]:
+    """The access log's field for a TCP peer: its address."""
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return {}
+    return {"peer": f"{host}:{port}"}
 
 
 def _peer_cred(stream: trio.SocketStream) -> PeerCred:
@@ -539,7 +601,7 @@ def _h11_response(
             status_code=response.status, headers=headers, reason=_reason(response.status)
         )
     except h11.LocalProtocolError as exc:
-        log.error("http_bad_response", status=response.status, reason=str(exc))
+        log.error("http bad response", status=response.status, reason=str(exc))
         return _h11_response(_error(Internal(_INTERNAL_MESSAGE)), close=close, method=method)
     return head, b"" if no_body else response.body
 

@@ -127,6 +127,9 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
             # An OS refusal while starting (the socket path taken by another server, a port or
             # file refused) is one line and exit 1; anything else, or later, is a bug: traceback.
             leaf = first_error(exc)
+            if not started and isinstance(leaf, ConfigError):  # a taken daemon.metrics_address
+                log.error("cannot start", error=str(leaf))
+                return EXIT_CONFIG
             if started or not isinstance(leaf, OSError):
                 raise
             log.error("cannot start", error=str(leaf))

@@ -55,6 +55,7 @@ from walletd.escrows.model import (
 from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
+from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import (
     PreparePayout,
     SetupMultisig,
@@ -107,8 +108,10 @@ class Lifecycle:
         chain: Chain,
         wallet_dir: Path,
         state_dir: Path,
+        metrics: Metrics,
         daemon_check: float = 2.0,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._escrows = escrows
         self._registry = registry
@@ -329,13 +332,16 @@ class Lifecycle:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
 
     async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
+        submitted = False
         try:
             await self._payout_steps(escrow_id)
+            submitted = True
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             try:
                 rec = self._escrows.get(escrow_id)
                 if rec.payout is not None:
+                    self._metrics.payout(rec.payout.kind.value, "failed")
                     error = public_error(exc).message[:300]
                     payout = attrs.evolve(rec.payout, last_error=error)
                     self._store.update_escrow(escrow_id, payout=payout)
@@ -344,6 +350,9 @@ class Lifecycle:
         finally:
             del self._payouts[escrow_id]
             done.set()
+        if submitted:
+            # After the answer, not in it: the payout is recorded and submitted already.
+            await self._sync_after_payout(escrow_id)
 
     async def _payout_steps(self, escrow_id: str) -> None:
         registry = self._registry
@@ -351,6 +360,7 @@ class Lifecycle:
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
+        await self._daemon_caught_up(rec)
         if payout.phase is PayoutPhase.INTENT:
             tx = await registry.call(
                 escrow_id,
@@ -373,6 +383,7 @@ class Lifecycle:
         assert payout.txids is not None
         assert payout.signed_txset is not None
         txids = payout.txids
+        await self._daemon_caught_up(rec)  # again: a switch may have come while it was signed
         try:
             await registry.call(
                 escrow_id,
@@ -404,11 +415,31 @@ class Lifecycle:
             payout=payout,
             state=payout.kind.paying_state,
         )
+        self._metrics.payout(payout.kind.value, "submitted")
+
+    async def _sync_after_payout(self, escrow_id: str) -> None:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
-            await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
-        except WalletdError as exc:
+            await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
+        except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
+
+    async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
+        """Unavailable (503, retried) while the daemon in use is below the height at which the
+        escrow was seen ready: after a switch to a daemon that lags, the deposit may not be on
+        its chain yet, and a payout is never built on or submitted to such a daemon."""
+        ready_at = rec.funding.ready_height
+        if ready_at is None:
+            return
+        try:
+            height = await self._chain.height()
+        except WalletdError as exc:
+            raise Unavailable(f"monerod unavailable: {exc}") from exc
+        if height < ready_at:
+            raise Unavailable(
+                f"monerod in use is at height {height}, behind {ready_at} where the escrow was "
+                "seen ready; retry later"
+            )
 
     async def _known_to_daemon(self, txid: str) -> bool:
         try:

@@ -3,19 +3,37 @@
 The chain is structlog's production recipe (contextvars, level, ISO UTC time) plus `mask_secrets`,
 which replaces the value of any key that looks like it holds a secret. trio copies contextvars into
 child tasks, so binding `escrow_id` once in a session task labels everything that session logs.
+
+Under systemd, when stderr is the journal's stream (`$JOURNAL_STREAM` names its device and
+inode), each line starts with its syslog priority as sd-daemon(3) describes (`<3>` error,
+`<4>` warning, `<6>` info, `<7>` debug): journald takes the prefix off and files the line at that
+priority, so `journalctl -p err` shows walletd's errors and the message itself stays one JSON
+object. On a terminal or a file there is no prefix.
+
+Event names are lowercase words ("session opened", "http request"); values go in keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict
 
-__all__ = ["SECRET_KEY_PATTERN", "configure_logging", "mask_secrets", "set_level"]
+__all__ = [
+    "SECRET_KEY_PATTERN",
+    "configure_logging",
+    "is_journal_stream",
+    "mask_secrets",
+    "set_level",
+    "unlabelled",
+]
 
 # Keys whose values must never reach a log line, whatever the caller passed.
 SECRET_KEY_PATTERN = re.compile(
@@ -65,6 +83,50 @@ def _filter_level(_logger: object, method: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
+@contextlib.contextmanager
+def unlabelled() -> Iterator[None]:
+    """Log without the calling task's bound context (its `escrow_id`) inside the block: for
+    work the task does on behalf of nothing it is labelled with (a session starting a spare)."""
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.bind_contextvars(**saved)
+
+
+# syslog priorities (sd-daemon(3)), by structlog's level names.
+_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def is_journal_stream(stream: TextIO) -> bool:
+    """True if `stream` is the journal stream systemd connected (`$JOURNAL_STREAM` is
+    "DEVICE:INODE" of it; a unit whose stderr was redirected elsewhere keeps the variable)."""
+    device, sep, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # no descriptor (a StringIO), or closed
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
+class _PriorityPrefix:
+    """Wraps the renderer: `<N>` before each line, N the syslog priority of the event's level
+    (every line of a multi-line console entry, so journald files each at that priority)."""
+
+    def __init__(self, renderer: structlog.typing.Processor) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: object, method: str, event_dict: EventDict) -> str:
+        level = str(event_dict.get("level", method))
+        rendered = self._renderer(logger, method, event_dict)
+        assert isinstance(rendered, str), "walletd's renderers render text"
+        prefix = f"<{_PRIORITY.get(level, 6)}>"
+        return "\n".join(prefix + line for line in rendered.split("\n"))
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process (call once at start-up)."""
     out = stream or sys.stderr
@@ -73,6 +135,8 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
+    if is_journal_stream(out):
+        renderer = _PriorityPrefix(renderer)
     set_level(level)
     structlog.configure(
         processors=[

@@ -165,6 +165,7 @@ class WalletHandles:
             handle.created = True
         else:
             await self._open_or_repair(handle, rpc, params)
+        handle.proc.wallet_of = (self.escrow_id, handle.role)  # what its log lines name now
         await rpc.call("auto_refresh", {"enable": False})
 
     async def _open_or_repair(self, handle: Handle, rpc: Any, params: dict[str, str]) -> None:
@@ -251,6 +252,7 @@ class WalletHandles:
             log.warning("close_wallet failed; discarding process", role=handle.role, error=str(exc))
             clean = False
         if clean:
+            proc.wallet_of = None  # closed: the process holds no escrow's wallet any more
             await self._pool.release(proc)
         else:
             await self._pool.discard(proc)

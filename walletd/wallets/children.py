@@ -35,6 +35,11 @@ How a child is started and kept safe:
   (run_dir/children/PID.json with the /proc start time) lets `remove_orphans` find and stop what a
   dead walletd left behind, without ever signalling an unrelated process that reused the pid.
 - Output is always drained (a full pipe would block the child) and logged at debug level.
+- Log lines about a process name an escrow only while the process holds that escrow's wallet
+  (`WalletProcess.wallet_of`, set by the session once the wallet is open, cleared once it is
+  closed). A child is supervised by a task of the pool, but trio copies the context of the task
+  that started it, so a spare started while a session acquired a process would otherwise carry
+  that session's `escrow_id` for life: the pool's own tasks and starts run unlabelled.
 - Each child writes its own log, run_dir/logs/wallet-rpc-PORT.log (a new child on a port first
   removes what an earlier one left there), capped at LOG_FILE_MAX_BYTES with LOG_FILES_ROTATED
   rotated file. Ports are random, so without pruning every child ever started would leave a log
@@ -61,10 +66,12 @@ import signal
 import subprocess
 from typing import Protocol
 
+import attrs
 import structlog
 import trio
 
 from walletd.errors import RpcAuthError, RpcError, Unavailable
+from walletd.ops.logs import unlabelled
 from walletd.wallets import spawning
 from walletd.wallets.rpc import WalletRpc
 from walletd.wallets.spawning import ChildSettings, LiveChildren, Spawned, listener_is_owned_by
@@ -135,7 +142,18 @@ class WalletProcess:
         self.uses = 0
         self.returncode: int | None = None
         self.start_seconds: float | None = None  # managed: spawn to RPC-ready
+        # The monerod it was started with (--daemon-address); None: not ours to say (external).
+        self.daemon_address: str | None = None
+        # (escrow id, role) of the wallet this process holds now: what its log lines name.
+        self.wallet_of: tuple[str, str] | None = None
         self._child: _Child | None = None
+
+    def labels(self) -> dict[str, str]:
+        """Log fields naming the escrow wallet held now; none for a spare or an empty process."""
+        if self.wallet_of is None:
+            return {}
+        escrow_id, role = self.wallet_of
+        return {"escrow_id": escrow_id, "role": role}
 
     def alive(self) -> bool:
         return not self.exited.is_set()
@@ -163,9 +181,13 @@ class ProcessPool(Protocol):
 
     async def release(self, proc: WalletProcess) -> None: ...
 
-    async def discard(self, proc: WalletProcess) -> None: ...
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def set_daemon_address(self, address: str) -> None:
+        """Processes handed out from now on use monerod at `address` (a daemon switch)."""
+        ...
 
 
 # ---- managed children ----------------------------------------------------------------------------
@@ -247,12 +269,29 @@ class ChildPool:
 
     # ---- the pool's interface --------------------------------------------------------------------
 
+    def set_daemon_address(self, address: str) -> None:
+        """A daemon switch: new children get `--daemon-address address`; spares started against
+        the old daemon are stopped (never re-pointed with `set_daemon`: monero issue 10246), and
+        busy ones are retired when released."""
+        if address == self.settings.daemon_address:
+            return
+        self.settings = attrs.evolve(self.settings, daemon_address=address)
+        stale = [p for p in self._idle if p.daemon_address != address]
+        for proc in stale:
+            self._idle.remove(proc)
+            if self._nursery is not None:
+                self._nursery.start_soon(functools.partial(self._stop, proc, store=False))
+        self._top_up()
+
     async def acquire(self) -> WalletProcess:
         """A ready process with no wallet open, owned by the caller until release/discard."""
         await trio.lowlevel.checkpoint()
         proc: WalletProcess | None = None
         while self._idle:
             candidate = self._idle.pop(0)
+            if candidate.daemon_address != self.settings.daemon_address:
+                await self._stop(candidate, store=False)  # left from before a daemon switch
+                continue
             if candidate.alive():
                 proc = candidate
                 break
@@ -268,6 +307,7 @@ class ChildPool:
         """The caller closed its wallet cleanly: keep the process as a spare or retire it."""
         if proc not in self._busy:
             raise ValueError(f"{proc!r} is not held by anyone")
+        proc.wallet_of = None  # its wallet is closed: what follows is about no escrow
         if not proc.alive():
             await self.discard(proc)
             return
@@ -276,26 +316,33 @@ class ChildPool:
             reason = "pool closing"
         elif proc.uses >= self.settings.max_uses:
             reason = "served max_uses wallets"
+        elif proc.daemon_address != self.settings.daemon_address:
+            reason = "started against another monerod"
         elif len(self._idle) >= self.settings.spares:
             reason = "enough spares"
         else:
             self._idle.append(proc)
             await trio.lowlevel.checkpoint()
             return
-        log.debug("retiring wallet-rpc", ident=proc.ident, pid=proc.pid, reason=reason)
-        await self._stop(proc, store=False)
+        with unlabelled():
+            log.debug("retiring wallet-rpc", ident=proc.ident, pid=proc.pid, reason=reason)
+            await self._stop(proc, store=False)
 
-    async def discard(self, proc: WalletProcess) -> None:
-        """Dead, hung or unknown state: stop it with escalation; count a restart if it died."""
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:
+        """Dead, hung or unknown state: stop it with escalation; count a restart if it died.
+
+        `damaged`: the wallet it holds is damaged, so nothing of it may reach the disk: no
+        store and straight to SIGKILL (wallet-rpc stores its wallet on SIGTERM)."""
         self._busy.discard(proc)
         if proc in self._idle:
             self._idle.remove(proc)
         child = _managed(proc)
         died = child.died
-        await self._stop(proc, store=proc.alive())
+        await self._stop(proc, store=proc.alive() and not damaged, kill=damaged)
         if died:
             self.restarts += 1
-            log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid)
+            log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid, **proc.labels())
+        proc.wallet_of = None
         self._top_up()
 
     # ---- starting --------------------------------------------------------------------------------
@@ -310,6 +357,7 @@ class ChildPool:
             nursery.start_soon(self._start_spare)
 
     async def _start_spare(self) -> None:
+        structlog.contextvars.clear_contextvars()  # a task of its own: a spare is no escrow's
         proc: WalletProcess | None = None
         try:
             proc = await self._start()
@@ -331,6 +379,10 @@ class ChildPool:
 
     async def _start(self) -> WalletProcess:
         """Start one child in the pool's nursery and return it once it answers `get_version`."""
+        with unlabelled():  # also when a session waits for it: it holds no wallet yet
+            return await self._start_unlabelled()
+
+    async def _start_unlabelled(self) -> WalletProcess:
         nursery = self._nursery
         if nursery is None or self._closing:
             raise ChildStartError("the process pool is not running")
@@ -355,6 +407,7 @@ class ChildPool:
 
     async def _run_child(self, *, task_status: trio.TaskStatus[WalletProcess]) -> None:
         """One child's whole life: spawn, wait until ready, supervise, stop (shielded), clean up."""
+        structlog.contextvars.clear_contextvars()  # labelled by `wallet_of` alone (module doc)
         spawned_at = trio.current_time()
         try:
             port = spawning.free_port(self.live)
@@ -378,6 +431,7 @@ class ChildPool:
                 await rpc.aclose()
             raise ChildStartError(f"cannot run {self.settings.wallet_rpc_path}: {exc}") from exc
         proc = WalletProcess(f"wallet-rpc:127.0.0.1:{port}", rpc, pid=spawned.popen.pid)
+        proc.daemon_address = self.settings.daemon_address
         proc._child = child = _Child(spawned)
         assert proc.pid is not None
         self._live[proc.pid] = proc
@@ -415,7 +469,9 @@ class ChildPool:
                     cs.shield = True
                     await self._terminate(proc, store=proc in self._busy, reap=True)
                 if not proc.exited.is_set():
-                    log.error("wallet-rpc could not be stopped or reaped", pid=proc.pid)
+                    log.error(
+                        "wallet-rpc could not be stopped or reaped", pid=proc.pid, **proc.labels()
+                    )
                 self._forget(proc)
                 if proc not in self._busy:  # an owner keeps its client until release/discard
                     with trio.move_on_after(1.0) as cs:
@@ -473,7 +529,12 @@ class ChildPool:
                 self._output_line(proc, pending)
         except (trio.ClosedResourceError, OSError) as exc:
             # The pipe closes when the child exits or is stopped: nothing left to drain.
-            log.debug("wallet-rpc output closed", pid=proc.pid, reason=type(exc).__name__)
+            log.debug(
+                "wallet-rpc output closed",
+                pid=proc.pid,
+                reason=type(exc).__name__,
+                **proc.labels(),
+            )
         finally:
             child.drained.set()
 
@@ -481,7 +542,7 @@ class ChildPool:
         line = raw.decode("utf-8", "replace").rstrip()[:MAX_LINE]
         if line:
             _managed(proc).tail.append(line)
-            log.debug("wallet-rpc output", pid=proc.pid, line=line)
+            log.debug("wallet-rpc output", pid=proc.pid, line=line, **proc.labels())
 
     async def _wait_exit(self, proc: WalletProcess) -> None:
         """Wait for the child to exit, reap it and set `exited` (one waiter at a time)."""
@@ -512,6 +573,7 @@ class ChildPool:
             pid=proc.pid,
             returncode=proc.returncode,
             last_output=list(child.tail)[-3:],
+            **proc.labels(),
         )
         if proc in self._idle:
             self._idle.remove(proc)
@@ -520,19 +582,22 @@ class ChildPool:
 
     # ---- stopping --------------------------------------------------------------------------------
 
-    async def _stop(self, proc: WalletProcess, *, store: bool) -> None:
+    async def _stop(self, proc: WalletProcess, *, store: bool, kill: bool = False) -> None:
         """Stop a child from the owner's task; its supervisor reaps it and cleans up."""
         bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
         with trio.move_on_after(bound) as cs:
             cs.shield = True
-            await self._terminate(proc, store=store, reap=False)
+            await self._terminate(proc, store=store, reap=False, kill=kill)
             await _managed(proc).gone.wait()
             await proc.rpc.aclose()
         if not proc.exited.is_set():
-            log.error("wallet-rpc did not stop", ident=proc.ident, pid=proc.pid)
+            log.error("wallet-rpc did not stop", ident=proc.ident, pid=proc.pid, **proc.labels())
 
-    async def _terminate(self, proc: WalletProcess, *, store: bool, reap: bool) -> None:
-        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited."""
+    async def _terminate(
+        self, proc: WalletProcess, *, store: bool, reap: bool, kill: bool = False
+    ) -> None:
+        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited.
+        `kill`: SIGKILL at once."""
         child = _managed(proc)
         child.stopping = True
         if proc.exited.is_set():
@@ -548,13 +613,19 @@ class ChildPool:
             try:
                 await proc.rpc.call("store", timeout=STORE_TIMEOUT)
             except (RpcError, OSError) as exc:
-                log.debug("store before stop failed", pid=proc.pid, error=str(exc))
-        _signal(proc, signal.SIGTERM)
-        with trio.move_on_after(self.settings.stop_timeout):
-            await wait()
-        if proc.exited.is_set():
-            return
-        log.warning("wallet-rpc ignored SIGTERM; sending SIGKILL", ident=proc.ident, pid=proc.pid)
+                log.debug("store before stop failed", pid=proc.pid, error=str(exc), **proc.labels())
+        if not kill:
+            _signal(proc, signal.SIGTERM)
+            with trio.move_on_after(self.settings.stop_timeout):
+                await wait()
+            if proc.exited.is_set():
+                return
+            log.warning(
+                "wallet-rpc ignored SIGTERM; sending SIGKILL",
+                ident=proc.ident,
+                pid=proc.pid,
+                **proc.labels(),
+            )
         _signal(proc, signal.SIGKILL)
         await wait()
 

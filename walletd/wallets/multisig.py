@@ -119,7 +119,7 @@ async def _each(
         first = next(iter(failures.values()))
         raise error(step, list(failures), first) from first
     elapsed_ms = round((trio.current_time() - started) * 1000)
-    log.debug("multisig_step", step=step, wallets=len(requests), elapsed_ms=elapsed_ms)
+    log.debug("multisig step", step=step, wallets=len(requests), elapsed_ms=elapsed_ms)
     return results
 
 
