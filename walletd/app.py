@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
 from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import ServerLimits, serve_tcp, serve_unix
 from walletd.api.status import Status
-from walletd.config import Config, load_config
+from walletd.config import Config, SessionsConfig, load_config
 from walletd.errors import ConfigError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import EscrowState
@@ -33,7 +33,9 @@ from walletd.escrows.service import EscrowService
 from walletd.ids import Role
 from walletd.monitor import Monitor
 from walletd.ops import notify
+from walletd.ops.logs import set_level as set_log_level
 from walletd.ops.metrics import Metrics
+from walletd.ops.preflight import socket_dir_problem
 from walletd.sessions.registry import Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec
 from walletd.state.backups import Backups
@@ -87,12 +89,9 @@ def prepare_dirs(config: Config) -> None:
     _private_dir(config.daemon.state_dir / "run")
     sock_dir = config.daemon.socket_path.parent
     sock_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    st = sock_dir.stat()
-    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"daemon.socket_path: directory {sock_dir} must be owned by walletd's user and "
-            "writable by nobody else"
-        )
+    problem = socket_dir_problem(sock_dir)
+    if problem:
+        raise ConfigError(problem)
 
 
 class App:
@@ -182,6 +181,7 @@ class App:
             wallet_dir=m.wallet_dir,
             state_dir=state,
             metrics=self.metrics,
+            daemon_check=config.monitor.height_check,
         )
         self.monitor = Monitor(
             config.monitor,
@@ -268,20 +268,29 @@ class App:
             self.events.emit(type_, escrow_id, **data)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the limits from the config file; other keys need a restart."""
+        """SIGHUP: re-read the config file; apply the keys that can change live (session limits,
+        monitor intervals, confirmations default, log.level), name those that need a restart."""
         if self.config_path is None:
+            log.warning("reload ignored", reason="no config file to re-read (walletd dev); restart")
             return
         try:
             fresh = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused; keeping the running config", error=str(exc))
             return
-        self.config = fresh
-        self.registry.set_limits(limits_from(fresh))
-        self.monitor.set_interval(fresh.monitor.poll_interval)
+        self.config, changed, restart = _reloaded(self.config, fresh)
+        self.registry.set_limits(limits_from(self.config))
+        self.monitor.set_interval(self.config.monitor.poll_interval)
         # The default for new escrows, created or adopted (one value: the escrow service's).
-        self.escrows.required_confirmations = fresh.monitor.required_confirmations
-        log.info("limits reloaded", max_active=fresh.effective_max_active)
+        self.escrows.required_confirmations = self.config.monitor.required_confirmations
+        # One line, logged before a new level applies so it shows whatever the level becomes.
+        (log.warning if restart else log.info)(
+            "config reloaded",
+            changed=changed,
+            restart_needed=restart,
+            max_active=self.config.effective_max_active,
+        )
+        set_log_level(self.config.log.level)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -433,6 +442,37 @@ class App:
                 else:
                     log.info("stop requested", signal=signal.Signals(signum).name)
                     self.request_stop()
+
+
+# Keys SIGHUP applies; any other changed key keeps its running value until a restart.
+_RELOADABLE = frozenset(
+    {f"sessions.{name}" for name in attrs.fields_dict(SessionsConfig)}
+    | {"monitor.poll_interval", "monitor.cold_interval", "monitor.required_confirmations"}
+    | {"log.level"}
+)
+
+
+def _reloaded(running: Config, fresh: Config) -> tuple[Config, dict[str, list[Any]], list[str]]:
+    """The config to run with after a reload, the applied changes ({key: [old, new]}) and the
+    changed keys that need a restart (named only: their values may be secrets)."""
+    changed: dict[str, list[Any]] = {}  # Any: config values, logged as JSON
+    restart: list[str] = []
+    sections: dict[str, Any] = {}  # Any: one attrs class per section
+    for section in attrs.fields(Config):
+        old, new = getattr(running, section.name), getattr(fresh, section.name)
+        applied: dict[str, Any] = {}
+        for field in attrs.fields(type(old)):
+            before, after = getattr(old, field.name), getattr(new, field.name)
+            if before == after:
+                continue
+            key = f"{section.name}.{field.name}"
+            if key in _RELOADABLE:
+                applied[field.name] = after
+                changed[key] = [before, after]
+            else:
+                restart.append(key)
+        sections[section.name] = attrs.evolve(old, **applied)
+    return attrs.evolve(running, **sections), changed, restart
 
 
 def _hard_exit(after: float) -> None:

@@ -17,6 +17,8 @@ from walletd.wallets.fastopen import FastOpen
 
 __all__ = ["Status"]
 
+_DAEMON_WAIT = 3.0  # seconds /v1/health waits for monerod's height
+
 
 class Status:
     def __init__(self, *, registry: Registry, store: Store, chain: Chain, metrics: Metrics) -> None:
@@ -66,11 +68,14 @@ class Status:
         if self._store.failure is not None and not self._store.probe():
             reasons.append(f"database: writes failing ({self._store.failure})")
         try:
-            with trio.fail_after(3):
+            with trio.fail_after(_DAEMON_WAIT):
                 body["daemon_height"] = await self._chain.height()
-        except (RpcError, trio.TooSlowError, KeyError, ValueError) as exc:
+        except trio.TooSlowError:  # its str() is empty: say what happened
             body["daemon_height"] = None
-            reasons.append(f"monerod: {exc}")
+            reasons.append(f"monerod: no answer in {_DAEMON_WAIT} s")
+        except (RpcError, KeyError, ValueError) as exc:
+            body["daemon_height"] = None
+            reasons.append(f"monerod: {exc or type(exc).__name__}")
         if reasons:
             body.update(status="degraded", reason="; ".join(reasons))
             return 503, body
