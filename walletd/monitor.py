@@ -231,7 +231,11 @@ class Monitor:
         ):
             state = EscrowState.READY
             events.append(("ready", seen))
-            funding = attrs.evolve(funding, ready_height=height)
+            # The wallet's own height after its refresh is the chain that showed the funds
+            # ready; the cycle's cached daemon height may be older than that (blocks mined
+            # since the cycle began), and a ready height set too low would let a payout go to a
+            # daemon that has not seen the deposit.
+            funding = attrs.evolve(funding, ready_height=max(height, f.height))
         self._events.change(rec.escrow_id, events, state=state, funding=funding)
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
