@@ -15,6 +15,10 @@ Payout (release or refund), recorded before every step that could send money::
     signed    the fully signed blob and its txids are recorded BEFORE submitting. From here only
               this blob is ever submitted; resubmitting it yields the same txids, never a 2nd tx.
     submitted the daemon accepted it; the monitor counts its confirmations.
+    refused   the co-signer's check found the proposal was not this payout (payout_check):
+              nothing was signed. Final for this attempt: no resume or recovery drives it
+              again; a new release/refund call replaces it with a fresh intent (any kind and
+              address: nothing was signed, so nothing can be double spent) and is checked anew.
 
 Payouts run in the lifecycle's own nursery, not in the caller's task: a client that times out or
 disconnects never cancels a payout half way; its retry finds the same payout and waits for it.
@@ -22,6 +26,7 @@ disconnects never cancels a payout half way; its retry finds the same payout and
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import time
@@ -69,6 +74,7 @@ from walletd.state.store import Store, StoreUnavailable
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain
+from walletd.wallets.payout_check import PayoutRefused
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 
@@ -79,6 +85,7 @@ SIGNERS: dict[PayoutKind, tuple[Role, Role]] = {
     PayoutKind.RELEASE: ("vendor", "arbiter"),
     PayoutKind.REFUND: ("buyer", "arbiter"),
 }
+_RESUMABLE = (PayoutPhase.INTENT, PayoutPhase.SIGNED)  # never REFUSED: it is not signed again
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 
@@ -108,8 +115,12 @@ class Lifecycle:
         wallet_dir: Path,
         state_dir: Path,
         metrics: Metrics,
+        fee_priority: int = 0,
+        fee_tolerance: float = 2.0,
     ) -> None:
         self._metrics = metrics
+        self._fee_priority = fee_priority  # wallet-rpc's priority for payout sweeps
+        self._fee_tolerance = fee_tolerance  # a payout's fee may be this times the expected one
         self._store = store
         self._escrows = escrows
         self._registry = registry
@@ -272,7 +283,8 @@ class Lifecycle:
         escrows = self._escrows
         async with lock:
             rec = escrows.get(escrow_id)
-            if rec.payout is not None:
+            refused = rec.payout is not None and rec.payout.phase is PayoutPhase.REFUSED
+            if rec.payout is not None and not refused:
                 if rec.payout.kind != kind:
                     raise Conflict(
                         f"escrow {escrow_id!r} already has a {rec.payout.kind} payout; "
@@ -294,7 +306,7 @@ class Lifecycle:
                     ),
                 )
                 log.info("payout recorded", escrow_id=escrow_id, kind=kind)
-            if rec.payout is not None and rec.payout.phase is not PayoutPhase.SUBMITTED:
+            if rec.payout is not None and rec.payout.phase in _RESUMABLE:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
@@ -312,6 +324,8 @@ class Lifecycle:
         await done.wait()
         rec = self._escrows.get(escrow_id)
         error = rec.payout.last_error if rec.payout else None
+        if rec.payout and rec.payout.phase is PayoutPhase.REFUSED:
+            raise Conflict(f"payout refused before signing, nothing was signed: {error}")
         if rec.payout and rec.payout.phase is not PayoutPhase.SUBMITTED:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
 
@@ -339,12 +353,24 @@ class Lifecycle:
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
+        if payout.phase is PayoutPhase.REFUSED:
+            return  # never signed again (_RESUMABLE); a new release/refund call replaces it
         if payout.phase is PayoutPhase.INTENT:
-            tx = await registry.call(
-                escrow_id,
-                PreparePayout(proposer, cosigner, payout.address),
-                caller=Caller.PAYOUT,
+            priority = self._fee_priority
+            per_byte = await self._chain.fee_per_byte(priority)
+            prepare = PreparePayout(
+                proposer,
+                cosigner,
+                payout.address,
+                priority=priority,
+                max_fee_per_byte=math.ceil(per_byte * self._fee_tolerance),
             )
+            payout = attrs.evolve(payout, fee_priority=priority)
+            try:
+                tx = await registry.call(escrow_id, prepare, caller=Caller.PAYOUT)
+            except PayoutRefused as exc:
+                self._refuse(escrow_id, payout, exc.reason)
+                return
             payout = attrs.evolve(
                 payout,
                 phase=PayoutPhase.SIGNED,
@@ -399,6 +425,14 @@ class Lifecycle:
         except WalletdError as exc:
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 
+    def _refuse(self, escrow_id: str, payout: Payout, reason: str) -> None:
+        """Record a refused proposal: the payout is failed with the reason, and says so."""
+        log.error("payout refused before signing", escrow_id=escrow_id, reason=reason)
+        refused = attrs.evolve(payout, phase=PayoutPhase.REFUSED, last_error=reason[:300])
+        event = {"kind": payout.kind.value, "reason": reason[:300]}
+        self._events.change(escrow_id, [("payout_refused", event)], payout=refused)
+        self._metrics.payout(payout.kind.value, "failed")
+
     async def _known_to_daemon(self, txid: str) -> bool:
         try:
             status = await self._chain.tx_status(txid)
@@ -416,7 +450,7 @@ class Lifecycle:
             for rec in self._store.list_escrows(EscrowState.CREATING):
                 await self._abandon(rec, "walletd stopped during creation")
             for rec in self._store.list_escrows(EscrowState.READY):
-                if rec.payout is not None and rec.payout.phase is not PayoutPhase.SUBMITTED:
+                if rec.payout is not None and rec.payout.phase in _RESUMABLE:
                     log.warning(
                         "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout.phase.value
                     )

@@ -96,6 +96,9 @@ class PayoutPhase(enum.StrEnum):
     INTENT = "intent"  # kind and address recorded; nothing signed
     SIGNED = "signed"  # the signed blob and its txids recorded; only this blob is ever submitted
     SUBMITTED = "submitted"  # the daemon accepted it
+    # The co-signer found the proposal was not this payout: nothing was signed, and no resume
+    # or recovery ever drives it again; a new release/refund call replaces it (lifecycle).
+    REFUSED = "refused"
 
 
 @attrs.frozen
@@ -125,6 +128,7 @@ class Payout:
     amount: int | None = None
     fee: int | None = None
     last_error: str | None = None  # why the last attempt stopped, until one succeeds
+    fee_priority: int | None = None  # wallet-rpc's priority for the sweep, once proposed
 
 
 @attrs.frozen

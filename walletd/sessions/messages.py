@@ -170,6 +170,8 @@ class SetupMultisig(Message[str]):
 class PreparePayout(Message[PayoutTx]):
     """Refresh and sync the two signers, sweep to `address`, co-sign: answers a signed PayoutTx.
 
+    The co-signer checks the proposal before it signs (`multisig.check_proposal`): a proposal
+    that is not this payout raises `PayoutRefused` and nothing is signed.
     Nothing leaves the wallets until `SubmitPayout`, so repeating this after a restore is safe."""
 
     changes_wallets: ClassVar[bool] = True
@@ -177,6 +179,8 @@ class PreparePayout(Message[PayoutTx]):
     proposer: Role
     cosigner: Role
     address: str
+    priority: int = 0  # wallet-rpc's fee priority for the sweep
+    max_fee_per_byte: int = 0  # the fee bound per byte of estimated weight (tolerance included)
 
 
 @attrs.frozen

@@ -326,7 +326,12 @@ class EscrowSession(WalletHandles):
                 await self._store_and_backup("before payout")
                 await multisig.refresh(signers)
                 await multisig.sync_multisig_info(signers)
-                proposal = await multisig.propose(signers[0], address)
+                proposal = await multisig.propose(signers[0], address, message.priority)
+                # Between proposal and second signature, always: a proposal that is not the
+                # recorded payout raises PayoutRefused here and is never signed.
+                await multisig.check_proposal(
+                    signers[1], proposal, address, message.max_fee_per_byte
+                )
                 return await multisig.cosign(signers[1], proposal)
             case SubmitPayout(role=role, txids=txids, signed_txset=signed):
                 payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)

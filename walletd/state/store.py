@@ -169,6 +169,7 @@ def _payout_to_json(payout: Payout) -> str:
         "amount": payout.amount,
         "fee": payout.fee,
         "last_error": payout.last_error,
+        "fee_priority": payout.fee_priority,
     }
     raw.update((key, value) for key, value in later.items() if value is not None)
     return json.dumps(raw)
@@ -190,6 +191,7 @@ def _payout_from_json(text: str) -> Payout:
         amount=raw.get("amount"),
         fee=raw.get("fee"),
         last_error=raw.get("last_error"),
+        fee_priority=raw.get("fee_priority"),
     )
 
 
