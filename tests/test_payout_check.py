@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, start
-from walletd.app import App
+from tests.fakes import FakeDaemon, call, fake_app, fake_config, start
+from walletd.app import App, prepare_dirs
+from walletd.config import parse_config
+from walletd.errors import ConfigError
 from walletd.escrows.model import PayoutPhase
 from walletd.testing.fake_chain import FEE, FakeWalletWorld, fake_address
 from walletd.testing.fake_pool import FakePool
@@ -25,10 +28,16 @@ Outputs = tuple[tuple[str, int], ...]
 
 
 async def _ready_escrow(
-    nursery: trio.Nursery, tmp_path: Path, escrow_id: str
+    nursery: trio.Nursery, tmp_path: Path, escrow_id: str, fee_priority: int | None = None
 ) -> tuple[App, FakeWalletWorld, str]:
     world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
+    if fee_priority is None:
+        app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
+    else:
+        config = fake_config(tmp_path)
+        config = attrs.evolve(config, monero=attrs.evolve(config.monero, fee_priority=fee_priority))
+        prepare_dirs(config)
+        app = App(config, pool=FakePool(world), chain=FakeDaemon(world))
     await start(nursery, app)
     app.monitor.enabled = True
     app.monitor.interval = 5
@@ -38,8 +47,10 @@ async def _ready_escrow(
     status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": escrow_id, "amount": AMOUNT})
     assert status == 201, esc
     world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-    with trio.fail_after(300):
-        while (await call(app, "GET", f"/v1/escrows/{escrow_id}"))[1]["state"] != "ready":
+    with trio.fail_after(300):  # the monitor's next look (virtual time)
+        while True:
+            if (await call(app, "GET", f"/v1/escrows/{escrow_id}"))[1]["state"] == "ready":
+                break
             await trio.sleep(1)
     return app, world, world.add_wallet(f"payee-{escrow_id}", "x").address
 
@@ -79,11 +90,13 @@ async def test_a_bad_proposal_is_refused_and_nothing_signed(
         assert _signed(world) == 0
         assert not [tx for tx in world.txs.values() if tx.sender is not None]
         rec = app.store.get_escrow("r1")
-        assert rec is not None and rec.payout is not None
+        assert rec is not None
+        assert rec.payout is not None
         assert (rec.state.value, rec.payout.phase) == ("ready", PayoutPhase.REFUSED)
         _, events = await call(app, "GET", "/v1/events?after=0")
         refused = [e for e in events["events"] if e["type"] == "payout_refused"]
-        assert len(refused) == 1 and REASON[bad] in refused[0]["reason"], refused
+        assert len(refused) == 1, refused
+        assert REASON[bad] in refused[0]["reason"]
         nursery.cancel_scope.cancel()
 
 
@@ -105,6 +118,27 @@ async def test_a_refused_payout_is_never_resumed_but_a_new_call_retries(
         paid = [amount for tx in world.txs.values() for to, amount in tx.outputs if to == payee]
         assert paid == [AMOUNT - FEE]
         nursery.cancel_scope.cancel()
+
+
+async def test_fee_priority_reaches_the_sweep_and_is_reported(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """monero.fee_priority is the priority of the payout's sweep_all, and the escrow's payout
+    reports it."""
+    async with trio.open_nursery() as nursery:
+        app, world, payee = await _ready_escrow(nursery, tmp_path, "p1", fee_priority=3)
+        status, esc = await call(app, "POST", "/v1/escrows/p1/release", {"address": payee})
+        assert status == 202, esc
+        assert world.sweep_priorities == [3]
+        assert esc["payout"]["fee_priority"] == 3
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("value", [-1, 5, "high"])
+def test_fee_priority_outside_0_to_4_is_refused(value: object) -> None:
+    """A fee priority wallet-rpc does not know stops start-up naming the key."""
+    with pytest.raises(ConfigError, match=r"^monero\.fee_priority"):
+        parse_config({"monero": {"fee_priority": value}})
 
 
 def _desc(**changes: object) -> dict[str, object]:

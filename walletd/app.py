@@ -171,6 +171,7 @@ class App:
             wallet_dir=m.wallet_dir,
             state_dir=state,
             metrics=self.metrics,
+            fee_priority=m.fee_priority,
             fee_tolerance=m.payout_fee_tolerance,
         )
         self.monitor = Monitor(

@@ -226,6 +226,7 @@ class MoneroConfig:
     call_timeout: float = _key(30.0, _seconds(0.1))
     open_timeout: float = _key(120.0, _seconds(1))
     fast_open: bool = _key(True, _bool)
+    fee_priority: int = _key(0, _int(0, 4))  # wallet-rpc's priority for payouts (0: its default)
     # A payout's fee may be at most this times the daemon's fee for its estimated weight.
     payout_fee_tolerance: float = _key(2.0, _number(1.0))
 
