@@ -39,6 +39,7 @@ import trio
 from walletd.errors import (
     Conflict,
     InvalidRequest,
+    NotFound,
     NotReady,
     PublicError,
     RpcCallError,
@@ -53,6 +54,7 @@ from walletd.escrows.model import (
     Payout,
     PayoutKind,
     PayoutPhase,
+    PayoutProof,
     WalletRef,
     utcnow,
 )
@@ -61,6 +63,7 @@ from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import (
+    GetPayoutProof,
     PreparePayout,
     SetupMultisig,
     SubmitPayout,
@@ -419,11 +422,41 @@ class Lifecycle:
             state=payout.kind.paying_state,
         )
         self._metrics.payout(payout.kind.value, "submitted")
+        try:
+            await self._keep_proof(escrow_id, payout, Caller.PAYOUT)
+        except Exception as exc:  # noqa: BLE001 - the proof endpoint fetches it later
+            log.warning("payout proof not kept yet", escrow_id=escrow_id, error=str(exc)[:300])
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
             await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
         except WalletdError as exc:
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
+
+    # ---- payout proofs ---------------------------------------------------------------------------
+
+    async def payout_proof(self, escrow_id: str) -> PayoutProof:
+        """The tx key and proof of the escrow's submitted payout, kept at submission or, if
+        walletd stopped (or a wallet failed) before it was kept, fetched and kept now."""
+        payout = self._escrows.get(escrow_id).payout
+        if payout is None or payout.phase is not PayoutPhase.SUBMITTED:
+            raise NotFound(f"escrow {escrow_id!r} has no submitted payout")
+        kept = self._store.get_payout_proof(escrow_id)
+        if kept is not None:
+            return kept
+        try:
+            return await self._keep_proof(escrow_id, payout, Caller.API)
+        except (RpcCallError, multisig.MultisigError) as exc:
+            raise WalletError(f"the payout's proof could not be made yet: {exc}") from exc
+
+    async def _keep_proof(self, escrow_id: str, payout: Payout, caller: Caller) -> PayoutProof:
+        assert payout.txid is not None  # submitted
+        proposer, cosigner = SIGNERS[payout.kind]
+        # The co-signer signed the final transaction and holds its key; the proposer may too.
+        ask = GetPayoutProof((cosigner, proposer), payout.txid, payout.address)
+        proof = await self._registry.call(escrow_id, ask, caller=caller)
+        self._store.put_payout_proof(escrow_id, proof)
+        log.info("payout proof kept", escrow_id=escrow_id, txid=payout.txid)
+        return proof
 
     def _refuse(self, escrow_id: str, payout: Payout, reason: str) -> None:
         """Record a refused proposal: the payout is failed with the reason, and says so."""

@@ -25,6 +25,7 @@ __all__ = [
     "Payout",
     "PayoutKind",
     "PayoutPhase",
+    "PayoutProof",
     "WalletRef",
     "utcnow",
 ]
@@ -129,6 +130,17 @@ class Payout:
     fee: int | None = None
     last_error: str | None = None  # why the last attempt stopped, until one succeeds
     fee_priority: int | None = None  # wallet-rpc's priority for the sweep, once proposed
+
+
+@attrs.frozen
+class PayoutProof:
+    """What proves a submitted payout without any wallet (api.md, payout/proof): the payout
+    transaction's key and a `get_tx_proof` for its destination, checkable by `check_tx_proof`."""
+
+    txid: str
+    address: str
+    tx_key: str = attrs.field(repr=False)  # a transaction secret: never in a log
+    proof: str = attrs.field(repr=False)
 
 
 @attrs.frozen

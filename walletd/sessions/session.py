@@ -36,6 +36,7 @@ from walletd.errors import (
     Unavailable,
     WalletdError,
 )
+from walletd.escrows.model import PayoutProof
 from walletd.ids import ROLES, Role
 from walletd.ops import failpoints
 from walletd.sessions.handles import (
@@ -52,6 +53,7 @@ from walletd.sessions.messages import (
     Funding,
     GetBalance,
     GetFunding,
+    GetPayoutProof,
     GetTransfer,
     Leave,
     Message,
@@ -333,6 +335,8 @@ class EscrowSession(WalletHandles):
                     signers[1], proposal, address, message.max_fee_per_byte
                 )
                 return await multisig.cosign(signers[1], proposal)
+            case GetPayoutProof(roles=roles, txid=txid, address=address):
+                return await self._payout_proof(roles, txid, address)
             case SubmitPayout(role=role, txids=txids, signed_txset=signed):
                 payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)
                 return await multisig.submit(self._rpc(role), payout)
@@ -362,6 +366,22 @@ class EscrowSession(WalletHandles):
         await self._store_all()
         self.address = address
         return address
+
+    async def _payout_proof(self, roles: tuple[Role, ...], txid: str, address: str) -> PayoutProof:
+        """The tx key and an outgoing proof from the first signer that has the key. Neither
+        is logged: a failure names the wallet and the RPC error only."""
+        refusal: RpcCallError | None = None
+        for role in roles:
+            rpc = self._rpc(role)
+            try:
+                key = await rpc.call("get_tx_key", {"txid": txid})
+                params = {"txid": txid, "address": address, "message": ""}
+                proof = await rpc.call("get_tx_proof", params)
+            except RpcCallError as exc:  # this wallet has no key for it: ask the next
+                refusal = exc
+                continue
+            return PayoutProof(txid, address, str(key["tx_key"]), str(proof["signature"]))
+        raise refusal or RpcCallError("get_tx_key", 0, "no wallet to ask")
 
     async def _store_all(self) -> None:
         await together(self._store_one, self._handles.values())

@@ -174,6 +174,23 @@ class SpendingCalls:
         weight = 1000 + 500 * n_inputs
         return {"size": weight, "weight": weight}
 
+    def _rpc_get_tx_key(self, params: JsonObject) -> JsonObject:
+        """The key of a transaction this wallet's group sent (a stand-in, derived from it)."""
+        wallet = self._wallet()
+        txid = param_str(params, "txid")
+        tx = self.world.txs.get(txid)
+        if tx is None or tx.sender != wallet.address:
+            raise RpcFault(-8, "No tx secret key is stored for this tx")
+        return {"tx_key": digest("tx-key", txid)}
+
+    def _rpc_get_tx_proof(self, params: JsonObject) -> JsonObject:
+        """An outgoing proof: needs the tx key, as the real one does."""
+        txid, address = param_str(params, "txid"), param_str(params, "address")
+        key = self._rpc_get_tx_key({"txid": txid})["tx_key"]
+        if not any(to == address for to, _ in self.world.txs[txid].outputs):
+            raise RpcFault(-1, "Failed to generate a proof: the address is not a destination")
+        return {"signature": "OutProofV2" + digest("proof", txid, address, key)}
+
     def _make_tx(
         self, wallet: FakeWallet, inputs: list[Owned], outputs: tuple[tuple[str, int], ...]
     ) -> tuple[str, str]:
