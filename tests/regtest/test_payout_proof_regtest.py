@@ -41,6 +41,7 @@ async def test_a_release_proof_verifies_on_an_independent_wallet(
             payout = r.json()["payout"]
             assert payout["fee_priority"] == 0
             assert await events_of(client, "payout_refused") == []
+            (submitted,) = await events_of(client, "payout_submitted")  # the amount and fee
             r = await client.get("/v1/escrows/proof-1/payout/proof")
             assert r.status_code == 200, r.text
             proof = r.json()
@@ -56,10 +57,10 @@ async def test_a_release_proof_verifies_on_an_independent_wallet(
     }
     checked = await vendor_rpc.call("check_tx_proof", params)
     assert checked["good"] is True, checked
-    assert int(checked["received"]) == payout["amount"] == AMOUNT - payout["fee"]
+    assert int(checked["received"]) == submitted["amount"] == AMOUNT - submitted["fee"]
     assert int(checked["confirmations"]) >= 1
     key = await vendor_rpc.call(
         "check_tx_key",
         {"txid": proof["txid"], "tx_key": proof["tx_key"], "address": proof["address"]},
     )
-    assert int(key["received"]) == payout["amount"]
+    assert int(key["received"]) == submitted["amount"]
