@@ -53,6 +53,19 @@ def adopt_body(
     }
 
 
+async def wait_exchanged(client: httpx.AsyncClient, ids: list[str], timeout: float = 180) -> None:
+    """Until every (ready) escrow's session holds the monitor's multisig info exchange: its
+    work (refresh, export/import on three wallets) is then done and out of the figures."""
+    with trio.fail_after(timeout):
+        pending = list(ids)
+        while pending:
+            body = (await client.get(f"/v1/escrows/{pending[0]}")).json()
+            if body["session"].get("multisig_exchanged"):
+                pending.pop(0)
+            else:
+                await trio.sleep(0.1)
+
+
 async def wait_escrows(
     client: httpx.AsyncClient, ids: list[str], *, state: str | None = None, timeout: float = 180
 ) -> None:

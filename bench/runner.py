@@ -33,7 +33,7 @@ import httpx
 import trio
 
 from bench.aio import in_batches
-from bench.daemon import XMR, BenchWalletd, adopt_body, wait_escrows
+from bench.daemon import XMR, BenchWalletd, adopt_body, wait_escrows, wait_exchanged
 from bench.env import PASSWORD, Regtest, copy_wallet, move_set, start_regtest
 from bench.items.create import CreateSetup, run_create
 from bench.items.load import LoadLevel, Subject, load_result, run_paired
@@ -214,6 +214,7 @@ class Run:
                 with self.phase("adopting escrow a"):
                     await _adopt(api, "a", a_set)
                     await wait_escrows(api, ["a"], state="ready")
+                    await wait_exchanged(api, ["a"])  # the monitor's work on it is done
                 with self.phase("items 1, 2: balance and confirmation checks"):
                     setup = ReadsSetup(
                         api,
@@ -263,6 +264,7 @@ class Run:
                         [partial(_adopt, api, i, s) for i, s in zip(ids, sessions, strict=True)]
                     )
                     await wait_escrows(api, ids)  # the monitor's first check is done
+                    await wait_exchanged(api, ids)  # and its multisig info pre-exchange
                 active = (await api.get("/v1/stats")).json()["active_sessions"]
                 if active != len(ids):
                     raise RuntimeError(f"{active} sessions open, expected {len(ids)}")

@@ -364,3 +364,46 @@ async def test_dust_payments_do_not_hold_a_funded_escrow_out_of_ready(
         assert esc["funding"]["unlocked_balance"] >= AMOUNT
         assert esc["funding"]["confirmations"] >= esc["required_confirmations"]
         nursery.cancel_scope.cancel()
+
+
+async def _wait_event(app: App, escrow_id: str, type_: str, timeout: float = 300) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            if type_ in await _events(app, escrow_id):
+                return
+            await trio.sleep(1)
+
+
+async def test_funding_reorged_away_before_ready_is_reported_and_never_ready(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A deposit a reorg takes away before `ready`: one `funding_reorged` event, the escrow stays
+    `funded` (states only move forward) and does not become ready however long the chain grows;
+    when the funds are mined again it becomes ready as usual."""
+    async with trio.open_nursery() as nursery:
+        app, world = await _app(nursery, tmp_path)
+        await _run_monitor(nursery, app)
+        status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "rg", "amount": AMOUNT})
+        assert status == 201, esc
+        txid = world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
+        await _wait_state(app, "rg", "funded")
+        world.reorg_away(txid)
+        world.mine(1)
+        await _wait_event(app, "rg", "funding_reorged")
+        world.mine(20)  # long past the confirmations a ready escrow needs
+        for _ in range(5):
+            world.mine(1)
+            await trio.sleep(30)  # several monitor cycles, each on a new block
+        esc = (await call(app, "GET", "/v1/escrows/rg"))[1]
+        assert esc["state"] == "funded"
+        assert esc["funding"]["balance"] == 0
+        events = (await call(app, "GET", "/v1/events?after=0"))[1]["events"]
+        reorged = [e for e in events if e["escrow_id"] == "rg" and e["type"] == "funding_reorged"]
+        assert len(reorged) == 1
+        assert (reorged[0]["balance"], reorged[0]["previous_balance"]) == (0, AMOUNT)
+
+        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+        await _wait_state(app, "rg", "ready")
+        types = await _events(app, "rg")
+        assert types.index("funding_reorged") < types.index("ready")
+        nursery.cancel_scope.cancel()

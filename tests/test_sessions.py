@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import MultisigSet, call, fake_app, make_fake_multisig, start
+from tests.fakes import MultisigSet, call, fake_app, make_fake_multisig, raw_call, start
 from walletd.app import App
 from walletd.sessions.registry import Limits
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
+from walletd.wallets.rpc import DAMAGE_SIGNS
 
 
 async def _setup(
@@ -470,4 +471,46 @@ async def test_a_wallet_that_fails_to_open_is_not_replaced_by_an_unchecked_backu
         assert [e for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
         assert status == 502, body  # the open's -1 stands, with why nothing was repaired
         assert "no backup opens as the escrow's multisig wallet" in body["error"]["message"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("sign", DAMAGE_SIGNS)
+async def test_a_wallet_reporting_damage_is_reopened_unsaved(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, sign: str
+) -> None:
+    """A wallet-rpc error that means a damaged wallet (basicswap's list) mid-session: its process
+    is killed without a store (the damage never reaches the disk), the wallet is reopened from
+    its files, the call still answers, and the repair is an event and a metric."""
+    async with trio.open_nursery() as nursery:
+        app, world, pool, sets = await _setup(nursery, tmp_path, 1)
+        buyer = sets[0].files["buyer"]
+        fake = pool.fake_of(buyer)
+        stores_before = world.stores[buyer]
+        fake.fail_next("get_balance", -1, f"Failed to get balance: {sign}")
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 200, body
+        assert fake.dead
+        assert pool.discarded_damaged == 1
+        assert world.stores[buyer] == stores_before  # nothing of the damaged wallet was saved
+        assert buyer in world.locks  # open again, in a fresh process
+        repaired = [e for e in app.store.events_after(0) if e.type == "wallet_repaired"]
+        assert [(e.data["role"], e.data["source"]) for e in repaired] == [("buyer", "reopened")]
+        metrics = (await raw_call(app, "GET", "/metrics")).body.decode()
+        assert 'walletd_wallet_repairs_total{source="reopened"} 1.0' in metrics
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_ordinary_wallet_error_is_not_taken_for_damage(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Any other wallet-rpc error is the caller's answer: no process dropped, no repair."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 1)
+        fake = pool.fake_of(sets[0].files["buyer"])
+        fake.fail_next("get_balance", -1, "Failed to get balance: something else")
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 502, body
+        assert not fake.dead
+        assert pool.discarded_damaged == 0
+        assert not [e for e in app.store.events_after(0) if e.type == "wallet_repaired"]
         nursery.cancel_scope.cancel()

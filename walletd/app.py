@@ -47,6 +47,7 @@ from walletd.wallets.children import (
     ProcessPool,
 )
 from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 from walletd.wallets.fastopen import prepare as prepare_fast_open
 from walletd.wallets.orphans import remove_orphans
@@ -104,6 +105,7 @@ class App:
         *,
         pool: ProcessPool | None = None,
         chain: Chain | None = None,
+        connect: Callable[[str], Chain] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -117,10 +119,19 @@ class App:
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
-        self.chain: Chain = chain or DaemonRpc(
-            f"http://{config.monero.daemon_address}", timeout=10.0
-        )
+        # Without `chain`: every configured monerod (`connect` makes each one's client; tests
+        # pass fakes), the one in use chosen by health checks. The monitor, the payout steps and
+        # /v1/health all ask whichever that is.
         m = config.monero
+        self.daemons: DaemonFailover | None = None
+        if chain is None:
+            make = connect or (lambda address: DaemonRpc(f"http://{address}", timeout=10.0))
+            self.daemons = DaemonFailover(
+                [(address, make(address)) for address in m.daemons],
+                on_switch=self._daemon_switched,
+            )
+            chain = self.daemons
+        self.chain: Chain = chain
         own_children = pool is None and not m.wallet_rpc_endpoints
         self.fast_open = (
             prepare_fast_open(state, wanted=m.fast_open)
@@ -130,7 +141,7 @@ class App:
         self.child_settings = ChildSettings(
             wallet_rpc_path=m.wallet_rpc_path,
             wallet_dir=m.wallet_dir,
-            daemon_address=m.daemon_address,
+            daemon_address=m.daemons[0],
             run_dir=self.run_dir,
             spares=m.spare_processes,
             call_timeout=m.call_timeout,
@@ -186,6 +197,7 @@ class App:
             registry=self.registry, store=self.store, chain=self.chain, metrics=self.metrics
         )
         self.status.fast_open = self.fast_open
+        self.status.daemons = self.daemons
         self.api = Api(
             escrows=self.escrows,
             lifecycle=self.lifecycle,
@@ -214,13 +226,29 @@ class App:
             on_backup=self.backups.take,
             on_call=self.metrics.observe_rpc,
             store_interval=s.store_interval,
-            daemon_address=self.config.monero.daemon_address,
+            daemon_address=self.daemons.current if self.daemons else self.config.monero.daemons[0],
             repair=self.repairs.repair,
+            on_damage=self._wallet_damaged,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
 
+    async def _daemon_switched(self, old: str, new: str) -> None:
+        """Restart every wallet-rpc against the new daemon: new children for new sessions, every
+        open session closed and reopened on its next call. Payouts are safe across it: a signed
+        blob is recorded before it is sent and only ever resubmitted as is."""
+        self.pool.set_daemon_address(new)
+        sessions = self.registry.restart_all("daemon_switched")
+        self.events.emit("daemon_switched", None, **{"from": old, "to": new})
+        log.warning("monerod switched", from_=old, to=new, sessions_restarted=sessions)
+        await trio.lowlevel.checkpoint()
+
     def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
+        self.metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()
         self.events.emit("wallet_repaired", escrow_id, **data)
+
+    def _wallet_damaged(self, escrow_id: str, role: Role, error: str) -> None:
+        """A wallet in a session reported damage and was reopened from its files unsaved."""
+        self._wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
     def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
         self.status.wallet_rpc_restarts += 1
@@ -294,6 +322,8 @@ class App:
                     nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
+                if self.daemons is not None:
+                    await nursery.start(self._scoped, "daemons", self.daemons.run)
                 await nursery.start(self._scoped, "lifecycle", self.lifecycle.run)
                 await nursery.start(self._scoped, "monitor", self.monitor.run)
                 if metrics_listeners:
@@ -385,6 +415,8 @@ class App:
         log.info("shutting down", timeout_s=total)
         with trio.CancelScope(shield=True):
             self._scopes["monitor"].cancel()
+            if "daemons" in self._scopes:
+                self._scopes["daemons"].cancel()  # no daemon switch while sessions close
             self._scopes["server"].cancel()  # stops accepting; calls in flight get a grace
             with trio.move_on_after(max(0.0, deadline - trio.current_time())):
                 await self._done["server"].wait()

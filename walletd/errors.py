@@ -174,6 +174,17 @@ class RpcCallError(RpcError):
         self.rpc_message = message
 
 
+class DamagedWallet(RpcCallError):
+    """An error wallet-rpc gives when the wallet in its memory or its cache file is damaged
+    (the messages peers learnt to read so, e.g. basicswap: "invalid signature",
+    "std::bad_alloc", "basic_string::_M_replace_aux", "input stream error"). `url` names the
+    process (never its credentials), so the session knows which wallet to drop unsaved."""
+
+    def __init__(self, method: str, code: int, message: str, url: str) -> None:
+        super().__init__(method, code, message)
+        self.url = url
+
+
 class NoWalletFile(RpcCallError):
     """-13 "No wallet file": the process has no wallet open (it lost it or never had it)."""
 

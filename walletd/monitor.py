@@ -10,6 +10,10 @@ Warm escrows (session open) are checked every cycle through their session's inbo
 each, and only into a free slot or one held by another monitor-only session: watching many escrows
 never evicts a session the API is using, and never thrashes the cap.
 
+A ready escrow without a payout whose session is open, and holds no multisig info exchange yet,
+is asked to exchange it ahead (`PreExchange`), so that its release or refund needs no exchange in
+the call. The check is redone each cycle: a session reopened since gets it again.
+
 Payout confirmations are read from monerod directly (the transaction's block height): no wallet,
 no session. A completed or refunded escrow's session is closed.
 
@@ -34,9 +38,10 @@ import trio
 from walletd.config import MonitorConfig
 from walletd.errors import Capacity, WalletdError
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
+from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
-from walletd.sessions.messages import GetFunding, SubmitPayout
+from walletd.sessions.messages import GetFunding, PreExchange, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.store import Store, StoreUnavailable
@@ -72,6 +77,7 @@ class Monitor:
         self.interval: float = cfg.poll_interval
         self.cold_interval: float = cfg.cold_interval
         self.height_check: float = cfg.height_check
+        self.pre_exchange_enabled: bool = cfg.pre_exchange
         self._wake = trio.Event()
         self._cold_wake = trio.Event()
         self._refreshed_at: dict[str, int] = {}  # escrow -> chain height of its last refresh
@@ -141,6 +147,8 @@ class Monitor:
                     nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
                     nursery.start_soon(self._guarded, rec, height, self.check_payout)
+                elif self._wants_exchange(rec):
+                    nursery.start_soon(self._guarded, rec, height, self.pre_exchange)
         self._metrics.monitor_cycle.observe(trio.current_time() - started)
         self._cycled_height = height
         self._report_lag()
@@ -180,11 +188,11 @@ class Monitor:
             GetFunding(refresh=True, amount=rec.amount),
             caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
         )
-        self._apply_funding(rec, funding)
+        self._apply_funding(rec, funding, height)
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
-    def _apply_funding(self, rec: EscrowRecord, f: SeenFunding) -> None:
+    def _apply_funding(self, rec: EscrowRecord, f: SeenFunding, height: int) -> None:
         fresh = self._store.get_escrow(rec.escrow_id)
         if fresh is None or fresh.state not in WATCHED:
             return  # moved on meanwhile (a payout started)
@@ -195,25 +203,56 @@ class Monitor:
             confirmations=f.confirmations,
             checked_at=utcnow(),
         )
-        events = []
+        seen: JsonObject = {
+            "balance": f.balance,
+            "unlocked_balance": f.unlocked_balance,
+            "confirmations": f.confirmations,
+        }
+        events: list[tuple[str, JsonObject]] = []
         if state is EscrowState.AWAITING_FUNDING and f.balance >= fresh.amount:
             state = EscrowState.FUNDED
-            events.append("funded")
+            events.append(("funded", seen))
+        elif state is EscrowState.FUNDED and f.balance < fresh.amount <= fresh.funding.balance:
+            # A reorg took (part of) the deposit away before it was ready. States only move
+            # forward, so the escrow stays funded, but it cannot become ready on funds that are
+            # gone (the check below needs them unlocked and confirmed): the server hears it once,
+            # when the balance drops, and again `ready` if the funds are mined back.
+            events.append(("funding_reorged", {**seen, "previous_balance": fresh.funding.balance}))
+            log.warning(
+                "funding reorged away",
+                escrow_id=rec.escrow_id,
+                balance=f.balance,
+                previous_balance=fresh.funding.balance,
+            )
         if (
             state is EscrowState.FUNDED
             and f.unlocked_balance >= fresh.amount
             and f.confirmations >= fresh.required_confirmations
         ):
             state = EscrowState.READY
-            events.append("ready")
-        seen = {
-            "balance": f.balance,
-            "unlocked_balance": f.unlocked_balance,
-            "confirmations": f.confirmations,
-        }
-        self._events.change(
-            rec.escrow_id, [(t, seen) for t in events], state=state, funding=funding
-        )
+            events.append(("ready", seen))
+            funding = attrs.evolve(funding, ready_height=height)
+        self._events.change(rec.escrow_id, events, state=state, funding=funding)
+
+    def _wants_exchange(self, rec: EscrowRecord) -> bool:
+        if (
+            not self.pre_exchange_enabled
+            or rec.state is not EscrowState.READY
+            or rec.payout is not None
+        ):
+            return False
+        # Low priority: never into a session with an API call in hand; the next cycle will do.
+        info = self._registry.session_info(rec.escrow_id)
+        return info is not None and not info.exchanged and not info.busy
+
+    async def pre_exchange(self, rec: EscrowRecord, height: int) -> None:
+        """Exchange the escrow's multisig info ahead of its payout. Never once a payout is
+        recorded: the session also refuses it once it has begun preparing one."""
+        fresh = self._store.get_escrow(rec.escrow_id)
+        if fresh is None or not self._wants_exchange(fresh):
+            return
+        self.session_calls["pre_exchange"] += 1
+        await self._registry.call(rec.escrow_id, PreExchange(), caller=Caller.MONITOR)
 
     async def check_payout(self, rec: EscrowRecord, height: int) -> None:
         payout = rec.payout
@@ -242,6 +281,15 @@ class Monitor:
         assert payout is not None
         assert payout.txids is not None
         assert payout.signed_txset is not None
+        ready_at = rec.funding.ready_height
+        if ready_at is not None and self.height is not None and self.height < ready_at:
+            log.warning(
+                "monerod in use is behind the escrow's ready height; resubmit later",
+                escrow_id=rec.escrow_id,
+                height=self.height,
+                ready_height=ready_at,
+            )
+            return
         log.warning(
             "payout not known to monerod; resubmitting the recorded blob",
             escrow_id=rec.escrow_id,

@@ -2,8 +2,10 @@
 
 Each sample spends a funded escrow, so there are only a few (`Plan.releases` each way).
 
-- walletd: `POST /v1/escrows/{id}/release` on an adopted, ready escrow whose session is open; the
-  call answers 202 once the signed payout is recorded and submitted.
+- walletd: `POST /v1/escrows/{id}/release` on an adopted, ready escrow whose session is open and
+  has exchanged multisig info ahead (the monitor's pre-exchange: `session.multisig_exchanged`,
+  waited for before the clock starts); the call answers 202 once the signed payout is recorded
+  and submitted.
 - the old way, straight on wallet-rpc with walletd's own multisig recipe: open the two signers'
   wallets (vendor, arbiter; concurrently, each in its own process), refresh, export/import
   multisig info, propose (sweep_all), co-sign, submit, close both.
@@ -18,6 +20,7 @@ import attrs
 import httpx
 import trio
 
+from bench.daemon import wait_exchanged
 from bench.plan import Plan
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_s, summarize
@@ -67,6 +70,7 @@ async def run_release(s: ReleaseSetup, plan: Plan) -> ItemResult:
     old: list[float] = []
     txids: list[str] = []
     for escrow_id, ms in zip(s.escrow_ids, s.old_sets, strict=True):
+        await wait_exchanged(s.api, [escrow_id])  # the pre-exchange is done: not timed
         started = time.perf_counter()
         txids.append(await _walletd_release(s, escrow_id))
         walletd.append(time.perf_counter() - started)
@@ -87,9 +91,9 @@ async def run_release(s: ReleaseSetup, plan: Plan) -> ItemResult:
     why = (
         "met"
         if met
-        else "missed: a warm release still refreshes and exchanges multisig info (export/import"
-        " between the signers) inside the call; the pre-exchange of multisig info ahead of a"
-        " release, which would take that out of it, is not built yet"
+        else "missed: multisig info is exchanged ahead (not in the call), but a warm release"
+        " still refreshes the signers, stores and backs up the three wallets before signing,"
+        " proposes (sweep_all), co-signs and submits, storing after each step"
     )
     target = Target(
         f"warm release at least {MIN_SPEEDUP:.0f}x faster than the old way (median)",
@@ -102,7 +106,8 @@ async def run_release(s: ReleaseSetup, plan: Plan) -> ItemResult:
         "txids": txids,
     }
     legend = (
-        "4: POST /v1/escrows/{id}/release on a ready escrow with its session open; old way ="
+        "4: POST /v1/escrows/{id}/release on a ready escrow with its session open and its"
+        " multisig info exchanged ahead (session.multisig_exchanged); old way ="
         " open vendor and arbiter wallets, refresh, export/import multisig info, sweep_all,"
         " sign_multisig, submit_multisig, close (walletd.wallets.multisig on wallet-rpc)."
     )

@@ -168,3 +168,47 @@ async def test_refund_path_and_address_checks(
     received = await _received(buyer_rpc)
     assert len(received) == 1
     assert AMOUNT - 10**10 < received[0] < AMOUNT
+
+
+async def _wait_exchanged(client: httpx.AsyncClient, escrow_id: str) -> None:
+    """Until the escrow's open session holds a multisig info exchange (the monitor's)."""
+    while True:
+        body = (await client.get(f"/v1/escrows/{escrow_id}")).json()
+        if body["session"].get("multisig_exchanged"):
+            return
+        await trio.sleep(0.5)
+
+
+async def test_release_after_funds_arrived_since_the_pre_exchange(
+    tmp_path: Path, monerod: MonerodProcess, miner: Miner, wallet_rpcs: list[WalletRpc]
+) -> None:
+    """Ready -> the session exchanges multisig info ahead -> a second payment arrives and
+    unlocks -> the release still sweeps the whole balance (both payments) in one payout."""
+    vendor_rpc = wallet_rpcs[2]
+    vendor_address = await create_plain_wallet(vendor_rpc, "vendor-late-funds")
+    with _daemon(tmp_path, monerod) as daemon, trio.fail_after(600):
+        async with daemon.client() as client:
+            r = await client.post("/v1/escrows", json={"escrow_id": "order-3", "amount": AMOUNT})
+            assert r.status_code == 201, r.text
+            escrow = r.json()
+            await _fund_until_ready(client, monerod, miner, escrow)
+            await _wait_exchanged(client, "order-3")
+
+            payer = miner.process.client()
+            try:
+                await payer.call("refresh")
+                await fund(payer, escrow["multisig_address"], AMOUNT // 2)
+            finally:
+                await payer.aclose()
+            await _mine(monerod, miner, 11)  # mined and unlocked
+            balance = (await client.get("/v1/escrows/order-3/balance?refresh=true")).json()
+            assert balance["unlocked_balance"] == AMOUNT + AMOUNT // 2, balance
+
+            r = await client.post("/v1/escrows/order-3/release", json={"address": vendor_address})
+            assert r.status_code == 202, r.text
+            (submitted,) = await events_of(client, "payout_submitted")
+            assert submitted["amount"] + submitted["fee"] == AMOUNT + AMOUNT // 2, submitted
+            await _mine(monerod, miner, 1)
+    received = await _received(vendor_rpc)
+    assert len(received) == 1
+    assert AMOUNT + AMOUNT // 2 - 10**10 < received[0] < AMOUNT + AMOUNT // 2

@@ -12,6 +12,7 @@ from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.store import Store, StoreUnavailable
 from walletd.wallets.chain import Chain
+from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 
 __all__ = ["Status"]
@@ -25,6 +26,7 @@ class Status:
         self._metrics = metrics
         self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
         self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
+        self.daemons: DaemonFailover | None = None  # set by the app: which monerod is in use
 
     def stats_json(self) -> JsonObject:
         stats = self._registry.stats()
@@ -53,6 +55,8 @@ class Status:
             body["fast_open"] = self.fast_open.enabled
             if not self.fast_open.enabled:
                 body["fast_open_reason"] = self.fast_open.reason
+        if self.daemons is not None:
+            body["daemon"] = self.daemons.current
         reasons = []
         try:
             body["escrows"] = self._store.count_escrows()

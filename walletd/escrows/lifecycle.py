@@ -333,8 +333,10 @@ class Lifecycle:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
 
     async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
+        submitted = False
         try:
             await self._payout_steps(escrow_id)
+            submitted = True
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             try:
@@ -349,6 +351,9 @@ class Lifecycle:
         finally:
             del self._payouts[escrow_id]
             done.set()
+        if submitted:
+            # After the answer, not in it: the payout is recorded and submitted already.
+            await self._sync_after_payout(escrow_id)
 
     async def _payout_steps(self, escrow_id: str) -> None:
         registry = self._registry
@@ -358,6 +363,7 @@ class Lifecycle:
         proposer, cosigner = SIGNERS[payout.kind]
         if payout.phase is PayoutPhase.REFUSED:
             return  # never signed again (_RESUMABLE); a new release/refund call replaces it
+        await self._daemon_caught_up(rec)
         if payout.phase is PayoutPhase.INTENT:
             priority = self._fee_priority
             per_byte = await self._chain.fee_per_byte(priority)
@@ -390,6 +396,7 @@ class Lifecycle:
         assert payout.txids is not None
         assert payout.signed_txset is not None
         txids = payout.txids
+        await self._daemon_caught_up(rec)  # again: a switch may have come while it was signed
         try:
             await registry.call(
                 escrow_id,
@@ -426,10 +433,12 @@ class Lifecycle:
             await self._keep_proof(escrow_id, payout, Caller.PAYOUT)
         except Exception as exc:  # noqa: BLE001 - the proof endpoint fetches it later
             log.warning("payout proof not kept yet", escrow_id=escrow_id, error=str(exc)[:300])
+
+    async def _sync_after_payout(self, escrow_id: str) -> None:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
         try:
-            await registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
-        except WalletdError as exc:
+            await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
+        except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 
     # ---- payout proofs ---------------------------------------------------------------------------
@@ -465,6 +474,23 @@ class Lifecycle:
         event = {"kind": payout.kind.value, "reason": reason[:300]}
         self._events.change(escrow_id, [("payout_refused", event)], payout=refused)
         self._metrics.payout(payout.kind.value, "failed")
+
+    async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
+        """Unavailable (503, retried) while the daemon in use is below the height at which the
+        escrow was seen ready: after a switch to a daemon that lags, the deposit may not be on
+        its chain yet, and a payout is never built on or submitted to such a daemon."""
+        ready_at = rec.funding.ready_height
+        if ready_at is None:
+            return
+        try:
+            height = await self._chain.height()
+        except WalletdError as exc:
+            raise Unavailable(f"monerod unavailable: {exc}") from exc
+        if height < ready_at:
+            raise Unavailable(
+                f"monerod in use is at height {height}, behind {ready_at} where the escrow was "
+                "seen ready; retry later"
+            )
 
     async def _known_to_daemon(self, txid: str) -> bool:
         try:

@@ -116,7 +116,12 @@ class EscrowService:
     def to_json(self, rec: EscrowRecord) -> JsonObject:  # Any: the JSON answer's values
         info = self.registry.session_info(rec.escrow_id)
         session: JsonObject = (
-            {"open": True, "age_s": round(info.age_s, 3), "idle_s": round(info.idle_s, 3)}
+            {
+                "open": True,
+                "age_s": round(info.age_s, 3),
+                "idle_s": round(info.idle_s, 3),
+                "multisig_exchanged": info.exchanged,
+            }
             if info
             else {"open": False}
         )

@@ -119,6 +119,15 @@ class Metrics:
             registry=r,
         )
         self.escrows = Gauge("walletd_escrows", "Escrows by state", ["state"], registry=r)
+        self.wallet_repairs = Counter(
+            "walletd_wallet_repairs",
+            "Wallets repaired, by source: cache (rebuilt from the chain), backup (a checked "
+            "backup restored), reopened (damage reported in a session; reopened unsaved)",
+            ["source"],
+            registry=r,
+        )
+        for source in ("cache", "backup", "reopened"):
+            self.wallet_repairs.labels(source=source)
         self.db_errors = Counter(
             "walletd_db_errors",
             "State database reads and writes that failed (disk full, I/O error, locked)",

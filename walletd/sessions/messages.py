@@ -30,6 +30,7 @@ __all__ = [
     "Message",
     "MultisigInfo",
     "MultisigStatus",
+    "PreExchange",
     "PreparePayout",
     "Refresh",
     "SetupMultisig",
@@ -170,7 +171,8 @@ class SetupMultisig(Message[str]):
 
 @attrs.frozen
 class PreparePayout(Message[PayoutTx]):
-    """Refresh and sync the two signers, sweep to `address`, co-sign: answers a signed PayoutTx.
+    """Refresh the two signers, exchange their multisig info unless the session's pre-exchange
+    still covers them (`warm_payout`), sweep to `address`, co-sign: answers a signed PayoutTx.
 
     The co-signer checks the proposal before it signs (`multisig.check_proposal`): a proposal
     that is not this payout raises `PayoutRefused` and nothing is signed.
@@ -213,6 +215,19 @@ class SyncAll(Message[None]):
     """Refresh all three wallets and exchange multisig info among them (after a spend, so the
     party that did not sign shows the right balance)."""
 
+    changes_wallets: ClassVar[bool] = True
+
+
+@attrs.frozen
+class PreExchange(Message[bool]):
+    """Refresh all three wallets and exchange multisig info among them ahead of a payout, so a
+    later `PreparePayout` (release or refund: either pair of signers) can skip the exchange.
+
+    Low priority and best effort: the monitor sends it for a ready escrow without a payout and
+    tries again next cycle if it fails. The session never does it once a payout has begun in it,
+    nor when its last exchange still stands. Answers whether an exchange was made."""
+
+    idempotent: ClassVar[bool] = False
     changes_wallets: ClassVar[bool] = True
 
 

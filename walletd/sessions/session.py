@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from walletd.errors import (
+    DamagedWallet,
     NoWalletFile,
     RpcAuthError,
     RpcCallError,
@@ -59,6 +60,7 @@ from walletd.sessions.messages import (
     Message,
     MultisigInfo,
     MultisigStatus,
+    PreExchange,
     PreparePayout,
     Refresh,
     SetupMultisig,
@@ -68,6 +70,7 @@ from walletd.sessions.messages import (
     Transfer,
     ValidateAddress,
 )
+from walletd.sessions.warm_payout import Exchanged, incoming, prepare
 from walletd.wallets import multisig
 from walletd.wallets.children import ProcessPool
 from walletd.wallets.rpc import WalletRpc
@@ -104,6 +107,8 @@ class SessionHandle:
         self.escrow_id = escrow_id
         self._send = send
         self.address: str | None = None
+        # The session holds a multisig info exchange that a payout may use (`PreExchange`).
+        self.exchanged = False
 
     async def request(self, message: Message[R]) -> R:
         """Send `message` and wait for its reply; SessionClosed if the session is gone."""
@@ -164,6 +169,7 @@ class EscrowSession(WalletHandles):
         store_interval: float = 300.0,
         daemon_address: str = "127.0.0.1:18081",
         repair: Repairer | None = None,
+        on_damage: Callable[[str, Role, str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
@@ -180,6 +186,7 @@ class EscrowSession(WalletHandles):
         self._store_interval = store_interval
         self._daemon_address = daemon_address
         self._repair = repair
+        self._on_damage = on_damage  # (escrow_id, role, wallet-rpc's message) once reopened
         self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
         self.leave_reason: str | None = None
@@ -188,13 +195,19 @@ class EscrowSession(WalletHandles):
         # The reader wallet synced with the chain since this process opened it: until then a
         # transaction it does not know may be one it has not scanned yet.
         self._reader_synced = False
+        self._handle: SessionHandle | None = None
+        # The last exchange of multisig info among the three wallets and what it covered; None
+        # when there is none a payout could use (see warm_payout).
+        self._exchanged: Exchanged | None = None
+        self._payout_begun = False  # a PreparePayout was served: no more pre-exchanges here
+        self.warm_payouts = 0  # payouts prepared without an exchange (tests, bench)
 
     # ---- the actor loop --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None:
         """Open the wallets, report ready with a handle, serve until told to leave, then close."""
         send, inbox = trio.open_memory_channel[Envelope](64)
-        handle = SessionHandle(self.escrow_id, send)
+        handle = self._handle = SessionHandle(self.escrow_id, send)
         structlog.contextvars.bind_contextvars(escrow_id=self.escrow_id)
         try:
             with trio.fail_after(self._open_timeout):
@@ -251,10 +264,12 @@ class EscrowSession(WalletHandles):
     async def _relink_daemon(self) -> None:
         log.warning("wallet-rpc lost its daemon connection; relinking")
         for role in ROLES:
+            # Only ever the daemon this process was started with: set_daemon to another one
+            # breaks multisig transaction creation (monero issue 10246); a switch restarts it.
+            proc = self._handles[role].proc
+            address = (proc.daemon_address if proc else None) or self._daemon_address
             try:
-                await self._rpc(role).call(
-                    "set_daemon", {"address": self._daemon_address, "trusted": True}
-                )
+                await self._rpc(role).call("set_daemon", {"address": address, "trusted": True})
             except RpcError as exc:
                 log.warning("set_daemon failed", role=role, error=str(exc))
 
@@ -277,11 +292,17 @@ class EscrowSession(WalletHandles):
                 if message.changes_wallets:
                     await self._store_all()  # multisig state is lost on kill -9 unless stored
                 return result
-            except (*LOST, multisig.MultisigError) as exc:
-                if isinstance(exc, multisig.MultisigError) and not isinstance(exc.rpc_error, LOST):
+            except (*LOST, multisig.MultisigError, DamagedWallet) as exc:
+                damage = _damage_in(exc)
+                if damage is not None:
+                    await self._drop_damaged(damage)
+                elif isinstance(exc, multisig.MultisigError) and not isinstance(
+                    exc.rpc_error, LOST
+                ):
                     raise  # a wallet refused a multisig step: the caller gets the step and why
-                log.warning("wallet-rpc lost", error=str(exc))
-                await self._restore(type(exc).__name__)
+                else:
+                    log.warning("wallet-rpc lost", error=str(exc))
+                    await self._restore(type(exc).__name__)
                 if not message.idempotent or repeated:
                     raise Unavailable(
                         f"wallet-rpc lost during {type(message).__name__}; wallets restored, "
@@ -323,24 +344,17 @@ class EscrowSession(WalletHandles):
                 }
             case SetupMultisig():
                 return await self._setup_multisig()
-            case PreparePayout(proposer=proposer, cosigner=cosigner, address=address):
-                signers = [self._rpc(proposer), self._rpc(cosigner)]
-                await self._store_and_backup("before payout")
-                await multisig.refresh(signers)
-                await multisig.sync_multisig_info(signers)
-                proposal = await multisig.propose(signers[0], address, message.priority)
-                # Between proposal and second signature, always: a proposal that is not the
-                # recorded payout raises PayoutRefused here and is never signed.
-                await multisig.check_proposal(
-                    signers[1], proposal, address, message.max_fee_per_byte
-                )
-                return await multisig.cosign(signers[1], proposal)
+            case PreparePayout():
+                return await self._prepare_payout(message)
+            case PreExchange():
+                return await self._pre_exchange()
             case GetPayoutProof(roles=roles, txid=txid, address=address):
                 return await self._payout_proof(roles, txid, address)
             case SubmitPayout(role=role, txids=txids, signed_txset=signed):
                 payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)
                 return await multisig.submit(self._rpc(role), payout)
             case SyncAll():
+                self._set_exchanged(None)  # fresh exports: older imports no longer match them
                 rpcs = [self._rpc(role) for role in ROLES]
                 await multisig.refresh(rpcs)
                 await multisig.sync_multisig_info(rpcs)
@@ -382,6 +396,46 @@ class EscrowSession(WalletHandles):
                 continue
             return PayoutProof(txid, address, str(key["tx_key"]), str(proof["signature"]))
         raise refusal or RpcCallError("get_tx_key", 0, "no wallet to ask")
+
+    async def _prepare_payout(self, message: PreparePayout) -> object:
+        proposer, cosigner, address = message.proposer, message.cosigner, message.address
+        signers = {proposer: self._rpc(proposer), cosigner: self._rpc(cosigner)}
+        # Used once at most, whatever happens next: a proposal consumes its signing nonces.
+        marker = self._exchanged
+        self._set_exchanged(None)
+        self._payout_begun = True
+        await self._store_and_backup("before payout")
+        await multisig.refresh(list(signers.values()))
+        payout, warm = await prepare(
+            signers,
+            address,
+            marker,
+            priority=message.priority,
+            max_fee_per_byte=message.max_fee_per_byte,
+        )
+        self.warm_payouts += warm
+        return payout
+
+    async def _pre_exchange(self) -> bool:
+        """Exchange multisig info among the three wallets ahead of a payout (`PreExchange`)."""
+        if self._payout_begun or self.address is None:
+            return False
+        rpcs = {role: self._rpc(role) for role in ROLES}
+        await multisig.refresh(list(rpcs.values()))
+        if self._exchanged is not None:
+            now = {role: await incoming(rpc) for role, rpc in rpcs.items()}
+            if now == self._exchanged.incoming:
+                return False  # nothing arrived since: the last exchange still stands
+        self._set_exchanged(None)
+        await multisig.sync_multisig_info(list(rpcs.values()))
+        # No refresh since the exports: they covered exactly the transfers seen now.
+        self._set_exchanged(Exchanged({role: await incoming(rpc) for role, rpc in rpcs.items()}))
+        return True
+
+    def _set_exchanged(self, marker: Exchanged | None) -> None:
+        self._exchanged = marker
+        if self._handle is not None:
+            self._handle.exchanged = marker is not None
 
     async def _store_all(self) -> None:
         await together(self._store_one, self._handles.values())
@@ -483,6 +537,8 @@ class EscrowSession(WalletHandles):
 
     async def _restore(self, why: str) -> None:
         self._reader_height = None
+        # A reopened wallet may have lost imports it never stored: exchange afresh.
+        self._set_exchanged(None)
         if not self._limiter.allow():
             raise SessionFailed(f"restart limit reached ({why}); session gives up")
         self.restarts += 1
@@ -500,6 +556,32 @@ class EscrowSession(WalletHandles):
                 if maybe is not None:
                     await maybe
 
+    async def _drop_damaged(self, exc: DamagedWallet) -> None:
+        """A wallet said it is damaged (in memory or in its cache file): kill its process without
+        saving anything of it, and open the wallet again from its files; a damaged cache there
+        fails that open and goes to the repairer (walletd.wallets.repair), which proves the
+        damage before it touches a file."""
+        damaged = [
+            h
+            for h in self._handles.values()
+            if h.proc is not None and h.proc.rpc.base_url == exc.url
+        ]
+        if not damaged:
+            raise exc  # not one of this session's processes: nothing here to drop
+        for handle in damaged:
+            log.error(
+                "wallet reports damage; dropped unsaved and reopened",
+                role=handle.role,
+                error=exc.rpc_message,
+            )
+            proc, handle.proc = handle.proc, None
+            assert proc is not None
+            await self._pool.discard(proc, damaged=True)
+        await self._restore(f"damaged wallet: {exc.rpc_message}")
+        if self._on_damage is not None:
+            for handle in damaged:
+                self._on_damage(self.escrow_id, handle.role, exc.rpc_message)
+
     async def _reopen(self, handle: Handle) -> None:
         proc, handle.proc = handle.proc, None
         if proc is not None:
@@ -514,6 +596,15 @@ class EscrowSession(WalletHandles):
                 await self._refresh_reader()
             else:
                 await self._rpc(handle.role).call("refresh")
+
+
+def _damage_in(exc: Exception) -> DamagedWallet | None:
+    """The damage report in `exc`, also when a multisig step carries it."""
+    if isinstance(exc, DamagedWallet):
+        return exc
+    if isinstance(exc, multisig.MultisigError) and isinstance(exc.rpc_error, DamagedWallet):
+        return exc.rpc_error
+    return None
 
 
 def _answer(reply: Reply, result: outcome.Outcome[object]) -> None:

@@ -227,6 +227,12 @@ class FakeWalletWorld:
                 tx.height = self.height
         self.height += blocks
 
+    def reorg_away(self, txid: str) -> None:
+        """A reorg replaced the block holding `txid` and the transaction is gone from the chain
+        (a double spend won): no wallet sees it any more. Mine afterwards, as the longer chain
+        that won brings blocks of its own."""
+        del self.txs[txid]
+
     def truncate_cache(self, name: str) -> None:
         """Damage the cache file: opening the wallet fails with -1 until `repair` (or a store)."""
         self.wallets[name].cache_damaged = True

@@ -49,6 +49,14 @@ class FakePool:
         self.idle: list[FakeProcess] = []
         self.in_use: dict[int, FakeProcess] = {}
         self.started = 0
+        self.discarded_damaged = 0  # processes dropped with their wallet unsaved
+        self.daemon_address = "127.0.0.1:18081"  # what new processes are "started" against
+
+    def set_daemon_address(self, address: str) -> None:
+        self.daemon_address = address
+        for proc in self.idle:
+            proc.fake.terminate()
+        self.idle.clear()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -67,6 +75,7 @@ class FakePool:
                 self.world, open_delay=self.open_delay, create_delay=self.create_delay
             )
             proc = FakeProcess(fake, self.call_timeout)
+            proc.daemon_address = self.daemon_address
             self.started += 1
         self.in_use[proc.fake.pid] = proc
         proc.uses += 1
@@ -75,16 +84,23 @@ class FakePool:
     async def release(self, proc: WalletProcess) -> None:
         await trio.lowlevel.checkpoint()
         fake_proc = self.in_use.pop(proc.pid or -1)
+        if fake_proc.daemon_address != self.daemon_address:
+            fake_proc.fake.terminate()  # started before a daemon switch: retired
+            return
         self.idle.append(fake_proc)
 
-    async def discard(self, proc: WalletProcess) -> None:
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:
         await trio.lowlevel.checkpoint()
         fake_proc = self.in_use.pop(proc.pid or -1, None)
         if fake_proc is None:
             return
         if fake_proc.fake.dead:
             self.restarts += 1
-        fake_proc.fake.terminate()
+        if damaged:
+            self.discarded_damaged += 1
+            fake_proc.fake.kill()  # as ChildPool does: SIGKILL, nothing stored
+        else:
+            fake_proc.fake.terminate()
 
     async def kill_spares_unnoticed(self, n: int) -> None:
         """Add `n` spares killed so recently that they still look alive, as real spares do

@@ -66,6 +66,7 @@ import signal
 import subprocess
 from typing import Protocol
 
+import attrs
 import structlog
 import trio
 
@@ -141,6 +142,8 @@ class WalletProcess:
         self.uses = 0
         self.returncode: int | None = None
         self.start_seconds: float | None = None  # managed: spawn to RPC-ready
+        # The monerod it was started with (--daemon-address); None: not ours to say (external).
+        self.daemon_address: str | None = None
         # (escrow id, role) of the wallet this process holds now: what its log lines name.
         self.wallet_of: tuple[str, str] | None = None
         self._child: _Child | None = None
@@ -178,9 +181,13 @@ class ProcessPool(Protocol):
 
     async def release(self, proc: WalletProcess) -> None: ...
 
-    async def discard(self, proc: WalletProcess) -> None: ...
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def set_daemon_address(self, address: str) -> None:
+        """Processes handed out from now on use monerod at `address` (a daemon switch)."""
+        ...
 
 
 # ---- managed children ----------------------------------------------------------------------------
@@ -262,12 +269,29 @@ class ChildPool:
 
     # ---- the pool's interface --------------------------------------------------------------------
 
+    def set_daemon_address(self, address: str) -> None:
+        """A daemon switch: new children get `--daemon-address address`; spares started against
+        the old daemon are stopped (never re-pointed with `set_daemon`: monero issue 10246), and
+        busy ones are retired when released."""
+        if address == self.settings.daemon_address:
+            return
+        self.settings = attrs.evolve(self.settings, daemon_address=address)
+        stale = [p for p in self._idle if p.daemon_address != address]
+        for proc in stale:
+            self._idle.remove(proc)
+            if self._nursery is not None:
+                self._nursery.start_soon(functools.partial(self._stop, proc, store=False))
+        self._top_up()
+
     async def acquire(self) -> WalletProcess:
         """A ready process with no wallet open, owned by the caller until release/discard."""
         await trio.lowlevel.checkpoint()
         proc: WalletProcess | None = None
         while self._idle:
             candidate = self._idle.pop(0)
+            if candidate.daemon_address != self.settings.daemon_address:
+                await self._stop(candidate, store=False)  # left from before a daemon switch
+                continue
             if candidate.alive():
                 proc = candidate
                 break
@@ -292,6 +316,8 @@ class ChildPool:
             reason = "pool closing"
         elif proc.uses >= self.settings.max_uses:
             reason = "served max_uses wallets"
+        elif proc.daemon_address != self.settings.daemon_address:
+            reason = "started against another monerod"
         elif len(self._idle) >= self.settings.spares:
             reason = "enough spares"
         else:
@@ -302,14 +328,17 @@ class ChildPool:
             log.debug("retiring wallet-rpc", ident=proc.ident, pid=proc.pid, reason=reason)
             await self._stop(proc, store=False)
 
-    async def discard(self, proc: WalletProcess) -> None:
-        """Dead, hung or unknown state: stop it with escalation; count a restart if it died."""
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:
+        """Dead, hung or unknown state: stop it with escalation; count a restart if it died.
+
+        `damaged`: the wallet it holds is damaged, so nothing of it may reach the disk: no
+        store and straight to SIGKILL (wallet-rpc stores its wallet on SIGTERM)."""
         self._busy.discard(proc)
         if proc in self._idle:
             self._idle.remove(proc)
         child = _managed(proc)
         died = child.died
-        await self._stop(proc, store=proc.alive())
+        await self._stop(proc, store=proc.alive() and not damaged, kill=damaged)
         if died:
             self.restarts += 1
             log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid, **proc.labels())
@@ -402,6 +431,7 @@ class ChildPool:
                 await rpc.aclose()
             raise ChildStartError(f"cannot run {self.settings.wallet_rpc_path}: {exc}") from exc
         proc = WalletProcess(f"wallet-rpc:127.0.0.1:{port}", rpc, pid=spawned.popen.pid)
+        proc.daemon_address = self.settings.daemon_address
         proc._child = child = _Child(spawned)
         assert proc.pid is not None
         self._live[proc.pid] = proc
@@ -552,19 +582,22 @@ class ChildPool:
 
     # ---- stopping --------------------------------------------------------------------------------
 
-    async def _stop(self, proc: WalletProcess, *, store: bool) -> None:
+    async def _stop(self, proc: WalletProcess, *, store: bool, kill: bool = False) -> None:
         """Stop a child from the owner's task; its supervisor reaps it and cleans up."""
         bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
         with trio.move_on_after(bound) as cs:
             cs.shield = True
-            await self._terminate(proc, store=store, reap=False)
+            await self._terminate(proc, store=store, reap=False, kill=kill)
             await _managed(proc).gone.wait()
             await proc.rpc.aclose()
         if not proc.exited.is_set():
             log.error("wallet-rpc did not stop", ident=proc.ident, pid=proc.pid, **proc.labels())
 
-    async def _terminate(self, proc: WalletProcess, *, store: bool, reap: bool) -> None:
-        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited."""
+    async def _terminate(
+        self, proc: WalletProcess, *, store: bool, reap: bool, kill: bool = False
+    ) -> None:
+        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited.
+        `kill`: SIGKILL at once."""
         child = _managed(proc)
         child.stopping = True
         if proc.exited.is_set():
@@ -581,17 +614,18 @@ class ChildPool:
                 await proc.rpc.call("store", timeout=STORE_TIMEOUT)
             except (RpcError, OSError) as exc:
                 log.debug("store before stop failed", pid=proc.pid, error=str(exc), **proc.labels())
-        _signal(proc, signal.SIGTERM)
-        with trio.move_on_after(self.settings.stop_timeout):
-            await wait()
-        if proc.exited.is_set():
-            return
-        log.warning(
-            "wallet-rpc ignored SIGTERM; sending SIGKILL",
-            ident=proc.ident,
-            pid=proc.pid,
-            **proc.labels(),
-        )
+        if not kill:
+            _signal(proc, signal.SIGTERM)
+            with trio.move_on_after(self.settings.stop_timeout):
+                await wait()
+            if proc.exited.is_set():
+                return
+            log.warning(
+                "wallet-rpc ignored SIGTERM; sending SIGKILL",
+                ident=proc.ident,
+                pid=proc.pid,
+                **proc.labels(),
+            )
         _signal(proc, signal.SIGKILL)
         await wait()
 

@@ -66,6 +66,11 @@ class EndpointPool:
         self._busy: set[WalletProcess] = set()
         self._out: list[WalletProcess] = []  # discarded and not yet known clean
 
+    def set_daemon_address(self, address: str) -> None:
+        """External endpoints keep the daemon their operator gave them (config refuses failover
+        with endpoints: re-pointing them would take `set_daemon`, monero issue 10246)."""
+        raise ValueError(f"cannot move external wallet-rpc endpoints to {address}")
+
     @property
     def free(self) -> int:
         return len(self._procs) - len(self._busy) - len(self._out)
@@ -117,23 +122,24 @@ class EndpointPool:
         self._free_send.send_nowait(proc)
         await trio.lowlevel.checkpoint()
 
-    async def discard(self, proc: WalletProcess) -> None:
-        """Put it back only if `close_wallet` works now; else keep it out and retry later."""
+    async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:
+        """Put it back only if `close_wallet` works now; else keep it out and retry later.
+        `damaged`: the wallet it holds is closed without being saved."""
         if proc not in self._busy:
             raise ValueError(f"{proc!r} is not held by anyone")
         self._busy.discard(proc)
         with trio.CancelScope(shield=True):
-            clean = await self._try_close(proc)
+            clean = await self._try_close(proc, save=not damaged)
         if clean:
             self._free_send.send_nowait(proc)
         else:
             self._out.append(proc)
             log.warning("wallet-rpc endpoint kept out until it answers", ident=proc.ident)
 
-    async def _try_close(self, proc: WalletProcess) -> bool:
+    async def _try_close(self, proc: WalletProcess, *, save: bool = True) -> bool:
         try:
             await proc.rpc.call(
-                "close_wallet", {"autosave_current": True}, timeout=self._close_timeout
+                "close_wallet", {"autosave_current": save}, timeout=self._close_timeout
             )
         except NoWalletFile:
             return True  # nothing open: clean

@@ -18,6 +18,7 @@ import attrs
 import httpx
 
 from walletd.errors import (
+    DamagedWallet,
     NoWalletFile,
     RpcAuthError,
     RpcCallError,
@@ -27,9 +28,23 @@ from walletd.errors import (
 from walletd.jsontypes import JsonObject
 from walletd.wallets.transport import LoopbackTransport
 
-__all__ = ["DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc"]
+__all__ = ["DAMAGE_SIGNS", "DaemonRpc", "JsonRpcClient", "TxStatus", "WalletRpc", "signals_damage"]
 
 NO_WALLET_FILE = -13
+# What wallet-rpc says when the wallet it holds (in memory or its cache file) is damaged: the
+# list basicswap's Monero interface reads so (basicswap/interface/xmr/xmr.py, _openWallet).
+DAMAGE_SIGNS = (
+    "invalid signature",
+    "std::bad_alloc",
+    "basic_string::_M_replace_aux",
+    "input stream error",
+)
+
+
+def signals_damage(message: str) -> bool:
+    """Whether a wallet-rpc error message is one of the known signs of a damaged wallet."""
+    return any(sign in message for sign in DAMAGE_SIGNS)
+
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -62,6 +77,8 @@ class _CookielessClient(httpx.AsyncClient):
 
 class JsonRpcClient:
     """Calls `POST {base_url}/json_rpc` and unwraps the result or raises a typed error."""
+
+    reports_damage = False  # whether DAMAGE_SIGNS in an error mean a damaged wallet here
 
     def __init__(
         self,
@@ -129,6 +146,8 @@ class JsonRpcClient:
             message = str(error.get("message", ""))
             if code == NO_WALLET_FILE:
                 raise NoWalletFile(method, code, message)
+            if self.reports_damage and signals_damage(message):
+                raise DamagedWallet(method, code, message, self.base_url)
             raise RpcCallError(method, code, message)
         result = payload.get("result")
         return result if isinstance(result, dict) else {}
@@ -139,6 +158,8 @@ class JsonRpcClient:
 
 class WalletRpc(JsonRpcClient):
     """A client for one monero-wallet-rpc process, authenticated with its own digest credentials."""
+
+    reports_damage = True
 
     def __init__(
         self,
