@@ -14,7 +14,7 @@ from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable
 from walletd.ids import ROLES, Role
-from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_chain import FEE_PER_BYTE, FakeWalletWorld
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
 from walletd.wallets.chain import Chain
@@ -116,6 +116,12 @@ class FakeDaemon:
         if self.down:
             raise RpcUnreachable("get_info", "ConnectError")
         return self.world.height
+
+    async def fee_per_byte(self, priority: int) -> int:
+        await trio.lowlevel.checkpoint()
+        if self.down:
+            raise RpcUnreachable("get_fee_estimate", "ConnectError")
+        return FEE_PER_BYTE
 
     async def tx_status(self, txid: str) -> TxStatus | None:
         await trio.lowlevel.checkpoint()

@@ -182,6 +182,8 @@ class App:
             state_dir=state,
             metrics=self.metrics,
             daemon_check=config.monitor.height_check,
+            fee_priority=m.fee_priority,
+            fee_tolerance=m.payout_fee_tolerance,
         )
         self.monitor = Monitor(
             config.monitor,

@@ -75,6 +75,15 @@ def _seconds(low: float) -> Parser[float]:
     return parse
 
 
+def _number(low: float) -> Parser[float]:
+    def parse(key: str, value: object) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool) or float(value) < low:
+            raise ConfigError(f"{key}: must be a number >= {low}, got {value!r}")
+        return float(value)
+
+    return parse
+
+
 def _path(key: str, value: object) -> Path:
     if not isinstance(value, str) or not value or "\0" in value:
         raise ConfigError(f"{key}: must be a non-empty path string, got {value!r}")
@@ -255,6 +264,9 @@ class MoneroConfig:
     call_timeout: float = _key(30.0, _seconds(0.1))
     open_timeout: float = _key(120.0, _seconds(1))
     fast_open: bool = _key(True, _bool)
+    fee_priority: int = _key(0, _int(0, 4))  # wallet-rpc's priority for payouts (0: its default)
+    # A payout's fee may be at most this times the daemon's fee for its estimated weight.
+    payout_fee_tolerance: float = _key(2.0, _number(1.0))
 
     @property
     def daemons(self) -> tuple[str, ...]:

@@ -374,7 +374,7 @@ async def test_kill_after_sign_and_after_submit_pays_once(
     """kill -9 after the payout was signed (not submitted) and after it was submitted (not
     recorded, no reply; mined while walletd was down): the restarted walletd finishes each
     payout with the recorded blob, the retried release returns the same payout, and each payee
-    got exactly one transaction."""
+    got exactly one transaction, whose proof (kept by the resumed payout) check_tx_proof accepts."""
     wd = walletd_root
     address = {eid: await new_payee_address(payee, eid) for eid in ("pay-1", "pay-2")}
     calls = figures.call_log()
@@ -427,6 +427,17 @@ async def test_kill_after_sign_and_after_submit_pays_once(
         async with wd.client() as client:
             paid = {e: a[1] for e, a in address.items()}
             await _complete_and_check(client, monerod, miner, payee, paid, figures)
+            # Each payout's proof was kept by the resumed payout despite the kills.
+            for escrow_id, (payee_address, _) in address.items():
+                r = await client.get(f"/v1/escrows/{escrow_id}/payout/proof")
+                assert r.status_code == 200, r.text
+                proof = r.json()
+                assert proof["address"] == payee_address
+                params = {"txid": proof["txid"], "address": payee_address}
+                checked = await payee.call(
+                    "check_tx_proof", {**params, "signature": proof["proof"]}
+                )
+                assert checked["good"] is True, checked
     assert calls.lost == []
     print(f"\npayout crashes: {wd.kills} walletd kills, {calls.calls} retried release calls")
 

@@ -69,9 +69,12 @@ async def test_release_path(
     tmp_path: Path, monerod: MonerodProcess, miner: Miner, wallet_rpcs: list[WalletRpc]
 ) -> None:
     """Create, pay, funded, ready, release (twice, and twice at once: one tx), confirmations,
-    completed, session closed; the vendor received the amount less the fee."""
-    vendor_rpc = wallet_rpcs[0]
+    completed, session closed; the vendor received the amount less the fee. The co-signer's
+    check of the real proposal (describe_transfer) let it through, and the payout's proof
+    (tx key + get_tx_proof) verifies with check_tx_proof on a wallet-rpc walletd never saw."""
+    vendor_rpc, checker_rpc = wallet_rpcs[0], wallet_rpcs[1]
     vendor_address = await create_plain_wallet(vendor_rpc, "vendor-payout")
+    await create_plain_wallet(checker_rpc, "proof-checker")
     with _daemon(tmp_path, monerod) as daemon, trio.fail_after(600):
         async with daemon.client() as client:
             body = {"escrow_id": "order-1", "amount": AMOUNT}
@@ -112,9 +115,25 @@ async def test_release_path(
             assert final["state"] == "completed"
             assert final["payout"]["confirmations"] >= 10
             assert final["session"] == {"open": False}
+            r = await client.get("/v1/escrows/order-1/payout/proof")
+            assert r.status_code == 200, r.text
+            proof = r.json()
     received = await _received(vendor_rpc)
     assert len(received) == 1
     assert AMOUNT - 10**10 < received[0] < AMOUNT  # the amount less a fee of ~0.002 XMR
+    assert (proof["txid"], proof["address"]) == (done["txid"], vendor_address)
+    checked = await checker_rpc.call(
+        "check_tx_proof",
+        {"txid": proof["txid"], "address": vendor_address, "signature": proof["proof"]},
+    )
+    assert checked["good"] is True, checked
+    assert int(checked["received"]) == received[0]
+    assert len(proof["tx_key"]) == 64  # the key; check_tx_key with it agrees
+    by_key = await checker_rpc.call(
+        "check_tx_key",
+        {"txid": proof["txid"], "tx_key": proof["tx_key"], "address": vendor_address},
+    )
+    assert int(by_key["received"]) == received[0]
 
 
 async def test_refund_path_and_address_checks(

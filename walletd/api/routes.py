@@ -131,6 +131,7 @@ class Api:
         self._route("/v1/escrows/{id}/session", POST=self.open_session, DELETE=self.close_session)
         self._route("/v1/escrows/{id}/release", POST=self.release)
         self._route("/v1/escrows/{id}/refund", POST=self.refund)
+        self._route("/v1/escrows/{id}/payout/proof", GET=self.payout_proof)
         self._route("/v1/sessions", GET=self.sessions)
         self._route("/v1/stats", GET=self.stats)
         self._route("/v1/health", GET=self.health)
@@ -263,6 +264,16 @@ class Api:
             raise InvalidRequest("address must be a Monero address string")
         rec = await self._lifecycle.payout(escrow_id, kind, address)
         return Response.json(202, self._escrows.to_json(rec))
+
+    async def payout_proof(self, _: Request, params: dict[str, str]) -> Response:
+        proof = await self._lifecycle.payout_proof(params["id"])
+        body = {
+            "txid": proof.txid,
+            "address": proof.address,
+            "tx_key": proof.tx_key,
+            "proof": proof.proof,
+        }
+        return Response.json(200, body)
 
     # ---- sessions --------------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ Payout (release or refund), recorded before every step that could send money::
     signed    the fully signed blob and its txids are recorded BEFORE submitting. From here only
               this blob is ever submitted; resubmitting it yields the same txids, never a 2nd tx.
     submitted the daemon accepted it; the monitor counts its confirmations.
+    refused   the co-signer's check found the proposal was not this payout (payout_check):
+              nothing was signed. Final for this attempt: no resume or recovery drives it
+              again; a new release/refund call replaces it with a fresh intent (any kind and
+              address: nothing was signed, so nothing can be double spent) and is checked anew.
 
 Payouts run in the lifecycle's own nursery, not in the caller's task: a client that times out or
 disconnects never cancels a payout half way; its retry finds the same payout and waits for it.
@@ -22,6 +26,7 @@ disconnects never cancels a payout half way; its retry finds the same payout and
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import time
@@ -34,6 +39,7 @@ import trio
 from walletd.errors import (
     Conflict,
     InvalidRequest,
+    NotFound,
     NotReady,
     PublicError,
     RpcCallError,
@@ -49,6 +55,7 @@ from walletd.escrows.model import (
     Payout,
     PayoutKind,
     PayoutPhase,
+    PayoutProof,
     WalletRef,
     utcnow,
 )
@@ -57,6 +64,7 @@ from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import (
+    GetPayoutProof,
     PreparePayout,
     SetupMultisig,
     SubmitPayout,
@@ -70,6 +78,7 @@ from walletd.state.store import Store, StoreUnavailable
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain
+from walletd.wallets.payout_check import PayoutRefused
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 
@@ -80,6 +89,7 @@ SIGNERS: dict[PayoutKind, tuple[Role, Role]] = {
     PayoutKind.RELEASE: ("vendor", "arbiter"),
     PayoutKind.REFUND: ("buyer", "arbiter"),
 }
+_RESUMABLE = (PayoutPhase.INTENT, PayoutPhase.SIGNED)  # never REFUSED: it is not signed again
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 
@@ -110,8 +120,12 @@ class Lifecycle:
         state_dir: Path,
         metrics: Metrics,
         daemon_check: float = 2.0,
+        fee_priority: int = 0,
+        fee_tolerance: float = 2.0,
     ) -> None:
         self._metrics = metrics
+        self._fee_priority = fee_priority  # wallet-rpc's priority for payout sweeps
+        self._fee_tolerance = fee_tolerance  # a payout's fee may be this times the expected one
         self._store = store
         self._escrows = escrows
         self._registry = registry
@@ -288,7 +302,8 @@ class Lifecycle:
         escrows = self._escrows
         async with lock:
             rec = escrows.get(escrow_id)
-            if rec.payout is not None:
+            refused = rec.payout is not None and rec.payout.phase is PayoutPhase.REFUSED
+            if rec.payout is not None and not refused:
                 if rec.payout.kind != kind:
                     raise Conflict(
                         f"escrow {escrow_id!r} already has a {rec.payout.kind} payout; "
@@ -310,7 +325,7 @@ class Lifecycle:
                     ),
                 )
                 log.info("payout recorded", escrow_id=escrow_id, kind=kind)
-            if rec.payout is not None and rec.payout.phase is not PayoutPhase.SUBMITTED:
+            if rec.payout is not None and rec.payout.phase in _RESUMABLE:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
@@ -328,6 +343,8 @@ class Lifecycle:
         await done.wait()
         rec = self._escrows.get(escrow_id)
         error = rec.payout.last_error if rec.payout else None
+        if rec.payout and rec.payout.phase is PayoutPhase.REFUSED:
+            raise Conflict(f"payout refused before signing, nothing was signed: {error}")
         if rec.payout and rec.payout.phase is not PayoutPhase.SUBMITTED:
             raise Unavailable(f"payout not submitted yet ({error}); repeat the call to resume it")
 
@@ -360,13 +377,25 @@ class Lifecycle:
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
+        if payout.phase is PayoutPhase.REFUSED:
+            return  # never signed again (_RESUMABLE); a new release/refund call replaces it
         await self._daemon_caught_up(rec)
         if payout.phase is PayoutPhase.INTENT:
-            tx = await registry.call(
-                escrow_id,
-                PreparePayout(proposer, cosigner, payout.address),
-                caller=Caller.PAYOUT,
+            priority = self._fee_priority
+            per_byte = await self._chain.fee_per_byte(priority)
+            prepare = PreparePayout(
+                proposer,
+                cosigner,
+                payout.address,
+                priority=priority,
+                max_fee_per_byte=math.ceil(per_byte * self._fee_tolerance),
             )
+            payout = attrs.evolve(payout, fee_priority=priority)
+            try:
+                tx = await registry.call(escrow_id, prepare, caller=Caller.PAYOUT)
+            except PayoutRefused as exc:
+                self._refuse(escrow_id, payout, exc.reason)
+                return
             payout = attrs.evolve(
                 payout,
                 phase=PayoutPhase.SIGNED,
@@ -416,6 +445,10 @@ class Lifecycle:
             state=payout.kind.paying_state,
         )
         self._metrics.payout(payout.kind.value, "submitted")
+        try:
+            await self._keep_proof(escrow_id, payout, Caller.PAYOUT)
+        except Exception as exc:  # noqa: BLE001 - the proof endpoint fetches it later
+            log.warning("payout proof not kept yet", escrow_id=escrow_id, error=str(exc)[:300])
 
     async def _sync_after_payout(self, escrow_id: str) -> None:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
@@ -423,6 +456,40 @@ class Lifecycle:
             await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
         except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
+
+    # ---- payout proofs ---------------------------------------------------------------------------
+
+    async def payout_proof(self, escrow_id: str) -> PayoutProof:
+        """The tx key and proof of the escrow's submitted payout, kept at submission or, if
+        walletd stopped (or a wallet failed) before it was kept, fetched and kept now."""
+        payout = self._escrows.get(escrow_id).payout
+        if payout is None or payout.phase is not PayoutPhase.SUBMITTED:
+            raise NotFound(f"escrow {escrow_id!r} has no submitted payout")
+        kept = self._store.get_payout_proof(escrow_id)
+        if kept is not None:
+            return kept
+        try:
+            return await self._keep_proof(escrow_id, payout, Caller.API)
+        except (RpcCallError, multisig.MultisigError) as exc:
+            raise WalletError(f"the payout's proof could not be made yet: {exc}") from exc
+
+    async def _keep_proof(self, escrow_id: str, payout: Payout, caller: Caller) -> PayoutProof:
+        assert payout.txid is not None  # submitted
+        proposer, cosigner = SIGNERS[payout.kind]
+        # The co-signer signed the final transaction and holds its key; the proposer may too.
+        ask = GetPayoutProof((cosigner, proposer), payout.txid, payout.address)
+        proof = await self._registry.call(escrow_id, ask, caller=caller)
+        self._store.put_payout_proof(escrow_id, proof)
+        log.info("payout proof kept", escrow_id=escrow_id, txid=payout.txid)
+        return proof
+
+    def _refuse(self, escrow_id: str, payout: Payout, reason: str) -> None:
+        """Record a refused proposal: the payout is failed with the reason, and says so."""
+        log.error("payout refused before signing", escrow_id=escrow_id, reason=reason)
+        refused = attrs.evolve(payout, phase=PayoutPhase.REFUSED, last_error=reason[:300])
+        event = {"kind": payout.kind.value, "reason": reason[:300]}
+        self._events.change(escrow_id, [("payout_refused", event)], payout=refused)
+        self._metrics.payout(payout.kind.value, "failed")
 
     async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
         """Unavailable (503, retried) while the daemon in use is below the height at which the
@@ -458,7 +525,7 @@ class Lifecycle:
             for rec in self._store.list_escrows(EscrowState.CREATING):
                 await self._abandon(rec, "walletd stopped during creation")
             for rec in self._store.list_escrows(EscrowState.READY):
-                if rec.payout is not None and rec.payout.phase is not PayoutPhase.SUBMITTED:
+                if rec.payout is not None and rec.payout.phase in _RESUMABLE:
                     log.warning(
                         "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout.phase.value
                     )

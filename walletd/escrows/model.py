@@ -25,6 +25,7 @@ __all__ = [
     "Payout",
     "PayoutKind",
     "PayoutPhase",
+    "PayoutProof",
     "WalletRef",
     "utcnow",
 ]
@@ -96,6 +97,9 @@ class PayoutPhase(enum.StrEnum):
     INTENT = "intent"  # kind and address recorded; nothing signed
     SIGNED = "signed"  # the signed blob and its txids recorded; only this blob is ever submitted
     SUBMITTED = "submitted"  # the daemon accepted it
+    # The co-signer found the proposal was not this payout: nothing was signed, and no resume
+    # or recovery ever drives it again; a new release/refund call replaces it (lifecycle).
+    REFUSED = "refused"
 
 
 @attrs.frozen
@@ -128,6 +132,18 @@ class Payout:
     amount: int | None = None
     fee: int | None = None
     last_error: str | None = None  # why the last attempt stopped, until one succeeds
+    fee_priority: int | None = None  # wallet-rpc's priority for the sweep, once proposed
+
+
+@attrs.frozen
+class PayoutProof:
+    """What proves a submitted payout without any wallet (api.md, payout/proof): the payout
+    transaction's key and a `get_tx_proof` for its destination, checkable by `check_tx_proof`."""
+
+    txid: str
+    address: str
+    tx_key: str = attrs.field(repr=False)  # a transaction secret: never in a log
+    proof: str = attrs.field(repr=False)
 
 
 @attrs.frozen

@@ -331,6 +331,7 @@ def _public_payout(payout: Payout | None) -> JsonObject | None:  # Any: JSON val
         "txid": payout.txid,
         "confirmations": payout.confirmations,
         "submitted_at": payout.submitted_at,
+        "fee_priority": payout.fee_priority,
     }
 
 

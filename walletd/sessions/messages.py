@@ -14,6 +14,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import attrs
 
+from walletd.escrows.model import PayoutProof
 from walletd.ids import Role
 from walletd.jsontypes import JsonMapping, JsonObject
 from walletd.wallets.multisig import PayoutTx
@@ -23,6 +24,7 @@ __all__ = [
     "Funding",
     "GetBalance",
     "GetFunding",
+    "GetPayoutProof",
     "GetTransfer",
     "Leave",
     "Message",
@@ -172,12 +174,27 @@ class PreparePayout(Message[PayoutTx]):
     """Refresh the two signers, exchange their multisig info unless the session's pre-exchange
     still covers them (`warm_payout`), sweep to `address`, co-sign: answers a signed PayoutTx.
 
+    The co-signer checks the proposal before it signs (`multisig.check_proposal`): a proposal
+    that is not this payout raises `PayoutRefused` and nothing is signed.
     Nothing leaves the wallets until `SubmitPayout`, so repeating this after a restore is safe."""
 
     changes_wallets: ClassVar[bool] = True
     checks_identity: ClassVar[bool] = True
     proposer: Role
     cosigner: Role
+    address: str
+    priority: int = 0  # wallet-rpc's fee priority for the sweep
+    max_fee_per_byte: int = 0  # the fee bound per byte of estimated weight (tolerance included)
+
+
+@attrs.frozen
+class GetPayoutProof(Message[PayoutProof]):
+    """The key of submitted transaction `txid` and a `get_tx_proof` that it paid `address`,
+    from the first of `roles` whose wallet knows the key (a signer of the payout)."""
+
+    checks_identity: ClassVar[bool] = True
+    roles: tuple[Role, ...]
+    txid: str
     address: str
 
 

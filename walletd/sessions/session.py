@@ -37,6 +37,7 @@ from walletd.errors import (
     Unavailable,
     WalletdError,
 )
+from walletd.escrows.model import PayoutProof
 from walletd.ids import ROLES, Role
 from walletd.ops import failpoints
 from walletd.sessions.handles import (
@@ -53,6 +54,7 @@ from walletd.sessions.messages import (
     Funding,
     GetBalance,
     GetFunding,
+    GetPayoutProof,
     GetTransfer,
     Leave,
     Message,
@@ -342,10 +344,12 @@ class EscrowSession(WalletHandles):
                 }
             case SetupMultisig():
                 return await self._setup_multisig()
-            case PreparePayout(proposer=proposer, cosigner=cosigner, address=address):
-                return await self._prepare_payout(proposer, cosigner, address)
+            case PreparePayout():
+                return await self._prepare_payout(message)
             case PreExchange():
                 return await self._pre_exchange()
+            case GetPayoutProof(roles=roles, txid=txid, address=address):
+                return await self._payout_proof(roles, txid, address)
             case SubmitPayout(role=role, txids=txids, signed_txset=signed):
                 payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)
                 return await multisig.submit(self._rpc(role), payout)
@@ -377,7 +381,24 @@ class EscrowSession(WalletHandles):
         self.address = address
         return address
 
-    async def _prepare_payout(self, proposer: Role, cosigner: Role, address: str) -> object:
+    async def _payout_proof(self, roles: tuple[Role, ...], txid: str, address: str) -> PayoutProof:
+        """The tx key and an outgoing proof from the first signer that has the key. Neither
+        is logged: a failure names the wallet and the RPC error only."""
+        refusal: RpcCallError | None = None
+        for role in roles:
+            rpc = self._rpc(role)
+            try:
+                key = await rpc.call("get_tx_key", {"txid": txid})
+                params = {"txid": txid, "address": address, "message": ""}
+                proof = await rpc.call("get_tx_proof", params)
+            except RpcCallError as exc:  # this wallet has no key for it: ask the next
+                refusal = exc
+                continue
+            return PayoutProof(txid, address, str(key["tx_key"]), str(proof["signature"]))
+        raise refusal or RpcCallError("get_tx_key", 0, "no wallet to ask")
+
+    async def _prepare_payout(self, message: PreparePayout) -> object:
+        proposer, cosigner, address = message.proposer, message.cosigner, message.address
         signers = {proposer: self._rpc(proposer), cosigner: self._rpc(cosigner)}
         # Used once at most, whatever happens next: a proposal consumes its signing nonces.
         marker = self._exchanged
@@ -385,7 +406,13 @@ class EscrowSession(WalletHandles):
         self._payout_begun = True
         await self._store_and_backup("before payout")
         await multisig.refresh(list(signers.values()))
-        payout, warm = await prepare(signers, address, marker)
+        payout, warm = await prepare(
+            signers,
+            address,
+            marker,
+            priority=message.priority,
+            max_fee_per_byte=message.max_fee_per_byte,
+        )
         self.warm_payouts += warm
         return payout
 

@@ -76,18 +76,25 @@ async def _covered(marker: Exchanged, signers: Mapping[Role, WalletRpc]) -> tupl
 
 
 async def prepare(
-    signers: Mapping[Role, WalletRpc], address: str, marker: Exchanged | None
+    signers: Mapping[Role, WalletRpc],
+    address: str,
+    marker: Exchanged | None,
+    *,
+    priority: int,
+    max_fee_per_byte: int,
 ) -> tuple[multisig.PayoutTx, bool]:
     """Propose and co-sign a sweep of the whole unlocked balance to `address` by the two
     `signers` (proposer first), refreshed by the caller. Returns (payout, warm): warm when the
-    exchange recorded in `marker` was used instead of a fresh one."""
+    exchange recorded in `marker` was used instead of a fresh one. The co-signer checks every
+    proposal before it signs (`multisig.check_proposal`: PayoutRefused, nothing signed)."""
     proposer, cosigner = signers.values()
     if marker is not None:
         covered, unlocked = await _covered(marker, signers)
         if covered:
             try:
-                proposal = await multisig.propose(proposer, address)
+                proposal = await multisig.propose(proposer, address, priority)
                 if proposal.amount + proposal.fee == unlocked:
+                    await multisig.check_proposal(cosigner, proposal, address, max_fee_per_byte)
                     return await multisig.cosign(cosigner, proposal), True
                 log.info("warm proposal does not sweep the whole balance; exchanging afresh")
             except multisig.MultisigError as exc:
@@ -98,5 +105,6 @@ async def prepare(
             log.info("funds arrived since the multisig info exchange; exchanging afresh")
     rpcs = list(signers.values())
     await multisig.sync_multisig_info(rpcs)
-    proposal = await multisig.propose(proposer, address)
+    proposal = await multisig.propose(proposer, address, priority)
+    await multisig.check_proposal(cosigner, proposal, address, max_fee_per_byte)
     return await multisig.cosign(cosigner, proposal), False

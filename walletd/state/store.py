@@ -42,6 +42,7 @@ from walletd.escrows.model import (
     Payout,
     PayoutKind,
     PayoutPhase,
+    PayoutProof,
     WalletRef,
     utcnow,
 )
@@ -59,7 +60,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 0.5  # seconds a statement waits for another process's lock (see module doc)
 
 # Errors about the request itself (a duplicate key, a closed connection): not the database failing.
@@ -93,6 +94,18 @@ _MIGRATIONS: dict[int, str] = {
         escrow_id TEXT,
         at TEXT NOT NULL,
         data TEXT NOT NULL
+    );
+    """,
+    # Beside the payout column, not in it: the escrow record is read, logged and shown
+    # everywhere; the transaction key only through the proof endpoint.
+    2: """
+    CREATE TABLE payout_proofs (
+        escrow_id TEXT PRIMARY KEY,
+        txid TEXT NOT NULL,
+        address TEXT NOT NULL,
+        tx_key TEXT NOT NULL,
+        proof TEXT NOT NULL,
+        stored_at TEXT NOT NULL
     );
     """,
 }
@@ -171,6 +184,7 @@ def _payout_to_json(payout: Payout) -> str:
         "amount": payout.amount,
         "fee": payout.fee,
         "last_error": payout.last_error,
+        "fee_priority": payout.fee_priority,
     }
     raw.update((key, value) for key, value in later.items() if value is not None)
     return json.dumps(raw)
@@ -192,6 +206,7 @@ def _payout_from_json(text: str) -> Payout:
         amount=raw.get("amount"),
         fee=raw.get("fee"),
         last_error=raw.get("last_error"),
+        fee_priority=raw.get("fee_priority"),
     )
 
 
@@ -451,6 +466,24 @@ class Store:
     def delete_escrow(self, escrow_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM escrows WHERE escrow_id = ?", (escrow_id,))
+
+    # ---- payout proofs ---------------------------------------------------------------------------
+
+    def put_payout_proof(self, escrow_id: str, proof: PayoutProof) -> None:
+        """Keep the proof of the escrow's submitted payout (the same payout: same values)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO payout_proofs VALUES (?, ?, ?, ?, ?, ?)",
+                (escrow_id, proof.txid, proof.address, proof.tx_key, proof.proof, utcnow()),
+            )
+
+    @_read
+    def get_payout_proof(self, escrow_id: str) -> PayoutProof | None:
+        row = self._db.execute(
+            "SELECT txid, address, tx_key, proof FROM payout_proofs WHERE escrow_id = ?",
+            (escrow_id,),
+        ).fetchone()
+        return PayoutProof(*row) if row else None
 
     # ---- events ----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -23,6 +24,7 @@ import attrs
 __all__ = [
     "ACCOUNT_0",
     "FEE",
+    "FEE_PER_BYTE",
     "UNLOCK_CONFIRMATIONS",
     "ExportInfo",
     "FakeTx",
@@ -44,6 +46,7 @@ JsonObject = dict[str, Any]
 OutputId = tuple[str, int]  # (txid, output index)
 
 FEE: Final = 30_000_000  # atomic units per transaction, whatever its size
+FEE_PER_BYTE: Final = 20_000  # what the fake daemon quotes: FEE is this for a 1-input sweep
 UNLOCK_CONFIRMATIONS: Final = 10
 
 _BASE58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -184,6 +187,11 @@ class FakeWalletWorld:
     txs: dict[str, FakeTx] = attrs.Factory(dict)
     calls: list[tuple[int, str]] = attrs.Factory(list)  # (pid, method), in arrival order
     stores: Counter[str] = attrs.Factory(Counter)  # wallet name -> times saved
+    # Fault injection: a multisig sweep_all proposes `sweep_outputs(wallet address, destination,
+    # swept total)` as its outputs (the fee is what they leave of the total) instead of the honest
+    # (destination, total - FEE). None: honest.
+    sweep_priorities: list[int] = attrs.Factory(list)  # the priority of every sweep_all call
+    sweep_outputs: Callable[[str, str, int], tuple[tuple[str, int], ...]] | None = None
     _blobs: dict[str, _Blob] = attrs.field(factory=dict, init=False)
     _serial: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 
 from walletd.errors import RpcUnreachable
-from walletd.testing.fake_chain import FakeWalletWorld
+from walletd.testing.fake_chain import FEE_PER_BYTE, FakeWalletWorld
 from walletd.wallets.rpc import TxStatus
 
 __all__ = ["FakeMonerod"]
@@ -43,6 +43,10 @@ class FakeMonerod:
         if tx is None or txid in self.forgotten:
             return None
         return TxStatus(in_pool=tx.height is None, block_height=tx.height)
+
+    async def fee_per_byte(self, priority: int) -> int:
+        await self._answer("get_fee_estimate")
+        return FEE_PER_BYTE
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

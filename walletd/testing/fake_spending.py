@@ -107,6 +107,10 @@ class SpendingCalls:
         address = param_str(params, "address")
         if not is_fake_address(address):
             raise RpcFault(-2, f"WALLET_RPC_ERROR_CODE_WRONG_ADDRESS: {address}")
+        priority = param_int(params, "priority")
+        if priority > 4:
+            raise RpcFault(-1, "Invalid priority")
+        self.world.sweep_priorities.append(priority)
         if wallet.is_multisig and (not wallet.ready or (usable and self.world._stale(wallet))):
             raise RpcFault(-16, "No transaction created")
         if not any(o.unlocked for o in unspent):
@@ -116,7 +120,10 @@ class SpendingCalls:
         total = sum(o.amount for o in usable)
         if total <= FEE:
             raise RpcFault(-17, "not enough money")
-        tx_hash, txset = self._make_tx(wallet, usable, ((address, total - FEE),))
+        outputs: tuple[tuple[str, int], ...] = ((address, total - FEE),)
+        if wallet.is_multisig and self.world.sweep_outputs is not None:
+            outputs = self.world.sweep_outputs(wallet.address, address, total)
+        tx_hash, txset = self._make_tx(wallet, usable, outputs)
         return {
             "tx_hash_list": [tx_hash],
             "amount_list": [total - FEE],
@@ -125,6 +132,64 @@ class SpendingCalls:
             "multisig_txset": txset,
             "unsigned_txset": "",
         }
+
+    def _rpc_describe_transfer(self, params: JsonObject) -> JsonObject:
+        """A multisig proposal decoded: what the transaction pays, as 0.18 reports it."""
+        wallet = self._ready_wallet()
+        blob = param_str(params, "multisig_txset")
+        txset = self.world._blob(blob) if is_hex(blob) else None
+        if not isinstance(txset, TxSet) or txset.proposal.address != wallet.address:
+            raise RpcFault(-40, "Failed to parse multisig tx data.")
+        proposal = txset.proposal
+        amount_in = sum(self.world.txs[txid].outputs[index][1] for txid, index in proposal.inputs)
+        amount_out = sum(amount for _, amount in proposal.outputs)
+        change = sum(amount for addr, amount in proposal.outputs if addr == wallet.address)
+        recipients = [
+            {"address": addr, "amount": amount}
+            for addr, amount in proposal.outputs
+            if addr != wallet.address
+        ]
+        desc = {
+            "amount_in": amount_in,
+            "amount_out": amount_out,
+            "ring_size": 16,
+            "unlock_time": 0,
+            "recipients": recipients,
+            "payment_id": "",
+            "change_amount": change,
+            "change_address": wallet.address if change else "",
+            "fee": amount_in - amount_out,
+            "dummy_outputs": 0,
+            "extra": "",
+        }
+        summary = {k: desc[k] for k in ("amount_in", "amount_out", "recipients", "fee")}
+        summary |= {"change_amount": change, "change_address": desc["change_address"]}
+        return {"desc": [desc], "summary": summary}
+
+    def _rpc_estimate_tx_size_and_weight(self, params: JsonObject) -> JsonObject:
+        """1500 for one input, as FEE assumes; 500 more per further input."""
+        n_inputs = param_int(params, "n_inputs")
+        if n_inputs < 1 or param_int(params, "n_outputs") < 1:
+            raise RpcFault(-1, "Invalid n_inputs/n_outputs")
+        weight = 1000 + 500 * n_inputs
+        return {"size": weight, "weight": weight}
+
+    def _rpc_get_tx_key(self, params: JsonObject) -> JsonObject:
+        """The key of a transaction this wallet's group sent (a stand-in, derived from it)."""
+        wallet = self._wallet()
+        txid = param_str(params, "txid")
+        tx = self.world.txs.get(txid)
+        if tx is None or tx.sender != wallet.address:
+            raise RpcFault(-8, "No tx secret key is stored for this tx")
+        return {"tx_key": digest("tx-key", txid)}
+
+    def _rpc_get_tx_proof(self, params: JsonObject) -> JsonObject:
+        """An outgoing proof: needs the tx key, as the real one does."""
+        txid, address = param_str(params, "txid"), param_str(params, "address")
+        key = self._rpc_get_tx_key({"txid": txid})["tx_key"]
+        if not any(to == address for to, _ in self.world.txs[txid].outputs):
+            raise RpcFault(-1, "Failed to generate a proof: the address is not a destination")
+        return {"signature": "OutProofV2" + digest("proof", txid, address, key)}
 
     def _make_tx(
         self, wallet: FakeWallet, inputs: list[Owned], outputs: tuple[tuple[str, int], ...]

@@ -23,6 +23,10 @@ class Chain(Protocol):
         """Where the daemon has `txid`: in the pool, in a block, or nowhere (None)."""
         ...
 
+    async def fee_per_byte(self, priority: int) -> int:
+        """The fee per byte of weight the wallets pay at `priority` (0: the default, 1-4)."""
+        ...
+
     async def aclose(self) -> None:
         """Close the connection (the owner of the chain client calls it at shutdown)."""
         ...

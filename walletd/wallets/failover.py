@@ -97,6 +97,9 @@ class DaemonFailover:
     async def tx_status(self, txid: str) -> TxStatus | None:
         return await self._in_use.chain.tx_status(txid)
 
+    async def fee_per_byte(self, priority: int) -> int:
+        return await self._in_use.chain.fee_per_byte(priority)
+
     async def aclose(self) -> None:
         for view in self.views:
             await view.chain.aclose()

@@ -11,6 +11,7 @@ Spending the whole unlocked balance::
     await refresh([proposer, cosigner])               # exports only cover outputs seen
     await sync_multisig_info([proposer, cosigner])    # export + import, before every spend
     proposal = await propose(proposer, destination)   # sweep_all -> multisig_txset
+    await check_proposal(cosigner, proposal, ...)     # describe_transfer: is it the payout?
     payout = await cosign(cosigner, proposal)         # sign_multisig -> signed blob + txids
     ...record payout.signed_txset durably...
     await submit(cosigner, payout)                    # submit_multisig; safe to repeat
@@ -32,6 +33,7 @@ import trio
 from walletd.errors import MultisigError, RpcError
 from walletd.ids import ROLES, Role
 from walletd.jsontypes import JsonObject
+from walletd.wallets import payout_check
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "PayoutTx",
     "Proposal",
     "Role",
+    "check_proposal",
     "cosign",
     "create_wallets",
     "make_multisig",
@@ -294,13 +297,15 @@ async def sync_multisig_info(rpcs: Sequence[WalletRpc]) -> None:
     await _each("import_multisig_info", "import_multisig_info", requests, MultisigSpendError)
 
 
-async def propose(proposer: WalletRpc, address: str) -> Proposal:
+async def propose(proposer: WalletRpc, address: str, priority: int = 0) -> Proposal:
     """Sweep the whole unlocked balance to `address`; the result still needs one more signature.
 
     `sweep_all` works for multisig wallets in 0.18 and returns `multisig_txset`; the destination
     receives the balance less the fee (a `transfer` would need the fee guessed in advance).
+    `priority` is wallet-rpc's fee priority (0: the wallet's default, 1-4: low to highest).
     """
-    answer = await _one("sweep_all", "proposer", proposer, {"address": address}, MultisigSpendError)
+    params: JsonObject = {"address": address, "priority": priority}
+    answer = await _one("sweep_all", "proposer", proposer, params, MultisigSpendError)
     txset = str(answer.get("multisig_txset", ""))
     if not txset:
         raise MultisigSpendError("sweep_all", ["proposer"], "no multisig_txset in the answer")
@@ -308,6 +313,52 @@ async def propose(proposer: WalletRpc, address: str) -> Proposal:
         multisig_txset=txset,
         amount=sum(int(a) for a in answer.get("amount_list", [])),
         fee=sum(int(f) for f in answer.get("fee_list", [])),
+    )
+
+
+RING_SIZE = 16  # fixed by consensus since v15
+SWEEP_OUTPUTS = 2  # the destination and a (zero or dummy) change output
+
+
+async def check_proposal(
+    cosigner: WalletRpc, proposal: Proposal, address: str, max_fee_per_byte: int
+) -> None:
+    """Decode `proposal` on the co-signer and refuse it unless it is the payout (`payout_check`).
+
+    Everything compared comes from the co-signer's own wallet, not from the proposer: the
+    description of the transaction, the unlocked balance, the number of unlocked outputs a
+    sweep spends (for the weight estimate). `max_fee_per_byte` already holds the tolerance.
+    Raises `payout_check.PayoutRefused`, or `MultisigSpendError` if a wallet call fails."""
+
+    async def call(method: str, params: JsonObject) -> JsonObject:
+        return await _one(method, "cosigner", cosigner, params, MultisigSpendError)
+
+    described = await call("describe_transfer", {"multisig_txset": proposal.multisig_txset})
+    balance = await call("get_balance", {"account_index": 0})
+    available = await call("incoming_transfers", {"transfer_type": "available"})
+    n_inputs = sum(1 for t in available.get("transfers", []) if t.get("unlocked"))
+    size = await call(
+        "estimate_tx_size_and_weight",
+        {
+            "n_inputs": max(1, n_inputs),
+            "n_outputs": SWEEP_OUTPUTS,
+            "ring_size": RING_SIZE,
+            "rct": True,
+        },
+    )
+    standard = address
+    if len(address) == 106:  # integrated: describe_transfer shows the standard address
+        split = await call("split_integrated_address", {"integrated_address": address})
+        standard = str(split.get("standard_address"))
+    weight = int(size.get("weight", 0))
+    expected = payout_check.Expected(
+        address=standard,
+        unlocked_balance=int(balance.get("unlocked_balance", 0)),
+        max_fee=max_fee_per_byte * weight,
+    )
+    fee = payout_check.check(described, expected)
+    log.info(
+        "payout proposal checked", inputs=n_inputs, weight=weight, fee=fee, max_fee=expected.max_fee
     )
 
 

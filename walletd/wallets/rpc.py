@@ -178,6 +178,9 @@ class WalletRpc(JsonRpcClient):
         return f"WalletRpc({self.base_url})"
 
 
+FEE_MULTIPLIERS = (1, 4, 20, 166)  # wallet2's per-priority multipliers (2021 fee scaling)
+
+
 class DaemonRpc(JsonRpcClient):
     """A client for monerod's JSON-RPC (no credentials: loopback only)."""
 
@@ -192,6 +195,19 @@ class DaemonRpc(JsonRpcClient):
             timeout=max(60.0, count * 2.0),
         )
         return int(result.get("height", 0))
+
+    async def fee_per_byte(self, priority: int) -> int:
+        """`get_fee_estimate`'s fee per byte for wallet-rpc's `priority`.
+
+        The daemon answers one fee per priority level 1-4 (`fees`). Priority 0 is the wallet's
+        default, which wallet2 may raise from low to normal when the pool is backlogged: the
+        normal level (2) bounds it."""
+        answer = await self.call("get_fee_estimate")
+        level = priority if 1 <= priority <= len(FEE_MULTIPLIERS) else 2
+        fees = answer.get("fees")
+        if isinstance(fees, list) and len(fees) >= level:
+            return int(fees[level - 1])
+        return int(answer["fee"]) * FEE_MULTIPLIERS[level - 1]  # an older daemon: base fee only
 
     async def tx_status(self, txid: str) -> TxStatus | None:
         """Where the daemon has `txid`: in the pool, in a block, or nowhere (None).

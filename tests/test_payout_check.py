@@ -1,0 +1,167 @@
+"""A proposal that is not the recorded payout is refused before the second signature.
+
+The fake wallet-rpc's `sweep_outputs` hook makes the proposer's `sweep_all` propose something
+else than the sweep to the recorded address; the co-signer's `describe_transfer` shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from tests.fakes import FakeDaemon, call, fake_app, fake_config, start
+from walletd.app import App, prepare_dirs
+from walletd.config import parse_config
+from walletd.errors import ConfigError
+from walletd.escrows.model import PayoutPhase
+from walletd.testing.fake_chain import FEE, FakeWalletWorld, fake_address
+from walletd.testing.fake_pool import FakePool
+from walletd.wallets.payout_check import DUST, Expected, PayoutRefused, check
+
+AMOUNT = 10**12
+OTHER = fake_address("someone-else")
+Outputs = tuple[tuple[str, int], ...]
+
+
+async def _ready_escrow(
+    nursery: trio.Nursery, tmp_path: Path, escrow_id: str, fee_priority: int | None = None
+) -> tuple[App, FakeWalletWorld, str]:
+    world = FakeWalletWorld()
+    if fee_priority is None:
+        app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
+    else:
+        config = fake_config(tmp_path)
+        config = attrs.evolve(config, monero=attrs.evolve(config.monero, fee_priority=fee_priority))
+        prepare_dirs(config)
+        app = App(config, pool=FakePool(world), chain=FakeDaemon(world))
+    await start(nursery, app)
+    app.monitor.enabled = True
+    app.monitor.interval = 5
+    app.monitor.height_check = 1
+    app.monitor.cold_interval = 5
+    await nursery.start(app.monitor.run)
+    status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": escrow_id, "amount": AMOUNT})
+    assert status == 201, esc
+    world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
+    with trio.fail_after(300):  # the monitor's next look (virtual time)
+        while True:
+            if (await call(app, "GET", f"/v1/escrows/{escrow_id}"))[1]["state"] == "ready":
+                break
+            await trio.sleep(1)
+    return app, world, world.add_wallet(f"payee-{escrow_id}", "x").address
+
+
+def _signed(world: FakeWalletWorld) -> int:
+    return sum(1 for _, method in world.calls if method == "sign_multisig")
+
+
+# (what the proposer's sweep_all proposes: escrow address, destination, swept total -> outputs)
+BAD: dict[str, Callable[[str, str, int], Outputs]] = {
+    "second destination": lambda _e, dest, total: ((dest, total - FEE - 10**9), (OTHER, 10**9)),
+    "wrong address": lambda _e, _dest, total: ((OTHER, total - FEE),),
+    "large change": lambda esc, dest, total: ((dest, total // 2), (esc, total - total // 2 - FEE)),
+    "outsized fee": lambda _e, dest, total: ((dest, total - 10 * FEE),),
+}
+REASON = {
+    "second destination": "2 destinations besides change",
+    "wrong address": "not the recorded payout address",
+    "large change": "change of",
+    "outsized fee": "is above the bound",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD))
+async def test_a_bad_proposal_is_refused_and_nothing_signed(
+    bad: str, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A release whose proposal has a second destination / the wrong address / large change /
+    an outsized fee answers 409 conflict saying why; nothing is signed or sent, the payout is
+    recorded refused, and a payout_refused event carries the reason."""
+    async with trio.open_nursery() as nursery:
+        app, world, payee = await _ready_escrow(nursery, tmp_path, "r1")
+        world.sweep_outputs = BAD[bad]
+        status, body = await call(app, "POST", "/v1/escrows/r1/release", {"address": payee})
+        assert (status, body["error"]["code"]) == (409, "conflict"), body
+        assert REASON[bad] in body["error"]["message"]
+        assert _signed(world) == 0
+        assert not [tx for tx in world.txs.values() if tx.sender is not None]
+        rec = app.store.get_escrow("r1")
+        assert rec is not None
+        assert rec.payout is not None
+        assert (rec.state.value, rec.payout.phase) == ("ready", PayoutPhase.REFUSED)
+        _, events = await call(app, "GET", "/v1/events?after=0")
+        refused = [e for e in events["events"] if e["type"] == "payout_refused"]
+        assert len(refused) == 1, refused
+        assert REASON[bad] in refused[0]["reason"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_payout_is_never_resumed_but_a_new_call_retries(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Start-up recovery leaves a refused payout alone (nothing signed); the next release call
+    proposes afresh, is checked again, and pays once when the proposal is right."""
+    async with trio.open_nursery() as nursery:
+        app, world, payee = await _ready_escrow(nursery, tmp_path, "r2")
+        world.sweep_outputs = BAD["wrong address"]
+        status, _ = await call(app, "POST", "/v1/escrows/r2/release", {"address": payee})
+        assert status == 409
+        world.sweep_outputs = None
+        await app.lifecycle.recover()
+        assert _signed(world) == 0
+        status, esc = await call(app, "POST", "/v1/escrows/r2/release", {"address": payee})
+        assert (status, esc["state"]) == (202, "releasing"), esc
+        paid = [amount for tx in world.txs.values() for to, amount in tx.outputs if to == payee]
+        assert paid == [AMOUNT - FEE]
+        nursery.cancel_scope.cancel()
+
+
+async def test_fee_priority_reaches_the_sweep_and_is_reported(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """monero.fee_priority is the priority of the payout's sweep_all, and the escrow's payout
+    reports it."""
+    async with trio.open_nursery() as nursery:
+        app, world, payee = await _ready_escrow(nursery, tmp_path, "p1", fee_priority=3)
+        status, esc = await call(app, "POST", "/v1/escrows/p1/release", {"address": payee})
+        assert status == 202, esc
+        assert world.sweep_priorities == [3]
+        assert esc["payout"]["fee_priority"] == 3
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("value", [-1, 5, "high"])
+def test_fee_priority_outside_0_to_4_is_refused(value: object) -> None:
+    """A fee priority wallet-rpc does not know stops start-up naming the key."""
+    with pytest.raises(ConfigError, match=r"^monero\.fee_priority"):
+        parse_config({"monero": {"fee_priority": value}})
+
+
+def _desc(**changes: object) -> dict[str, object]:
+    desc: dict[str, object] = {
+        "amount_in": AMOUNT + FEE,
+        "recipients": [{"address": "A", "amount": AMOUNT}],
+        "change_amount": 0,
+        "fee": FEE,
+    }
+    return {"desc": [desc | changes]}
+
+
+def test_check_accepts_a_sweep_and_dust_change() -> None:
+    """The honest sweep passes, and so does change up to DUST (taken from the amount)."""
+    expected = Expected(address="A", unlocked_balance=AMOUNT + FEE, max_fee=FEE)
+    check(_desc(), expected)
+    check(
+        _desc(recipients=[{"address": "A", "amount": AMOUNT - DUST}], change_amount=DUST),
+        Expected(address="A", unlocked_balance=AMOUNT + FEE, max_fee=FEE),
+    )
+
+
+def test_check_refuses_a_partial_sweep() -> None:
+    """A proposal that leaves part of the unlocked balance unspent is not the payout."""
+    with pytest.raises(PayoutRefused, match="sweeps all of it"):
+        check(_desc(), Expected(address="A", unlocked_balance=2 * AMOUNT + FEE, max_fee=FEE))
