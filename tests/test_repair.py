@@ -20,6 +20,7 @@ import pytest
 from walletd.errors import RpcCallError
 from walletd.state.backups import Backups
 from walletd.wallets.repair import NotRepaired, WalletRepair, lock_holder
+from walletd.wallets.rpc import DAMAGE_SIGNS
 
 MULTISIG = "4" + "M" * 94
 PLAIN = "4" + "P" * 94
@@ -248,3 +249,20 @@ def test_lock_probe_sees_a_lock_held_by_another_process(
     assert lock_holder(locked_by_child) not in (None, os.getpid())
     write_wallet(tmp_path / "free", "w", MULTISIG)
     assert lock_holder(tmp_path / "free" / "w.keys") is None
+
+
+@pytest.mark.parametrize("sign", DAMAGE_SIGNS)
+async def test_an_open_failing_with_a_damage_sign_repairs_the_cache(
+    setup: tuple[WalletRepair, Backups, list[dict[str, Any]], Path], sign: str
+) -> None:
+    """open_wallet failing with one of the errors that mean a damaged cache (basicswap's list)
+    is repaired like a truncated cache: the cache is set aside, the wallet opens from its keys
+    file with the escrow's address, and a wallet_repaired event says source=cache."""
+    repair, backups, events, wallet_dir = setup
+    write_wallet(wallet_dir, "w", MULTISIG, cache=b"trunc")
+    rpc = FileWalletRpc(wallet_dir, PASSWORD)
+    error = RpcCallError("open_wallet", -1, f"Failed to open wallet: {sign}")
+    await repair.repair("e1", "buyer", "w", MULTISIG, rpc, error)
+    assert rpc.current == "w"
+    assert len(_sets(backups, "damaged-")) == 1
+    assert events == [{"role": "buyer", "source": "cache"}]
