@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what walletd needs on a fresh Debian machine: Debian's monero package (monerod and
-# monero-wallet-rpc), the fast-open library (gcc, libssl-dev), promtool for the tests, and a
-# virtualenv with walletd and its development tools. Idempotent.
+# monero-wallet-rpc), the fast-open library (gcc, libssl-dev), promtool and PostgreSQL for the
+# tests, and a virtualenv with walletd and its development tools. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,17 @@ if ! command -v promtool >/dev/null 2>&1; then
   # Only promtool is wanted: the package's own server is neither left running nor enabled.
   if command -v systemctl >/dev/null 2>&1; then
     as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
+# PostgreSQL (Debian's postgresql package): scripts/test.sh starts a private server for the
+# cluster tests. The package's own cluster is neither needed nor left running.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "setup: installing Debian's postgresql package for the cluster tests" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  if command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable --now postgresql >/dev/null 2>&1 || true
   fi
 fi
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 
 import attrs
 import pytest
 
-from walletd.config import Config, load_config, parse_config
+from walletd.config import ClusterConfig, Config, load_config, parse_config
 from walletd.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
@@ -23,8 +24,70 @@ def test_example_documents_every_key() -> None:
     """No key exists in the code that the example file does not show."""
     raw = tomllib.loads(EXAMPLE.read_text())
     for section in attrs.fields(Config):
+        if section.name == "cluster":  # optional: shown commented out, see the test below
+            continue
         keys = {f.name for f in attrs.fields(type(getattr(Config(), section.name)))}
         assert set(raw[section.name]) == keys, section.name
+
+
+def test_example_documents_cluster_section() -> None:
+    """The commented-out [cluster] block, uncommented, parses to the defaults of every key."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# [cluster]")
+    block = "\n".join(line.removeprefix("# ") for line in lines[start:])
+    raw = tomllib.loads(block)
+    assert set(raw["cluster"]) == {f.name for f in attrs.fields(ClusterConfig)}
+    config = parse_config(raw)
+    assert config.cluster is not None
+    assert config.cluster.lease_ttl == ClusterConfig().lease_ttl
+    assert config.cluster.database_url == ClusterConfig().database_url
+
+
+def test_no_cluster_section_means_no_cluster() -> None:
+    """Without [cluster] nothing changes: the config has no cluster part."""
+    assert parse_config({}).cluster is None
+    assert parse_config({"sessions": {"max_active": 4}}).cluster is None
+
+
+def test_cluster_defaults_and_host_id() -> None:
+    """An empty [cluster] uses the documented defaults, the host id being the hostname."""
+    cluster = parse_config({"cluster": {}}).cluster
+    assert cluster is not None
+    assert cluster.host_id == socket.gethostname()
+    assert cluster.lease_ttl == 15.0
+    assert cluster.database_url.startswith("postgresql://")
+    named = parse_config({"cluster": {"host_id": "h2", "lease_ttl": 5}}).cluster
+    assert named is not None
+    assert (named.host_id, named.lease_ttl) == ("h2", 5.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"cluster": {"database_url": "mysql://x@h/db"}}, "cluster.database_url"),
+        ({"cluster": {"database_url": 5}}, "cluster.database_url"),
+        ({"cluster": {"lease_ttl": 1}}, "cluster.lease_ttl"),
+        ({"cluster": {"lease_ttl": 301}}, "cluster.lease_ttl"),
+        ({"cluster": {"lease_ttl": True}}, "cluster.lease_ttl"),
+        ({"cluster": {"host_id": 7}}, "cluster.host_id"),
+        ({"cluster": {"hosts": 3}}, "cluster.hosts"),
+        ({"cluster": "yes"}, "cluster"),
+    ],
+)
+def test_bad_cluster_values_name_the_key(raw: dict[str, object], named: str) -> None:
+    """A bad [cluster] value stops start-up naming the key, never echoing the database URL."""
+    with pytest.raises(ConfigError, match=named) as caught:
+        parse_config(raw)
+    assert "secret" not in str(caught.value)
+
+
+def test_database_url_is_not_echoed() -> None:
+    """A rejected URL (which may hold a password) is not repeated in the error."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cluster": {"database_url": "mysql://u:secret@h/db"}})
+    assert "secret" not in str(caught.value)
+    ok = parse_config({"cluster": {"database_url": "postgresql://u:secret@h/db"}})
+    assert "secret" not in repr(ok)
 
 
 @pytest.mark.parametrize(

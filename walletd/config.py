@@ -12,6 +12,7 @@ schema to keep in step with the classes.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from attrs import AttrsInstance
 from walletd.errors import ConfigError
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "DaemonConfig",
     "EndpointConfig",
@@ -82,6 +84,27 @@ def _number(low: float) -> Parser[float]:
         return float(value)
 
     return parse
+
+
+def _postgresql_url(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        # The value is not echoed: it may hold a password.
+        raise ConfigError(f"{key}: must be a postgresql:// URL")
+    return value
+
+
+def _lease_ttl(key: str, value: object) -> float:
+    # Below 3 s a renew every ttl/3 races ordinary database latency; above 300 s a dead host's
+    # escrows wait too long for another host.
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 3 <= value <= 300:
+        raise ConfigError(f"{key}: must be a number of seconds in 3..300, got {value!r}")
+    return float(value)
+
+
+def _host_id(key: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
+        raise ConfigError(f"{key}: must be a printable string of at most 200 characters")
+    return value
 
 
 def _path(key: str, value: object) -> Path:
@@ -304,12 +327,30 @@ class LogConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """[cluster]: several hosts on one PostgreSQL. Absent (`Config.cluster is None`): one host."""
+
+    database_url: str = attrs.field(
+        default="postgresql://walletd@127.0.0.1:5432/walletd",
+        metadata={_PARSE: _postgresql_url},
+        repr=False,  # may carry a password
+    )
+    host_id: str = _key("", _host_id)  # "" in the file: the hostname (filled in by parse_config)
+    lease_ttl: float = _key(15.0, _lease_ttl)
+
+
+# Sections whose absence means "feature off" rather than "all defaults".
+_OPTIONAL_SECTIONS: dict[str, type[AttrsInstance]] = {"cluster": ClusterConfig}
+
+
+@attrs.frozen
 class Config:
     daemon: DaemonConfig = DaemonConfig()
     monero: MoneroConfig = MoneroConfig()
     sessions: SessionsConfig = SessionsConfig()
     monitor: MonitorConfig = MonitorConfig()
     log: LogConfig = LogConfig()
+    cluster: ClusterConfig | None = None
 
     @property
     def effective_max_active(self) -> int:
@@ -348,7 +389,11 @@ def parse_config(raw: Mapping[str, object]) -> Config:
         if name not in attrs.fields_dict(Config):
             raise ConfigError(f"{name}: unknown section")
         # Each section's class is the class of its default: DaemonConfig for [daemon], ...
-        sections[name] = _section(name, type(getattr(defaults, name)), table)
+        cls = _OPTIONAL_SECTIONS.get(name) or type(getattr(defaults, name))
+        sections[name] = _section(name, cls, table)
+    cluster = sections.get("cluster")
+    if isinstance(cluster, ClusterConfig) and not cluster.host_id:
+        sections["cluster"] = attrs.evolve(cluster, host_id=socket.gethostname())
     config = _build(Config, sections)
     if config.monero.wallet_rpc_endpoints and len(config.monero.wallet_rpc_endpoints) < 3:
         raise ConfigError("monero.wallet_rpc_endpoints: needs at least 3 endpoints")

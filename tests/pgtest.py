@@ -1,0 +1,48 @@
+"""Test helpers for the cluster tests: a fresh database on the test PostgreSQL per test.
+
+scripts/test.sh starts a private PostgreSQL and sets WALLETD_TEST_PG_URL; without it the tests
+marked `pg` skip, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+ENV = "WALLETD_TEST_PG_URL"
+
+
+def admin_url() -> str:
+    url = os.environ.get(ENV)
+    if not url:
+        pytest.skip(f"{ENV} not set: run scripts/test.sh, which starts a private PostgreSQL")
+    return url
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new empty database on the test server (dropped afterwards); yields its URL."""
+    url = admin_url()
+    name = f"walletd_test_{secrets.token_hex(6)}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(url, dbname=name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def advance_db_clock(url: str, seconds: float) -> None:
+    """Move the cluster database's clock (cluster_now()) forward: leases expire without waiting."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE cluster_clock SET offset_seconds = offset_seconds + %s", (seconds,))

@@ -1,0 +1,8 @@
+"""Several walletd hosts on one PostgreSQL (issue 14): the foundation, not yet used by the daemon.
+
+- `db`: trio-async access to PostgreSQL (psycopg 3's sync API in worker threads, a small pool).
+- `migrations`: versioned SQL (`sql/NNNN_*.sql`) applied at start-up, recorded in `schema_version`.
+- `leases`: per-escrow leases with a fencing epoch; `fenced_write` refuses a stale writer.
+- `holder`: keeps one lease renewed and declares it lost, on the local monotonic clock, before it
+  can expire in the database (self-fencing).
+"""

@@ -1,0 +1,197 @@
+"""Escrow leases with a fencing epoch, and the fenced write every durable escrow write goes through.
+
+A lease row says which host may open an escrow's wallets until `expires_at`, computed by the
+database clock (`cluster_now() + ttl`), so hosts' clocks never matter. `epoch` grows on every change
+of owner (a released lease keeps its row and its epoch): it is the fencing token. A write about an
+escrow runs `fenced_write`, which in the same transaction locks the lease row and checks that the
+writer's epoch is the current one and unexpired; otherwise it raises `Fenced` and nothing is
+written. A host paused past its lease and then resumed can therefore change nothing: by then its
+lease has expired, or another host holds a larger epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+import attrs
+
+from walletd.cluster.db import Connection, Database
+from walletd.errors import Unavailable
+from walletd.jsontypes import JsonMapping
+
+__all__ = ["Fenced", "Lease", "Leases", "Tenure"]
+
+T = TypeVar("T")
+
+
+class Fenced(Unavailable):
+    """A write about an escrow came from a host whose lease is stale (expired or superseded).
+
+    Unavailable: the caller's request may succeed later, on the escrow's current owner."""
+
+
+@attrs.frozen
+class Tenure:
+    """What a host holds after acquiring an escrow's lease: the token it writes with."""
+
+    escrow_id: str
+    host_id: str
+    epoch: int
+
+
+@attrs.frozen
+class Lease:
+    """A lease row as `GET /v1/cluster` will list it (host_id None: released)."""
+
+    escrow_id: str
+    host_id: str | None
+    epoch: int
+    expires_at: datetime
+    live: bool  # unexpired by the database clock when read
+
+
+class Leases:
+    """Acquire, renew and release escrow leases; run fenced writes. Counts refused writes."""
+
+    def __init__(self, db: Database, ttl: float) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.fenced_writes = 0  # writes refused as stale: exported as a metric once wired
+        self._count_lock = threading.Lock()  # jobs run in several worker threads
+
+    # ---- the jobs, sync (run in a worker thread by Database) ------------------------------------
+
+    def acquire_job(self, escrow_id: str, host_id: str) -> Callable[[Connection], Tenure | None]:
+        def job(conn: Connection) -> Tenure | None:
+            # Free (never leased, released) or expired: take it with the next epoch. Held and
+            # unexpired (by anyone, this host included: it must renew instead): no row back.
+            row = conn.execute(
+                """
+                INSERT INTO leases AS l (escrow_id, host_id, epoch, expires_at)
+                VALUES (%(e)s, %(h)s, 1, cluster_now() + make_interval(secs => %(ttl)s))
+                ON CONFLICT (escrow_id) DO UPDATE
+                    SET host_id = excluded.host_id, epoch = l.epoch + 1,
+                        expires_at = excluded.expires_at
+                    WHERE l.host_id IS NULL OR l.expires_at <= cluster_now()
+                RETURNING epoch
+                """,
+                {"e": escrow_id, "h": host_id, "ttl": self.ttl},
+            ).fetchone()
+            return Tenure(escrow_id, host_id, int(row[0])) if row else None
+
+        return job
+
+    def renew_job(self, tenure: Tenure) -> Callable[[Connection], bool]:
+        def job(conn: Connection) -> bool:
+            # Only the owner, with its epoch, before expiry: an expired lease is not revived (its
+            # holder has self-fenced by then, and another host may be about to take it).
+            cur = conn.execute(
+                """
+                UPDATE leases SET expires_at = cluster_now() + make_interval(secs => %(ttl)s)
+                WHERE escrow_id = %(e)s AND host_id = %(h)s AND epoch = %(epoch)s
+                    AND expires_at > cluster_now()
+                """,
+                {
+                    "e": tenure.escrow_id,
+                    "h": tenure.host_id,
+                    "epoch": tenure.epoch,
+                    "ttl": self.ttl,
+                },
+            )
+            return cur.rowcount == 1
+
+        return job
+
+    def release_job(self, tenure: Tenure) -> Callable[[Connection], bool]:
+        def job(conn: Connection) -> bool:
+            cur = conn.execute(
+                """
+                UPDATE leases SET host_id = NULL, expires_at = cluster_now()
+                WHERE escrow_id = %s AND host_id = %s AND epoch = %s
+                """,
+                (tenure.escrow_id, tenure.host_id, tenure.epoch),
+            )
+            return cur.rowcount == 1
+
+        return job
+
+    def fenced_job(
+        self, tenure: Tenure, write: Callable[[Connection], T]
+    ) -> Callable[[Connection], T]:
+        def job(conn: Connection) -> T:
+            # FOR UPDATE: the lease cannot change owner until this transaction ends, so the check
+            # still holds when the write commits (an acquire waits for the row lock, then
+            # re-reads). The expiry is checked at lock time, by the database clock.
+            row = conn.execute(
+                """
+                SELECT host_id, epoch, expires_at > cluster_now() FROM leases
+                WHERE escrow_id = %s FOR UPDATE
+                """,
+                (tenure.escrow_id,),
+            ).fetchone()
+            if row is None or row[0] != tenure.host_id or row[1] != tenure.epoch or not row[2]:
+                with self._count_lock:
+                    self.fenced_writes += 1
+                raise Fenced(f"escrow {tenure.escrow_id}: lease lost (epoch {tenure.epoch} stale)")
+            return write(conn)
+
+        return job
+
+    # ---- the trio API ---------------------------------------------------------------------------
+
+    async def acquire(self, escrow_id: str, host_id: str) -> Tenure | None:
+        """Take the lease if free or expired (epoch + 1); None if another live holder has it."""
+        return await self.db.run(self.acquire_job(escrow_id, host_id))
+
+    async def renew(self, tenure: Tenure) -> bool:
+        """Extend by ttl from now (database clock); False if the lease is no longer ours.
+
+        Abandoned on cancel: a renew whose outcome is unknown counts as failed."""
+        return await self.db.run(self.renew_job(tenure), abandon_on_cancel=True)
+
+    async def release(self, tenure: Tenure) -> bool:
+        """Give the lease up (the next acquire by anyone gets epoch + 1)."""
+        return await self.db.run(self.release_job(tenure))
+
+    async def fenced_write(self, tenure: Tenure, write: Callable[[Connection], T]) -> T:
+        """Run `write(conn)` in one transaction with the lease check first; `Fenced` if stale."""
+        return await self.db.run(self.fenced_job(tenure, write))
+
+    async def list(self) -> list[Lease]:
+        def job(conn: Connection) -> list[Lease]:
+            rows = conn.execute(
+                "SELECT escrow_id, host_id, epoch, expires_at, expires_at > cluster_now()"
+                " FROM leases ORDER BY escrow_id"
+            ).fetchall()
+            return [Lease(r[0], r[1], int(r[2]), r[3], bool(r[4])) for r in rows]
+
+        return await self.db.run(job, abandon_on_cancel=True)
+
+
+def append_event(
+    conn: Connection, type_: str, escrow_id: str | None, data: JsonMapping, tenure: Tenure | None
+) -> int:
+    """Append an event in the caller's transaction; return its seq.
+
+    seq is taken from the counter row, which this transaction then holds locked until it commits:
+    events get their seq in commit order across hosts."""
+    row = conn.execute("UPDATE event_counter SET seq = seq + 1 RETURNING seq").fetchone()
+    assert row is not None  # the migration inserts the one counter row
+    seq = int(row[0])
+    conn.execute(
+        "INSERT INTO events (seq, type, escrow_id, at, data, host_id, epoch)"
+        " VALUES (%s, %s, %s, cluster_now(), %s::jsonb, %s, %s)",
+        (
+            seq,
+            type_,
+            escrow_id,
+            json.dumps(dict(data)),
+            tenure.host_id if tenure else None,
+            tenure.epoch if tenure else None,
+        ),
+    )
+    return seq
