@@ -462,6 +462,10 @@ def _reloaded(running: Config, fresh: Config) -> tuple[Config, dict[str, list[An
     sections: dict[str, Any] = {}  # Any: one attrs class per section
     for section in attrs.fields(Config):
         old, new = getattr(running, section.name), getattr(fresh, section.name)
+        if old is None or new is None:  # an optional section ([cluster]): never applied live
+            if old != new:
+                restart.append(section.name)
+            continue
         applied: dict[str, Any] = {}
         for field in attrs.fields(type(old)):
             before, after = getattr(old, field.name), getattr(new, field.name)
