@@ -55,7 +55,6 @@ PAYOUT_PASSWORD = "dev-payout"  # noqa: S105 - throwaway regtest wallets, by des
 CONFIRMATIONS = 10
 BLOCKS_TO_READY = 1 + CONFIRMATIONS
 BLOCKS_TO_COMPLETE = CONFIRMATIONS
-DEFAULT_DIR = Path("./walletd-dev")
 
 
 def dev_config(root: Path, daemon_address: str, socket_path: Path, log_format: str) -> Config:
