@@ -107,9 +107,12 @@ class FakeDaemon:
     def __init__(self, world: FakeWalletWorld) -> None:
         self.world = world
         self.down = False
+        self.hanging = False  # accepts the call and never answers
 
     async def height(self) -> int:
         await trio.lowlevel.checkpoint()
+        if self.hanging:
+            await trio.sleep_forever()
         if self.down:
             raise RpcUnreachable("get_info", "ConnectError")
         return self.world.height

@@ -232,6 +232,29 @@ async def test_spares_are_kept_ready(tmp_path: Path) -> None:
             assert pool.restarts == 0
 
 
+async def test_a_daemon_switch_restarts_children_against_the_new_daemon(tmp_path: Path) -> None:
+    """After `set_daemon_address` the idle spare is stopped and replaced by a child started with
+    the new --daemon-address; a busy child is retired when released, never reused."""
+    new_daemon = f"127.0.0.1:{_unused_port()}"
+    with trio.fail_after(60):
+        async with _running_pool(_settings(tmp_path, spares=1)) as pool:
+            busy = await pool.acquire()
+            await _until(lambda: len(pool.idle) == 1, timeout=30)
+            (old_spare,) = pool.idle
+            pool.set_daemon_address(new_daemon)
+            await pool.release(busy)  # room for a spare, but it uses the old daemon
+            assert busy.exited.is_set()
+            await _until(lambda: old_spare.exited.is_set(), timeout=30)
+            await _until(lambda: len(pool.idle) == 1, timeout=30)
+            (spare,) = pool.idle
+            assert spare.pid is not None
+            argv = _proc_file(spare.pid, "cmdline").split(b"\0")
+            assert argv[argv.index(b"--daemon-address") + 1] == new_daemon.encode()
+            proc = await pool.acquire()
+            assert proc.daemon_address == new_daemon
+            await pool.release(proc)
+
+
 async def test_release_keeps_a_process_until_max_uses(tmp_path: Path) -> None:
     """A released process is reused as a spare until it has served max_uses wallets."""
     with trio.fail_after(30):

@@ -39,6 +39,39 @@ def test_example_documents_every_key() -> None:
         ({"daemon": {"socket_mode": 660}}, "daemon.socket_mode"),
         ({"monero": {"daemon_address": "node.example.com:18081"}}, "monero.daemon_address"),
         ({"monero": {"daemon_address": "127.0.0.1"}}, "monero.daemon_address"),
+        ({"monero": {"daemon_addresses": "127.0.0.1:18081"}}, "monero.daemon_addresses"),
+        (
+            {"monero": {"daemon_addresses": ["127.0.0.1:18081", "node.example.com:18081"]}},
+            "monero.daemon_addresses[1]",
+        ),
+        ({"monero": {"daemon_addresses": ["8.8.8.8:18081"]}}, "monero.daemon_addresses[0]"),
+        ({"monero": {"daemon_addresses": ["169.254.1.1:18081"]}}, "monero.daemon_addresses[0]"),
+        ({"monero": {"daemon_addresses": ["127.0.0.1:0"]}}, "monero.daemon_addresses[0]"),
+        (
+            {"monero": {"daemon_addresses": ["127.0.0.1:18081", "127.0.0.1:18081"]}},
+            "monero.daemon_addresses",
+        ),
+        (
+            {
+                "monero": {
+                    "daemon_address": "127.0.0.1:1",
+                    "daemon_addresses": ["127.0.0.1:2"],
+                }
+            },
+            "monero.daemon_addresses",
+        ),
+        (
+            {
+                "monero": {
+                    "daemon_addresses": ["127.0.0.1:1", "127.0.0.1:2"],
+                    "wallet_rpc_endpoints": [
+                        {"url": "http://127.0.0.1:1", "user": "u", "password": "p"}
+                    ]
+                    * 3,
+                }
+            },
+            "monero.daemon_addresses",
+        ),
         ({"log": {"level": "loud"}}, "log.level"),
         ({"monitor": {"poll_interval": -1}}, "monitor.poll_interval"),
         ({"daemon": {"events_retention_days": -1}}, "daemon.events_retention_days"),
@@ -86,3 +119,13 @@ def test_endpoints_cap_sessions() -> None:
     cfg = parse_config({"monero": {"wallet_rpc_endpoints": [ep] * 6}})
     assert cfg.effective_max_active == 2
     assert "secret" not in repr(cfg)
+
+
+def test_daemon_addresses_take_loopback_and_private_ips_in_order() -> None:
+    """Several monerod on loopback or a private network are accepted, kept in the order given;
+    without the list the single daemon_address is the one daemon."""
+    listed = ["127.0.0.1:18081", "10.1.2.3:18081", "192.168.0.9:18089", "[fd00::1]:18081"]
+    config = parse_config({"monero": {"daemon_addresses": listed}})
+    assert config.monero.daemons == tuple(listed)
+    single = parse_config({"monero": {"daemon_address": "127.0.0.1:28081"}})
+    assert single.monero.daemons == ("127.0.0.1:28081",)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -26,7 +26,7 @@ from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import ServerLimits, serve_tcp, serve_unix
 from walletd.api.socket_file import InheritedSocketError, listened_socket
 from walletd.api.status import Status
-from walletd.config import Config, load_config
+from walletd.config import Config, SessionsConfig, load_config
 from walletd.errors import ConfigError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import EscrowState
@@ -34,7 +34,9 @@ from walletd.escrows.service import EscrowService
 from walletd.ids import Role
 from walletd.monitor import Monitor
 from walletd.ops import notify
+from walletd.ops.logs import set_level as set_log_level
 from walletd.ops.metrics import Metrics
+from walletd.ops.preflight import socket_dir_problem
 from walletd.sessions.registry import Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec
 from walletd.state.backups import Backups
@@ -48,6 +50,7 @@ from walletd.wallets.children import (
     ProcessPool,
 )
 from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 from walletd.wallets.fastopen import prepare as prepare_fast_open
 from walletd.wallets.orphans import remove_orphans
@@ -87,12 +90,9 @@ def prepare_dirs(config: Config) -> None:
     _private_dir(config.daemon.state_dir / "run")
     sock_dir = config.daemon.socket_path.parent
     sock_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    st = sock_dir.stat()
-    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"daemon.socket_path: directory {sock_dir} must be owned by walletd's user and "
-            "writable by nobody else"
-        )
+    problem = socket_dir_problem(sock_dir)
+    if problem:
+        raise ConfigError(problem)
 
 
 class App:
@@ -105,6 +105,7 @@ class App:
         *,
         pool: ProcessPool | None = None,
         chain: Chain | None = None,
+        connect: Callable[[str], Chain] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -118,10 +119,19 @@ class App:
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
         self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
-        self.chain: Chain = chain or DaemonRpc(
-            f"http://{config.monero.daemon_address}", timeout=10.0
-        )
+        # Without `chain`: every configured monerod (`connect` makes each one's client; tests
+        # pass fakes), the one in use chosen by health checks. The monitor, the payout steps and
+        # /v1/health all ask whichever that is.
         m = config.monero
+        self.daemons: DaemonFailover | None = None
+        if chain is None:
+            make = connect or (lambda address: DaemonRpc(f"http://{address}", timeout=10.0))
+            self.daemons = DaemonFailover(
+                [(address, make(address)) for address in m.daemons],
+                on_switch=self._daemon_switched,
+            )
+            chain = self.daemons
+        self.chain: Chain = chain
         own_children = pool is None and not m.wallet_rpc_endpoints
         self.fast_open = (
             prepare_fast_open(state, wanted=m.fast_open)
@@ -131,7 +141,7 @@ class App:
         self.child_settings = ChildSettings(
             wallet_rpc_path=m.wallet_rpc_path,
             wallet_dir=m.wallet_dir,
-            daemon_address=m.daemon_address,
+            daemon_address=m.daemons[0],
             run_dir=self.run_dir,
             spares=m.spare_processes,
             call_timeout=m.call_timeout,
@@ -172,6 +182,7 @@ class App:
             wallet_dir=m.wallet_dir,
             state_dir=state,
             metrics=self.metrics,
+            daemon_check=config.monitor.height_check,
         )
         self.monitor = Monitor(
             config.monitor,
@@ -185,6 +196,7 @@ class App:
             registry=self.registry, store=self.store, chain=self.chain, metrics=self.metrics
         )
         self.status.fast_open = self.fast_open
+        self.status.daemons = self.daemons
         self.api = Api(
             escrows=self.escrows,
             lifecycle=self.lifecycle,
@@ -213,11 +225,21 @@ class App:
             on_backup=self.backups.take,
             on_call=self.metrics.observe_rpc,
             store_interval=s.store_interval,
-            daemon_address=self.config.monero.daemon_address,
+            daemon_address=self.daemons.current if self.daemons else self.config.monero.daemons[0],
             repair=self.repairs.repair,
             on_damage=self._wallet_damaged,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
         )
+
+    async def _daemon_switched(self, old: str, new: str) -> None:
+        """Restart every wallet-rpc against the new daemon: new children for new sessions, every
+        open session closed and reopened on its next call. Payouts are safe across it: a signed
+        blob is recorded before it is sent and only ever resubmitted as is."""
+        self.pool.set_daemon_address(new)
+        sessions = self.registry.restart_all("daemon_switched")
+        self.events.emit("daemon_switched", None, **{"from": old, "to": new})
+        log.warning("monerod switched", from_=old, to=new, sessions_restarted=sessions)
+        await trio.lowlevel.checkpoint()
 
     def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         self.metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()
@@ -247,20 +269,29 @@ class App:
             self.events.emit(type_, escrow_id, **data)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the limits from the config file; other keys need a restart."""
+        """SIGHUP: re-read the config file; apply the keys that can change live (session limits,
+        monitor intervals, confirmations default, log.level), name those that need a restart."""
         if self.config_path is None:
+            log.warning("reload ignored", reason="no config file to re-read (walletd dev); restart")
             return
         try:
             fresh = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused; keeping the running config", error=str(exc))
             return
-        self.config = fresh
-        self.registry.set_limits(limits_from(fresh))
-        self.monitor.set_interval(fresh.monitor.poll_interval)
+        self.config, changed, restart = _reloaded(self.config, fresh)
+        self.registry.set_limits(limits_from(self.config))
+        self.monitor.set_interval(self.config.monitor.poll_interval)
         # The default for new escrows, created or adopted (one value: the escrow service's).
-        self.escrows.required_confirmations = fresh.monitor.required_confirmations
-        log.info("limits reloaded", max_active=fresh.effective_max_active)
+        self.escrows.required_confirmations = self.config.monitor.required_confirmations
+        # One line, logged before a new level applies so it shows whatever the level becomes.
+        (log.warning if restart else log.info)(
+            "config reloaded",
+            changed=changed,
+            restart_needed=restart,
+            max_active=self.config.effective_max_active,
+        )
+        set_log_level(self.config.log.level)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -303,6 +334,8 @@ class App:
                     nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
+                if self.daemons is not None:
+                    await nursery.start(self._scoped, "daemons", self.daemons.run)
                 await nursery.start(self._scoped, "lifecycle", self.lifecycle.run)
                 await nursery.start(self._scoped, "monitor", self.monitor.run)
                 if metrics_listeners:
@@ -397,6 +430,8 @@ class App:
         log.info("shutting down", timeout_s=total)
         with trio.CancelScope(shield=True):
             self._scopes["monitor"].cancel()
+            if "daemons" in self._scopes:
+                self._scopes["daemons"].cancel()  # no daemon switch while sessions close
             self._scopes["server"].cancel()  # stops accepting; calls in flight get a grace
             with trio.move_on_after(max(0.0, deadline - trio.current_time())):
                 await self._done["server"].wait()
@@ -415,6 +450,37 @@ class App:
                 else:
                     log.info("stop requested", signal=signal.Signals(signum).name)
                     self.request_stop()
+
+
+# Keys SIGHUP applies; any other changed key keeps its running value until a restart.
+_RELOADABLE = frozenset(
+    {f"sessions.{name}" for name in attrs.fields_dict(SessionsConfig)}
+    | {"monitor.poll_interval", "monitor.cold_interval", "monitor.required_confirmations"}
+    | {"log.level"}
+)
+
+
+def _reloaded(running: Config, fresh: Config) -> tuple[Config, dict[str, list[Any]], list[str]]:
+    """The config to run with after a reload, the applied changes ({key: [old, new]}) and the
+    changed keys that need a restart (named only: their values may be secrets)."""
+    changed: dict[str, list[Any]] = {}  # Any: config values, logged as JSON
+    restart: list[str] = []
+    sections: dict[str, Any] = {}  # Any: one attrs class per section
+    for section in attrs.fields(Config):
+        old, new = getattr(running, section.name), getattr(fresh, section.name)
+        applied: dict[str, Any] = {}
+        for field in attrs.fields(type(old)):
+            before, after = getattr(old, field.name), getattr(new, field.name)
+            if before == after:
+                continue
+            key = f"{section.name}.{field.name}"
+            if key in _RELOADABLE:
+                applied[field.name] = after
+                changed[key] = [before, after]
+            else:
+                restart.append(key)
+        sections[section.name] = attrs.evolve(old, **applied)
+    return attrs.evolve(running, **sections), changed, restart
 
 
 def _hard_exit(after: float) -> None:

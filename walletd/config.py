@@ -122,6 +122,34 @@ def _loopback_host_port(key: str, value: object) -> str:
     return text
 
 
+def _trusted_host_port(key: str, value: object) -> str:
+    """host:port of a monerod walletd may trust: loopback, or an IP in a private range (a daemon
+    on the operator's own network). No other host names: a name is a DNS look-up away from
+    someone else's daemon."""
+    text = _string(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: must be host:port, got {value!r}")
+    if host == "localhost":
+        return text
+    try:
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        ip = None
+    private = (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("172.16.0.0/12"),
+        ipaddress.ip_network("192.168.0.0/16"),
+        ipaddress.ip_network("fc00::/7"),
+    )
+    if ip is None or not (ip.is_loopback or any(ip in net for net in private)):
+        raise ConfigError(
+            f"{key}: monerod must be on loopback or a private address "
+            f"(10/8, 172.16/12, 192.168/16, fc00::/7), got host {host!r}"
+        )
+    return text
+
+
 def _metrics_address(key: str, value: object) -> str:
     """Empty (off) or host:port on loopback: the metrics listener has no authentication."""
     if value == "":
@@ -143,6 +171,15 @@ def _metrics_address(key: str, value: object) -> str:
             f"got host {host!r}"
         )
     return text
+
+
+def _daemon_list(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of host:port strings, got {value!r}")
+    out = tuple(_trusted_host_port(f"{key}[{i}]", item) for i, item in enumerate(value))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{key}: lists a daemon twice")
+    return out
 
 
 def _ids(key: str, value: object) -> frozenset[int]:
@@ -210,6 +247,7 @@ class DaemonConfig:
 @attrs.frozen
 class MoneroConfig:
     daemon_address: str = _key("127.0.0.1:18081", _loopback_host_port)
+    daemon_addresses: tuple[str, ...] = _key((), _daemon_list)
     wallet_dir: Path = _key(Path("/var/lib/walletd/wallets"), _path)
     wallet_rpc_path: str = _key("monero-wallet-rpc", _string)
     wallet_rpc_endpoints: tuple[EndpointConfig, ...] = _key((), _endpoints)
@@ -217,6 +255,11 @@ class MoneroConfig:
     call_timeout: float = _key(30.0, _seconds(0.1))
     open_timeout: float = _key(120.0, _seconds(1))
     fast_open: bool = _key(True, _bool)
+
+    @property
+    def daemons(self) -> tuple[str, ...]:
+        """The monerod walletd may use, in order of preference."""
+        return self.daemon_addresses or (self.daemon_address,)
 
 
 @attrs.frozen
@@ -297,6 +340,20 @@ def parse_config(raw: Mapping[str, object]) -> Config:
     config = _build(Config, sections)
     if config.monero.wallet_rpc_endpoints and len(config.monero.wallet_rpc_endpoints) < 3:
         raise ConfigError("monero.wallet_rpc_endpoints: needs at least 3 endpoints")
+    m = config.monero
+    monero = raw.get("monero")
+    given = isinstance(monero, Mapping) and "daemon_address" in monero
+    if m.daemon_addresses and given and m.daemon_address != m.daemon_addresses[0]:
+        raise ConfigError(
+            f"monero.daemon_addresses: starts with {m.daemon_addresses[0]!r} but "
+            f"monero.daemon_address is {m.daemon_address!r}; give one of the two"
+        )
+    if len(config.monero.daemons) > 1 and config.monero.wallet_rpc_endpoints:
+        # Failover restarts wallet-rpc against another daemon: only walletd's own children can be.
+        raise ConfigError(
+            "monero.daemon_addresses: several daemons need walletd's own wallet-rpc children, "
+            "not monero.wallet_rpc_endpoints"
+        )
     return config
 
 

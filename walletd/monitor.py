@@ -196,11 +196,11 @@ class Monitor:
             GetFunding(refresh=True, amount=rec.amount),
             caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
         )
-        self._apply_funding(rec, funding)
+        self._apply_funding(rec, funding, height)
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
-    def _apply_funding(self, rec: EscrowRecord, f: SeenFunding) -> None:
+    def _apply_funding(self, rec: EscrowRecord, f: SeenFunding, height: int) -> None:
         fresh = self._store.get_escrow(rec.escrow_id)
         if fresh is None or fresh.state not in WATCHED:
             return  # moved on meanwhile (a payout started)
@@ -239,6 +239,11 @@ class Monitor:
         ):
             state = EscrowState.READY
             events.append(("ready", seen))
+            # The wallet's own height after its refresh is the chain that showed the funds
+            # ready; the cycle's cached daemon height may be older than that (blocks mined
+            # since the cycle began), and a ready height set too low would let a payout go to a
+            # daemon that has not seen the deposit.
+            funding = attrs.evolve(funding, ready_height=max(height, f.height))
         self._events.change(rec.escrow_id, events, state=state, funding=funding)
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
@@ -288,6 +293,15 @@ class Monitor:
         assert payout is not None
         assert payout.txids is not None
         assert payout.signed_txset is not None
+        ready_at = rec.funding.ready_height
+        if ready_at is not None and self.height is not None and self.height < ready_at:
+            log.warning(
+                "monerod in use is behind the escrow's ready height; resubmit later",
+                escrow_id=rec.escrow_id,
+                height=self.height,
+                ready_height=ready_at,
+            )
+            return
         log.warning(
             "payout not known to monerod; resubmitting the recorded blob",
             escrow_id=rec.escrow_id,

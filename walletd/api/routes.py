@@ -272,7 +272,7 @@ class Api:
 
     async def open_session(self, _: Request, params: dict[str, str]) -> Response:
         escrow_id = params["id"]
-        self._escrows.get(escrow_id)
+        self._escrows.check_exists(escrow_id)
         created, waited = await self._registry.open(escrow_id, caller=Caller.API)
         return Response.json(
             200, {"escrow_id": escrow_id, "created": created, "open_s": round(waited, 3)}
@@ -280,7 +280,7 @@ class Api:
 
     async def close_session(self, _: Request, params: dict[str, str]) -> Response:
         escrow_id = params["id"]
-        self._escrows.get(escrow_id)
+        self._escrows.check_exists(escrow_id)
         closed = await self._registry.close(escrow_id, reason="explicit")
         return Response.json(200, {"escrow_id": escrow_id, "closed": closed})
 

@@ -12,9 +12,12 @@ from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.store import Store, StoreUnavailable
 from walletd.wallets.chain import Chain
+from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 
 __all__ = ["Status"]
+
+_DAEMON_WAIT = 3.0  # seconds /v1/health waits for monerod's height
 
 
 class Status:
@@ -25,6 +28,7 @@ class Status:
         self._metrics = metrics
         self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
         self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
+        self.daemons: DaemonFailover | None = None  # set by the app: which monerod is in use
 
     def stats_json(self) -> JsonObject:
         stats = self._registry.stats()
@@ -53,6 +57,8 @@ class Status:
             body["fast_open"] = self.fast_open.enabled
             if not self.fast_open.enabled:
                 body["fast_open_reason"] = self.fast_open.reason
+        if self.daemons is not None:
+            body["daemon"] = self.daemons.current
         reasons = []
         try:
             body["escrows"] = self._store.count_escrows()
@@ -62,11 +68,14 @@ class Status:
         if self._store.failure is not None and not self._store.probe():
             reasons.append(f"database: writes failing ({self._store.failure})")
         try:
-            with trio.fail_after(3):
+            with trio.fail_after(_DAEMON_WAIT):
                 body["daemon_height"] = await self._chain.height()
-        except (RpcError, trio.TooSlowError, KeyError, ValueError) as exc:
+        except trio.TooSlowError:  # its str() is empty: say what happened
             body["daemon_height"] = None
-            reasons.append(f"monerod: {exc}")
+            reasons.append(f"monerod: no answer in {_DAEMON_WAIT} s")
+        except (RpcError, KeyError, ValueError) as exc:
+            body["daemon_height"] = None
+            reasons.append(f"monerod: {exc or type(exc).__name__}")
         if reasons:
             body.update(status="degraded", reason="; ".join(reasons))
             return 503, body

@@ -1,4 +1,10 @@
-"""Command line: `walletd --config PATH` runs the daemon; `walletd dev` runs the dev sandbox."""
+"""Command line: `walletd --config PATH` runs the daemon; `walletd dev` runs the dev sandbox.
+
+Exit codes: 0 stopped cleanly (or `--check-config` found nothing); 1 start-up failed for a reason
+that may pass (the state dir is in use, a file could not be opened): systemd may restart;
+2 usage or configuration error (one line naming the key): restarting cannot help, and the unit's
+`RestartPreventExitStatus=2` says so; 70 shutdown overran its bound. A traceback is a walletd bug.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,24 @@ import trio
 
 from walletd import __version__
 from walletd.config import Config, load_config
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, first_error
+from walletd.ops import preflight
 
-__all__ = ["main"]
+__all__ = ["EXIT_CONFIG", "EXIT_RUNTIME", "main"]
+
+EXIT_RUNTIME = 1  # start-up failed; may pass on a retry
+EXIT_CONFIG = 2  # usage or configuration error (argparse also exits 2); a retry cannot help
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="walletd", description=__doc__)
     p.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
-    p.add_argument("--check-config", action="store_true", help="check the config file and exit")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="run every start-up check that needs no running daemon, print OK or one line per "
+        "problem, and exit (0 ok, 2 problems)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command")
     dev = sub.add_parser("dev", help="private regtest monerod + walletd with dev-only endpoints")
@@ -40,14 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_dev(args)
     if args.config is None:
         print("walletd: --config PATH is required (see config.example.toml)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"walletd: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.check_config:
-        print("configuration ok")
+        found = preflight.problems(config)
+        for problem in found:
+            print(f"walletd: {problem}", file=sys.stderr)
+        if found:
+            return EXIT_CONFIG
+        print("OK")
         return 0
     return run_daemon(config, args.config)
 
@@ -57,35 +77,61 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
     from walletd.app import App, prepare_dirs
     from walletd.ops.logs import configure_logging
     from walletd.state.statelock import StateDirBusy, StateLock
+    from walletd.state.vault import VaultError
 
     fmt = config.log.format
     if fmt == "json" and sys.stderr.isatty():
         fmt = "console"  # readable in a terminal, JSON lines under systemd and in files
     configure_logging(config.log.level, fmt)
     log = structlog.get_logger("walletd")
+    found = preflight.problems(config)
+    if found:  # one line: the first problem; --check-config lists them all
+        more = f" (and {len(found) - 1} more: walletd --check-config)" if len(found) > 1 else ""
+        log.error("cannot start", error=found[0] + more)
+        return EXIT_CONFIG
     try:
         prepare_dirs(config)
+    except ConfigError as exc:
+        log.error("cannot start", error=str(exc))
+        return EXIT_CONFIG
+    try:
         # Before App() opens the store and the vault, and before run() stops orphans and
         # recovers escrows: a second walletd on this state dir must touch none of it.
         lock = StateLock.acquire(config.daemon.state_dir)
-    except (ConfigError, StateDirBusy, OSError) as exc:
+    except (StateDirBusy, OSError) as exc:
         log.error("cannot start", error=str(exc))
-        return 2
+        return EXIT_RUNTIME
     with lock:  # held until the process ends
         try:
             app = App(config, config_path)
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, VaultError) as exc:
             log.error("cannot start", error=str(exc))
-            return 2
+            return EXIT_CONFIG
+        except OSError as exc:
+            log.error("cannot start", error=str(exc))
+            return EXIT_RUNTIME
 
         app.exit_backstop = config.daemon.shutdown_timeout + 10
 
+        started = False
+
         async def _main() -> None:
-            await app.run()
+            nonlocal started
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                started = True
 
         try:
             trio.run(_main)
-        except ConfigError as exc:  # found only when binding: a taken daemon.metrics_address
-            log.error("cannot start", error=str(exc))
-            return 2
+        except BaseException as exc:
+            # An OS refusal while starting (the socket path taken by another server, a port or
+            # file refused) is one line and exit 1; anything else, or later, is a bug: traceback.
+            leaf = first_error(exc)
+            if not started and isinstance(leaf, ConfigError):  # a taken daemon.metrics_address
+                log.error("cannot start", error=str(leaf))
+                return EXIT_CONFIG
+            if started or not isinstance(leaf, OSError):
+                raise
+            log.error("cannot start", error=str(leaf))
+            return EXIT_RUNTIME
     return 0

@@ -37,6 +37,7 @@ from walletd.errors import (
     NotReady,
     PublicError,
     RpcCallError,
+    RpcError,
     Unavailable,
     WalletdError,
     WalletError,
@@ -63,7 +64,7 @@ from walletd.sessions.messages import (
     ValidateAddress,
 )
 from walletd.sessions.registry import Caller, Registry
-from walletd.sessions.session import SessionSpec, WalletSpec
+from walletd.sessions.session import NO_DAEMON_CONNECTION, SessionSpec, WalletSpec
 from walletd.state.events import EventLog
 from walletd.state.store import Store, StoreUnavailable
 from walletd.state.vault import Vault
@@ -108,6 +109,7 @@ class Lifecycle:
         wallet_dir: Path,
         state_dir: Path,
         metrics: Metrics,
+        daemon_check: float = 2.0,
     ) -> None:
         self._metrics = metrics
         self._store = store
@@ -118,6 +120,7 @@ class Lifecycle:
         self._chain = chain
         self._wallet_dir = wallet_dir
         self._state_dir = state_dir  # abandoned wallet files go under it
+        self._daemon_check = daemon_check  # how long monerod may take to answer before a create
         self._locks: dict[str, trio.Lock] = {}
         self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
@@ -140,6 +143,8 @@ class Lifecycle:
         self, escrow_id: str, amount: int, confirmations: int | None, digest: str
     ) -> tuple[EscrowRecord, bool]:
         """Create the escrow's wallets and multisig; returns (record, created) like `adopt`."""
+        if self._store.escrow_state(escrow_id) is None:  # a retry of a made escrow needs no monerod
+            await self._check_daemon()
         while True:
             existing = self._escrows.existing_for_retry(escrow_id, digest)
             if existing is None:
@@ -159,6 +164,17 @@ class Lifecycle:
             return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
         finally:
             self._escrows.release_claim(escrow_id)
+
+    async def _check_daemon(self) -> None:
+        """The new wallets refresh from monerod as the multisig is made: with monerod down or
+        hanging a creation is 503 unavailable at once (retry later), and nothing is recorded."""
+        try:
+            with trio.fail_after(self._daemon_check):
+                await self._chain.height()
+        except trio.TooSlowError:
+            raise Unavailable(f"monerod: no answer in {self._daemon_check} s") from None
+        except RpcError as exc:
+            raise Unavailable(f"monerod: {exc}") from None
 
     async def _create_claimed(
         self,
@@ -344,6 +360,7 @@ class Lifecycle:
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
+        await self._daemon_caught_up(rec)
         if payout.phase is PayoutPhase.INTENT:
             tx = await registry.call(
                 escrow_id,
@@ -366,6 +383,7 @@ class Lifecycle:
         assert payout.txids is not None
         assert payout.signed_txset is not None
         txids = payout.txids
+        await self._daemon_caught_up(rec)  # again: a switch may have come while it was signed
         try:
             await registry.call(
                 escrow_id,
@@ -405,6 +423,23 @@ class Lifecycle:
             await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
         except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
+
+    async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
+        """Unavailable (503, retried) while the daemon in use is below the height at which the
+        escrow was seen ready: after a switch to a daemon that lags, the deposit may not be on
+        its chain yet, and a payout is never built on or submitted to such a daemon."""
+        ready_at = rec.funding.ready_height
+        if ready_at is None:
+            return
+        try:
+            height = await self._chain.height()
+        except WalletdError as exc:
+            raise Unavailable(f"monerod unavailable: {exc}") from exc
+        if height < ready_at:
+            raise Unavailable(
+                f"monerod in use is at height {height}, behind {ready_at} where the escrow was "
+                "seen ready; retry later"
+            )
 
     async def _known_to_daemon(self, txid: str) -> bool:
         try:
@@ -449,6 +484,10 @@ class Lifecycle:
 
 
 def _creation_error(exc: Exception) -> PublicError:
+    rpc = exc.rpc_error if isinstance(exc, multisig.MultisigError) else exc
+    if isinstance(rpc, RpcCallError) and rpc.code == NO_DAEMON_CONNECTION:
+        # monerod went away after the check in create(): the caller may retry, nothing is kept.
+        return Unavailable(f"escrow creation failed: monerod unreachable ({rpc.method})")
     if isinstance(exc, multisig.MultisigError):
         return WalletError(f"escrow creation failed at step {exc.step}: {exc}")
     if isinstance(exc, RpcCallError):

@@ -106,6 +106,9 @@ class Funding:
     unlocked_balance: int = 0
     confirmations: int = 0
     checked_at: str | None = None  # None until the monitor first looked
+    # The daemon's height when the monitor saw it ready: a payout waits for a daemon this high
+    # (after a switch to a daemon behind it, the deposit may not be on its chain yet).
+    ready_height: int | None = None
 
 
 @attrs.frozen

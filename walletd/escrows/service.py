@@ -29,6 +29,7 @@ from walletd.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
+    NotReady,
     RpcCallError,
     SessionFailed,
     WalletdError,
@@ -48,7 +49,7 @@ __all__ = ["STATES", "EscrowService"]
 
 log = structlog.get_logger(__name__)
 
-# The states the API shows: `creating` is not one (see `_check_visible`).
+# The states an escrow settles in (stats count these); `creating` only lasts one request.
 STATES = tuple(s for s in EscrowState if s is not EscrowState.CREATING)
 
 
@@ -83,18 +84,21 @@ class EscrowService:
     # ---- lookups ---------------------------------------------------------------------------------
 
     def get(self, escrow_id: str) -> EscrowRecord:
+        """The record, an escrow being created included (`creating`, api.md since v1.1)."""
         rec = self.store.get_escrow(escrow_id)
-        _check_visible(escrow_id, rec.state if rec else None)
-        assert rec is not None
+        if rec is None:
+            raise NotFound(f"no escrow {escrow_id!r}")
         return rec
 
     def check_exists(self, escrow_id: str) -> None:
-        """NotFound exactly when `get` would raise it, without reading the whole record."""
-        _check_visible(escrow_id, self.store.escrow_state(escrow_id))
+        """NotFound for no escrow; NotReady for one being created, whose wallets and session
+        belong to its creation until it ends (nothing else may open or close them)."""
+        _check_usable(escrow_id, self.store.escrow_state(escrow_id))
 
     async def spec_for(self, escrow_id: str) -> SessionSpec:
         """What the escrow's session opens (the registry's lookup)."""
         rec = self.get(escrow_id)
+        _check_usable(escrow_id, rec.state)
         return self._spec(rec)
 
     def _spec(self, rec: EscrowRecord) -> SessionSpec:
@@ -144,10 +148,10 @@ class EscrowService:
         }
 
     def list(self, state: str | None) -> list[EscrowRecord]:
-        if state is not None and state not in STATES:
-            raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
+        if state is not None and state not in {s.value for s in EscrowState}:
+            raise InvalidRequest(f"state must be one of {', '.join(EscrowState)}")
         wanted = EscrowState(state) if state is not None else None
-        return [r for r in self.store.list_escrows(wanted) if r.state is not EscrowState.CREATING]
+        return self.store.list_escrows(wanted)
 
     # ---- reads through the session ---------------------------------------------------------------
 
@@ -330,7 +334,8 @@ def _public_payout(payout: Payout | None) -> JsonObject | None:  # Any: JSON val
     }
 
 
-def _check_visible(escrow_id: str, state: EscrowState | None) -> None:
-    """An escrow still being created does not exist yet for the API (its creation may be undone)."""
-    if state is None or state is EscrowState.CREATING:
+def _check_usable(escrow_id: str, state: EscrowState | None) -> None:
+    if state is None:
         raise NotFound(f"no escrow {escrow_id!r}")
+    if state is EscrowState.CREATING:
+        raise NotReady(f"escrow {escrow_id!r} is being created")

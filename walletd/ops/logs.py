@@ -31,6 +31,7 @@ __all__ = [
     "configure_logging",
     "is_journal_stream",
     "mask_secrets",
+    "set_level",
     "unlabelled",
 ]
 
@@ -61,6 +62,24 @@ def mask_secrets(_logger: object, _method: str, event_dict: EventDict) -> EventD
             event_dict[key] = _MASK
         else:
             event_dict[key] = _mask_value(event_dict[key])
+    return event_dict
+
+
+# The level is checked by a processor rather than baked into the (cached) bound loggers, so that
+# SIGHUP can change it for loggers already in use.
+_LEVELS = {name.lower(): n for name, n in logging.getLevelNamesMapping().items()}
+_threshold = logging.INFO
+
+
+def set_level(level: str) -> None:
+    """Log `level` and above from now on, in every logger (SIGHUP applies `log.level` here)."""
+    global _threshold
+    _threshold = _LEVELS[level.lower()]
+
+
+def _filter_level(_logger: object, method: str, event_dict: EventDict) -> EventDict:
+    if _LEVELS.get(method, logging.CRITICAL) < _threshold:  # "exception" logs as an error
+        raise structlog.DropEvent
     return event_dict
 
 
@@ -118,8 +137,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         renderer = structlog.processors.JSONRenderer()
     if is_journal_stream(out):
         renderer = _PriorityPrefix(renderer)
+    set_level(level)
     structlog.configure(
         processors=[
+            _filter_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -128,9 +149,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )

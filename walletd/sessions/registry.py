@@ -98,6 +98,7 @@ class _Entry:
     inflight: int = 0
     waiting: int = 0  # callers waiting for its opening: a session they asked for is not idle
     leave_reason: str | None = None
+    leave_when_open: str | None = None  # a restart asked for while it was opening
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     def lru_key(self) -> tuple[bool, float]:
@@ -211,6 +212,21 @@ class Registry:
             self._tell_leave(entry, "evicted")
             excess -= 1
         self._notify()
+
+    def restart_all(self, reason: str) -> int:
+        """Every session leaves (stores and closes its wallets) and the next call opens it anew;
+        one still opening leaves as soon as it is open. A daemon switch uses this: the new
+        sessions get wallet-rpc processes started against the new daemon. Calls in flight finish
+        first; queued ones are retried on the new session (see `call`). Returns how many."""
+        count = 0
+        for entry in list(self._entries.values()):
+            if entry.state is _State.OPEN:
+                self._tell_leave(entry, reason)
+                count += 1
+            elif entry.state is _State.OPENING:
+                entry.leave_when_open = reason
+                count += 1
+        return count
 
     # ---- the public operations -------------------------------------------------------------------
 
@@ -475,6 +491,8 @@ class Registry:
         if self._closing:
             # Shutdown began while it was opening (and could not be told then): leave now.
             self._tell_leave(entry, "shutdown")
+        elif entry.leave_when_open is not None:
+            self._tell_leave(entry, entry.leave_when_open)
         self._notify()
 
     def _finish(self, entry: _Entry) -> None:

@@ -262,10 +262,12 @@ class EscrowSession(WalletHandles):
     async def _relink_daemon(self) -> None:
         log.warning("wallet-rpc lost its daemon connection; relinking")
         for role in ROLES:
+            # Only ever the daemon this process was started with: set_daemon to another one
+            # breaks multisig transaction creation (monero issue 10246); a switch restarts it.
+            proc = self._handles[role].proc
+            address = (proc.daemon_address if proc else None) or self._daemon_address
             try:
-                await self._rpc(role).call(
-                    "set_daemon", {"address": self._daemon_address, "trusted": True}
-                )
+                await self._rpc(role).call("set_daemon", {"address": address, "trusted": True})
             except RpcError as exc:
                 log.warning("set_daemon failed", role=role, error=str(exc))
 

@@ -131,14 +131,15 @@ def _wallets_from_json(text: str) -> dict[Role, WalletRef]:
 
 
 def _funding_to_json(funding: Funding) -> str:
-    return json.dumps(
-        {
-            "balance": funding.balance,
-            "unlocked_balance": funding.unlocked_balance,
-            "confirmations": funding.confirmations,
-            "checked_at": funding.checked_at,
-        }
-    )
+    raw: dict[str, object] = {
+        "balance": funding.balance,
+        "unlocked_balance": funding.unlocked_balance,
+        "confirmations": funding.confirmations,
+        "checked_at": funding.checked_at,
+    }
+    if funding.ready_height is not None:  # only once seen ready: older rows stay as they were
+        raw["ready_height"] = funding.ready_height
+    return json.dumps(raw)
 
 
 def _funding_from_json(text: str) -> Funding:
@@ -148,6 +149,7 @@ def _funding_from_json(text: str) -> Funding:
         unlocked_balance=raw.get("unlocked_balance", 0),
         confirmations=raw.get("confirmations", 0),
         checked_at=raw.get("checked_at"),
+        ready_height=raw.get("ready_height"),
     )
 
 

@@ -50,6 +50,13 @@ class FakePool:
         self.in_use: dict[int, FakeProcess] = {}
         self.started = 0
         self.discarded_damaged = 0  # processes dropped with their wallet unsaved
+        self.daemon_address = "127.0.0.1:18081"  # what new processes are "started" against
+
+    def set_daemon_address(self, address: str) -> None:
+        self.daemon_address = address
+        for proc in self.idle:
+            proc.fake.terminate()
+        self.idle.clear()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -68,6 +75,7 @@ class FakePool:
                 self.world, open_delay=self.open_delay, create_delay=self.create_delay
             )
             proc = FakeProcess(fake, self.call_timeout)
+            proc.daemon_address = self.daemon_address
             self.started += 1
         self.in_use[proc.fake.pid] = proc
         proc.uses += 1
@@ -76,6 +84,9 @@ class FakePool:
     async def release(self, proc: WalletProcess) -> None:
         await trio.lowlevel.checkpoint()
         fake_proc = self.in_use.pop(proc.pid or -1)
+        if fake_proc.daemon_address != self.daemon_address:
+            fake_proc.fake.terminate()  # started before a daemon switch: retired
+            return
         self.idle.append(fake_proc)
 
     async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None:

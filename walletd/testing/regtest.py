@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,8 +74,13 @@ def monerod_argv(
     *,
     keep_chain: bool = False,
     binary: str = "monerod",
+    peers: Sequence[int] = (),
 ) -> list[str]:
     """The command line of a private regtest monerod bound to loopback only.
+
+    With `peers` (p2p ports of other regtest nodes on loopback) it is not `--offline` but talks
+    to those nodes alone (`--add-exclusive-node`, no seed nodes), so they share one chain: the
+    failover tests' second daemon.
 
     `--offline` and `--disable-dns-checkpoints` keep it off the network; `--fixed-difficulty 1`
     makes `generateblocks` fast. Without `keep_chain` regtest wipes the chain at start.
@@ -83,7 +89,8 @@ def monerod_argv(
     argv = [
         binary,
         "--regtest",
-        "--offline",
+        *(["--allow-local-ip"] if peers else ["--offline"]),
+        *[arg for port in peers for arg in ("--add-exclusive-node", f"127.0.0.1:{port}")],
         "--fixed-difficulty",
         "1",
         "--no-igd",
@@ -230,9 +237,9 @@ class MonerodProcess:
         self.data_dir = data_dir
         self.rpc_port = free_port()
         self.p2p_port = free_port()
-        self._argv = monerod_argv(
-            data_dir, self.rpc_port, self.p2p_port, keep_chain=keep_chain, binary=binary
-        )
+        self._keep_chain = keep_chain
+        self._binary = binary
+        self.peers: list[int] = []  # p2p ports of nodes to share a chain with (set before start)
         self._ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._client = httpx.Client(base_url=self.rpc_url, timeout=30.0, trust_env=False)
@@ -265,9 +272,19 @@ class MonerodProcess:
     def start(self) -> None:
         """Start monerod and wait until `get_info` answers; stops it again if that fails."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._client.is_closed:  # started again after a stop
+            self._client = httpx.Client(base_url=self.rpc_url, timeout=30.0, trust_env=False)
         with open(self.data_dir / _OUTPUT_NAME, "ab") as output:
+            argv = monerod_argv(
+                self.data_dir,
+                self.rpc_port,
+                self.p2p_port,
+                keep_chain=self._keep_chain,
+                binary=self._binary,
+                peers=self.peers,
+            )
             self._process = subprocess.Popen(
-                self._argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+                argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
             )
         try:
             self._wait_ready()

@@ -66,6 +66,7 @@ import signal
 import subprocess
 from typing import Protocol
 
+import attrs
 import structlog
 import trio
 
@@ -141,6 +142,8 @@ class WalletProcess:
         self.uses = 0
         self.returncode: int | None = None
         self.start_seconds: float | None = None  # managed: spawn to RPC-ready
+        # The monerod it was started with (--daemon-address); None: not ours to say (external).
+        self.daemon_address: str | None = None
         # (escrow id, role) of the wallet this process holds now: what its log lines name.
         self.wallet_of: tuple[str, str] | None = None
         self._child: _Child | None = None
@@ -181,6 +184,10 @@ class ProcessPool(Protocol):
     async def discard(self, proc: WalletProcess, *, damaged: bool = False) -> None: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def set_daemon_address(self, address: str) -> None:
+        """Processes handed out from now on use monerod at `address` (a daemon switch)."""
+        ...
 
 
 # ---- managed children ----------------------------------------------------------------------------
@@ -262,12 +269,29 @@ class ChildPool:
 
     # ---- the pool's interface --------------------------------------------------------------------
 
+    def set_daemon_address(self, address: str) -> None:
+        """A daemon switch: new children get `--daemon-address address`; spares started against
+        the old daemon are stopped (never re-pointed with `set_daemon`: monero issue 10246), and
+        busy ones are retired when released."""
+        if address == self.settings.daemon_address:
+            return
+        self.settings = attrs.evolve(self.settings, daemon_address=address)
+        stale = [p for p in self._idle if p.daemon_address != address]
+        for proc in stale:
+            self._idle.remove(proc)
+            if self._nursery is not None:
+                self._nursery.start_soon(functools.partial(self._stop, proc, store=False))
+        self._top_up()
+
     async def acquire(self) -> WalletProcess:
         """A ready process with no wallet open, owned by the caller until release/discard."""
         await trio.lowlevel.checkpoint()
         proc: WalletProcess | None = None
         while self._idle:
             candidate = self._idle.pop(0)
+            if candidate.daemon_address != self.settings.daemon_address:
+                await self._stop(candidate, store=False)  # left from before a daemon switch
+                continue
             if candidate.alive():
                 proc = candidate
                 break
@@ -292,6 +316,8 @@ class ChildPool:
             reason = "pool closing"
         elif proc.uses >= self.settings.max_uses:
             reason = "served max_uses wallets"
+        elif proc.daemon_address != self.settings.daemon_address:
+            reason = "started against another monerod"
         elif len(self._idle) >= self.settings.spares:
             reason = "enough spares"
         else:
@@ -405,6 +431,7 @@ class ChildPool:
                 await rpc.aclose()
             raise ChildStartError(f"cannot run {self.settings.wallet_rpc_path}: {exc}") from exc
         proc = WalletProcess(f"wallet-rpc:127.0.0.1:{port}", rpc, pid=spawned.popen.pid)
+        proc.daemon_address = self.settings.daemon_address
         proc._child = child = _Child(spawned)
         assert proc.pid is not None
         self._live[proc.pid] = proc

@@ -66,6 +66,11 @@ class EndpointPool:
         self._busy: set[WalletProcess] = set()
         self._out: list[WalletProcess] = []  # discarded and not yet known clean
 
+    def set_daemon_address(self, address: str) -> None:
+        """External endpoints keep the daemon their operator gave them (config refuses failover
+        with endpoints: re-pointing them would take `set_daemon`, monero issue 10246)."""
+        raise ValueError(f"cannot move external wallet-rpc endpoints to {address}")
+
     @property
     def free(self) -> int:
         return len(self._procs) - len(self._busy) - len(self._out)
