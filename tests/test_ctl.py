@@ -417,3 +417,23 @@ def test_version_prints_the_version_and_exits_0(program: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{program} {walletd.__version__}"
+
+
+def test_event_amounts_are_shown_in_xmr() -> None:
+    """Amounts in an event's details read as XMR (exact, 12 decimals); other fields as they are.
+    --json keeps walletd's atomic units (test_json_output)."""
+    event = {
+        "seq": 9,
+        "type": "funding_reorged",
+        "escrow_id": "order-42",
+        "at": "2024-05-01T12:00:00.000Z",
+        "balance": 0,
+        "unlocked_balance": 0,
+        "previous_balance": 1_500_000_000_000,
+        "confirmations": 0,
+    }
+    details = ctl._event_row(event)[-1]
+    assert details == (
+        "balance=0.000000000000XMR unlocked_balance=0.000000000000XMR "
+        "previous_balance=1.500000000000XMR confirmations=0"
+    )

@@ -24,6 +24,7 @@ import trio
 
 from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import ServerLimits, serve_tcp, serve_unix
+from walletd.api.socket_file import InheritedSocketError, listened_socket
 from walletd.api.status import Status
 from walletd.config import Config, SessionsConfig, load_config
 from walletd.errors import ConfigError
@@ -301,6 +302,10 @@ class App:
 
     async def run(self, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        try:  # first: LISTEN_* are unset before anything else runs
+            inherited = listened_socket(cfg.daemon.socket_path, cfg.daemon.socket_mode)
+        except InheritedSocketError as exc:
+            raise ConfigError(f"daemon.socket_path: {exc}") from None
         if cfg.monero.wallet_rpc_endpoints:
             log.warning(
                 "using external wallet-rpc endpoints: session cap limited to endpoints/3",
@@ -353,6 +358,7 @@ class App:
                         limits=limits,
                         allow_uids=cfg.daemon.allow_uids or None,
                         allow_gids=cfg.daemon.allow_gids or None,
+                        inherited=inherited,
                         task_status=task_status,
                     ),
                 )
@@ -372,6 +378,8 @@ class App:
         finally:
             for listener in metrics_listeners:  # closed by serve_tcp, unless it never started
                 listener.socket.close()
+            if inherited is not None:  # closed by serve_unix, unless it never started
+                inherited.close()
             with trio.CancelScope(shield=True):
                 await self.chain.aclose()
             self.store.close()

@@ -85,10 +85,16 @@ class Monitor:
         self.height: int | None = None
         self._first_height: int | None = None
         self._cycled_height: int | None = None  # the height the last finished cycle ran at
+        self._cycle_done = trio.Event()  # set (and replaced) as each cycle finishes
         self.cycles = 0
         self.session_calls: Counter[str] = Counter()  # what the monitor asked sessions, by kind
         self.cold_opens = 0
         self._limiter = trio.CapacityLimiter(CONCURRENT_CHECKS)
+
+    async def wait_cycled(self, height: int) -> None:
+        """Return once a cycle has checked the warm escrows at `height` or above."""
+        while self._cycled_height is None or self._cycled_height < height:
+            await self._cycle_done.wait()
 
     def set_interval(self, seconds: float) -> None:
         self.interval = seconds
@@ -151,6 +157,8 @@ class Monitor:
                     nursery.start_soon(self._guarded, rec, height, self.pre_exchange)
         self._metrics.monitor_cycle.observe(trio.current_time() - started)
         self._cycled_height = height
+        self._cycle_done.set()
+        self._cycle_done = trio.Event()
         self._report_lag()
 
     def _report_lag(self) -> None:

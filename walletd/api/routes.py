@@ -142,6 +142,10 @@ class Api:
         """`template` is a path whose `{name}` segments match any one non-empty segment."""
         self._routes.append((template, tuple(template.split("/")[1:]), methods))
 
+    def routes(self) -> dict[str, list[str]]:
+        """Each route's template and the methods it declares (HEAD is implied by GET)."""
+        return {template: sorted(methods) for template, _, methods in self._routes}
+
     def add_route(self, template: str, **methods: Handler) -> None:
         """Extra routes (the dev sandbox adds its own); `template` as in `_route`."""
         self._route(template, **methods)

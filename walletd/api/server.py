@@ -166,9 +166,13 @@ async def serve_unix(
     limits: ServerLimits = ServerLimits(),  # frozen, so sharing one default is safe
     allow_uids: frozenset[int] | None = None,
     allow_gids: frozenset[int] | None = None,
+    inherited: socket.socket | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `handler` on a Unix socket at `path` until cancelled.
+
+    `inherited` is a listening socket systemd passed (`socket_file.listened_socket`), already
+    bound at `path`: it is served as it is, and its file is left to systemd at the end.
 
     If `allow_uids` or `allow_gids` is given, only peers whose uid is in `allow_uids` or whose
     primary gid is in `allow_gids` are served (uid 0 included: root is not implicitly allowed);
@@ -178,14 +182,21 @@ async def serve_unix(
     On cancellation, requests in flight get a few seconds to finish,
     then every connection is closed and the socket file removed.
     """
-    sock, identity = await bind_unix(path, mode)
+    identity: tuple[int, int] | None = None
+    if inherited is not None:
+        sock = trio.socket.from_stdlib_socket(inherited)  # listening since systemd bound it
+    else:
+        sock, identity = await bind_unix(path, mode)
     try:
-        sock.listen(max(socket.SOMAXCONN, limits.max_connections))
+        if identity is not None:
+            sock.listen(max(socket.SOMAXCONN, limits.max_connections))
         listener = trio.SocketListener(sock)
         server = _Server(handler, limits, allow_uids, allow_gids)
         async with trio.open_nursery() as nursery:
             task_status.started()
-            log.info("http listening", path=str(path), mode=oct(mode))
+            log.info(
+                "http listening", path=str(path), mode=oct(mode), inherited=inherited is not None
+            )
             try:
                 await server.accept_loop(listener, nursery)
             finally:
@@ -194,7 +205,8 @@ async def serve_unix(
                     await server.drain(_SHUTDOWN_GRACE)
     finally:
         sock.close()
-        unlink_if_ours(path, identity)
+        if identity is not None:
+            unlink_if_ours(path, identity)
 
 
 async def serve_tcp(

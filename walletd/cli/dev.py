@@ -4,9 +4,16 @@ One command gives the marketplace server's developers the whole escrow flow on o
 create an escrow, pay it from the faucet, mine blocks, release or refund. Two dev-only endpoints
 are added to the API (never present in a normal `walletd --config` run):
 
-- `POST /v1/dev/mine {"blocks": N}` -> `{"height": H}`: mine N blocks (to the faucet).
+- `POST /v1/dev/mine {"blocks": N}` -> `{"height": H}`: mine N blocks (to the faucet), answered
+  once the monitor has checked the escrows at the new height (so their state is current).
 - `POST /v1/dev/pay {"escrow_id": ID, "amount": N}` or `{"address": A, "amount": N}` ->
   `{"txid": T}`: pay from the faucet wallet.
+- `POST /v1/dev/wallet {}` -> `{"buyer": {"address", "balance", "unlocked_balance"},
+  "vendor": {...}}`: two plain regtest wallets made at start-up, payout addresses for a refund
+  and a release, with their balances now.
+
+The banner and the README's walkthrough are the same commands (`walkthrough`, checked by
+tests/test_dev.py).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from walletd.config import Config, DaemonConfig, LogConfig, MoneroConfig, Monito
 from walletd.errors import InvalidRequest, NotFound, RpcCallError, Unavailable
 from walletd.escrows.lifecycle import check_address_format
 from walletd.ids import check_escrow_id
+from walletd.jsontypes import JsonObject
 from walletd.ops.logs import configure_logging
 from walletd.state.statelock import StateDirBusy, StateLock
 from walletd.testing.regtest import Monerod, start_monerod
@@ -39,6 +47,14 @@ FAUCET_WALLET = "dev-faucet"
 FAUCET_PASSWORD = "dev-faucet"  # noqa: S105 - a throwaway regtest wallet, by design
 # Coinbase outputs unlock after 60 blocks: mine past that so the faucet can pay at once.
 FIRST_BLOCKS = 80
+# Ready payout addresses: plain wallets of their own, in the faucet's wallet-rpc process.
+PAYOUT_WALLETS = {"buyer": "dev-buyer", "vendor": "dev-vendor"}
+PAYOUT_PASSWORD = "dev-payout"  # noqa: S105 - throwaway regtest wallets, by design
+# A payment is in the next block; the escrow is ready once it has the required confirmations
+# (which is also when regtest unlocks it: 10 blocks); a payout completes with as many more.
+CONFIRMATIONS = 10
+BLOCKS_TO_READY = 1 + CONFIRMATIONS
+BLOCKS_TO_COMPLETE = CONFIRMATIONS
 
 
 def dev_config(root: Path, daemon_address: str, socket_path: Path, log_format: str) -> Config:
@@ -46,7 +62,12 @@ def dev_config(root: Path, daemon_address: str, socket_path: Path, log_format: s
     return Config(
         daemon=DaemonConfig(socket_path=socket_path, state_dir=root / "state"),
         monero=MoneroConfig(daemon_address=daemon_address, wallet_dir=root / "wallets"),
-        monitor=MonitorConfig(poll_interval=5.0, cold_interval=5.0, height_check=0.5),
+        monitor=MonitorConfig(
+            poll_interval=5.0,
+            cold_interval=5.0,
+            height_check=0.5,
+            required_confirmations=CONFIRMATIONS,
+        ),
         log=LogConfig(level="info", format=log_format),
     )
 
@@ -59,17 +80,26 @@ class Faucet:
         self.monerod = monerod
         self.proc: WalletProcess | None = None
         self.address: str | None = None
+        self.payout_addresses: dict[str, str] = {}  # role -> address of its payout wallet
         self._lock = trio.Lock()
 
-    async def start(self) -> None:
-        self.proc = await self.app.pool.acquire()
+    async def _open(self, name: str, password: str) -> str:
+        """Open (or create) the plain wallet `name` in the faucet's process; its address."""
+        assert self.proc is not None
         rpc = self.proc.rpc
-        params = {"filename": FAUCET_WALLET, "password": FAUCET_PASSWORD}
+        params = {"filename": name, "password": password}
         try:
             await rpc.call("open_wallet", params)
         except RpcCallError:
             await rpc.call("create_wallet", {**params, "language": "English"})
-        self.address = str((await rpc.call("get_address"))["address"])
+        return str((await rpc.call("get_address"))["address"])
+
+    async def start(self) -> None:
+        self.proc = await self.app.pool.acquire()
+        rpc = self.proc.rpc
+        for role, name in PAYOUT_WALLETS.items():
+            self.payout_addresses[role] = await self._open(name, PAYOUT_PASSWORD)
+        self.address = await self._open(FAUCET_WALLET, FAUCET_PASSWORD)
         if await self.monerod.rpc.height() < FIRST_BLOCKS:
             await self.monerod.rpc.generate_blocks(FIRST_BLOCKS, self.address)
         await rpc.call("refresh")
@@ -83,7 +113,34 @@ class Faucet:
         if self.address is None:
             raise Unavailable("the faucet is still starting")
         await self.monerod.rpc.generate_blocks(blocks, self.address)
-        return Response.json(200, {"height": await self.monerod.rpc.height()})
+        height = await self.monerod.rpc.height()
+        # Answer once the monitor has checked the escrows at this height, so a walkthrough's
+        # next command sees `ready` or `completed` instead of racing the monitor.
+        with trio.move_on_after(60):
+            await self.app.monitor.wait_cycled(height)
+        return Response.json(200, {"height": height})
+
+    async def wallets(self, request: Request, _: dict[str, str]) -> Response:
+        if request.body.strip() and parse_json_object(request.body):
+            raise InvalidRequest("body must be {} (or empty)")
+        if self.proc is None:
+            raise Unavailable("the faucet is still starting")
+        answer: JsonObject = {}
+        async with self._lock:  # the faucet's process holds one wallet at a time
+            rpc = self.proc.rpc
+            try:
+                for role, name in PAYOUT_WALLETS.items():
+                    await self._open(name, PAYOUT_PASSWORD)
+                    await rpc.call("refresh")
+                    balance = await rpc.call("get_balance")
+                    answer[role] = {
+                        "address": self.payout_addresses[role],
+                        "balance": balance["balance"],
+                        "unlocked_balance": balance["unlocked_balance"],
+                    }
+            finally:
+                await self._open(FAUCET_WALLET, FAUCET_PASSWORD)
+        return Response.json(200, answer)
 
     async def pay(self, request: Request, _: dict[str, str]) -> Response:
         body = parse_json_object(request.body)
@@ -143,24 +200,47 @@ async def _dev_main(root: Path, socket_path: Path, fmt: str) -> None:
         faucet = Faucet(app, monerod)
         app.api.add_route(r"/v1/dev/mine", POST=faucet.mine)
         app.api.add_route(r"/v1/dev/pay", POST=faucet.pay)
+        app.api.add_route(r"/v1/dev/wallet", POST=faucet.wallets)
         await nursery.start(app.run)
         await faucet.start()
-        print(_banner(socket_path, monerod), file=sys.stderr, flush=True)
+        print(_banner(socket_path, monerod, faucet.payout_addresses), file=sys.stderr, flush=True)
         await app.stopped.wait()
         nursery.cancel_scope.cancel()
 
 
-def _banner(socket_path: Path, monerod: Monerod) -> str:
-    s = f"curl -s --unix-socket {socket_path} http://walletd"
+def walkthrough(socket_path: str, walletctl: str) -> list[str]:
+    """The escrow flow as shell commands, as the banner prints them and the README shows them
+    (the README with the default socket and `.venv/bin/walletctl`)."""
+    c = "curl -s --unix-socket $S http://walletd"
+    vendor = (
+        f"VENDOR=$({c}/v1/dev/wallet -d '{{}}' | "
+        'python3 -c \'import json, sys; print(json.load(sys.stdin)["vendor"]["address"])\')'
+    )
+    return [
+        f"S={socket_path}",
+        f"{c}/v1/dev/wallet -d '{{}}'        # ready-made buyer and vendor payout addresses",
+        f'{c}/v1/escrows -d \'{{"escrow_id": "demo1", "amount": 1000000000000}}\'',
+        f'{c}/v1/dev/pay -d \'{{"escrow_id": "demo1", "amount": 1000000000000}}\'',
+        f"{c}/v1/dev/mine -d '{{\"blocks\": {BLOCKS_TO_READY}}}'     # funded, then ready",
+        vendor,
+        f'{c}/v1/escrows/demo1/release -d "{{\\"address\\": \\"$VENDOR\\"}}"',
+        f"{c}/v1/dev/mine -d '{{\"blocks\": {BLOCKS_TO_COMPLETE}}}'     # completed",
+        f"{c}/v1/dev/wallet -d '{{}}'        # the vendor has the amount less the fee",
+        f"{walletctl} --socket $S events        # every step, as walletctl shows it",
+    ]
+
+
+def _banner(socket_path: Path, monerod: Monerod, payout: dict[str, str]) -> str:
+    beside = Path(sys.executable).parent / "walletctl"  # the one installed with this walletd
+    walletctl = str(beside) if beside.is_file() else "walletctl"
     lines: list[str] = [
         "",
         f"walletd dev sandbox ready: socket {socket_path}, regtest monerod {monerod.rpc_url}",
-        "try:",
-        f'  {s}/v1/escrows -d \'{{"escrow_id": "demo1", "amount": 1000000000000}}\'',
-        f'  {s}/v1/dev/pay -d \'{{"escrow_id": "demo1", "amount": 1000000000000}}\'',
-        f"  {s}/v1/dev/mine -d '{{\"blocks\": 10}}'",
-        f"  {s}/v1/events?timeout=30",
-        f"  {s}/v1/escrows/demo1",
+        f"payout addresses: buyer  {payout['buyer']}",
+        f"                  vendor {payout['vendor']}",
+        f"walletctl: {walletctl} --socket {socket_path} status",
+        "the escrow flow (as in the README):",
+        *(f"  {line}" for line in walkthrough(str(socket_path), walletctl)),
         "stop with Ctrl-C",
     ]
     return "\n".join(lines)

@@ -30,6 +30,8 @@ _TIMEOUT = 100.0  # above walletd's default request_timeout (90 s): walletd time
 _POLL_S = 30  # long poll of --follow; walletd allows up to 60
 _EVENT_KEYS = ("seq", "at", "type", "escrow_id")
 _EVENT_WIDTHS = (6, 24, 18, 36)  # so the lines of --follow align across answers
+# Event fields that are atomic units: shown in XMR (--json keeps walletd's integers).
+_AMOUNT_KEYS = frozenset({"amount", "fee", "balance", "unlocked_balance", "previous_balance"})
 
 
 class CtlError(Exception):
@@ -343,8 +345,14 @@ def cmd_session_close(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _detail(key: str, value: object) -> str:
+    if key in _AMOUNT_KEYS and isinstance(value, int):
+        return f"{key}={_xmr(value)}XMR"
+    return f"{key}={_text(value)}"
+
+
 def _event_row(event: JsonObject) -> list[str]:
-    details = " ".join(f"{k}={_text(v)}" for k, v in event.items() if k not in _EVENT_KEYS)
+    details = " ".join(_detail(k, v) for k, v in event.items() if k not in _EVENT_KEYS)
     return [*(_text(event.get(k)) for k in _EVENT_KEYS), details]
 
 

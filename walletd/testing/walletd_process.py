@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,17 @@ import httpx
 from walletd.testing.regtest import stop_process
 
 __all__ = ["WalletdProcess", "children_of", "toml_value"]
+
+# sd_listen_fds' side of socket activation: the socket at fd 3, LISTEN_PID = the pid that execs.
+_ACTIVATION_SHIM = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def toml_value(value: Any) -> str:
@@ -100,16 +112,28 @@ class WalletdProcess:
         self.log_path = root / "walletd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WalletdProcess:
-        """Start walletd and wait until /v1/health answers on its socket."""
+    def start(self, listen_socket: socket.socket | None = None) -> WalletdProcess:
+        """Start walletd and wait until /v1/health answers on its socket.
+
+        With `listen_socket` (bound at `self.socket` and listening) walletd is started as
+        systemd's socket activation starts it: that socket as fd 3, LISTEN_FDS=1 and LISTEN_PID
+        its own pid (set by a shim that then execs walletd, as systemd does between fork and
+        exec)."""
+        argv = [sys.executable, "-m", "walletd", "--config", str(self.config)]
+        pass_fds: tuple[int, ...] = ()
+        if listen_socket is not None:
+            fd = listen_socket.fileno()
+            argv = [sys.executable, "-c", _ACTIVATION_SHIM, str(fd), *argv]
+            pass_fds = (fd,)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "walletd", "--config", str(self.config)],
+                argv,
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env},
                 preexec_fn=self._preexec_fn,
+                pass_fds=pass_fds,
             )
         deadline = time.monotonic() + self._start_timeout
         transport = httpx.HTTPTransport(uds=str(self.socket))
