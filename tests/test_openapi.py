@@ -176,7 +176,9 @@ async def test_every_documented_operation_answers_as_documented(
         await check("POST", "/v1/escrows/nope/session", status=404)
         await check("DELETE", "/v1/escrows/nope/session", status=404)
 
+        await check("GET", "/v1/escrows/o1/payout/proof", status=404)
         await check("POST", "/v1/escrows/o1/release", {"address": vendor}, status=202)
+        await check("GET", "/v1/escrows/o1/payout/proof", status=200)
         await check("POST", "/v1/escrows/o1/refund", {"address": buyer}, status=409)
         await check("POST", "/v1/escrows/a1/refund", {"address": buyer}, status=202)
         await check("POST", "/v1/escrows/nope/refund", {"address": buyer}, status=404)
