@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from walletd.api.errors import error_answer
-from walletd.api.socket_file import bind_unix, unlink_if_ours
+from walletd.api.socket_file import bind_unix, inherited_unix, unlink_if_ours
 from walletd.errors import (
     Capacity,
     Forbidden,
@@ -177,15 +177,23 @@ async def serve_unix(
     answer while there is room for that (bounded like capacity rejections), else just closed.
     On cancellation, requests in flight get a few seconds to finish,
     then every connection is closed and the socket file removed.
+
+    Socket-activated (`LISTEN_FDS`), the inherited socket at `path` is served instead: its mode
+    is the socket unit's SocketMode=, and the file stays for the next start (systemd owns it).
     """
-    sock, identity = await bind_unix(path, mode)
+    activated = inherited_unix(path)
+    identity: tuple[int, int] | None = None
+    if activated is not None:
+        sock = activated
+    else:
+        sock, identity = await bind_unix(path, mode)
     try:
         sock.listen(max(socket.SOMAXCONN, limits.max_connections))
         listener = trio.SocketListener(sock)
         server = _Server(handler, limits, allow_uids, allow_gids)
         async with trio.open_nursery() as nursery:
             task_status.started()
-            log.info("http listening", path=str(path), mode=oct(mode))
+            log.info("http listening", path=str(path), mode=oct(mode), activated=bool(activated))
             try:
                 await server.accept_loop(listener, nursery)
             finally:
@@ -194,7 +202,8 @@ async def serve_unix(
                     await server.drain(_SHUTDOWN_GRACE)
     finally:
         sock.close()
-        unlink_if_ours(path, identity)
+        if identity is not None:
+            unlink_if_ours(path, identity)
 
 
 async def serve_tcp(
