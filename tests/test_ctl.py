@@ -469,3 +469,15 @@ def test_escrow_release_balance_and_transfer(
     assert "35" in out
     code, out, _ = run(capsys, "escrow", "balance", "order-42", "--json")
     assert json.loads(out)["balance"] == 2_000_000_000
+
+
+def test_print_completion_bash_knows_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """walletctl --print-completion bash prints a bash completion script that offers the
+    commands and escrow actions, generated from the parser."""
+    with pytest.raises(SystemExit) as exit_:
+        ctl.main(["--print-completion", "bash"])
+    assert exit_.value.code == 0
+    script = capsys.readouterr().out
+    assert "complete " in script
+    for word in ("status", "events", "create", "release", "refund", "balance", "transfer"):
+        assert word in script

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import shtab
 
 from walletd import __version__
 from walletd.errors import InvalidRequest
@@ -540,6 +541,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # e.g. `walletctl --print-completion bash > /etc/bash_completion.d/walletctl`
+    shtab.add_argument_to(p, ["--print-completion"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
