@@ -80,11 +80,21 @@ class Stub:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[Any] = []
         self.healthy = True
 
     async def __call__(self, request: Request) -> Response:
         self.requests.append((request.method, request.path, dict(request.query)))
+        self.bodies.append(json.loads(request.body) if request.body else None)
         route = (request.method, request.path)
+        if route in (("POST", "/v1/escrows"), ("POST", "/v1/escrows/order-42/release")):
+            return Response.json(201 if request.path == "/v1/escrows" else 202, ESCROW)
+        if route == ("GET", "/v1/escrows/order-42/balance"):
+            balance = {"balance": 2_000_000_000, "unlocked_balance": 0, "blocks_to_unlock": 7}
+            return Response.json(200, {**balance, "height": 1234})
+        if route == ("GET", "/v1/escrows/order-42/transfers/" + "ab" * 32):
+            transfer = {"txid": "ab" * 32, "direction": "in", "amount": 1_500_000_000_000}
+            return Response.json(200, {**transfer, "height": 1200, "confirmations": 35})
         if route == ("GET", "/v1/health"):
             if self.healthy:
                 return Response.json(200, {"status": "ok", "daemon_height": 3120456, "escrows": 2})
@@ -437,3 +447,57 @@ def test_event_amounts_are_shown_in_xmr() -> None:
         "balance=0.000000000000XMR unlocked_balance=0.000000000000XMR "
         "previous_balance=1.500000000000XMR confirmations=0"
     )
+
+
+def test_escrow_create_takes_xmr_and_sends_atomic_units(
+    stub: Stub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """escrow create ID 1.5 sends amount 1.5 XMR in atomic units (exactly, no float), then shows
+    the escrow; an amount finer than 12 decimals is a usage error (exit 2), sent nowhere."""
+    code, out, _ = run(capsys, "escrow", "create", "order-42", "1.5", "--confirmations", "10")
+    assert code == 0
+    assert stub.requests[0][:2] == ("POST", "/v1/escrows")
+    assert stub.bodies[0] == {
+        "escrow_id": "order-42",
+        "amount": 1_500_000_000_000,
+        "required_confirmations": 10,
+    }
+    assert "1.500000000000 XMR" in out
+    with pytest.raises(SystemExit) as exit_:
+        ctl.main(["escrow", "create", "order-42", "0.0000000000001"])
+    assert exit_.value.code == 2
+    assert "12 decimals" in capsys.readouterr().err
+    assert len(stub.requests) == 2  # the create and its show; the bad amount reached nobody
+
+
+def test_escrow_release_balance_and_transfer(
+    stub: Stub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """escrow release posts the address; balance and transfer show XMR amounts for people and
+    walletd's atomic units with --json."""
+    address = "4" + "B" * 94
+    assert run(capsys, "escrow", "release", "order-42", address)[0] == 0
+    assert stub.requests[0][:2] == ("POST", "/v1/escrows/order-42/release")
+    assert stub.bodies[0] == {"address": address}
+    code, out, _ = run(capsys, "escrow", "balance", "order-42", "--refresh")
+    assert code == 0
+    assert "0.002000000000 XMR" in out
+    assert stub.requests[-1] == ("GET", "/v1/escrows/order-42/balance", {"refresh": "true"})
+    code, out, _ = run(capsys, "escrow", "transfer", "order-42", "ab" * 32)
+    assert code == 0
+    assert "1.500000000000 XMR" in out
+    assert "35" in out
+    code, out, _ = run(capsys, "escrow", "balance", "order-42", "--json")
+    assert json.loads(out)["balance"] == 2_000_000_000
+
+
+def test_print_completion_bash_knows_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """walletctl --print-completion bash prints a bash completion script that offers the
+    commands and escrow actions, generated from the parser."""
+    with pytest.raises(SystemExit) as exit_:
+        ctl.main(["--print-completion", "bash"])
+    assert exit_.value.code == 0
+    script = capsys.readouterr().out
+    assert "complete " in script
+    for word in ("status", "events", "create", "release", "refund", "balance", "transfer"):
+        assert word in script

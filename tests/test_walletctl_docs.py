@@ -33,7 +33,15 @@ def test_bash_completes_commands_and_actions() -> None:
     """Sourcing the bash completion, `walletctl <TAB>` offers the commands and
     `walletctl escrow <TAB>` its actions."""
     assert _bash_complete() == ["escrow", "events", "session", "sessions", "status"]
-    assert _bash_complete("escrow") == ["list", "show"]
+    assert _bash_complete("escrow") == [
+        "balance",
+        "create",
+        "list",
+        "refund",
+        "release",
+        "show",
+        "transfer",
+    ]
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="no man here")
@@ -46,6 +54,14 @@ def test_man_page_renders_every_command() -> None:
         check=True,
         env={"MANPAGER": "cat", "MANWIDTH": "100", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
     ).stdout
-    for command in ("status", "sessions", "escrow show", "escrow list", "session open", "events"):
+    commands = (
+        "status",
+        "sessions",
+        "escrow show",
+        "escrow list",
+        "escrow create",
+        "escrow release",
+    )
+    for command in (*commands, "escrow refund", "escrow balance", "session open", "events"):
         assert f"walletctl {command}" in out, out
     assert "--socket" in out

@@ -5,7 +5,7 @@
 #    source ~/.local/share/bash_completion/walletctl
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_walletctl_escrow_subparsers=(show list)
+_shtab_walletctl_escrow_subparsers=(show list create release refund balance transfer)
 _shtab_walletctl_session_subparsers=(open close)
 _shtab_walletctl_subparsers=(status sessions escrow session events)
 
@@ -13,18 +13,24 @@ _shtab_walletctl_status_option_strings=(-h --help --socket --json)
 _shtab_walletctl_sessions_option_strings=(-h --help --socket --json)
 _shtab_walletctl_escrow_show_option_strings=(-h --help --socket --json)
 _shtab_walletctl_escrow_list_option_strings=(-h --help --socket --json --state)
+_shtab_walletctl_escrow_create_option_strings=(-h --help --socket --json --confirmations)
+_shtab_walletctl_escrow_release_option_strings=(-h --help --socket --json)
+_shtab_walletctl_escrow_refund_option_strings=(-h --help --socket --json)
+_shtab_walletctl_escrow_balance_option_strings=(-h --help --socket --json --refresh)
+_shtab_walletctl_escrow_transfer_option_strings=(-h --help --socket --json)
 _shtab_walletctl_escrow_option_strings=(-h --help)
 _shtab_walletctl_session_open_option_strings=(-h --help --socket --json)
 _shtab_walletctl_session_close_option_strings=(-h --help --socket --json)
 _shtab_walletctl_session_option_strings=(-h --help)
 _shtab_walletctl_events_option_strings=(-h --help --socket --json --after --follow -f)
-_shtab_walletctl_option_strings=(-h --help --socket --json --version)
+_shtab_walletctl_option_strings=(-h --help --socket --json --version --print-completion)
 
 
 
-_shtab_walletctl_escrow_pos_0_choices=(show list)
+_shtab_walletctl_escrow_pos_0_choices=(show list create release refund balance transfer)
 _shtab_walletctl_session_pos_0_choices=(open close)
 _shtab_walletctl_pos_0_choices=(status sessions escrow session events)
+_shtab_walletctl___print_completion_choices=(bash zsh tcsh fish powershell)
 
 _shtab_walletctl_status__h_nargs=0
 _shtab_walletctl_status___help_nargs=0
@@ -38,6 +44,22 @@ _shtab_walletctl_escrow_show___json_nargs=0
 _shtab_walletctl_escrow_list__h_nargs=0
 _shtab_walletctl_escrow_list___help_nargs=0
 _shtab_walletctl_escrow_list___json_nargs=0
+_shtab_walletctl_escrow_create__h_nargs=0
+_shtab_walletctl_escrow_create___help_nargs=0
+_shtab_walletctl_escrow_create___json_nargs=0
+_shtab_walletctl_escrow_release__h_nargs=0
+_shtab_walletctl_escrow_release___help_nargs=0
+_shtab_walletctl_escrow_release___json_nargs=0
+_shtab_walletctl_escrow_refund__h_nargs=0
+_shtab_walletctl_escrow_refund___help_nargs=0
+_shtab_walletctl_escrow_refund___json_nargs=0
+_shtab_walletctl_escrow_balance__h_nargs=0
+_shtab_walletctl_escrow_balance___help_nargs=0
+_shtab_walletctl_escrow_balance___json_nargs=0
+_shtab_walletctl_escrow_balance___refresh_nargs=0
+_shtab_walletctl_escrow_transfer__h_nargs=0
+_shtab_walletctl_escrow_transfer___help_nargs=0
+_shtab_walletctl_escrow_transfer___json_nargs=0
 _shtab_walletctl_escrow_pos_0_nargs=A...
 _shtab_walletctl_escrow__h_nargs=0
 _shtab_walletctl_escrow___help_nargs=0

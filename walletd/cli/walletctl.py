@@ -8,14 +8,18 @@ walletd degraded; 2 walletd could not be reached, or the command line is wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import shtab
 
 from walletd import __version__
 from walletd.errors import InvalidRequest
@@ -65,12 +69,18 @@ class Client:
         path: str,
         *,
         params: dict[str, str | int] | None = None,
+        body: JsonObject | None = None,
         timeout: float = _TIMEOUT,
         also_ok: Iterable[int] = (),
+        progress: bool = True,
     ) -> Any:
-        """The JSON answer; statuses in `also_ok` are answers too unless they carry an error."""
+        """The JSON answer; statuses in `also_ok` are answers too unless they carry an error.
+        A spinner shows on a terminal if it takes over a second (`progress`: not for long polls)."""
         try:
-            response = self._http.request(method, path, params=params, timeout=timeout)
+            with _progress(f"{method} {path}", enabled=progress):
+                response = self._http.request(
+                    method, path, params=params, json=body, timeout=timeout
+                )
         except httpx.ConnectError as exc:
             raise CtlError(self._cannot_connect(exc), 2) from None
         except httpx.TimeoutException:
@@ -107,6 +117,35 @@ class Client:
         if isinstance(cause, PermissionError):
             return f"permission denied on {where}: is this user in walletd's group?"
         return f"cannot connect to walletd at {where}: {cause or exc}"
+
+
+@contextlib.contextmanager
+def _progress(what: str, *, enabled: bool = True, after: float = 1.0) -> Iterator[None]:
+    """A spinner on stderr while a call takes more than `after` seconds; only on a terminal, so
+    scripts and pipes see nothing."""
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    done = threading.Event()
+
+    def spin() -> None:
+        if done.wait(after):
+            return
+        frames, i = "|/-\\", 0
+        while not done.wait(0.1):
+            sys.stderr.write(f"\r{frames[i % 4]} waiting for walletd: {what}")
+            sys.stderr.flush()
+            i += 1
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 # ---- formatting ----------------------------------------------------------------------------------
@@ -150,6 +189,17 @@ def _xmr(atomic: object) -> str:
     sign, atomic = ("-", -atomic) if atomic < 0 else ("", atomic)
     whole, frac = divmod(atomic, ATOMIC_PER_XMR)
     return f"{sign}{whole}.{frac:012d}"
+
+
+def _atomic(xmr: str) -> int:
+    """An XMR amount typed by a person ("1.5") as atomic units, exactly; argparse type."""
+    try:
+        value = Decimal(xmr) * ATOMIC_PER_XMR
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an XMR amount: {xmr!r}") from None
+    if not value.is_finite() or value <= 0 or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"not a positive XMR amount (12 decimals at most): {xmr}")
+    return int(value)
 
 
 def _duration(seconds: object) -> str:
@@ -296,6 +346,62 @@ def cmd_escrow_show(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _escrow_path(escrow_id: str, tail: str = "") -> str:
+    return f"/v1/escrows/{quote(escrow_id, safe='')}{tail}"
+
+
+def cmd_escrow_create(client: Client, args: argparse.Namespace) -> int:
+    body: JsonObject = {"escrow_id": args.id, "amount": args.amount}
+    if args.confirmations is not None:
+        body["required_confirmations"] = args.confirmations
+    client.call("POST", "/v1/escrows", body=body)
+    return cmd_escrow_show(client, args)
+
+
+def _payout(kind: str) -> Callable[[Client, argparse.Namespace], int]:
+    def run(client: Client, args: argparse.Namespace) -> int:
+        client.call("POST", _escrow_path(args.id, f"/{kind}"), body={"address": args.address})
+        return cmd_escrow_show(client, args)
+
+    return run
+
+
+def cmd_escrow_balance(client: Client, args: argparse.Namespace) -> int:
+    params: dict[str, str | int] = {"refresh": "true"} if args.refresh else {}
+    body = client.call("GET", _escrow_path(args.id, "/balance"), params=params)
+    if args.json:
+        _print_json(body)
+        return 0
+    b = _Fields(body)
+    items = [
+        ("balance", f"{_xmr(b('balance'))} XMR"),
+        ("unlocked", f"{_xmr(b('unlocked_balance'))} XMR"),
+        ("blocks to unlock", _text(b("blocks_to_unlock"))),
+        ("height", _text(b("height"))),
+    ]
+    print(_pairs(items + b.rest()))
+    return 0
+
+
+def cmd_escrow_transfer(client: Client, args: argparse.Namespace) -> int:
+    path = _escrow_path(args.id, f"/transfers/{quote(args.txid, safe='')}")
+    body = client.call("GET", path)
+    if args.json:
+        _print_json(body)
+        return 0
+    t = _Fields(body)
+    items = [
+        ("txid", _text(t("txid"))),
+        ("direction", _text(t("direction"))),
+        ("amount", f"{_xmr(t('amount'))} XMR"),
+        ("height", _text(t("height"))),
+        ("confirmations", _text(t("confirmations"))),
+        ("in pool", _text(t("in_pool"))),
+    ]
+    print(_pairs(items + t.rest()))
+    return 0
+
+
 def cmd_escrow_list(client: Client, args: argparse.Namespace) -> int:
     params: dict[str, str | int] = {} if args.state is None else {"state": args.state}
     body = client.call("GET", "/v1/escrows", params=params)
@@ -383,6 +489,7 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
                 "/v1/events",
                 params={"after": after, "timeout": _POLL_S},
                 timeout=_POLL_S + 15,
+                progress=False,
             )
             for event in body["events"]:
                 if args.json:
@@ -442,6 +549,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # e.g. `walletctl --print-completion bash > /etc/bash_completion.d/walletctl`
+    shtab.add_argument_to(p, ["--print-completion"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -459,7 +568,7 @@ def _parser() -> argparse.ArgumentParser:
     command(sub, "status", cmd_status, "health and session statistics (exit 1 if degraded)")
     command(sub, "sessions", cmd_sessions, "open sessions, most recently used first")
 
-    escrow = sub.add_parser("escrow", help="show or list escrows").add_subparsers(
+    escrow = sub.add_parser("escrow", help="create, pay out or look at escrows").add_subparsers(
         dest="escrow_command", required=True, metavar="ACTION"
     )
     command(escrow, "show", cmd_escrow_show, "one escrow in detail").add_argument(
@@ -468,6 +577,23 @@ def _parser() -> argparse.ArgumentParser:
     command(escrow, "list", cmd_escrow_list, "all escrows, or those in one state").add_argument(
         "--state", metavar="S", help="awaiting_funding, funded, ready, releasing, ..."
     )
+
+    create = command(escrow, "create", cmd_escrow_create, "create an escrow's three wallets")
+    create.add_argument("id", type=_escrow_id, metavar="ID")
+    create.add_argument("amount", type=_atomic, metavar="XMR", help="amount in XMR, e.g. 1.5")
+    create.add_argument(
+        "--confirmations", type=int, metavar="K", help="confirmations required (default: config)"
+    )
+    for kind, whom in (("release", "vendor"), ("refund", "buyer")):
+        payout = command(escrow, kind, _payout(kind), f"send the balance to the {whom}'s address")
+        payout.add_argument("id", type=_escrow_id, metavar="ID")
+        payout.add_argument("address", metavar="ADDRESS", help=f"the {whom}'s payout address")
+    balance = command(escrow, "balance", cmd_escrow_balance, "balance read live from the wallet")
+    balance.add_argument("id", type=_escrow_id, metavar="ID")
+    balance.add_argument("--refresh", action="store_true", help="refresh the wallet first")
+    transfer = command(escrow, "transfer", cmd_escrow_transfer, "one transfer of the escrow")
+    transfer.add_argument("id", type=_escrow_id, metavar="ID")
+    transfer.add_argument("txid", metavar="TXID")
 
     session = sub.add_parser("session", help="open or close an escrow's session").add_subparsers(
         dest="session_command", required=True, metavar="ACTION"
