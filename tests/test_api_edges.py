@@ -19,7 +19,7 @@ import h11
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig
+from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
@@ -288,3 +288,21 @@ async def test_events_cursor_check_survives_pruning_every_event(walletd: App) ->
     assert status == 400, body
     assert body["error"]["code"] == "invalid_request"
     assert f"newest event seq {newest}" in body["error"]["message"]
+
+
+async def test_cluster_on_one_host_lists_this_host_and_no_leases(tmp_path: Path) -> None:
+    """GET /v1/cluster without [cluster]: this host (by its hostname) with its live session count
+    and cap, and no leases (api.md since v1.1)."""
+    async with trio.open_nursery() as nursery:
+        world = FakeWalletWorld()
+        multisig = await make_fake_multisig(world, "w0")
+        app = fake_app(tmp_path, world, FakePool(world), max_active=4)
+        await start(nursery, app)
+        assert (await call(app, "POST", "/v1/escrows", multisig.adopt_body("e0")))[0] == 201
+        status, body = await call(app, "GET", "/v1/cluster")
+        assert status == 200, body
+        assert body["leases"] == []
+        (host,) = body["hosts"]
+        assert host["host_id"] == socket.gethostname()
+        assert (host["sessions"], host["max_sessions"]) == (1, 4)
+        nursery.cancel_scope.cancel()

@@ -186,6 +186,7 @@ async def test_every_documented_operation_answers_as_documented(
         await _wait_state(check, "o1", "completed")
 
         await check("GET", "/v1/stats", status=200)
+        await check("GET", "/v1/cluster", status=200)
         await check("GET", "/v1/health", status=200)
         chain.down = True
         await check("GET", "/v1/health", status=503)

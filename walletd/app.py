@@ -199,6 +199,8 @@ class App:
         )
         self.status.fast_open = self.fast_open
         self.status.daemons = self.daemons
+        if config.cluster is not None:
+            self.status.host_id = config.cluster.host_id
         self.api = Api(
             escrows=self.escrows,
             lifecycle=self.lifecycle,

@@ -134,6 +134,7 @@ class Api:
         self._route("/v1/escrows/{id}/payout/proof", GET=self.payout_proof)
         self._route("/v1/sessions", GET=self.sessions)
         self._route("/v1/stats", GET=self.stats)
+        self._route("/v1/cluster", GET=self.cluster)
         self._route("/v1/health", GET=self.health)
         self._route("/v1/events", GET=self.events)
         self._route("/metrics", GET=self.metrics)
@@ -301,6 +302,9 @@ class Api:
 
     async def stats(self, _: Request, __: dict[str, str]) -> Response:
         return Response.json(200, self._status.stats_json())
+
+    async def cluster(self, _: Request, __: dict[str, str]) -> Response:
+        return Response.json(200, self._status.cluster_json())
 
     # ---- events, health, metrics -----------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 from walletd import __version__
 from walletd.errors import RpcError
+from walletd.escrows.model import utcnow
 from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
@@ -29,6 +32,7 @@ class Status:
         self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
         self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
         self.daemons: DaemonFailover | None = None  # set by the app: which monerod is in use
+        self.host_id = socket.gethostname()  # [cluster] host_id when set (by the app)
 
     def stats_json(self) -> JsonObject:
         stats = self._registry.stats()
@@ -47,6 +51,18 @@ class Status:
             "failed": stats.failed,
             "wallet_rpc_restarts": self.wallet_rpc_restarts,
         }
+
+    def cluster_json(self) -> JsonObject:
+        """`GET /v1/cluster` on one host: this host alone, no leases. The cluster (issue 14)
+        will list every live host and the escrow leases from PostgreSQL here."""
+        stats = self._registry.stats()
+        host: JsonObject = {
+            "host_id": self.host_id,
+            "last_seen": utcnow(),
+            "sessions": stats.active_sessions,
+            "max_sessions": stats.max_sessions,
+        }
+        return {"hosts": [host], "leases": []}
 
     async def health(self) -> tuple[int, JsonObject]:
         body: JsonObject = {
