@@ -60,7 +60,8 @@ async def wait_exchanged(client: httpx.AsyncClient, ids: list[str], timeout: flo
         pending = list(ids)
         while pending:
             body = (await client.get(f"/v1/escrows/{pending[0]}")).json()
-            if body["session"].get("multisig_exchanged"):
+            # Only a ready escrow without a payout is pre-exchanged (unfunded ones never are).
+            if body["state"] != "ready" or body["session"].get("multisig_exchanged"):
                 pending.pop(0)
             else:
                 await trio.sleep(0.1)
