@@ -14,6 +14,8 @@ from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable
 from walletd.ids import ROLES, Role
+from walletd.state.seam import LocalState
+from walletd.state.store import Store
 from walletd.testing.fake_chain import FEE_PER_BYTE, FakeWalletWorld
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
@@ -68,6 +70,12 @@ def fake_app(
     for name in world.wallets:
         (config.monero.wallet_dir / f"{name}.keys").write_bytes(b"fake")
     return app
+
+
+def sqlite(app: App) -> Store:
+    """The app's SQLite store itself, for tests that look under the async seam."""
+    assert isinstance(app.store, LocalState)
+    return app.store.sqlite
 
 
 def fake_pool(app: App) -> FakePool:

@@ -19,7 +19,7 @@ import h11
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, start
+from tests.fakes import FakeDaemon, call, fake_app, make_fake_multisig, sqlite, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
@@ -263,7 +263,7 @@ async def test_content_length_with_transfer_encoding_is_refused_and_closed(walle
 async def test_events_after_past_the_newest_seq_is_400_naming_it(walletd: App) -> None:
     """GET /v1/events?after=N with N past the newest seq is 400 invalid_request at once (no long
     poll), the message naming the newest seq; N equal to the newest is an ordinary empty page."""
-    newest = walletd.events.last_seq
+    newest = await walletd.events.last_seq()
     assert newest > 0  # the adoption's escrow_created at least
     ok = await curl(walletd, f"http://walletd/v1/events?after={newest}")
     assert ok.status == 200, ok
@@ -279,9 +279,9 @@ async def test_events_cursor_check_survives_pruning_every_event(walletd: App) ->
     """With every event row gone (pruned), the newest seq is still the last one handed out:
     a client's cursor at it is valid (200, empty), one past it is 400 naming it."""
     for _ in range(3):
-        walletd.events.emit("funded", "good")
-    newest = walletd.events.last_seq
-    walletd.store._db.execute("DELETE FROM events")  # what max(seq) would see as "no events"
+        await walletd.events.emit("funded", "good")
+    newest = await walletd.events.last_seq()
+    sqlite(walletd)._db.execute("DELETE FROM events")  # what max(seq) would see as "no events"
     status, body = await call(walletd, "GET", f"/v1/events?after={newest}")
     assert (status, body) == (200, {"events": [], "next": newest})
     status, body = await call(walletd, "GET", f"/v1/events?after={newest + 1}")

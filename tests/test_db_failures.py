@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import call, raw_call
+from tests.fakes import call, raw_call, sqlite
 from tests.test_lifecycle import AMOUNT, _app, _received, _run_monitor, _wait_state
 from walletd.app import App
 
@@ -40,8 +40,8 @@ class FailingWrites:
 
 
 def _break_writes(app: App, monkeypatch: pytest.MonkeyPatch) -> FailingWrites:
-    failing = FailingWrites(app.store._db)
-    monkeypatch.setattr(app.store, "_db", failing)
+    failing = FailingWrites(sqlite(app)._db)
+    monkeypatch.setattr(sqlite(app), "_db", failing)
     return failing
 
 

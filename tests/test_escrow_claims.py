@@ -23,6 +23,7 @@ from tests.fakes import (
     fake_app,
     fake_pool,
     make_fake_multisig,
+    sqlite,
     start,
 )
 from walletd.app import App
@@ -144,7 +145,7 @@ async def test_create_while_the_same_id_is_being_adopted_is_a_conflict(
         answers = await _both(app, s.adopt_body("x"), create)
         assert _codes(answers) == [(201, None), (409, "conflict")], answers
         assert answers[0][1]["multisig_address"] == s.address
-        rec = app.store.get_escrow("x")
+        rec = await app.store.get_escrow("x")
         assert rec is not None
         assert rec.origin == "adopted"
         assert {r: w.file for r, w in rec.wallets.items()} == s.files
@@ -165,7 +166,7 @@ async def test_adopt_while_the_same_id_is_being_created_is_a_conflict(
         answers = await _both(app, create, s.adopt_body("x"))
         assert _codes(answers) == [(201, None), (409, "conflict")], answers
         assert answers[0][1]["multisig_address"] != s.address
-        rec = app.store.get_escrow("x")
+        rec = await app.store.get_escrow("x")
         assert rec is not None
         assert rec.origin == "created"
         nursery.cancel_scope.cancel()
@@ -219,7 +220,7 @@ def _legacy_record(app: App, escrow_id: str, state: str, s: MultisigSet) -> None
     """An escrow an older walletd recorded on the files of `s` (adopted, or a creation it
     crashed in)."""
     now = utcnow()
-    app.store.insert_escrow(
+    sqlite(app).insert_escrow(
         EscrowRecord(
             escrow_id=escrow_id,
             state=EscrowState(state),
@@ -270,7 +271,7 @@ async def test_undoing_a_creation_never_moves_files_another_escrow_uses(
         _legacy_record(app, "z", "awaiting_funding", s)
         _legacy_record(app, "y", "creating", s)
         await app.lifecycle.recover()
-        assert app.store.get_escrow("y") is None
+        assert await app.store.get_escrow("y") is None
         for name in s.files.values():
             assert (app.config.monero.wallet_dir / f"{name}.keys").is_file(), name
         assert (await call(app, "GET", "/v1/escrows/z/balance"))[0] == 200

@@ -224,7 +224,7 @@ async def test_failed_creation_leaves_nothing(
             assert "make_multisig" in body["error"]["message"]
             assert (await call(app, "GET", "/v1/escrows/o4"))[0] == 404
             assert world.locks == {}
-            assert app.store.get_escrow("o4") is None
+            assert await app.store.get_escrow("o4") is None
         # walletd moved the new wallet files aside; the fake's directory is in memory, so do
         # the same to it (the regtest suite checks the real files).
         for role in ("buyer", "vendor", "arbiter"):
@@ -251,11 +251,11 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
             world.credit(address, AMOUNT, unlocked=False)
         deadline = trio.current_time() + 3600
         while trio.current_time() < deadline:
-            funded = [e for e in app.store.list_escrows() if e.state in ("funded", "ready")]
+            funded = [e for e in await app.store.list_escrows() if e.state in ("funded", "ready")]
             if len(funded) == 30:
                 break
             await trio.sleep(5)
-        states = [e.state.value for e in app.store.list_escrows()]
+        states = [e.state.value for e in await app.store.list_escrows()]
         assert states.count("funded") + states.count("ready") == 30, states
         assert app.registry.stats().active_sessions <= 10
         nursery.cancel_scope.cancel()

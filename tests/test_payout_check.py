@@ -89,7 +89,7 @@ async def test_a_bad_proposal_is_refused_and_nothing_signed(
         assert REASON[bad] in body["error"]["message"]
         assert _signed(world) == 0
         assert not [tx for tx in world.txs.values() if tx.sender is not None]
-        rec = app.store.get_escrow("r1")
+        rec = await app.store.get_escrow("r1")
         assert rec is not None
         assert rec.payout is not None
         assert (rec.state.value, rec.payout.phase) == ("ready", PayoutPhase.REFUSED)

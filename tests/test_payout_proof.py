@@ -28,7 +28,7 @@ async def test_proof_is_404_before_and_200_after_the_payout(
         assert set(proof) == {"txid", "address", "tx_key", "proof"}
         assert (proof["txid"], proof["address"]) == (esc["payout"]["txid"], payee)
         assert proof["proof"].startswith("OutProofV2")
-        assert app.store.get_payout_proof("q1") is not None  # kept at submission
+        assert await app.store.get_payout_proof("q1") is not None  # kept at submission
         nursery.cancel_scope.cancel()
     out = capsys.readouterr()
     assert proof["tx_key"] not in out.out + out.err
@@ -49,11 +49,11 @@ async def test_a_proof_not_kept_at_submission_is_made_on_request(
             fake.fail_next("get_tx_key", -8, "No tx secret key is stored for this tx")
         status, esc = await call(app, "POST", "/v1/escrows/q2/release", {"address": payee})
         assert status == 202, esc
-        assert app.store.get_payout_proof("q2") is None
+        assert await app.store.get_payout_proof("q2") is None
         status, body = await call(app, "GET", "/v1/escrows/q2/payout/proof")
         assert (status, body["error"]["code"]) == (502, "wallet_error"), body
         status, proof = await call(app, "GET", "/v1/escrows/q2/payout/proof")
         assert status == 200, proof
         assert proof["txid"] == esc["payout"]["txid"]
-        assert app.store.get_payout_proof("q2") is not None
+        assert await app.store.get_payout_proof("q2") is not None
         nursery.cancel_scope.cancel()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import trio
 
-from tests.fakes import call
+from tests.fakes import call, sqlite
 from tests.test_lifecycle import AMOUNT, _app, _run_monitor, _wait_state
 from walletd.state.events import PRUNE_INTERVAL, EventLog
+from walletd.state.seam import LocalState
 from walletd.state.store import Store
 
 OLD = "2000-01-01T00:00:00.000Z"
@@ -41,7 +42,7 @@ async def test_old_events_are_pruned_but_never_the_newest(
     """Events older than the retention go, in the background; the newest event always stays
     (so the feed's position survives) and newer events are kept."""
     store = Store(tmp_path / "db")
-    events = EventLog(store)
+    events = EventLog(LocalState(store))
     for _ in range(2500):  # more than one delete batch
         store.append_event("funded", "e1", {})
     _age_all(store)
@@ -64,9 +65,9 @@ async def test_stale_cursor_gets_the_oldest_kept_and_is_told(
     async with trio.open_nursery() as nursery:
         app, _ = await _app(nursery, tmp_path)
         for _ in range(10):
-            app.events.emit("funded", "e1")
-        _age_all(app.store)
-        app.events.emit("ready", "e1")  # seq 11, recent
+            await app.events.emit("funded", "e1")
+        _age_all(sqlite(app))
+        await app.events.emit("ready", "e1")  # seq 11, recent
         await app.events.prune(30)
         status, body = await call(app, "GET", "/v1/events?after=3")
         assert status == 200, body

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import MultisigSet, call, fake_app, make_fake_multisig, raw_call, start
+from tests.fakes import (
+    MultisigSet,
+    call,
+    fake_app,
+    make_fake_multisig,
+    raw_call,
+    sqlite,
+    start,
+)
 from walletd.app import App
 from walletd.sessions.registry import Limits
 from walletd.testing.fake_chain import FakeWalletWorld
@@ -38,7 +46,7 @@ async def _setup(
 def _closed(app: App) -> list[tuple[str, str]]:
     return [
         (e.escrow_id or "", e.data["reason"])
-        for e in app.store.events_after(0)
+        for e in sqlite(app).events_after(0)
         if e.type == "session_closed"
     ]
 
@@ -168,7 +176,7 @@ async def test_killed_wallet_rpc_is_restored(
         pool.fake_of(sets[0].files["vendor"]).kill()
         status, body = await call(app, "GET", "/v1/escrows/e0/balance")
         assert status == 200, body
-        restarted = [e for e in app.store.events_after(0) if e.type == "wallet_rpc_restarted"]
+        restarted = [e for e in sqlite(app).events_after(0) if e.type == "wallet_rpc_restarted"]
         assert [(e.escrow_id, e.data["role"]) for e in restarted] == [("e0", "vendor")]
         assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 1
         assert sets[0].files["vendor"] in world.locks  # reopened in a fresh process
@@ -444,7 +452,7 @@ async def test_a_close_that_overruns_stops_the_processes_before_the_slot_is_free
         assert hung.dead
         hung.call_delay = 0.0
         assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
-        assert [e.type for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
+        assert [e.type for e in sqlite(app).events_after(0) if e.type == "wallet_repaired"] == []
         nursery.cancel_scope.cancel()
 
 
@@ -468,7 +476,7 @@ async def test_a_wallet_that_fails_to_open_is_not_replaced_by_an_unchecked_backu
         status, body = await call(app, "GET", "/v1/escrows/e0/balance")
         assert live.read_bytes() == b"the multisig keys"
         assert not list((app.backups.backup_dir / "e0").glob("replaced-*"))
-        assert [e for e in app.store.events_after(0) if e.type == "wallet_repaired"] == []
+        assert [e for e in sqlite(app).events_after(0) if e.type == "wallet_repaired"] == []
         assert status == 502, body  # the open's -1 stands, with why nothing was repaired
         assert "no backup opens as the escrow's multisig wallet" in body["error"]["message"]
         nursery.cancel_scope.cancel()
@@ -493,7 +501,7 @@ async def test_a_wallet_reporting_damage_is_reopened_unsaved(
         assert pool.discarded_damaged == 1
         assert world.stores[buyer] == stores_before  # nothing of the damaged wallet was saved
         assert buyer in world.locks  # open again, in a fresh process
-        repaired = [e for e in app.store.events_after(0) if e.type == "wallet_repaired"]
+        repaired = [e for e in sqlite(app).events_after(0) if e.type == "wallet_repaired"]
         assert [(e.data["role"], e.data["source"]) for e in repaired] == [("buyer", "reopened")]
         metrics = (await raw_call(app, "GET", "/metrics")).body.decode()
         assert 'walletd_wallet_repairs_total{source="reopened"} 1.0' in metrics
@@ -512,5 +520,5 @@ async def test_an_ordinary_wallet_error_is_not_taken_for_damage(
         assert status == 502, body
         assert not fake.dead
         assert pool.discarded_damaged == 0
-        assert not [e for e in app.store.events_after(0) if e.type == "wallet_repaired"]
+        assert not [e for e in sqlite(app).events_after(0) if e.type == "wallet_repaired"]
         nursery.cancel_scope.cancel()

@@ -29,7 +29,6 @@ from walletd.api.status import Status
 from walletd.config import Config, SessionsConfig, load_config
 from walletd.errors import ConfigError
 from walletd.escrows.lifecycle import Lifecycle
-from walletd.escrows.model import EscrowState
 from walletd.escrows.service import EscrowService
 from walletd.ids import Role
 from walletd.monitor import Monitor
@@ -41,7 +40,8 @@ from walletd.sessions.registry import Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec
 from walletd.state.backups import Backups
 from walletd.state.events import EventLog
-from walletd.state.store import Store, StoreUnavailable
+from walletd.state.seam import LocalState, StateStore
+from walletd.state.store import Store
 from walletd.state.vault import Vault
 from walletd.wallets.chain import Chain
 from walletd.wallets.children import (
@@ -111,7 +111,7 @@ class App:
         self.config_path = config_path
         state = config.daemon.state_dir
         self.run_dir = state / "run"
-        self.store = Store(state / "walletd.sqlite3")
+        self.store: StateStore = LocalState(Store(state / "walletd.sqlite3"))
         self.vault = Vault.open(state / "walletd.key")
         self.events = EventLog(self.store)
         self.metrics = Metrics()
@@ -241,36 +241,29 @@ class App:
         blob is recorded before it is sent and only ever resubmitted as is."""
         self.pool.set_daemon_address(new)
         sessions = self.registry.restart_all("daemon_switched")
-        self.events.emit("daemon_switched", None, **{"from": old, "to": new})
+        await self.events.emit("daemon_switched", None, **{"from": old, "to": new})
         log.warning("monerod switched", from_=old, to=new, sessions_restarted=sessions)
         await trio.lowlevel.checkpoint()
 
     def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         self.metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()
-        self.events.emit("wallet_repaired", escrow_id, **data)
+        self.events.emit_soon("wallet_repaired", escrow_id, **data)
 
     def _wallet_damaged(self, escrow_id: str, role: Role, error: str) -> None:
         """A wallet in a session reported damage and was reopened from its files unsaved."""
         self._wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
-    def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
+    async def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
         self.status.wallet_rpc_restarts += 1
         self.metrics.wallet_rpc_restarts.inc()
-        self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
+        await self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 
     def _session_event(self, type_: str, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         if type_ == "session_opened":
             self.metrics.session_opens.inc()
         elif type_ == "session_closed":
             self.metrics.session_closes.labels(reason=data.get("reason", "unknown")).inc()
-        # Escrows being created or adopted get their session_opened after escrow_created.
-        try:
-            rec = self.store.get_escrow(escrow_id)
-        except StoreUnavailable as exc:  # the registry calls this: never let it fail there
-            log.error("event not recorded", type=type_, escrow_id=escrow_id, error=exc.message)
-            return
-        if rec is not None and rec.state is not EscrowState.CREATING:
-            self.events.emit(type_, escrow_id, **data)
+        self.events.emit_soon(type_, escrow_id, session_announcement=True, **data)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; apply the keys that can change live (session limits,
@@ -336,6 +329,7 @@ class App:
                 watchdog = notify.watchdog_interval()
                 if watchdog:  # systemd counts the pings from READY=1 on
                     nursery.start_soon(notify.watchdog_loop, watchdog)
+                await nursery.start(self._scoped, "events", self.events.run)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
                 if self.daemons is not None:
@@ -371,7 +365,7 @@ class App:
                     "walletd ready",
                     socket=str(cfg.daemon.socket_path),
                     max_active=self.registry.limits.max_active,
-                    escrows=self.store.count_escrows(),
+                    escrows=await self.store.count_escrows(),
                 )
                 task_status.started(self)
                 await self._stop.wait()
@@ -384,7 +378,7 @@ class App:
                 inherited.close()
             with trio.CancelScope(shield=True):
                 await self.chain.aclose()
-            self.store.close()
+            await self.store.aclose()
             self.stopped.set()
             log.info("walletd stopped")
 
@@ -419,7 +413,7 @@ class App:
         await self.lifecycle.recovered.wait()
         if not self._stop.is_set():
             path = self.config.daemon.socket_path
-            notify.ready(f"serving {path}, {self.store.count_escrows()} escrows")
+            notify.ready(f"serving {path}, {await self.store.count_escrows()} escrows")
 
     async def _shutdown(self) -> None:
         notify.stopping()
@@ -440,6 +434,10 @@ class App:
             with trio.move_on_after(max(0.0, deadline - trio.current_time())):
                 await self._done["server"].wait()
             await self.registry.shutdown(timeout=max(1.0, (deadline - trio.current_time()) * 0.7))
+            # What the sessions announced while closing is written before the end.
+            self.events.close_queue()
+            with trio.move_on_after(max(0.5, deadline - trio.current_time())):
+                await self._done["events"].wait()
             self._scopes["lifecycle"].cancel()
             self._scopes["registry"].cancel()
             self._scopes["pool"].cancel()  # stores, SIGTERM, SIGKILL every child (bounded)

@@ -44,7 +44,8 @@ from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, PreExchange, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
-from walletd.state.store import Store, StoreUnavailable
+from walletd.state.seam import StateStore
+from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
 
 __all__ = ["Monitor"]
@@ -62,7 +63,7 @@ class Monitor:
         self,
         cfg: MonitorConfig,
         *,
-        store: Store,
+        store: StateStore,
         registry: Registry,
         events: EventLog,
         chain: Chain,
@@ -145,7 +146,7 @@ class Monitor:
         if height is None:
             return
         self.cycles += 1
-        escrows = self._store.list_escrows()
+        escrows = await self._store.list_escrows()
         self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
         async with trio.open_nursery() as nursery:
             for rec in escrows:
@@ -196,12 +197,12 @@ class Monitor:
             GetFunding(refresh=True, amount=rec.amount),
             caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
         )
-        self._apply_funding(rec, funding, height)
+        await self._apply_funding(rec, funding, height)
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
-    def _apply_funding(self, rec: EscrowRecord, f: SeenFunding, height: int) -> None:
-        fresh = self._store.get_escrow(rec.escrow_id)
+    async def _apply_funding(self, rec: EscrowRecord, f: SeenFunding, height: int) -> None:
+        fresh = await self._store.get_escrow(rec.escrow_id)
         if fresh is None or fresh.state not in WATCHED:
             return  # moved on meanwhile (a payout started)
         state = fresh.state
@@ -244,7 +245,7 @@ class Monitor:
             # since the cycle began), and a ready height set too low would let a payout go to a
             # daemon that has not seen the deposit.
             funding = attrs.evolve(funding, ready_height=max(height, f.height))
-        self._events.change(rec.escrow_id, events, state=state, funding=funding)
+        await self._events.change(rec.escrow_id, events, state=state, funding=funding)
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
         if (
@@ -260,7 +261,7 @@ class Monitor:
     async def pre_exchange(self, rec: EscrowRecord, height: int) -> None:
         """Exchange the escrow's multisig info ahead of its payout. Never once a payout is
         recorded: the session also refuses it once it has begun preparing one."""
-        fresh = self._store.get_escrow(rec.escrow_id)
+        fresh = await self._store.get_escrow(rec.escrow_id)
         if fresh is None or not self._wants_exchange(fresh):
             return
         self.session_calls["pre_exchange"] += 1
@@ -278,11 +279,11 @@ class Monitor:
         confirmations = status.confirmations(height)
         if confirmations != payout.confirmations:
             payout = attrs.evolve(payout, confirmations=confirmations)
-            rec = self._store.update_escrow(rec.escrow_id, payout=payout)
+            rec = await self._store.update_escrow(rec.escrow_id, payout=payout)
         if confirmations >= rec.required_confirmations:
             (final,) = rec.state.moves
             done = {"txid": txid, "confirmations": confirmations}
-            self._events.change(rec.escrow_id, [(final, done)], state=final)
+            await self._events.change(rec.escrow_id, [(final, done)], state=final)
             self._metrics.payout(payout.kind.value, "confirmed")
             await self._registry.close(rec.escrow_id, reason="finished")
 
@@ -320,7 +321,7 @@ class Monitor:
     async def _cold_worker(self) -> None:
         while True:
             try:
-                rec = self._next_cold()
+                rec = await self._next_cold()
             except StoreUnavailable as exc:
                 log.error("cold check skipped", error=exc.message)
                 rec = None
@@ -342,13 +343,13 @@ class Monitor:
             if scope.cancelled_caught:
                 log.warning("cold check timed out", escrow_id=rec.escrow_id)
 
-    def _next_cold(self) -> EscrowRecord | None:
+    async def _next_cold(self) -> EscrowRecord | None:
         if self.height is None:
             return None
         now = trio.current_time()
         due: list[tuple[float, EscrowRecord]] = []
         for state in WATCHED:
-            for rec in self._store.list_escrows(state):
+            for rec in await self._store.list_escrows(state):
                 if self._registry.is_open(rec.escrow_id):
                     continue
                 if self._refreshed_at.get(rec.escrow_id) == self.height:

@@ -79,14 +79,14 @@ async def _measure(
     for _ in range(plan.block_cycles):
         await daemon.generate_blocks(1, miner_address)
         app.monitor.height = await daemon.height()
-        checked = {i: _checked_at(app, i) for i in ids}
+        checked = {i: await _checked_at(app, i) for i in ids}
         block.append(await _cycle(app))
-        missed += sum(_checked_at(app, i) == checked[i] for i in ids)
+        missed += sum([await _checked_at(app, i) == checked[i] for i in ids])
     return {"first": first, "idle": idle, "block": block, "missed_checks": missed}
 
 
-def _checked_at(app: App, escrow_id: str) -> object:
-    rec = app.store.get_escrow(escrow_id)
+async def _checked_at(app: App, escrow_id: str) -> object:
+    rec = await app.store.get_escrow(escrow_id)
     return rec.funding.checked_at if rec else None
 
 
@@ -122,7 +122,7 @@ async def _run_app(
     finally:
         with trio.CancelScope(shield=True):
             await app.chain.aclose()
-        app.store.close()
+        await app.store.aclose()
 
 
 def _per_method(samples: list[tuple[float, Counter[str]]]) -> dict[str, float]:

@@ -238,11 +238,11 @@ class Api:
         unknown = set(request.query) - {"state"}
         if unknown:
             raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
-        recs = self._escrows.list(request.query.get("state"))
+        recs = await self._escrows.list(request.query.get("state"))
         return Response.json(200, {"escrows": [self._escrows.to_json(r) for r in recs]})
 
     async def get_escrow(self, _: Request, params: dict[str, str]) -> Response:
-        rec = self._escrows.get(params["id"])
+        rec = await self._escrows.get(params["id"])
         return Response.json(200, self._escrows.to_json(rec))
 
     async def balance(self, request: Request, params: dict[str, str]) -> Response:
@@ -284,7 +284,7 @@ class Api:
 
     async def open_session(self, _: Request, params: dict[str, str]) -> Response:
         escrow_id = params["id"]
-        self._escrows.check_exists(escrow_id)
+        await self._escrows.check_exists(escrow_id)
         created, waited = await self._registry.open(escrow_id, caller=Caller.API)
         return Response.json(
             200, {"escrow_id": escrow_id, "created": created, "open_s": round(waited, 3)}
@@ -292,7 +292,7 @@ class Api:
 
     async def close_session(self, _: Request, params: dict[str, str]) -> Response:
         escrow_id = params["id"]
-        self._escrows.check_exists(escrow_id)
+        await self._escrows.check_exists(escrow_id)
         closed = await self._registry.close(escrow_id, reason="explicit")
         return Response.json(200, {"escrow_id": escrow_id, "closed": closed})
 
@@ -315,7 +315,7 @@ class Api:
         after = _query_int(request, "after", 0)
         timeout = _query_float(request, "timeout", 0.0, 0.0, 60.0)
         # AUTOINCREMENT's counter, not max(seq): pruning never makes a valid cursor look too new.
-        newest = self._events.last_seq
+        newest = await self._events.last_seq()
         if after > newest:
             # A cursor from another database or a typo would otherwise wait forever in silence.
             raise InvalidRequest(f"after={after} is past the newest event seq {newest}")
@@ -327,7 +327,7 @@ class Api:
         return Response.json(status, body)
 
     async def metrics(self, _: Request, __: dict[str, str]) -> Response:
-        body, content_type = self._status.metrics_text()
+        body, content_type = await self._status.metrics_text()
         return Response(200, body, content_type=content_type)
 
 
@@ -351,7 +351,7 @@ class MetricsOnly:
             )
             status, body, _ = error_answer(exc)
             return Response.json(status, body, headers=(("allow", ", ".join(allowed)),))
-        text, content_type = self._status.metrics_text()
+        text, content_type = await self._status.metrics_text()
         return Response(200, text, content_type=content_type)
 
 

@@ -13,7 +13,8 @@ from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
-from walletd.state.store import Store, StoreUnavailable
+from walletd.state.seam import StateStore
+from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
@@ -24,7 +25,9 @@ _DAEMON_WAIT = 3.0  # seconds /v1/health waits for monerod's height
 
 
 class Status:
-    def __init__(self, *, registry: Registry, store: Store, chain: Chain, metrics: Metrics) -> None:
+    def __init__(
+        self, *, registry: Registry, store: StateStore, chain: Chain, metrics: Metrics
+    ) -> None:
         self._registry = registry
         self._store = store
         self._chain = chain
@@ -77,11 +80,11 @@ class Status:
             body["daemon"] = self.daemons.current
         reasons = []
         try:
-            body["escrows"] = self._store.count_escrows()
+            body["escrows"] = await self._store.count_escrows()
         except StoreUnavailable:
             body["escrows"] = None
         # Degraded while writes fail: after a failure, ok again only once a write goes through.
-        if self._store.failure is not None and not self._store.probe():
+        if self._store.failure is not None and not await self._store.probe():
             reasons.append(f"database: writes failing ({self._store.failure})")
         try:
             with trio.fail_after(_DAEMON_WAIT):
@@ -98,11 +101,11 @@ class Status:
         body["status"] = "ok"
         return 200, body
 
-    def metrics_text(self) -> tuple[bytes, str]:
+    async def metrics_text(self) -> tuple[bytes, str]:
         stats = self._registry.stats()
         by_state = {s.value: 0 for s in STATES}
         try:
-            for rec in self._store.list_escrows():
+            for rec in await self._store.list_escrows():
                 if rec.state in by_state:
                     by_state[rec.state] += 1
         except StoreUnavailable:

@@ -150,7 +150,7 @@ class Faucet:
         if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
             raise InvalidRequest("amount must be a positive integer (atomic units)")
         if "escrow_id" in body:
-            rec = self.app.store.get_escrow(check_escrow_id(body["escrow_id"]))
+            rec = await self.app.store.get_escrow(check_escrow_id(body["escrow_id"]))
             if rec is None or rec.multisig_address is None:
                 raise NotFound("no such escrow")
             address = rec.multisig_address

@@ -74,7 +74,8 @@ from walletd.sessions.messages import (
 from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import NO_DAEMON_CONNECTION, SessionSpec, WalletSpec
 from walletd.state.events import EventLog
-from walletd.state.store import Store, StoreUnavailable
+from walletd.state.seam import StateStore
+from walletd.state.store import StoreUnavailable
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain
@@ -110,7 +111,7 @@ class Lifecycle:
     def __init__(
         self,
         *,
-        store: Store,
+        store: StateStore,
         escrows: EscrowService,
         registry: Registry,
         events: EventLog,
@@ -157,10 +158,12 @@ class Lifecycle:
         self, escrow_id: str, amount: int, confirmations: int | None, digest: str
     ) -> tuple[EscrowRecord, bool]:
         """Create the escrow's wallets and multisig; returns (record, created) like `adopt`."""
-        if self._store.escrow_state(escrow_id) is None:  # a retry of a made escrow needs no monerod
+        if (
+            await self._store.escrow_state(escrow_id) is None
+        ):  # a retry of a made escrow needs no monerod
             await self._check_daemon()
         while True:
-            existing = self._escrows.existing_for_retry(escrow_id, digest)
+            existing = await self._escrows.existing_for_retry(escrow_id, digest)
             if existing is None:
                 break
             if existing.state is not EscrowState.CREATING:
@@ -173,7 +176,7 @@ class Lifecycle:
         files = {role: wallet_file_for(escrow_id, role) for role in ROLES}
         # No await since existing_for_retry: an adoption of this id in flight (not recorded yet)
         # or another escrow using these file names is a Conflict here, before any file moves.
-        self._escrows.claim(escrow_id, "create", files.values())
+        await self._escrows.claim(escrow_id, "create", files.values())
         try:
             return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
         finally:
@@ -208,8 +211,8 @@ class Lifecycle:
             wallets={role: WalletRef(files[role]) for role in ROLES},
             request_digest=digest,
         )
-        self._set_aside_files(rec, "leftover before create")
-        self._store.insert_escrow(rec)
+        await self._set_aside_files(rec, "leftover before create")
+        await self._store.insert_escrow(rec)
         done = self._creating[escrow_id] = trio.Event()
         try:
             spec = SessionSpec(
@@ -224,9 +227,9 @@ class Lifecycle:
             address = await self._registry.call(
                 escrow_id, SetupMultisig(), caller=Caller.API, spec=spec
             )
-            self._escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
+            await self._escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
             created = {"origin": "created", "amount": amount, "address": address}
-            rec = self._events.change(
+            rec = await self._events.change(
                 escrow_id,
                 [("escrow_created", created)],
                 state=EscrowState.AWAITING_FUNDING,
@@ -242,24 +245,24 @@ class Lifecycle:
             del self._creating[escrow_id]
             done.set()
         if self._registry.is_open(escrow_id):
-            self._events.emit("session_opened", escrow_id)
+            await self._events.emit("session_opened", escrow_id)
         return rec, True
 
     async def _abandon(self, rec: EscrowRecord, why: str) -> None:
         """Undo a creation: close the session, move the files aside, forget the record."""
         log.warning("abandoning escrow creation", escrow_id=rec.escrow_id, why=why[:300])
         await self._registry.close(rec.escrow_id, reason="explicit")
-        self._set_aside_files(rec, why)
-        self._store.delete_escrow(rec.escrow_id)
+        await self._set_aside_files(rec, why)
+        await self._store.delete_escrow(rec.escrow_id)
 
-    def _set_aside_files(self, rec: EscrowRecord, why: str) -> None:
+    async def _set_aside_files(self, rec: EscrowRecord, why: str) -> None:
         """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete).
 
         A file another escrow (recorded, or being registered) uses stays where it is: it is that
         escrow's wallet, whatever its name says."""
         wallet_dir = self._wallet_dir
         target = self._state_dir / "abandoned" / f"{int(time.time() * 1000)}"
-        in_use = self._escrows.files_in_use(except_escrow=rec.escrow_id)
+        in_use = await self._escrows.files_in_use(except_escrow=rec.escrow_id)
         moved = []
         for ref in rec.wallets.values():
             if ref.file in in_use:
@@ -285,7 +288,7 @@ class Lifecycle:
         """Release or refund the whole balance to `address`, at most once (see module doc)."""
         check_address_format(address)
         escrows = self._escrows
-        escrows.get(escrow_id)  # NotFound before anything is kept for this id
+        await escrows.get(escrow_id)  # NotFound before anything is kept for this id
         lock = self._locks.setdefault(escrow_id, trio.Lock())
         try:
             await self._payout_locked(lock, escrow_id, kind, address)
@@ -294,14 +297,14 @@ class Lifecycle:
             # holds or waits for it (trio hands a released lock straight to its next waiter).
             if not lock.locked() and self._locks.get(escrow_id) is lock:
                 del self._locks[escrow_id]
-        return escrows.get(escrow_id)
+        return await escrows.get(escrow_id)
 
     async def _payout_locked(
         self, lock: trio.Lock, escrow_id: str, kind: PayoutKind, address: str
     ) -> None:
         escrows = self._escrows
         async with lock:
-            rec = escrows.get(escrow_id)
+            rec = await escrows.get(escrow_id)
             refused = rec.payout is not None and rec.payout.phase is PayoutPhase.REFUSED
             if rec.payout is not None and not refused:
                 if rec.payout.kind != kind:
@@ -318,7 +321,7 @@ class Lifecycle:
                 raise NotReady(f"escrow {escrow_id!r} is {rec.state}; a payout needs ready")
             else:
                 await self._validate(escrow_id, address)
-                rec = self._store.update_escrow(
+                rec = await self._store.update_escrow(
                     escrow_id,
                     payout=Payout(
                         kind=kind, address=address, phase=PayoutPhase.INTENT, created_at=utcnow()
@@ -341,7 +344,7 @@ class Lifecycle:
             assert self._nursery is not None
             self._nursery.start_soon(self._drive_payout, escrow_id, done)
         await done.wait()
-        rec = self._escrows.get(escrow_id)
+        rec = await self._escrows.get(escrow_id)
         error = rec.payout.last_error if rec.payout else None
         if rec.payout and rec.payout.phase is PayoutPhase.REFUSED:
             raise Conflict(f"payout refused before signing, nothing was signed: {error}")
@@ -356,12 +359,12 @@ class Lifecycle:
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
             try:
-                rec = self._escrows.get(escrow_id)
+                rec = await self._escrows.get(escrow_id)
                 if rec.payout is not None:
                     self._metrics.payout(rec.payout.kind.value, "failed")
                     error = public_error(exc).message[:300]
                     payout = attrs.evolve(rec.payout, last_error=error)
-                    self._store.update_escrow(escrow_id, payout=payout)
+                    await self._store.update_escrow(escrow_id, payout=payout)
             except StoreUnavailable as db_exc:  # the database is why it failed, likely
                 log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
         finally:
@@ -373,7 +376,7 @@ class Lifecycle:
 
     async def _payout_steps(self, escrow_id: str) -> None:
         registry = self._registry
-        rec = self._escrows.get(escrow_id)
+        rec = await self._escrows.get(escrow_id)
         assert rec.payout is not None
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
@@ -394,7 +397,7 @@ class Lifecycle:
             try:
                 tx = await registry.call(escrow_id, prepare, caller=Caller.PAYOUT)
             except PayoutRefused as exc:
-                self._refuse(escrow_id, payout, exc.reason)
+                await self._refuse(escrow_id, payout, exc.reason)
                 return
             payout = attrs.evolve(
                 payout,
@@ -406,7 +409,7 @@ class Lifecycle:
                 last_error=None,
             )
             # Durable before it can be sent: from here only this blob is ever submitted.
-            self._store.update_escrow(escrow_id, payout=payout)
+            await self._store.update_escrow(escrow_id, payout=payout)
             failpoints.hit("after_sign")
         # Both recorded when it was signed.
         assert payout.txids is not None
@@ -438,7 +441,7 @@ class Lifecycle:
             "amount": payout.amount,
             "fee": payout.fee,
         }
-        self._events.change(
+        await self._events.change(
             escrow_id,
             [("payout_submitted", submitted)],
             payout=payout,
@@ -462,10 +465,10 @@ class Lifecycle:
     async def payout_proof(self, escrow_id: str) -> PayoutProof:
         """The tx key and proof of the escrow's submitted payout, kept at submission or, if
         walletd stopped (or a wallet failed) before it was kept, fetched and kept now."""
-        payout = self._escrows.get(escrow_id).payout
+        payout = (await self._escrows.get(escrow_id)).payout
         if payout is None or payout.phase is not PayoutPhase.SUBMITTED:
             raise NotFound(f"escrow {escrow_id!r} has no submitted payout")
-        kept = self._store.get_payout_proof(escrow_id)
+        kept = await self._store.get_payout_proof(escrow_id)
         if kept is not None:
             return kept
         try:
@@ -479,16 +482,16 @@ class Lifecycle:
         # The co-signer signed the final transaction and holds its key; the proposer may too.
         ask = GetPayoutProof((cosigner, proposer), payout.txid, payout.address)
         proof = await self._registry.call(escrow_id, ask, caller=caller)
-        self._store.put_payout_proof(escrow_id, proof)
+        await self._store.put_payout_proof(escrow_id, proof)
         log.info("payout proof kept", escrow_id=escrow_id, txid=payout.txid)
         return proof
 
-    def _refuse(self, escrow_id: str, payout: Payout, reason: str) -> None:
+    async def _refuse(self, escrow_id: str, payout: Payout, reason: str) -> None:
         """Record a refused proposal: the payout is failed with the reason, and says so."""
         log.error("payout refused before signing", escrow_id=escrow_id, reason=reason)
         refused = attrs.evolve(payout, phase=PayoutPhase.REFUSED, last_error=reason[:300])
         event = {"kind": payout.kind.value, "reason": reason[:300]}
-        self._events.change(escrow_id, [("payout_refused", event)], payout=refused)
+        await self._events.change(escrow_id, [("payout_refused", event)], payout=refused)
         self._metrics.payout(payout.kind.value, "failed")
 
     async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
@@ -522,9 +525,9 @@ class Lifecycle:
         undone, payouts in flight resumed, then sessions reopened for ready and funded escrows
         (up to the cap) so the monitor and the API find them warm."""
         try:
-            for rec in self._store.list_escrows(EscrowState.CREATING):
+            for rec in await self._store.list_escrows(EscrowState.CREATING):
                 await self._abandon(rec, "walletd stopped during creation")
-            for rec in self._store.list_escrows(EscrowState.READY):
+            for rec in await self._store.list_escrows(EscrowState.READY):
                 if rec.payout is not None and rec.payout.phase in _RESUMABLE:
                     log.warning(
                         "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout.phase.value
@@ -539,8 +542,8 @@ class Lifecycle:
 
     async def _reopen_warm(self) -> None:
         registry = self._registry
-        wanted = [r for r in self._store.list_escrows(EscrowState.READY) if r.payout is None]
-        wanted += self._store.list_escrows(EscrowState.FUNDED)
+        wanted = [r for r in await self._store.list_escrows(EscrowState.READY) if r.payout is None]
+        wanted += await self._store.list_escrows(EscrowState.FUNDED)
         room = registry.limits.max_active - registry.stats().active_sessions
         for rec in wanted[: max(0, room)]:
             try:

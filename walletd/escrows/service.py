@@ -42,7 +42,7 @@ from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Multisig
 from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.state.events import EventLog
-from walletd.state.store import Store
+from walletd.state.seam import StateStore
 from walletd.state.vault import Vault
 
 __all__ = ["STATES", "EscrowService"]
@@ -65,7 +65,7 @@ class _Claims:
 class EscrowService:
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         vault: Vault,
         registry: Registry,
         events: EventLog,
@@ -83,21 +83,21 @@ class EscrowService:
 
     # ---- lookups ---------------------------------------------------------------------------------
 
-    def get(self, escrow_id: str) -> EscrowRecord:
+    async def get(self, escrow_id: str) -> EscrowRecord:
         """The record, an escrow being created included (`creating`, api.md since v1.1)."""
-        rec = self.store.get_escrow(escrow_id)
+        rec = await self.store.get_escrow(escrow_id)
         if rec is None:
             raise NotFound(f"no escrow {escrow_id!r}")
         return rec
 
-    def check_exists(self, escrow_id: str) -> None:
+    async def check_exists(self, escrow_id: str) -> None:
         """NotFound for no escrow; NotReady for one being created, whose wallets and session
         belong to its creation until it ends (nothing else may open or close them)."""
-        _check_usable(escrow_id, self.store.escrow_state(escrow_id))
+        _check_usable(escrow_id, await self.store.escrow_state(escrow_id))
 
     async def spec_for(self, escrow_id: str) -> SessionSpec:
         """What the escrow's session opens (the registry's lookup)."""
-        rec = self.get(escrow_id)
+        rec = await self.get(escrow_id)
         _check_usable(escrow_id, rec.state)
         return self._spec(rec)
 
@@ -147,20 +147,20 @@ class EscrowService:
             "updated_at": rec.updated_at,
         }
 
-    def list(self, state: str | None) -> list[EscrowRecord]:
+    async def list(self, state: str | None) -> list[EscrowRecord]:
         if state is not None and state not in {s.value for s in EscrowState}:
             raise InvalidRequest(f"state must be one of {', '.join(EscrowState)}")
         wanted = EscrowState(state) if state is not None else None
-        return self.store.list_escrows(wanted)
+        return await self.store.list_escrows(wanted)
 
     # ---- reads through the session ---------------------------------------------------------------
 
     async def balance(self, escrow_id: str, *, refresh: bool) -> Balance:
-        self.check_exists(escrow_id)
+        await self.check_exists(escrow_id)
         return await self.registry.call(escrow_id, GetBalance(refresh=refresh), caller=Caller.API)
 
     async def transfer(self, escrow_id: str, txid: str) -> Transfer:
-        self.check_exists(escrow_id)
+        await self.check_exists(escrow_id)
         result = await self.registry.call(escrow_id, GetTransfer(txid), caller=Caller.API)
         if result is None:
             raise NotFound(f"escrow {escrow_id!r} wallets do not know transaction {txid}")
@@ -168,25 +168,30 @@ class EscrowService:
 
     # ---- claims: one escrow per id, wallet file and address -------------------------------------
 
-    def claim(self, escrow_id: str, kind: Literal["adopt", "create"], files: Iterable[str]) -> None:
+    async def claim(
+        self, escrow_id: str, kind: Literal["adopt", "create"], files: Iterable[str]
+    ) -> None:
         """Take the id and the wallet files for a registration in flight, or raise Conflict.
 
-        Synchronous on purpose: the checks and the take cannot be split by another task. The
+        The database is read first; the in-process claims are checked and taken after it with
+        no checkpoint between, so another task cannot split the check from the take. The
         caller must `release_claim` when the escrow is recorded or the attempt given up."""
         files = set(files)
+        recorded = await self.store.wallet_files_in_use(except_escrow=escrow_id)
         other = self._claims.ids.get(escrow_id)
         if other is not None:
             raise Conflict(f"escrow {escrow_id!r} is being registered by another request ({other})")
-        held = self.files_in_use(except_escrow=escrow_id) & files
+        held = (recorded | self._claimed_files(except_escrow=escrow_id)) & files
         if held:
             raise Conflict(f"wallet file {sorted(held)[0]!r} belongs to another escrow")
         self._claims.ids[escrow_id] = kind
         self._claims.files.update(dict.fromkeys(files, escrow_id))
 
-    def claim_address(self, escrow_id: str, address: str) -> None:
+    async def claim_address(self, escrow_id: str, address: str) -> None:
         """Take the multisig address a registration in flight has learnt, or raise Conflict if
         another escrow, recorded or in flight, has it (its wallet files copied elsewhere)."""
-        owner = self.store.escrow_with_address(address) or self._claims.addresses.get(address)
+        recorded = await self.store.escrow_with_address(address)
+        owner = recorded or self._claims.addresses.get(address)  # no checkpoint from here on
         if owner is not None and owner != escrow_id:
             raise Conflict(
                 "the wallets' multisig address belongs to another escrow: "
@@ -202,11 +207,14 @@ class EscrowService:
             for key in [k for k, owner in table.items() if owner == escrow_id]:
                 del table[key]
 
-    def files_in_use(self, *, except_escrow: str | None = None) -> set[str]:
+    async def files_in_use(self, *, except_escrow: str | None = None) -> set[str]:
         """Wallet files held by a recorded escrow or a registration in flight, but
         `except_escrow`'s own: files walletd must never open for, or move from, another escrow."""
-        claimed = {f for f, owner in self._claims.files.items() if owner != except_escrow}
-        return self.store.wallet_files_in_use(except_escrow=except_escrow) | claimed
+        recorded = await self.store.wallet_files_in_use(except_escrow=except_escrow)
+        return recorded | self._claimed_files(except_escrow=except_escrow)
+
+    def _claimed_files(self, *, except_escrow: str | None) -> set[str]:
+        return {f for f, owner in self._claims.files.items() if owner != except_escrow}
 
     # ---- adopting existing multisig wallet files -------------------------------------------------
 
@@ -216,9 +224,9 @@ class EscrowService:
         canonical = json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
         return self.vault.mac(canonical)
 
-    def existing_for_retry(self, escrow_id: str, digest: str) -> EscrowRecord | None:
+    async def existing_for_retry(self, escrow_id: str, digest: str) -> EscrowRecord | None:
         """The escrow if this is an identical retry; Conflict if the id is taken otherwise."""
-        rec = self.store.get_escrow(escrow_id)
+        rec = await self.store.get_escrow(escrow_id)
         if rec is None:
             return None
         if rec.request_digest != digest:
@@ -239,7 +247,7 @@ class EscrowService:
         the session is opened and the files checked to be one ready 2-of-3 multisig whose address
         no other escrow has; only then is the escrow recorded, so a failure leaves nothing.
         """
-        existing = self.existing_for_retry(escrow_id, digest)
+        existing = await self.existing_for_retry(escrow_id, digest)
         if existing is not None:
             return existing, False
         files = {
@@ -247,7 +255,7 @@ class EscrowService:
         }
         if len(set(files.values())) != 3:
             raise InvalidRequest("the three roles must name three different wallet files")
-        self.claim(escrow_id, "adopt", files.values())
+        await self.claim(escrow_id, "adopt", files.values())
         try:
             spec = SessionSpec(
                 escrow_id=escrow_id,
@@ -256,7 +264,7 @@ class EscrowService:
             )
             address = await self._open_and_check_multisig(spec)
             try:
-                self.claim_address(escrow_id, address)
+                await self.claim_address(escrow_id, address)
             except Conflict:
                 await self._close_quietly(escrow_id)
                 raise
@@ -274,7 +282,7 @@ class EscrowService:
                 request_digest=digest,
             )
             try:
-                self.events.insert(
+                await self.events.insert(
                     rec, [("escrow_created", {"origin": "adopted", "amount": amount})]
                 )
             except BaseException:
@@ -285,7 +293,7 @@ class EscrowService:
         finally:
             self.release_claim(escrow_id)
         if self.registry.is_open(escrow_id):
-            self.events.emit("session_opened", escrow_id)
+            await self.events.emit("session_opened", escrow_id)
         return rec, True
 
     async def _open_and_check_multisig(self, spec: SessionSpec) -> str:

@@ -49,7 +49,7 @@ class RunnableSession(Protocol):
 
 SessionRunner = Callable[[SessionSpec], RunnableSession]
 SpecLookup = Callable[[str], Awaitable[SessionSpec]]
-EventSink = Callable[..., object]
+EventSink = Callable[..., None]  # sync: called inside the bookkeeping
 R = TypeVar("R")
 
 

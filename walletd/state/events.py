@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Unpack
 
+import attrs
 import structlog
 import trio
 import trio.lowlevel
 
-from walletd.escrows.model import EscrowRecord
+from walletd.escrows.model import EscrowRecord, EscrowState
 from walletd.jsontypes import JsonObject
+from walletd.state.seam import LocalState, StateStore
 from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store, StoreUnavailable
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
@@ -39,6 +41,7 @@ log = structlog.get_logger(__name__)
 MAX_POLL_S = 60.0
 PRUNE_INTERVAL = 3600.0  # seconds between pruning rounds
 PRUNE_BATCH = 1000  # events deleted per transaction
+SOON_QUEUE = 10_000  # events `emit_soon` may hold before dropping (each is a few hundred bytes)
 
 
 def page_json(after: int, events: Sequence[EventRecord]) -> JsonObject:
@@ -54,31 +57,100 @@ def page_json(after: int, events: Sequence[EventRecord]) -> JsonObject:
     return body
 
 
+@attrs.frozen
+class _Soon:
+    type: str
+    escrow_id: str | None
+    data: dict[str, Any]  # Any: event JSON
+    session_announcement: bool
+
+
+def _lost(soon: _Soon, why: str) -> None:
+    log.error("event not recorded", type=soon.type, escrow_id=soon.escrow_id, error=why)
+
+
 class EventLog:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StateStore) -> None:
         self._store = store
         self._changed = trio.Event()
+        # `emit_soon`'s queue, written in order by `run`, for callers that cannot wait (the
+        # registry announcing a session from inside its bookkeeping) when the store is remote.
+        self._soon_send, self._soon_receive = trio.open_memory_channel[_Soon](SOON_QUEUE)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write `emit_soon`'s events, in the order they were queued."""
+        task_status.started()
+        async for soon in self._soon_receive:
+            if soon.session_announcement:
+                try:
+                    state = await self._store.escrow_state(soon.escrow_id or "")
+                except StoreUnavailable as exc:
+                    _lost(soon, exc.message)
+                    continue
+                if state is None or state is EscrowState.CREATING:
+                    continue
+            await self.emit(soon.type, soon.escrow_id, **soon.data)
 
     # Any: an event's data is JSON, stored and served as given.
-    def emit(self, type_: str, escrow_id: str | None = None, **data: Any) -> EventRecord | None:
+    def emit_soon(
+        self,
+        type_: str,
+        escrow_id: str | None = None,
+        *,
+        session_announcement: bool = False,
+        **data: Any,
+    ) -> None:
+        """`emit` from code that cannot wait. The embedded store writes it at once, as `emit`
+        would; a remote store's write is queued and made by `run`, in order (a full queue drops
+        the event and says so, as `emit` does when the database refuses one).
+
+        `session_announcement`: a session opened or closed, which an escrow being created or
+        adopted does not announce (it gets its session_opened after escrow_created)."""
+        soon = _Soon(type_, escrow_id, data, session_announcement)
+        if isinstance(self._store, LocalState):
+            try:
+                self._write_now(self._store.sqlite, soon)
+            except StoreUnavailable as exc:
+                _lost(soon, exc.message)
+            return
+        try:
+            self._soon_send.send_nowait(soon)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            _lost(soon, "queue closed")
+
+    def _write_now(self, store: Store, soon: _Soon) -> None:
+        if soon.session_announcement:
+            state = store.escrow_state(soon.escrow_id or "")
+            if state is None or state is EscrowState.CREATING:
+                return
+        self._published([store.append_event(soon.type, soon.escrow_id, soon.data)])
+
+    def close_queue(self) -> None:
+        """No more `emit_soon`: `run` ends once it has written what is queued."""
+        self._soon_send.close()
+
+    # Any: an event's data is JSON, stored and served as given.
+    async def emit(
+        self, type_: str, escrow_id: str | None = None, **data: Any
+    ) -> EventRecord | None:
         """Record an event and wake every waiting long poll; None if the database refused it."""
         try:
-            event = self._store.append_event(type_, escrow_id, data)
+            event = await self._store.append_event(type_, escrow_id, data)
         except StoreUnavailable as exc:
             log.error("event not recorded", type=type_, escrow_id=escrow_id, error=exc.message)
             return None
         self._published([event])
         return event
 
-    def insert(self, rec: EscrowRecord, events: Sequence[NewEvent]) -> None:
+    async def insert(self, rec: EscrowRecord, events: Sequence[NewEvent]) -> None:
         """Record a new escrow together with its events (one transaction), then publish them."""
-        self._published(self._store.insert_escrow(rec, events))
+        self._published(await self._store.insert_escrow(rec, events))
 
-    def change(
+    async def change(
         self, escrow_id: str, events: Sequence[NewEvent], **changes: Unpack[EscrowChanges]
     ) -> EscrowRecord:
         """Change an escrow and record the events that say so in one transaction."""
-        rec, appended = self._store.change_escrow(escrow_id, changes, events)
+        rec, appended = await self._store.change_escrow(escrow_id, changes, events)
         self._published(appended)
         return rec
 
@@ -91,9 +163,8 @@ class EventLog:
             self._changed.set()
             self._changed = trio.Event()
 
-    @property
-    def last_seq(self) -> int:
-        return self._store.last_event_seq()
+    async def last_seq(self) -> int:
+        return await self._store.last_event_seq()
 
     async def prune(self, retention_days: int) -> int:
         """Delete events older than `retention_days` (never the newest); returns the count."""
@@ -101,7 +172,7 @@ class EventLog:
         before = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         total = 0
         while True:
-            deleted = self._store.prune_events(before, PRUNE_BATCH)
+            deleted = await self._store.prune_events(before, PRUNE_BATCH)
             total += deleted
             if deleted < PRUNE_BATCH:
                 break
@@ -125,7 +196,7 @@ class EventLog:
         """Events newer than `after`, waiting up to `timeout` seconds for the first one."""
         with trio.move_on_after(min(max(timeout, 0.0), MAX_POLL_S)):
             while True:
-                events = self._store.events_after(after, limit)
+                events = await self._store.events_after(after, limit)
                 if events:
                     return events
                 await self._changed.wait()

@@ -93,7 +93,7 @@ def lock_holder(path: Path) -> int | None:
 
 class WalletRepair:
     def __init__(
-        self, wallet_dir: Path, backups: Backups, on_repaired: Callable[..., object]
+        self, wallet_dir: Path, backups: Backups, on_repaired: Callable[..., None]
     ) -> None:
         self.wallet_dir = wallet_dir
         self.backups = backups
