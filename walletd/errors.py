@@ -14,7 +14,8 @@ The hierarchy::
     │   ├── TooLarge                  the request exceeds a size limit
     │   ├── Capacity                  no session slot could be freed in time
     │   ├── Unavailable               monerod or wallet-rpc unreachable
-    │   │   └── SessionFailed         a session gave up (restart limit, wrong wallet)
+    │   │   ├── SessionFailed         a session gave up (restart limit, wrong wallet)
+    │   │   └── OwnedElsewhere        (cluster) another live host holds the escrow's lease
     │   ├── WalletError               wallet-rpc refused; the message says why
     │   └── Timeout                   wallet-rpc did not answer in time
     ├── ConfigError                   start-up stops; the message names the key
@@ -48,6 +49,7 @@ __all__ = [
     "NoWalletFile",
     "NotFound",
     "NotReady",
+    "OwnedElsewhere",
     "PublicError",
     "RpcAuthError",
     "RpcCallError",
@@ -130,6 +132,18 @@ class Unavailable(PublicError):
 
 class SessionFailed(Unavailable):
     """A session gave up: its wallets could not be restored, or a process held the wrong wallet."""
+
+
+class OwnedElsewhere(Unavailable):
+    """In a cluster, another live host holds the escrow's lease: only it may open the escrow's
+    wallets or write about it. The API forwards the request there; others retry later."""
+
+    def __init__(self, message: str, host_id: str = "") -> None:
+        super().__init__(message)
+        self.host_id = host_id
+
+    def copy(self) -> Self:
+        return type(self)(self.message, self.host_id)
 
 
 class WalletError(PublicError):

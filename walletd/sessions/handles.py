@@ -18,6 +18,8 @@ own; the session's actor loop, its restart policy and its operations stay in `se
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -119,6 +121,7 @@ class WalletHandles:
     _on_call: Callable[[str, float], None] | None
     _repair: Repairer | None
     _reader_synced: bool
+    fenced: bool = False  # the escrow's lease was lost (a cluster): never open a wallet again
 
     async def _open_all(self) -> None:
         try:
@@ -132,6 +135,8 @@ class WalletHandles:
         log.info("session opened", address=short(self.address))
 
     async def _open_one(self, handle: Handle) -> None:
+        if self.fenced:
+            raise SessionFailed("this host lost the escrow's lease; its wallets stay closed")
         fresh = 0
         while True:
             if handle.proc is None or not handle.proc.alive():
@@ -206,6 +211,20 @@ class WalletHandles:
                 f"wallet address mismatch for {', '.join(wrong)}: refusing to use those wallets"
             )
         self.address = expected
+
+    async def fence(self) -> None:
+        """The escrow's lease is lost (a cluster): another host may open these wallets as soon
+        as it expires, so every process of this session is killed now, unsaved (SIGKILL: a
+        SIGTERM would store), and no wallet of it is opened again. What was not stored is not
+        lost to the escrow: payouts are recorded in the database before they are sent, and the
+        next owner opens the files last saved there."""
+        self.fenced = True
+        procs = [h.proc for h in self._handles.values() if h.proc is not None]
+        for handle in self._handles.values():
+            handle.proc = None
+        async with trio.open_nursery() as nursery:
+            for proc in procs:
+                nursery.start_soon(functools.partial(self._pool.discard, proc, damaged=True))
 
     async def _still_open(self, handle: Handle) -> bool:
         assert handle.proc is not None

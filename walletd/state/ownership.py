@@ -1,0 +1,83 @@
+"""Which host may act on an escrow: the seam between the daemon and the cluster (issue 14).
+
+On one host (`LocalOwnership`) the host owns every escrow and nothing here does anything. In a
+cluster (`walletd.cluster.ownership`) an escrow's wallets may be open, and its durable state
+written, only on the host holding the escrow's lease; `holding` takes the lease (or shares this
+host's), keeps it renewed, and calls `on_lost` if it is lost, before any other host can take it.
+The wallet files live in the database there: restored before an open, saved after each store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+from walletd.ids import Role
+
+__all__ = ["LocalOwnership", "OnLost", "Ownership"]
+
+OnLost = Callable[[], Awaitable[None]]
+
+
+class Ownership(Protocol):
+    @property
+    def clustered(self) -> bool:
+        """True when other hosts share the escrows (and this seam does something)."""
+        ...
+
+    def holding(
+        self, escrow_id: str, on_lost: OnLost | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the escrow for the block: `OwnedElsewhere` if another live host does.
+
+        Holdings on one host share one lease. `on_lost` runs (once) if the lease is lost while
+        this holding lasts: the holder must then stop touching the escrow's wallets at once."""
+        ...
+
+    async def owner_elsewhere(self, escrow_id: str) -> str | None:
+        """The other live host holding the escrow, if any (a read: it may change right after)."""
+        ...
+
+    async def owned_elsewhere(self) -> set[str]:
+        """Every escrow another live host holds now (the monitor leaves those to it)."""
+        ...
+
+    async def restore_wallets(self, escrow_id: str, files: Mapping[Role, str]) -> None:
+        """Before an open: bring the escrow's wallet files up to the last stored version."""
+        ...
+
+    async def wallets_stored(self, escrow_id: str, files: Mapping[Role, str]) -> None:
+        """After a store: keep the escrow's wallet files (names in `monero.wallet_dir`) off the
+        host. `Fenced` if this host's lease is stale: the caller must stop."""
+        ...
+
+
+class LocalOwnership:
+    """One host: it owns every escrow; wallet files stay in `monero.wallet_dir`."""
+
+    @property
+    def clustered(self) -> bool:
+        return False
+
+    def holding(
+        self, escrow_id: str, on_lost: OnLost | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        return _nothing()
+
+    async def owner_elsewhere(self, escrow_id: str) -> str | None:
+        return None
+
+    async def owned_elsewhere(self) -> set[str]:
+        return set()
+
+    async def restore_wallets(self, escrow_id: str, files: Mapping[Role, str]) -> None:
+        return None
+
+    async def wallets_stored(self, escrow_id: str, files: Mapping[Role, str]) -> None:
+        return None
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
