@@ -8,10 +8,15 @@ import os
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import structlog
+import trio
+from psycopg.conninfo import conninfo_to_dict
 
-from tests.pgtest import advance_db_clock, fresh_database
+from tests.pgtest import admin_url, advance_db_clock, fresh_database
+from walletd.cli.daemon import main
 from walletd.cluster.db import Connection, Database
 from walletd.cluster.leases import Fenced, Leases, Tenure
 from walletd.cluster.migrations import migrate
@@ -22,6 +27,7 @@ from walletd.cluster.wallet_files import (
     WalletFiles,
     WalletFilesMissing,
 )
+from walletd.ops import logs
 
 pytestmark = pytest.mark.pg
 
@@ -294,3 +300,78 @@ async def test_import_does_not_roll_back_newer_database_files(db: Database, tmp_
     assert await _versions(db) == [1, 2, 3]
     assert await files.restore("e1", "buyer", tmp_path, NAME) == 3
     assert _files(tmp_path) == (b"keys", b"cache-1")
+
+
+def _url_of(conninfo: str) -> str:
+    """A postgresql:// URL (what [cluster] database_url takes) for a fresh test database."""
+    dbname = str(conninfo_to_dict(conninfo)["dbname"])
+    return urlunsplit(urlsplit(admin_url())._replace(path=f"/{dbname}"))
+
+
+@pytest.fixture
+def cli_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI configures logging for the process: put it back for the tests that follow."""
+    monkeypatch.setattr(logs, "_threshold", logs._threshold)
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+def _config(path: Path, url: str) -> Path:
+    path.write_text(f'[cluster]\ndatabase_url = "{url}"\nhost_id = "h1"\n')
+    return path
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_cli_export_then_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`walletd --config C cluster export DIR` and `walletd cluster import DIR --config C` each
+    print one line of counts and never the database URL; a tampered export exits 1 with a clear
+    line and imports nothing."""
+    wallets = tmp_path / "w"
+
+    async def seed(url: str) -> None:
+        db = await _open(url)
+        try:
+            leases = Leases(db, TTL)
+            files = WalletFiles(db, leases)
+            for escrow_id in ("e1", "e2"):
+                _write(wallets, b"keys", f"cache-{escrow_id}".encode(), escrow_id)
+                await files.save(await _tenure(leases, escrow_id), "buyer", wallets, escrow_id)
+        finally:
+            await db.close()
+
+    backup = tmp_path / "backup"
+    with fresh_database() as source:
+        url = _url_of(source)
+        trio.run(seed, source)
+        capsys.readouterr()  # the seeding's log lines
+        config = _config(tmp_path / "a.toml", url)
+        assert main(["--config", str(config), "cluster", "export", str(backup)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"exported 2 wallets to {backup}\n"
+    assert url not in out + err
+    with fresh_database() as target:
+        url = _url_of(target)
+        config = _config(tmp_path / "b.toml", url)
+        assert main(["cluster", "import", str(backup), "--config", str(config)]) == 0
+        out, err = capsys.readouterr()
+        assert out == "imported 2 wallets, 0 already identical, 0 conflicts\n"
+        assert url not in out + err
+        manifest = json.loads((backup / MANIFEST).read_text())
+        (backup / manifest["wallets"][0]["keys"]["file"]).write_bytes(b"tampered")
+        assert main(["cluster", "import", str(backup), "--config", str(config)]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert "import refused, nothing written: e1/buyer: keys file" in err
+        assert url not in err
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_cli_needs_a_cluster_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without [cluster] the cluster commands exit 2 saying so (there is no database to use)."""
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    assert main(["--config", str(config), "cluster", "export", str(tmp_path / "x")]) == 2
+    assert "no [cluster] section" in capsys.readouterr().err
