@@ -7,9 +7,11 @@ the API's answers, the events, and what the wallet-rpc processes were asked to d
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -23,7 +25,14 @@ from tests.fakes import (
     start,
 )
 from walletd.app import App
+from walletd.cluster.db import ClusterUnavailable
+from walletd.cluster.leases import Fenced
+from walletd.errors import SessionFailed, Unavailable
+from walletd.ids import ROLES, Role
+from walletd.sessions.handles import SessionSpec, WalletSpec
+from walletd.sessions.messages import GetBalance, Store
 from walletd.sessions.registry import Limits
+from walletd.sessions.session import EscrowSession, LeaseLost, OnStored, SessionHandle
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 from walletd.wallets.rpc import DAMAGE_SIGNS
@@ -521,4 +530,121 @@ async def test_an_ordinary_wallet_error_is_not_taken_for_damage(
         assert not fake.dead
         assert pool.discarded_damaged == 0
         assert not [e for e in sqlite(app).events_after(0) if e.type == "wallet_repaired"]
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class Hooked:
+    session: EscrowSession
+    handle: SessionHandle
+    world: FakeWalletWorld
+    wallets: MultisigSet
+    ended: list[Exception | None]  # how the session's task ended, once it has
+
+
+async def _hooked_session(nursery: trio.Nursery, on_stored: OnStored, **options: Any) -> Hooked:
+    """A session of one ready multisig escrow on fake wallet-rpc, with `on_stored` set; its
+    task's end (an error or None) is recorded, as the registry would."""
+    world = FakeWalletWorld()
+    s = await make_fake_multisig(world, "w")
+    pool = FakePool(world)
+    await nursery.start(pool.run)
+    spec = SessionSpec("e0", {r: WalletSpec(s.files[r], s.password) for r in ROLES}, s.address)
+    session = EscrowSession(spec, pool, on_stored=on_stored, store_interval=60, **options)
+    ended: list[Exception | None] = []
+
+    async def supervised(*, task_status: trio.TaskStatus[SessionHandle]) -> None:
+        try:
+            await session.run(task_status=task_status)
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to check
+            ended.append(exc)
+            return
+        ended.append(None)
+
+    handle: SessionHandle = await nursery.start(supervised)
+    return Hooked(session, handle, world, s, ended)
+
+
+async def test_each_stored_wallet_is_handed_to_on_stored(autojump_clock: trio.abc.Clock) -> None:
+    """After wallet-rpc stored a wallet, on_stored gets (escrow id, role, file) for each of the
+    three, on an explicit store and on the periodic one; not before the store succeeded."""
+    seen: list[tuple[str, str, str, int]] = []
+    stores: Counter[str] = Counter()
+
+    async def on_stored(escrow_id: str, role: Role, file: str) -> None:
+        await trio.lowlevel.checkpoint()
+        seen.append((escrow_id, role, file, stores[file]))
+
+    async with trio.open_nursery() as nursery:
+        h = await _hooked_session(nursery, on_stored)
+        stores = h.world.stores  # the fake's count of each wallet's stores
+        before = {f: stores[f] for f in h.wallets.files.values()}
+        await h.handle.request(Store())
+        assert [(e, r, f) for e, r, f, _ in seen] == [("e0", r, h.wallets.files[r]) for r in ROLES]
+        assert all(n == before[f] + 1 for _, _, f, n in seen)  # each after its store
+        seen.clear()
+        await trio.sleep(61)
+        assert sorted(r for _, r, _, _ in seen) == sorted(ROLES)
+        assert not h.session.unsaved
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_save_fails_the_store_but_not_the_session(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """When the keeper of the files is unavailable (database down), a store request fails with
+    Unavailable (its change is not reported done while only this host has it), the session stays
+    up and serves, a periodic store only logs it, and the next store saves again."""
+    down = True
+    calls: list[str] = []
+
+    async def on_stored(escrow_id: str, role: Role, file: str) -> None:
+        await trio.lowlevel.checkpoint()
+        calls.append(role)
+        if down and role == "vendor":
+            raise ClusterUnavailable("cluster database failed (OperationalError)")
+
+    async with trio.open_nursery() as nursery:
+        h = await _hooked_session(nursery, on_stored)
+        with pytest.raises(Unavailable, match=r"not saved off the host \(vendor\)"):
+            await h.handle.request(Store())
+        assert calls == list(ROLES)  # the others were still handed over
+        assert h.session.unsaved
+        calls.clear()
+        await trio.sleep(61)  # a periodic store meets the same failure: logged, session lives
+        assert calls == list(ROLES)
+        assert h.ended == []
+        assert (await h.handle.request(GetBalance(refresh=False))).balance >= 0
+        down = False
+        await h.handle.request(Store())
+        assert not h.session.unsaved
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+async def test_a_fenced_save_stops_the_session(
+    autojump_clock: trio.abc.Clock, periodic: bool
+) -> None:
+    """A save refused because this host's lease is stale stops the session at once, whether a
+    call's store or the periodic one met it: the call gets SessionFailed, the session ends with
+    LeaseLost, no later wallet is handed over, and the wallets are closed."""
+    calls: list[str] = []
+
+    async def on_stored(escrow_id: str, role: Role, file: str) -> None:
+        await trio.lowlevel.checkpoint()
+        calls.append(role)
+        raise Fenced("escrow e0: lease lost (epoch 1 stale)")
+
+    async with trio.open_nursery() as nursery:
+        h = await _hooked_session(nursery, on_stored)
+        if periodic:
+            await trio.sleep(61)
+        else:
+            with pytest.raises(SessionFailed, match="lease lost"):
+                await h.handle.request(Store())
+        await trio.sleep(1)
+        assert len(h.ended) == 1
+        assert isinstance(h.ended[0], LeaseLost)
+        assert calls == ["buyer"]
+        assert all(f not in h.world.locks for f in h.wallets.files.values()), "wallets left open"
         nursery.cancel_scope.cancel()

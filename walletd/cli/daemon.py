@@ -1,4 +1,5 @@
-"""Command line: `walletd --config PATH` runs the daemon; `walletd dev` runs the dev sandbox.
+"""Command line: `walletd --config PATH` runs the daemon; `walletd dev` runs the dev sandbox;
+`walletd --config PATH cluster export|import DIR` backs up the cluster's wallet files.
 
 Exit codes: 0 stopped cleanly (or `--check-config` found nothing); 1 start-up failed for a reason
 that may pass (the state dir is in use, a file could not be opened): systemd may restart;
@@ -16,6 +17,7 @@ import structlog
 import trio
 
 from walletd import __version__
+from walletd.cli import cluster
 from walletd.config import Config, load_config
 from walletd.errors import ConfigError, first_error
 from walletd.ops import preflight
@@ -44,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--fresh", action="store_true", help="wipe DIR first")
     dev.add_argument("--log-format", choices=("json", "console"), default=None)
+    cluster.add_parser(sub)
     return p
 
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"walletd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "cluster":
+        return cluster.run_cluster(args, config)
     if args.check_config:
         found = preflight.problems(config)
         for problem in found:

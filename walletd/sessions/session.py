@@ -25,6 +25,7 @@ import outcome
 import structlog
 import trio
 
+from walletd.cluster.leases import Fenced
 from walletd.errors import (
     DamagedWallet,
     NoWalletFile,
@@ -77,6 +78,8 @@ from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "EscrowSession",
+    "LeaseLost",
+    "OnStored",
     "SessionClosed",
     "SessionFailed",
     "SessionHandle",
@@ -96,8 +99,22 @@ TX_NOT_FOUND = -8
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
 
 
+# (escrow_id, role, wallet file name), awaited after each store of that wallet succeeded:
+# in a cluster, the save of its files to the database (walletd.cluster.wallet_files).
+OnStored = Callable[[str, Role, str], Awaitable[object]]
+
+
 class SessionClosed(WalletdError):
     """The session stopped before it could take the request; the caller may open a new one."""
+
+
+class LeaseLost(SessionFailed):
+    """A wallet-file save was refused (`Fenced`): this host's lease on the escrow is stale.
+
+    Another host may own the escrow and open its wallets now, so this session must not touch
+    them again: it fails as a unit (SessionFailed), answering the call in hand with this error,
+    and closes its wallets. Closing stores them locally, which is harmless: local files are a
+    cache, and the new owner restores the database's version before it opens."""
 
 
 class SessionHandle:
@@ -170,6 +187,7 @@ class EscrowSession(WalletHandles):
         daemon_address: str = "127.0.0.1:18081",
         repair: Repairer | None = None,
         on_damage: Callable[[str, Role, str], None] | None = None,
+        on_stored: OnStored | None = None,
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
@@ -187,6 +205,9 @@ class EscrowSession(WalletHandles):
         self._daemon_address = daemon_address
         self._repair = repair
         self._on_damage = on_damage  # (escrow_id, role, wallet-rpc's message) once reopened
+        self._on_stored = on_stored
+        # The last store's files did not all reach on_stored's keeper (the cluster database).
+        self.unsaved = False
         self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
         self.leave_reason: str | None = None
@@ -276,7 +297,10 @@ class EscrowSession(WalletHandles):
     async def _periodic_store(self) -> None:
         try:
             await self._serve(Store())
+        except LeaseLost:
+            raise  # the session must stop: another host may own these wallets now
         except (WalletdError, RpcError) as exc:
+            # Including a save that failed (database down): the next store saves again.
             log.warning("periodic store failed", error=str(exc))
 
     async def _serve(self, message: Message[object]) -> object:
@@ -439,6 +463,39 @@ class EscrowSession(WalletHandles):
 
     async def _store_all(self) -> None:
         await together(self._store_one, self._handles.values())
+        await self._saved()
+
+    async def _saved(self) -> None:
+        """Hand each stored wallet to `on_stored` (in a cluster: its files to the database).
+
+        A refusal because the lease is stale (`Fenced`) stops the session (`LeaseLost`). Any
+        other failure (the database unreachable...) is logged, the other wallets are still
+        handed over, and the store then fails with Unavailable: a message that changed the
+        wallets is not answered as done while the only copy of the change is on this host's disk
+        (a creation is then undone, a payout step retried), and a periodic store logs it and
+        saves again next time (`save` adds a version only when the files changed)."""
+        if self._on_stored is None:
+            return
+        failed: list[Role] = []
+        for role in ROLES:  # one at a time: a lost lease stops the rest at once
+            try:
+                await self._on_stored(self.escrow_id, role, self.spec.wallets[role].file)
+            except Fenced as exc:
+                log.error("wallet files refused, lease lost: session stops", role=role)
+                raise LeaseLost(f"escrow {self.escrow_id}: lease lost, wallets closed") from exc
+            except Exception as exc:  # noqa: BLE001 - any failure of the keeper is reported, below
+                log.warning(
+                    "wallet stored but not saved off the host",
+                    role=role,
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
+                failed.append(role)
+        self.unsaved = bool(failed)
+        if failed:
+            raise Unavailable(
+                f"wallets stored, but not saved off the host ({', '.join(failed)}); retry"
+            )
 
     async def _store_one(self, handle: Handle) -> None:
         await self._rpc(handle.role).call("store")
