@@ -19,7 +19,6 @@ own; the session's actor loop, its restart policy and its operations stay in `se
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
