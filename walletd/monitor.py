@@ -37,13 +37,14 @@ import trio
 
 from walletd.config import MonitorConfig
 from walletd.errors import Capacity, WalletdError
-from walletd.escrows.model import EscrowRecord, EscrowState, Funding, utcnow
+from walletd.escrows.model import EscrowRecord, EscrowState, Funding, Payout, utcnow
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, PreExchange, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
+from walletd.state.ownership import LocalOwnership, Ownership
 from walletd.state.seam import StateStore
 from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
@@ -68,7 +69,11 @@ class Monitor:
         events: EventLog,
         chain: Chain,
         metrics: Metrics,
+        ownership: Ownership | None = None,
     ) -> None:
+        # In a cluster each escrow is watched by the host holding it; an unheld one by whichever
+        # host opens it first with a free slot (the cold worker), so the hosts share the work.
+        self._ownership: Ownership = ownership or LocalOwnership()
         self._store = store
         self._registry = registry
         self._events = events
@@ -148,8 +153,11 @@ class Monitor:
         self.cycles += 1
         escrows = await self._store.list_escrows()
         self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
+        elsewhere = await self._ownership.owned_elsewhere()
         async with trio.open_nursery() as nursery:
             for rec in escrows:
+                if rec.escrow_id in elsewhere:
+                    continue  # its owner watches it
                 if rec.state in WATCHED and self._registry.is_open(rec.escrow_id):
                     nursery.start_soon(self._guarded, rec, height, self.check_funding)
                 elif rec.state in PAYING:
@@ -192,12 +200,13 @@ class Monitor:
         if self._refreshed_at.get(rec.escrow_id) == height:
             return  # no new block since this wallet last looked: nothing can have changed
         self.session_calls["funding"] += 1
-        funding = await self._registry.call(
-            rec.escrow_id,
-            GetFunding(refresh=True, amount=rec.amount),
-            caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
-        )
-        await self._apply_funding(rec, funding, height)
+        async with self._ownership.holding(rec.escrow_id):  # the write below is fenced by it
+            funding = await self._registry.call(
+                rec.escrow_id,
+                GetFunding(refresh=True, amount=rec.amount),
+                caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
+            )
+            await self._apply_funding(rec, funding, height)
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
@@ -272,6 +281,12 @@ class Monitor:
         txid = payout.txid if payout else None
         if payout is None or not txid:
             return
+        async with self._ownership.holding(rec.escrow_id):  # its writes are fenced by it
+            await self._check_submitted(rec, payout, txid, height)
+
+    async def _check_submitted(
+        self, rec: EscrowRecord, payout: Payout, txid: str, height: int
+    ) -> None:
         status = await self._chain.tx_status(txid)
         if status is None:
             await self._resubmit(rec)
@@ -348,9 +363,10 @@ class Monitor:
             return None
         now = trio.current_time()
         due: list[tuple[float, EscrowRecord]] = []
+        elsewhere = await self._ownership.owned_elsewhere()
         for state in WATCHED:
             for rec in await self._store.list_escrows(state):
-                if self._registry.is_open(rec.escrow_id):
+                if self._registry.is_open(rec.escrow_id) or rec.escrow_id in elsewhere:
                     continue
                 if self._refreshed_at.get(rec.escrow_id) == self.height:
                     continue

@@ -16,7 +16,7 @@ import psycopg_pool
 import trio
 from psycopg.rows import TupleRow
 
-from walletd.errors import Unavailable
+from walletd.state.store import StoreUnavailable
 
 __all__ = ["ClusterUnavailable", "Connection", "Database"]
 
@@ -26,8 +26,9 @@ Connection = psycopg.Connection[TupleRow]
 CONNECT_TIMEOUT = 10.0  # seconds to get a pooled connection before ClusterUnavailable
 
 
-class ClusterUnavailable(Unavailable):
-    """The cluster database cannot be reached or failed a statement for a reason not our own."""
+class ClusterUnavailable(StoreUnavailable):
+    """The cluster database cannot be reached or failed a statement for a reason not our own
+    (a `StoreUnavailable`: whoever handles the database failing handles this)."""
 
 
 class Database:

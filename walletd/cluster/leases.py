@@ -20,18 +20,20 @@ from typing import TypeVar
 import attrs
 
 from walletd.cluster.db import Connection, Database
-from walletd.errors import Unavailable
 from walletd.jsontypes import JsonMapping
+from walletd.state.store import StoreUnavailable
 
 __all__ = ["Fenced", "Lease", "Leases", "Tenure"]
 
 T = TypeVar("T")
 
 
-class Fenced(Unavailable):
+class Fenced(StoreUnavailable):
     """A write about an escrow came from a host whose lease is stale (expired or superseded).
 
-    Unavailable: the caller's request may succeed later, on the escrow's current owner."""
+    A `StoreUnavailable` (503): the write was refused and nothing changed; the request may
+    succeed later, on the escrow's current owner, and background tasks skip it as they skip a
+    database failure."""
 
 
 @attrs.frozen

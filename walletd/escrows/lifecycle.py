@@ -74,6 +74,7 @@ from walletd.sessions.messages import (
 from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import NO_DAEMON_CONNECTION, SessionSpec, WalletSpec
 from walletd.state.events import EventLog
+from walletd.state.ownership import LocalOwnership, Ownership
 from walletd.state.seam import StateStore
 from walletd.state.store import StoreUnavailable
 from walletd.state.vault import Vault
@@ -123,7 +124,9 @@ class Lifecycle:
         daemon_check: float = 2.0,
         fee_priority: int = 0,
         fee_tolerance: float = 2.0,
+        ownership: Ownership | None = None,
     ) -> None:
+        self._ownership: Ownership = ownership or LocalOwnership()
         self._metrics = metrics
         self._fee_priority = fee_priority  # wallet-rpc's priority for payout sweeps
         self._fee_tolerance = fee_tolerance  # a payout's fee may be this times the expected one
@@ -174,13 +177,16 @@ class Lifecycle:
                 continue
             await waiting.wait()  # an identical request is creating it: share its result
         files = {role: wallet_file_for(escrow_id, role) for role in ROLES}
-        # No await since existing_for_retry: an adoption of this id in flight (not recorded yet)
-        # or another escrow using these file names is a Conflict here, before any file moves.
-        await self._escrows.claim(escrow_id, "create", files.values())
-        try:
-            return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
-        finally:
-            self._escrows.release_claim(escrow_id)
+        # In a cluster the new escrow is this host's from before its record exists (its record
+        # is written under the lease): a creation on another host is OwnedElsewhere here.
+        async with self._ownership.holding(escrow_id):
+            # An adoption of this id in flight (not recorded yet) or another escrow using
+            # these file names is a Conflict here, before any file moves.
+            await self._escrows.claim(escrow_id, "create", files.values())
+            try:
+                return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
+            finally:
+                self._escrows.release_claim(escrow_id)
 
     async def _check_daemon(self) -> None:
         """The new wallets refresh from monerod as the multisig is made: with monerod down or
@@ -354,7 +360,9 @@ class Lifecycle:
     async def _drive_payout(self, escrow_id: str, done: trio.Event) -> None:
         submitted = False
         try:
-            await self._payout_steps(escrow_id)
+            # Every step's write is fenced by the escrow's lease (a cluster): held throughout.
+            async with self._ownership.holding(escrow_id):
+                await self._payout_steps(escrow_id)
             submitted = True
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
@@ -365,7 +373,7 @@ class Lifecycle:
                     error = public_error(exc).message[:300]
                     payout = attrs.evolve(rec.payout, last_error=error)
                     await self._store.update_escrow(escrow_id, payout=payout)
-            except StoreUnavailable as db_exc:  # the database is why it failed, likely
+            except StoreUnavailable as db_exc:  # the database (or the lease) is why, likely
                 log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
         finally:
             del self._payouts[escrow_id]
@@ -525,9 +533,20 @@ class Lifecycle:
         undone, payouts in flight resumed, then sessions reopened for ready and funded escrows
         (up to the cap) so the monitor and the API find them warm."""
         try:
+            # In a cluster, only what no other live host holds: another host's creation in
+            # flight is a CREATING record too, and its payouts are its own to resume.
+            elsewhere = await self._ownership.owned_elsewhere()
             for rec in await self._store.list_escrows(EscrowState.CREATING):
-                await self._abandon(rec, "walletd stopped during creation")
+                if rec.escrow_id in elsewhere:
+                    continue
+                try:
+                    async with self._ownership.holding(rec.escrow_id):
+                        await self._abandon(rec, "walletd stopped during creation")
+                except Unavailable as exc:  # taken meanwhile, or the database refused
+                    log.warning("creation not undone", escrow_id=rec.escrow_id, error=exc.message)
             for rec in await self._store.list_escrows(EscrowState.READY):
+                if rec.escrow_id in elsewhere:
+                    continue
                 if rec.payout is not None and rec.payout.phase in _RESUMABLE:
                     log.warning(
                         "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout.phase.value
@@ -544,6 +563,8 @@ class Lifecycle:
         registry = self._registry
         wanted = [r for r in await self._store.list_escrows(EscrowState.READY) if r.payout is None]
         wanted += await self._store.list_escrows(EscrowState.FUNDED)
+        elsewhere = await self._ownership.owned_elsewhere()
+        wanted = [r for r in wanted if r.escrow_id not in elsewhere]
         room = registry.limits.max_active - registry.stats().active_sessions
         for rec in wanted[: max(0, room)]:
             try:

@@ -42,6 +42,7 @@ from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Multisig
 from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.state.events import EventLog
+from walletd.state.ownership import LocalOwnership, Ownership
 from walletd.state.seam import StateStore
 from walletd.state.vault import Vault
 
@@ -72,7 +73,9 @@ class EscrowService:
         *,
         wallet_dir: Path,
         required_confirmations: int,
+        ownership: Ownership | None = None,
     ) -> None:
+        self.ownership: Ownership = ownership or LocalOwnership()
         self.store = store
         self.vault = vault
         self.registry = registry
@@ -255,6 +258,21 @@ class EscrowService:
         }
         if len(set(files.values())) != 3:
             raise InvalidRequest("the three roles must name three different wallet files")
+        # In a cluster: this host's from before the record exists (it is written under the lease).
+        async with self.ownership.holding(escrow_id):
+            return await self._adopt_held(
+                escrow_id, amount, required_confirmations, wallets, files, digest
+            )
+
+    async def _adopt_held(
+        self,
+        escrow_id: str,
+        amount: int,
+        required_confirmations: int | None,
+        wallets: Mapping[Role, tuple[str, str]],
+        files: Mapping[Role, str],
+        digest: str,
+    ) -> tuple[EscrowRecord, bool]:
         await self.claim(escrow_id, "adopt", files.values())
         try:
             spec = SessionSpec(
