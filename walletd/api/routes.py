@@ -14,9 +14,17 @@ import structlog
 import trio
 
 from walletd.api.errors import error_answer
+from walletd.api.forwarding import FORWARDED_BY, Forward
 from walletd.api.server import Request, Response
 from walletd.api.status import Status
-from walletd.errors import Internal, InvalidRequest, MethodNotAllowed, NotFound, PublicError
+from walletd.errors import (
+    Internal,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    OwnedElsewhere,
+    PublicError,
+)
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.model import PayoutKind
 from walletd.escrows.service import EscrowService
@@ -25,6 +33,7 @@ from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog, page_json
+from walletd.state.ownership import LocalOwnership, Ownership
 
 __all__ = ["UNMATCHED", "Api", "MetricsOnly", "parse_json_object"]
 
@@ -116,7 +125,11 @@ class Api:
         events: EventLog,
         status: Status,
         metrics: Metrics,
+        ownership: Ownership | None = None,
+        forward: Forward | None = None,
     ) -> None:
+        self._ownership: Ownership = ownership or LocalOwnership()
+        self._forward = forward  # a cluster: hands a request to the host holding its escrow
         self._metrics = metrics
         self._escrows = escrows
         self._lifecycle = lifecycle
@@ -138,6 +151,16 @@ class Api:
         self._route("/v1/health", GET=self.health)
         self._route("/v1/events", GET=self.events)
         self._route("/metrics", GET=self.metrics)
+        # What needs the escrow's session, so in a cluster runs on the host holding the escrow.
+        self._on_owner: set[Handler] = {
+            self.balance,
+            self.transfer,
+            self.open_session,
+            self.close_session,
+            self.release,
+            self.refund,
+            self.payout_proof,
+        }
 
     def _route(self, template: str, **methods: Handler) -> None:
         """`template` is a path whose `{name}` segments match any one non-empty segment."""
@@ -170,6 +193,8 @@ class Api:
     async def _answer(self, request: Request) -> Response:
         try:
             handler, params = self._match(request)
+            if self._forward is not None and FORWARDED_BY not in request.headers:
+                return await self._on_owner_host(request, handler, params, self._forward)
             return await handler(request, params)
         except MethodNotAllowed as exc:
             status, body, _ = error_answer(exc)
@@ -184,6 +209,26 @@ class Api:
             else:
                 log.warning("request failed", path=request.path, error=str(exc))
             return Response.json(status, body)
+
+    async def _on_owner_host(
+        self, request: Request, handler: Handler, params: dict[str, str], forward: Forward
+    ) -> Response:
+        """A cluster: serve it here unless another live host holds the escrow; then it is
+        served there, its session staying where it is (no moving back and forth). Only once:
+        a forwarded request that finds the escrow moved again is answered 503 (retry)."""
+        escrow_id = params.get("id")
+        local = escrow_id is None or self._registry.is_open(escrow_id)
+        if not local and handler in self._on_owner:
+            assert escrow_id is not None
+            owner = await self._ownership.owner_elsewhere(escrow_id)
+            if owner is not None:
+                return await forward(owner, request)
+        try:
+            return await handler(request, params)
+        except OwnedElsewhere as exc:  # taken by another host since (or a creation there)
+            if not exc.host_id:
+                raise
+            return await forward(exc.host_id, request)
 
     def _match(self, request: Request) -> tuple[Handler, dict[str, str]]:
         """Match on the request's segments, each decoded on its own (`Request.segments`): a
