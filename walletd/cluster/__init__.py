@@ -3,6 +3,9 @@
 - `db`: trio-async access to PostgreSQL (psycopg 3's sync API in worker threads, a small pool).
 - `migrations`: versioned SQL (`sql/NNNN_*.sql`) applied at start-up, recorded in `schema_version`.
 - `leases`: per-escrow leases with a fencing epoch; `fenced_write` refuses a stale writer.
+- `pg_store`: the store (escrows, payout proofs, the event feed) on PostgreSQL, every escrow write
+  fenced, each event a NOTIFY; the same methods as the SQLite store.
+- `hosts`: each host's heartbeat (sessions, capacity) and which hosts are live.
 - `holder`: keeps one lease renewed and declares it lost, on the local monotonic clock, before it
   can expire in the database (self-fencing).
 """

@@ -143,6 +143,13 @@ class Leases:
 
         return job
 
+    def refused(self, escrow_id: str) -> Fenced:
+        """The error for a write about an escrow this host holds no lease on (never had one, or
+        has given it up or lost it): counted with the stale writes, and nothing is written."""
+        with self._count_lock:
+            self.fenced_writes += 1
+        return Fenced(f"escrow {escrow_id}: no lease held by this host")
+
     # ---- the trio API ---------------------------------------------------------------------------
 
     async def acquire(self, escrow_id: str, host_id: str) -> Tenure | None:
