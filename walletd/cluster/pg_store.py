@@ -199,8 +199,12 @@ class PgStore:
 
         Taking a transaction id makes the commit write and flush a WAL record (a read-only
         standby refuses it), without touching any table another host is writing."""
+
+        def write(conn: Connection) -> None:
+            conn.execute("SELECT pg_current_xact_id()")
+
         try:
-            await self._run(lambda conn: conn.execute("SELECT pg_current_xact_id()"), write=True)
+            await self._run(write, write=True)
         except StoreUnavailable:
             return False
         return True
