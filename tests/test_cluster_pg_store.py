@@ -12,11 +12,11 @@ import pytest
 import trio
 
 from tests.pgtest import advance_db_clock, fresh_database
-from walletd.cluster.db import Database
+from walletd.cluster.db import ClusterUnavailable, Database
 from walletd.cluster.hosts import Hosts
 from walletd.cluster.leases import Fenced, Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.pg_store import EVENTS_CHANNEL, PgStore, PgStoreUnavailable
+from walletd.cluster.pg_store import EVENTS_CHANNEL, PgStore
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -253,7 +253,7 @@ async def test_database_failure_is_reported_like_sqlite(db_url: str) -> None:
     store.on_error = lambda: reported.append(1)
     with pytest.raises(StoreUnavailable) as caught:
         await store.get_escrow("e1")
-    assert isinstance(caught.value, PgStoreUnavailable)
+    assert isinstance(caught.value, ClusterUnavailable)
     assert db_url not in str(caught.value)
     with pytest.raises(StoreUnavailable):
         await store.append_event("daemon_started", None, {})

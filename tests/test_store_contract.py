@@ -1,4 +1,4 @@
-"""What every store does, SQLite or the cluster's PostgreSQL: each case runs against both.
+"""What every `StateStore` does, SQLite or the cluster's PostgreSQL: each case runs against both.
 
 The PostgreSQL store runs as the one host holding the lease of every escrow the cases use (its
 fencing is tested in test_cluster_pg_store.py); the PostgreSQL cases skip without
@@ -7,9 +7,9 @@ WALLETD_TEST_PG_URL, as every `pg` test does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Unpack, cast
+from typing import cast
 
 import attrs
 import pytest
@@ -32,80 +32,16 @@ from walletd.escrows.model import (
     WalletRef,
     utcnow,
 )
-from walletd.jsontypes import JsonMapping
-from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store
+from walletd.state.seam import LocalState, StateStore
+from walletd.state.store import EscrowChanges, Store
 
 ESCROWS = ("e1", "e2", "e3", "E9", "nobody")  # the ids the cases use: the pg host leases them all
 
 
-class AsyncSqlite:
-    """The SQLite store behind the async methods (until `Store` itself is async)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def insert_escrow(
-        self, rec: EscrowRecord, events: Sequence[NewEvent] = ()
-    ) -> list[EventRecord]:
-        return self.store.insert_escrow(rec, events)
-
-    async def get_escrow(self, escrow_id: str) -> EscrowRecord | None:
-        return self.store.get_escrow(escrow_id)
-
-    async def escrow_state(self, escrow_id: str) -> EscrowState | None:
-        return self.store.escrow_state(escrow_id)
-
-    async def list_escrows(self, state: EscrowState | None = None) -> list[EscrowRecord]:
-        return self.store.list_escrows(state)
-
-    async def count_escrows(self) -> int:
-        return self.store.count_escrows()
-
-    async def wallet_files_in_use(self, *, except_escrow: str | None = None) -> set[str]:
-        return self.store.wallet_files_in_use(except_escrow=except_escrow)
-
-    async def escrow_with_address(self, address: str) -> str | None:
-        return self.store.escrow_with_address(address)
-
-    async def update_escrow(self, escrow_id: str, **changes: Unpack[EscrowChanges]) -> EscrowRecord:
-        return self.store.update_escrow(escrow_id, **changes)
-
-    async def change_escrow(
-        self, escrow_id: str, changes: EscrowChanges, events: Sequence[NewEvent] = ()
-    ) -> tuple[EscrowRecord, list[EventRecord]]:
-        return self.store.change_escrow(escrow_id, changes, events)
-
-    async def delete_escrow(self, escrow_id: str) -> None:
-        self.store.delete_escrow(escrow_id)
-
-    async def put_payout_proof(self, escrow_id: str, proof: PayoutProof) -> None:
-        self.store.put_payout_proof(escrow_id, proof)
-
-    async def get_payout_proof(self, escrow_id: str) -> PayoutProof | None:
-        return self.store.get_payout_proof(escrow_id)
-
-    async def append_event(
-        self, type_: str, escrow_id: str | None, data: JsonMapping
-    ) -> EventRecord:
-        return self.store.append_event(type_, escrow_id, data)
-
-    async def events_after(self, seq: int, limit: int = 500) -> list[EventRecord]:
-        return self.store.events_after(seq, limit)
-
-    async def last_event_seq(self) -> int:
-        return self.store.last_event_seq()
-
-    async def prune_events(self, before: str, limit: int) -> int:
-        return self.store.prune_events(before, limit)
-
-
-AnyStore = AsyncSqlite | PgStore
-
-
 @pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """ "sqlite", or the URL of a fresh PostgreSQL database (sync: a skip raised in an async
-    fixture loses its reason under pytest-trio)."""
+    """The backend: sqlite, or the URL of a fresh PostgreSQL database (sync: a skip raised in
+    an async fixture loses its reason under pytest-trio)."""
     if request.param == "sqlite":
         yield "sqlite"
     else:
@@ -114,11 +50,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-async def store(backend: str, tmp_path: Path) -> AsyncIterator[AnyStore]:
+async def store(backend: str, tmp_path: Path) -> AsyncIterator[StateStore]:
     if backend == "sqlite":
         sqlite = Store(tmp_path / "db")
         try:
-            yield AsyncSqlite(sqlite)
+            yield LocalState(sqlite)
         finally:
             sqlite.close()
         return
@@ -134,7 +70,7 @@ async def store(backend: str, tmp_path: Path) -> AsyncIterator[AnyStore]:
             held[escrow_id] = tenure
         pg = PgStore(db, leases, held.get, "A")
         yield pg
-        await pg.close()
+        await pg.aclose()
     finally:
         await db.close()
 
@@ -159,7 +95,7 @@ def _record(escrow_id: str = "e1", *, created_at: str | None = None) -> EscrowRe
     )
 
 
-async def test_escrow_round_trip_and_update(store: AnyStore) -> None:
+async def test_escrow_round_trip_and_update(store: StateStore) -> None:
     """An escrow comes back exactly as it was stored; an update changes only what it names (and
     updated_at), and the queries over escrows see it."""
     rec = _record()
@@ -183,7 +119,7 @@ async def test_escrow_round_trip_and_update(store: AnyStore) -> None:
     assert await store.escrow_with_address("4zz") is None
 
 
-async def test_full_payout_and_funding_read_back_identical(store: AnyStore) -> None:
+async def test_full_payout_and_funding_read_back_identical(store: StateStore) -> None:
     """A payout with every field set (the signed blob included) and a funding seen ready are
     read back identical; so is a payout with only its intent's fields."""
     await store.insert_escrow(_record())
@@ -215,7 +151,7 @@ async def test_full_payout_and_funding_read_back_identical(store: AnyStore) -> N
     assert await store.get_escrow("e1") == rec
 
 
-async def test_escrows_listed_by_creation_then_id(store: AnyStore) -> None:
+async def test_escrows_listed_by_creation_then_id(store: StateStore) -> None:
     """Escrows are listed oldest first, ties broken by id in byte order (upper case first)."""
     await store.insert_escrow(_record("e2", created_at="2026-01-01T00:00:01.000Z"))
     await store.insert_escrow(_record("e3", created_at="2026-01-01T00:00:00.000Z"))
@@ -224,7 +160,7 @@ async def test_escrows_listed_by_creation_then_id(store: AnyStore) -> None:
     assert [r.escrow_id for r in await store.list_escrows()] == ["e3", "E9", "e1", "e2"]
 
 
-async def test_state_change_and_its_event_are_one_transaction(store: AnyStore) -> None:
+async def test_state_change_and_its_event_are_one_transaction(store: StateStore) -> None:
     """A state change and the event announcing it land together or not at all: an event that
     cannot be written leaves the escrow as it was, and a change to no escrow writes no event."""
     inserted = await store.insert_escrow(_record(), [("escrow_created", {"amount": 5})])
@@ -251,7 +187,7 @@ async def test_state_change_and_its_event_are_one_transaction(store: AnyStore) -
     assert events[0].seq > inserted[0].seq
 
 
-async def test_states_only_move_forward(store: AnyStore) -> None:
+async def test_states_only_move_forward(store: StateStore) -> None:
     """The store refuses a change of state that is not one of EscrowState's moves, and leaves
     the escrow and the event log as they were."""
     await store.insert_escrow(_record())
@@ -268,7 +204,7 @@ async def test_states_only_move_forward(store: AnyStore) -> None:
         await store.update_escrow("e1", state=EscrowState.FUNDED)
 
 
-async def test_bad_changes_are_refused(store: AnyStore) -> None:
+async def test_bad_changes_are_refused(store: StateStore) -> None:
     """A change naming nothing, or a column that may not change, is a ValueError and writes
     nothing."""
     await store.insert_escrow(_record())
@@ -281,7 +217,7 @@ async def test_bad_changes_are_refused(store: AnyStore) -> None:
     assert rec.amount == 5
 
 
-async def test_delete_escrow(store: AnyStore) -> None:
+async def test_delete_escrow(store: StateStore) -> None:
     """A deleted escrow is gone from every query, and its wallet files are free again."""
     await store.insert_escrow(_record("e1"))
     await store.insert_escrow(_record("e2"))
@@ -292,7 +228,7 @@ async def test_delete_escrow(store: AnyStore) -> None:
     assert await store.escrow_with_address("4e1") is None
 
 
-async def test_payout_proof_kept_and_replaced(store: AnyStore) -> None:
+async def test_payout_proof_kept_and_replaced(store: StateStore) -> None:
     """A payout proof reads back as stored; storing it again replaces it; an escrow without one
     has none."""
     await store.insert_escrow(_record())
@@ -306,7 +242,7 @@ async def test_payout_proof_kept_and_replaced(store: AnyStore) -> None:
     assert await store.get_payout_proof("e2") is None
 
 
-async def test_event_feed_reads_by_seq(store: AnyStore) -> None:
+async def test_event_feed_reads_by_seq(store: StateStore) -> None:
     """Events come back in seq order after a given seq, at most `limit` of them, with their data,
     escrow and a utcnow()-style time; events about no escrow are part of the same feed."""
     await store.insert_escrow(_record())
@@ -329,7 +265,7 @@ async def test_event_feed_reads_by_seq(store: AnyStore) -> None:
     assert written[2].to_json()["why"] == {"idle": True}
 
 
-async def test_prune_keeps_the_newest_event_and_the_seq(store: AnyStore) -> None:
+async def test_prune_keeps_the_newest_event_and_the_seq(store: StateStore) -> None:
     """Pruning deletes the oldest events dated before the cut-off in batches of `limit`, never
     the newest one; the last seq stays put, so new events still get larger seqs."""
     await store.insert_escrow(_record())

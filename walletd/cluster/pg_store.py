@@ -19,11 +19,13 @@ What PostgreSQL adds:
   notifies `EVENTS_CHANNEL` with the seq, delivered at commit: the long polls of every host wake
   on it, then read by seq.
 - **Failures.** The database failing (unreachable, a statement failing for a reason not the
-  caller's) raises `PgStoreUnavailable`, a `StoreUnavailable` (what callers already catch) and a
-  `ClusterUnavailable`; it is counted in `errors`, remembered in `failure` until a write succeeds,
-  and reported through `on_error`, as the SQLite store does for /v1/health and /metrics. A
-  duplicate escrow id is the driver's `IntegrityError`, as it is sqlite3's there. `Fenced` is not
-  a database failure: it is counted by `Leases.fenced_writes` and logged.
+  caller's) raises `ClusterUnavailable`, a `StoreUnavailable` like the SQLite store's; it is
+  counted in `errors`, remembered in `failure` until a write succeeds, and reported through
+  `on_error`, as the SQLite store does for /v1/health and /metrics. A duplicate escrow id is the
+  driver's `IntegrityError`, as it is sqlite3's there. `Fenced` (also a `StoreUnavailable`) is not
+  the database failing: it is counted by `Leases.fenced_writes` and logged, not in `errors`.
+
+`PgStore` is a `walletd.state.seam.StateStore`.
 
 Escrow times (`created_at`, `updated_at`) are the writing host's `utcnow()` as in SQLite (the
 record's own data, kept in timestamptz columns); event times and proof times are the database's
@@ -41,7 +43,6 @@ import structlog
 
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
-from walletd.cluster.migrations import migrations
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof, utcnow
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import (
@@ -52,9 +53,9 @@ from walletd.state.columns import (
     wallets_from_json,
     wallets_to_json,
 )
-from walletd.state.store import EscrowChanges, EventRecord, NewEvent, StoreUnavailable
+from walletd.state.store import EscrowChanges, EventRecord, NewEvent
 
-__all__ = ["EVENTS_CHANNEL", "PgStore", "PgStoreUnavailable", "timestamp"]
+__all__ = ["EVENTS_CHANNEL", "PgStore", "timestamp"]
 
 log = structlog.get_logger(__name__)
 
@@ -77,10 +78,6 @@ _ESCROW_COLUMNS = (
     "escrow_id, state, amount, required_confirmations, multisig_address, origin, wallets::text,"
     " request_digest, funding::text, payout::text, created_at, updated_at"
 )
-
-
-class PgStoreUnavailable(StoreUnavailable, ClusterUnavailable):
-    """The cluster database refused a store read or write (unreachable, failing)."""
 
 
 def timestamp(at: datetime) -> str:
@@ -136,40 +133,37 @@ class PgStore:
         self.failure: str | None = None  # the last error, until a write succeeds again
         self.on_error: Callable[[], None] = lambda: None  # the app counts them in /metrics
 
-    async def close(self) -> None:
-        """Nothing to close: the Database is shared with the leases and hosts, and closed by
-        whoever opened it."""
-
-    @property
-    def schema_version(self) -> int:
-        """The schema this walletd writes (start-up's `migrate` brings the database there, or
-        refuses a newer one)."""
-        return len(migrations())
+    async def aclose(self) -> None:
+        """Nothing to close: the Database is shared with the leases, hosts and wallet files, and
+        closed by whoever opened it."""
 
     # ---- running jobs ---------------------------------------------------------------------------
 
     async def _run(self, job: Callable[[Connection], T], *, write: bool) -> T:
-        """Run one transaction; the database failing becomes `PgStoreUnavailable`, counted."""
+        """Run one transaction; the database failing is a `ClusterUnavailable`, counted."""
         try:
             # Reads may be abandoned when cancelled (their outcome does not matter); a write's
             # caller must learn whether it committed.
             result = await self.db.run(job, abandon_on_cancel=not write)
         except ClusterUnavailable as exc:
-            raise self._failed(exc) from exc
+            self._failed(exc)
+            raise
         except psycopg.Error as exc:
             if isinstance(exc, _CALLER_ERRORS):
                 raise
-            raise self._failed(exc) from exc
+            # Named by its class, as Database names the ones it maps (no server text, no URL).
+            failed = ClusterUnavailable(f"cluster database failed ({type(exc).__name__})")
+            self._failed(failed)
+            raise failed from exc
         if write:
             self.failure = None
         return result
 
-    def _failed(self, exc: Exception) -> PgStoreUnavailable:
+    def _failed(self, exc: ClusterUnavailable) -> None:
         self.errors += 1
-        self.failure = str(exc)
+        self.failure = exc.message
         self.on_error()
-        log.error("cluster database error", host_id=self.host_id, error=str(exc))
-        return PgStoreUnavailable(f"cluster database unavailable ({exc}); retry later")
+        log.error("cluster database error", host_id=self.host_id, error=exc.message)
 
     async def _fenced(self, escrow_id: str, write: Callable[[Connection, Tenure], T]) -> T:
         """Run `write(conn, tenure)` under this host's lease of the escrow, or refuse it."""
@@ -205,7 +199,7 @@ class PgStore:
 
         try:
             await self._run(write, write=True)
-        except StoreUnavailable:
+        except ClusterUnavailable:
             return False
         return True
 
