@@ -43,7 +43,8 @@ async def test_plain_notify_wakes_the_events_subscriber(db_url: str) -> None:
     async with trio.open_nursery() as nursery:
         with listener.subscribe(EVENTS_CHANNEL) as events:
             await nursery.start(listener.run)
-            first = await events.wait()
+            with trio.fail_after(5):
+                first = await events.wait()
             assert first.missed  # on connecting: "re-read, anything before may be lost"
             await trio.to_thread.run_sync(notify, db_url, OTHER, "x")
             await trio.to_thread.run_sync(notify, db_url, EVENTS_CHANNEL, "17")
