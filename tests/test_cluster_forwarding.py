@@ -6,7 +6,7 @@ and, when serving, a ForwardServer, all on one fresh database, in one process.""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import attrs
@@ -15,7 +15,7 @@ import structlog
 import trio
 
 from tests.pgtest import fresh_database
-from walletd.cluster.db import Connection, Database
+from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
@@ -275,6 +275,54 @@ async def test_claimed_but_slow_request_reports_unknown_outcome(db: Database, db
                     break
                 await trio.sleep(0.05)
         assert b.server.served == 0
+
+
+class FailingForwarder(Forwarder):
+    """A Forwarder whose reads of the reply fail once `failing` is set (the database went away
+    while it waited)."""
+
+    failing = False
+
+    def _take_reply_job(self, row_id: int) -> Callable[[Connection], ForwardedReply | None]:
+        job = super()._take_reply_job(row_id)
+
+        def failing_job(conn: Connection) -> ForwardedReply | None:
+            if self.failing:
+                raise ClusterUnavailable("cluster database failed (OperationalError)")
+            return job(conn)
+
+        return failing_job
+
+
+async def test_database_failure_while_waiting_says_whether_it_ran(
+    db: Database, db_url: str
+) -> None:
+    """If the database fails while the origin waits, a request not yet claimed is withdrawn and
+    the failure is reported as `unavailable` (retry is safe); a claimed one is reported with an
+    unknown outcome."""
+    claimed = trio.Event()
+
+    async def hang(c: ForwardedCall) -> ForwardedReply:
+        claimed.set()
+        await trio.sleep_forever()
+
+    listener = Listener(db_url, forwarding_channels("a"), poll_seconds=0.1)
+    origin = FailingForwarder(db, listener, "a", poll_seconds=0.05)
+    origin.failing = True
+    with pytest.raises(ClusterUnavailable):
+        await origin.forward("b", call(body=SECRET), timeout=5)
+    assert await count_rows(db) == 0
+    origin.failing = False
+    async with host(db, db_url, "b", hang), trio.open_nursery() as nursery:
+
+        async def fail_once_claimed() -> None:
+            await claimed.wait()
+            origin.failing = True
+
+        nursery.start_soon(fail_once_claimed)
+        with pytest.raises(ForwardOutcomeUnknown, match="outcome is unknown"):
+            await origin.forward("b", call(body=SECRET), timeout=5)
+    assert await count_rows(db) == 0
 
 
 async def test_cancelled_caller_withdraws_its_request(db: Database, db_url: str) -> None:

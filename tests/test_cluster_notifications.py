@@ -10,7 +10,7 @@ import trio
 
 from tests.pgtest import fresh_database
 from walletd.cluster.db import ClusterUnavailable
-from walletd.cluster.notifications import EVENTS_CHANNEL, Listener
+from walletd.cluster.notifications import EVENTS_CHANNEL, Listener, notify
 
 pytestmark = pytest.mark.pg
 
@@ -24,9 +24,14 @@ def db_url() -> Iterator[str]:
         yield url
 
 
-def notify(url: str, channel: str, payload: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+def send(url: str, channel: str, payload: str, *, commit: bool = True) -> None:
+    """`notify` from another connection (another host), in a transaction that commits or not."""
+    with psycopg.connect(url) as conn:
+        notify(conn, channel, payload)
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
 
 
 def backend_alive(url: str, pid: int) -> bool:
@@ -37,8 +42,9 @@ def backend_alive(url: str, pid: int) -> bool:
 
 
 async def test_plain_notify_wakes_the_events_subscriber(db_url: str) -> None:
-    """A NOTIFY on the events channel from any connection (another host) wakes the subscriber
-    with its payload; a notification on another channel does not."""
+    """A notification on the events channel from any connection (another host) wakes the
+    subscriber with its payload, in order, once its transaction commits; one on another channel,
+    or in a transaction rolled back, does not."""
     listener = Listener(db_url, [EVENTS_CHANNEL, OTHER], poll_seconds=0.1)
     async with trio.open_nursery() as nursery:
         with listener.subscribe(EVENTS_CHANNEL) as events:
@@ -46,9 +52,10 @@ async def test_plain_notify_wakes_the_events_subscriber(db_url: str) -> None:
             with trio.fail_after(5):
                 first = await events.wait()
             assert first.missed  # on connecting: "re-read, anything before may be lost"
-            await trio.to_thread.run_sync(notify, db_url, OTHER, "x")
-            await trio.to_thread.run_sync(notify, db_url, EVENTS_CHANNEL, "17")
-            await trio.to_thread.run_sync(notify, db_url, EVENTS_CHANNEL, "18")
+            await trio.to_thread.run_sync(send, db_url, OTHER, "x")
+            await trio.to_thread.run_sync(lambda: send(db_url, EVENTS_CHANNEL, "0", commit=False))
+            await trio.to_thread.run_sync(send, db_url, EVENTS_CHANNEL, "17")
+            await trio.to_thread.run_sync(send, db_url, EVENTS_CHANNEL, "18")
             with trio.fail_after(5):
                 payloads: list[str] = []
                 while len(payloads) < 2:
@@ -80,7 +87,7 @@ async def test_listener_reconnects_after_its_backend_is_terminated(db_url: str) 
                 assert (await other.wait()).missed
             assert listener.connections == 2
             assert listener.backend_pid not in (None, pid)
-            await trio.to_thread.run_sync(notify, db_url, EVENTS_CHANNEL, "after")
+            await trio.to_thread.run_sync(send, db_url, EVENTS_CHANNEL, "after")
             with trio.fail_after(5):
                 assert (await events.wait()).payloads == ("after",)
         nursery.cancel_scope.cancel()

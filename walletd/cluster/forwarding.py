@@ -38,7 +38,7 @@ import trio
 from psycopg.types.json import Jsonb
 
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
-from walletd.cluster.notifications import Listener, Wakeup
+from walletd.cluster.notifications import Listener, Wakeup, notify
 from walletd.errors import Timeout, Unavailable
 
 __all__ = [
@@ -179,15 +179,31 @@ class Forwarder:
         """Have `to_host` run `call` and return its reply.
 
         Raises OwnerDidNotAnswer if `to_host` did not claim it within `timeout` (it then never
-        runs), ForwardOutcomeUnknown if it claimed it but did not answer in time, and
-        ClusterUnavailable if the database fails. Cancelling the caller withdraws the row too."""
+        runs), ForwardOutcomeUnknown if it claimed it but did not answer in time (or the
+        database failed after it was claimed), and ClusterUnavailable if the database fails
+        before that. Cancelling the caller withdraws the row too.
+
+        Known limit: if the database fails while committing the insert, ClusterUnavailable is
+        raised although the row may exist (and then run): as with any lost answer, retries of
+        state-changing calls rely on the API's idempotency."""
         if to_host == self.host_id:
             raise ValueError("a host does not forward to itself")
         row_id = await self.db.run(self._insert_job(to_host, call, timeout))
         try:
             reply = await self._await_reply(row_id, timeout)
+        except Exception as exc:
+            # The database failed while we waited: withdrawn unrun, the error stands as it is
+            # (retry is safe); otherwise the owner may have run it, and the caller must know.
+            found = await self._withdraw(row_id)
+            if found == "unclaimed":
+                raise
+            self.unknown += 1
+            raise ForwardOutcomeUnknown(
+                f"the request forwarded to owner host {to_host} may have run, but its answer"
+                " was lost (cluster database failed); its outcome is unknown"
+            ) from exc
         except BaseException:
-            await self._withdraw(row_id)  # cancelled or failed: withdraw it, never run it later
+            await self._withdraw(row_id)  # cancelled: withdraw it, so it never runs later
             raise
         if reply is None:
             found = await self._withdraw(row_id)
@@ -269,13 +285,12 @@ class Forwarder:
             assert row is not None
             row_id = int(row[0])
             # Delivered at commit, so the owner never wakes before the row is visible.
-            conn.execute("SELECT pg_notify(%s, %s)", (forward_channel(to_host), str(row_id)))
+            notify(conn, forward_channel(to_host), str(row_id))
             return row_id
 
         return job
 
-    @staticmethod
-    def _take_reply_job(row_id: int) -> Callable[[Connection], ForwardedReply | None]:
+    def _take_reply_job(self, row_id: int) -> Callable[[Connection], ForwardedReply | None]:
         def job(conn: Connection) -> ForwardedReply | None:
             row = conn.execute(
                 "DELETE FROM forwarded_requests WHERE id = %s AND answered_at IS NOT NULL"
@@ -479,7 +494,7 @@ class ForwardServer:
             ).fetchone()
             if row is None:
                 return False  # the origin gave up and deleted it
-            conn.execute("SELECT pg_notify(%s, %s)", (reply_channel(str(row[0])), str(row_id)))
+            notify(conn, reply_channel(str(row[0])), str(row_id))
             return True
 
         return job

@@ -29,7 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from walletd.cluster.db import CONNECT_TIMEOUT, ClusterUnavailable, Connection
 
-__all__ = ["EVENTS_CHANNEL", "Listener", "Subscription", "Wakeup"]
+__all__ = ["EVENTS_CHANNEL", "Listener", "Subscription", "Wakeup", "notify"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,12 @@ _KEEPALIVE = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15_000,
 }
+
+
+def notify(conn: Connection, channel: str, payload: str) -> None:
+    """NOTIFY in the caller's transaction: delivered when (and only if) it commits, so a woken
+    reader always finds what it was woken for (e.g. after `append_event`: EVENTS_CHANNEL, seq)."""
+    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 @attrs.frozen
