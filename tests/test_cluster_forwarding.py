@@ -70,10 +70,11 @@ async def host(
     max_concurrent: int = 16,
     scan_seconds: float = 3.0,
     keep_seconds: float = 60.0,
+    poll_seconds: float = 0.5,
 ) -> AsyncIterator[Host]:
     """A host's forwarding machinery, running until the block ends; it serves if `handler`."""
     listener = Listener(db_url, forwarding_channels(host_id), poll_seconds=0.1)
-    forwarder = Forwarder(db, listener, host_id, poll_seconds=0.5)
+    forwarder = Forwarder(db, listener, host_id, poll_seconds=poll_seconds)
     server = None
     if handler is not None:
         server = ForwardServer(
@@ -146,14 +147,12 @@ async def test_forwarded_request_is_answered_by_the_owner(db: Database, db_url: 
 
 
 async def test_replies_come_back_fast_on_notifications(db: Database, db_url: str) -> None:
-    """The origin is woken by the owner's notification, not by its slow poll: a round trip takes
-    well under the poll interval."""
-    async with host(db, db_url, "a") as a, host(db, db_url, "b", echo):
-        await a.forwarder.forward("b", call(), timeout=5)  # warm up the pool
-        started = trio.current_time()
-        for _ in range(5):
-            await a.forwarder.forward("b", call(), timeout=5)
-        assert (trio.current_time() - started) / 5 < 0.25  # the poll is every 0.5 s
+    """The origin is woken by the owner's notification, not by its slow poll: round trips take
+    far less than the poll interval."""
+    async with host(db, db_url, "a", poll_seconds=60) as a, host(db, db_url, "b", echo):
+        with trio.fail_after(10):  # one missed wake-up would take 60 s
+            for _ in range(5):
+                await a.forwarder.forward("b", call(), timeout=30)
 
 
 async def test_concurrent_requests_each_get_their_own_reply(db: Database, db_url: str) -> None:
@@ -206,7 +205,7 @@ async def test_unanswered_request_times_out_and_never_runs(db: Database, db_url:
         started = trio.current_time()
         with pytest.raises(OwnerDidNotAnswer, match="owner host b did not answer in time"):
             await a.forwarder.forward("b", call(body=SECRET), timeout=0.5)
-        assert 0.5 <= trio.current_time() - started < 2
+        assert 0.5 <= trio.current_time() - started < 4
         assert await count_rows(db) == 0
         assert a.forwarder.not_answered == 1
         async with host(db, db_url, "b", record, scan_seconds=0.1):
