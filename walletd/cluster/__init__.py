@@ -8,4 +8,8 @@
 - `hosts`: each host's heartbeat (sessions, capacity) and which hosts are live.
 - `holder`: keeps one lease renewed and declares it lost, on the local monotonic clock, before it
   can expire in the database (self-fencing).
+- `notifications`: a LISTEN/NOTIFY `Listener` on its own connection: wake-ups into trio, and a
+  `missed` wake-up for every subscriber after each (re)connection.
+- `forwarding`: a request for an escrow owned by another live host is forwarded to it as a row
+  (`Forwarder` on the origin, `ForwardServer` on the owner), claimed exactly once.
 """
