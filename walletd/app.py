@@ -22,10 +22,20 @@ import attrs
 import structlog
 import trio
 
+from walletd.api.forwarded import (
+    call_from_request,
+    reply_from_response,
+    request_from_call,
+    response_from_reply,
+)
+from walletd.api.forwarding import FORWARDED_BY
 from walletd.api.routes import Api, MetricsOnly
-from walletd.api.server import ServerLimits, serve_tcp, serve_unix
+from walletd.api.server import TCP_PEER, Request, Response, ServerLimits, serve_tcp, serve_unix
 from walletd.api.socket_file import InheritedSocketError, listened_socket
 from walletd.api.status import Status
+from walletd.cluster.forwarding import ForwardedCall, ForwardedReply
+from walletd.cluster.metrics import register as register_cluster_metrics
+from walletd.cluster.node import ClusterNode
 from walletd.config import Config, SessionsConfig, load_config
 from walletd.errors import ConfigError
 from walletd.escrows.lifecycle import Lifecycle
@@ -36,10 +46,12 @@ from walletd.ops import notify
 from walletd.ops.logs import set_level as set_log_level
 from walletd.ops.metrics import Metrics
 from walletd.ops.preflight import socket_dir_problem
+from walletd.sessions.leased import LeasedSession
 from walletd.sessions.registry import Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec
 from walletd.state.backups import Backups
 from walletd.state.events import EventLog
+from walletd.state.ownership import LocalOwnership, Ownership
 from walletd.state.seam import LocalState, StateStore
 from walletd.state.store import Store
 from walletd.state.vault import Vault
@@ -111,7 +123,17 @@ class App:
         self.config_path = config_path
         state = config.daemon.state_dir
         self.run_dir = state / "run"
-        self.store: StateStore = LocalState(Store(state / "walletd.sqlite3"))
+        # One host: SQLite in the state directory. A cluster: PostgreSQL, every write about an
+        # escrow fenced by the lease this host holds on it (walletd.cluster).
+        self.cluster: ClusterNode | None = None
+        self.ownership: Ownership = LocalOwnership()
+        self.store: StateStore
+        if config.cluster is not None:
+            self.cluster = ClusterNode(config.cluster, config.monero.wallet_dir)
+            self.ownership = self.cluster.ownership
+            self.store = self.cluster.store
+        else:
+            self.store = LocalState(Store(state / "walletd.sqlite3"))
         self.vault = Vault.open(state / "walletd.key")
         self.events = EventLog(self.store)
         self.metrics = Metrics()
@@ -171,6 +193,7 @@ class App:
             self.events,
             wallet_dir=m.wallet_dir,
             required_confirmations=config.monitor.required_confirmations,
+            ownership=self.ownership,
         )
         self.lifecycle = Lifecycle(
             store=self.store,
@@ -185,6 +208,7 @@ class App:
             daemon_check=config.monitor.height_check,
             fee_priority=m.fee_priority,
             fee_tolerance=m.payout_fee_tolerance,
+            ownership=self.ownership,
         )
         self.monitor = Monitor(
             config.monitor,
@@ -193,14 +217,17 @@ class App:
             events=self.events,
             chain=self.chain,
             metrics=self.metrics,
+            ownership=self.ownership,
         )
         self.status = Status(
             registry=self.registry, store=self.store, chain=self.chain, metrics=self.metrics
         )
         self.status.fast_open = self.fast_open
         self.status.daemons = self.daemons
-        if config.cluster is not None:
-            self.status.host_id = config.cluster.host_id
+        if self.cluster is not None:
+            self.status.cluster = self.cluster
+            self.status.host_id = self.cluster.host_id
+            register_cluster_metrics(self.metrics.registry, self.cluster.figures)
         self.api = Api(
             escrows=self.escrows,
             lifecycle=self.lifecycle,
@@ -208,6 +235,8 @@ class App:
             events=self.events,
             status=self.status,
             metrics=self.metrics,
+            ownership=self.ownership,
+            forward=self._forward if self.cluster is not None else None,
         )
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: dict[str, trio.Event] = {}
@@ -217,9 +246,9 @@ class App:
 
     # ---- wiring ----------------------------------------------------------------------------------
 
-    def _new_session(self, spec: SessionSpec) -> EscrowSession:
+    def _new_session(self, spec: SessionSpec) -> EscrowSession | LeasedSession:
         s = self.config.sessions
-        return EscrowSession(
+        session = EscrowSession(
             spec,
             self.pool,
             open_timeout=self.config.monero.open_timeout,
@@ -233,7 +262,31 @@ class App:
             repair=self.repairs.repair,
             on_damage=self._wallet_damaged,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
+            on_stored=self._wallet_stored if self.cluster is not None else None,
         )
+        # A cluster: only while this host holds the escrow's lease, its files from the database.
+        return session if self.cluster is None else LeasedSession(session, self.ownership)
+
+    async def _wallet_stored(self, escrow_id: str, role: Role, file: str) -> None:
+        await self.ownership.wallets_stored(escrow_id, {role: file})
+
+    async def _forward(self, host_id: str, request: Request) -> Response:
+        """Serve `request` on the host holding its escrow, through the cluster database."""
+        assert self.cluster is not None
+        call = call_from_request(request)
+        reply = await self.cluster.forward(host_id, call, self.config.daemon.request_timeout)
+        return response_from_reply(reply)
+
+    async def _serve_forwarded(self, call: ForwardedCall) -> ForwardedReply:
+        """A request another host forwarded here: served like one of ours, marked so that it is
+        never forwarded again (the origin already checked its client's credentials)."""
+        request = request_from_call(call, TCP_PEER)
+        request = attrs.evolve(request, headers={FORWARDED_BY: "1"})
+        return reply_from_response(await self.api(request))
+
+    def _sessions_now(self) -> tuple[int, int]:
+        stats = self.registry.stats()
+        return stats.active_sessions, stats.max_sessions
 
     async def _daemon_switched(self, old: str, new: str) -> None:
         """Restart every wallet-rpc against the new daemon: new children for new sessions, every
@@ -325,11 +378,25 @@ class App:
         try:
             # Bound before anything starts: a taken port stops start-up with the key's name.
             metrics_listeners = await self._metrics_listeners()
+            if self.cluster is not None:
+                await self.cluster.start()  # unreachable: start-up stops here, saying so
             async with trio.open_nursery() as nursery:
                 watchdog = notify.watchdog_interval()
                 if watchdog:  # systemd counts the pings from READY=1 on
                     nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "events", self.events.run)
+                if self.cluster is not None:
+                    cluster = self.cluster
+                    await nursery.start(
+                        self._scoped,
+                        "cluster",
+                        lambda task_status: cluster.run(
+                            serve=self._serve_forwarded,
+                            sessions=self._sessions_now,
+                            on_events=self.events.wake,
+                            task_status=task_status,
+                        ),
+                    )
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
                 if self.daemons is not None:
@@ -441,6 +508,9 @@ class App:
             self._scopes["lifecycle"].cancel()
             self._scopes["registry"].cancel()
             self._scopes["pool"].cancel()  # stores, SIGTERM, SIGKILL every child (bounded)
+            if "cluster" in self._scopes:
+                # After the sessions: each released its lease as it closed.
+                self._scopes["cluster"].cancel()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

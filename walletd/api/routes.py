@@ -349,7 +349,7 @@ class Api:
         return Response.json(200, self._status.stats_json())
 
     async def cluster(self, _: Request, __: dict[str, str]) -> Response:
-        return Response.json(200, self._status.cluster_json())
+        return Response.json(200, await self._status.cluster_json())
 
     # ---- events, health, metrics -----------------------------------------------------------------
 

@@ -7,6 +7,8 @@ import socket
 import trio
 
 from walletd import __version__
+from walletd.cluster.node import ClusterNode
+from walletd.cluster.pg_store import timestamp
 from walletd.errors import RpcError
 from walletd.escrows.model import utcnow
 from walletd.escrows.service import STATES
@@ -36,6 +38,7 @@ class Status:
         self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
         self.daemons: DaemonFailover | None = None  # set by the app: which monerod is in use
         self.host_id = socket.gethostname()  # [cluster] host_id when set (by the app)
+        self.cluster: ClusterNode | None = None  # set by the app in a cluster
 
     def stats_json(self) -> JsonObject:
         stats = self._registry.stats()
@@ -55,17 +58,43 @@ class Status:
             "wallet_rpc_restarts": self.wallet_rpc_restarts,
         }
 
-    def cluster_json(self) -> JsonObject:
-        """`GET /v1/cluster` on one host: this host alone, no leases. The cluster (issue 14)
-        will list every live host and the escrow leases from PostgreSQL here."""
-        stats = self._registry.stats()
-        host: JsonObject = {
+    async def cluster_json(self) -> JsonObject:
+        """`GET /v1/cluster`: every host (live ones within a few lease TTLs of their last
+        heartbeat) and every live escrow lease, from the cluster database; on one host, this
+        host alone and no leases."""
+        if self.cluster is None:
+            stats = self._registry.stats()
+            host: JsonObject = {
+                "host_id": self.host_id,
+                "last_seen": utcnow(),
+                "sessions": stats.active_sessions,
+                "max_sessions": stats.max_sessions,
+                "live": True,
+            }
+            return {"host_id": self.host_id, "hosts": [host], "leases": []}
+        hosts, leases = await self.cluster.cluster_view()
+        return {
             "host_id": self.host_id,
-            "last_seen": utcnow(),
-            "sessions": stats.active_sessions,
-            "max_sessions": stats.max_sessions,
+            "hosts": [
+                {
+                    "host_id": h.host_id,
+                    "last_seen": timestamp(h.last_seen),
+                    "sessions": h.sessions,
+                    "max_sessions": h.capacity,
+                    "live": h.live,
+                }
+                for h in hosts
+            ],
+            "leases": [
+                {
+                    "escrow_id": lease.escrow_id,
+                    "host_id": lease.host_id,
+                    "epoch": lease.epoch,
+                    "expires_at": timestamp(lease.expires_at),
+                }
+                for lease in leases
+            ],
         }
-        return {"hosts": [host], "leases": []}
 
     async def health(self) -> tuple[int, JsonObject]:
         body: JsonObject = {

@@ -21,6 +21,7 @@ from walletd.cli import cluster
 from walletd.config import Config, load_config
 from walletd.errors import ConfigError, first_error
 from walletd.ops import preflight
+from walletd.state.store import StoreUnavailable
 
 __all__ = ["EXIT_CONFIG", "EXIT_RUNTIME", "main"]
 
@@ -135,7 +136,8 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
             if not started and isinstance(leaf, ConfigError):  # a taken daemon.metrics_address
                 log.error("cannot start", error=str(leaf))
                 return EXIT_CONFIG
-            if started or not isinstance(leaf, OSError):
+            # The cluster database unreachable at start-up is the same kind of refusal.
+            if started or not isinstance(leaf, OSError | StoreUnavailable):
                 raise
             log.error("cannot start", error=str(leaf))
             return EXIT_RUNTIME

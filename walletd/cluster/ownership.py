@@ -23,7 +23,7 @@ import trio
 
 from walletd.cluster.db import ClusterUnavailable, Connection
 from walletd.cluster.holder import LeaseHolder
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.errors import OwnedElsewhere, Unavailable
 from walletd.ids import Role
@@ -207,6 +207,6 @@ class ClusterOwnership:
     async def wallets_stored(self, escrow_id: str, files: Mapping[Role, str]) -> None:
         tenure = self.tenure_of(escrow_id)
         if tenure is None:
-            raise Fenced(f"escrow {escrow_id}: this host holds no lease; files not saved")
+            raise self.leases.refused(escrow_id)  # counted with the other refused writes
         for role, name in files.items():
             await self.wallet_files.save(tenure, role, self.wallet_dir, name)

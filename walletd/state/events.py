@@ -154,6 +154,11 @@ class EventLog:
         self._published(appended)
         return rec
 
+    def wake(self) -> None:
+        """Another host wrote events (a cluster): long polls read the feed again."""
+        self._changed.set()
+        self._changed = trio.Event()
+
     def _published(self, events: Sequence[EventRecord]) -> None:
         for event in events:
             log.info(
@@ -196,8 +201,9 @@ class EventLog:
         """Events newer than `after`, waiting up to `timeout` seconds for the first one."""
         with trio.move_on_after(min(max(timeout, 0.0), MAX_POLL_S)):
             while True:
+                changed = self._changed  # before the read: a wake-up during it is kept
                 events = await self._store.events_after(after, limit)
                 if events:
                     return events
-                await self._changed.wait()
+                await changed.wait()
         return []

@@ -1,0 +1,136 @@
+"""One host of a cluster: everything it runs beside the daemon's own parts (issue 14).
+
+Built from `[cluster]` at start-up: the database pool, the leases and this host's holdings of
+them (`ClusterOwnership`), the PostgreSQL store (every escrow write fenced), the wallet files'
+keeper, the host's heartbeat, one LISTEN connection (event wake-ups, forwarded requests and
+their replies), the forwarder and the server of requests forwarded here. `start` connects and
+migrates (a database that cannot be reached stops start-up, clearly); `run` keeps the
+background parts going until cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+import trio
+
+from walletd.cluster.db import ClusterUnavailable, Database
+from walletd.cluster.forwarding import (
+    ForwardedCall,
+    ForwardedReply,
+    Forwarder,
+    ForwardHandler,
+    ForwardServer,
+    forwarding_channels,
+)
+from walletd.cluster.hosts import HostInfo, Hosts
+from walletd.cluster.leases import Lease, Leases
+from walletd.cluster.metrics import ClusterFigures
+from walletd.cluster.migrations import migrate
+from walletd.cluster.notifications import EVENTS_CHANNEL, Listener
+from walletd.cluster.ownership import ClusterOwnership
+from walletd.cluster.pg_store import PgStore
+from walletd.cluster.wallet_files import WalletFiles
+from walletd.config import ClusterConfig
+
+__all__ = ["ClusterNode"]
+
+log = structlog.get_logger(__name__)
+
+POOL_SIZE = 8  # database connections: store, renewals, wallet files, forwarding
+
+
+class ClusterNode:
+    def __init__(self, cfg: ClusterConfig, wallet_dir: Path) -> None:
+        self.host_id = cfg.host_id
+        self.lease_ttl = cfg.lease_ttl
+        self.db = Database(cfg.database_url, max_size=POOL_SIZE)
+        self.leases = Leases(self.db, cfg.lease_ttl)
+        self.wallet_files = WalletFiles(self.db, self.leases)
+        self.ownership = ClusterOwnership(self.leases, cfg.host_id, self.wallet_files, wallet_dir)
+        self.store = PgStore(self.db, self.leases, self.ownership.tenure_of, cfg.host_id)
+        self.hosts = Hosts(self.db, live_within=max(3 * cfg.lease_ttl, 10.0))
+        self.listener = Listener(
+            cfg.database_url, [EVENTS_CHANNEL, *forwarding_channels(cfg.host_id)]
+        )
+        self.forwarder = Forwarder(self.db, self.listener, cfg.host_id)
+        self._server: ForwardServer | None = None
+
+    async def start(self) -> int:
+        """Connect and bring the schema up to date; returns its version."""
+        await self.db.open()
+        version = await migrate(self.db)
+        log.info("cluster database ready", host_id=self.host_id, schema_version=version)
+        return version
+
+    async def run(
+        self,
+        *,
+        serve: ForwardHandler,
+        sessions: Callable[[], tuple[int, int]],
+        on_events: Callable[[], None],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The background parts. `serve` answers requests forwarded here; `sessions()` is
+        (open, cap) for the heartbeat; `on_events` wakes this host's long polls."""
+        self._server = ForwardServer(self.db, self.listener, self.host_id, serve)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.listener.run)
+                await nursery.start(self.ownership.run)
+                await nursery.start(self.forwarder.run)
+                await nursery.start(self._server.run)
+                await nursery.start(self._heartbeat, sessions)
+                nursery.start_soon(self._event_wakeups, on_events)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.db.close()
+
+    async def forward(self, to_host: str, call: ForwardedCall, timeout: float) -> ForwardedReply:
+        return await self.forwarder.forward(to_host, call, timeout=timeout)
+
+    async def _heartbeat(
+        self,
+        sessions: Callable[[], tuple[int, int]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
+        while True:
+            active, cap = sessions()
+            try:
+                await self.hosts.heartbeat(self.host_id, active, cap)
+            except ClusterUnavailable as exc:
+                log.warning("cluster heartbeat failed", error=exc.message)
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(self.lease_ttl / 3)
+
+    async def _event_wakeups(self, on_events: Callable[[], None]) -> None:
+        with self.listener.subscribe(EVENTS_CHANNEL) as sub:
+            while True:
+                await sub.wait()
+                on_events()
+
+    async def cluster_view(self) -> tuple[list[HostInfo], list[Lease]]:
+        """`GET /v1/cluster`: every host that ever beat, and the live leases."""
+        hosts = await self.hosts.list()
+        leases = [lease for lease in await self.leases.list() if lease.live]
+        return hosts, leases
+
+    def figures(self) -> ClusterFigures:
+        held = self.ownership.statistics()
+        server = self._server
+        return ClusterFigures(
+            host_id=self.host_id,
+            leases_held=held.held,
+            leases_acquired=held.acquired,
+            leases_lost=held.lost,
+            fenced_writes=self.leases.fenced_writes,
+            forwarded_sent=self.forwarder.forwarded,
+            forwarded_served=server.served if server is not None else 0,
+        )
