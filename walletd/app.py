@@ -284,6 +284,18 @@ class App:
         request = attrs.evolve(request, headers={FORWARDED_BY: "1"})
         return reply_from_response(await self.api(request))
 
+    async def run_cluster(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The cluster's background parts (after `cluster.start`), wired to this daemon."""
+        assert self.cluster is not None
+        await self.cluster.run(
+            serve=self._serve_forwarded,
+            sessions=self._sessions_now,
+            on_events=self.events.wake,
+            task_status=task_status,
+        )
+
     def _sessions_now(self) -> tuple[int, int]:
         stats = self.registry.stats()
         return stats.active_sessions, stats.max_sessions
@@ -379,24 +391,15 @@ class App:
             # Bound before anything starts: a taken port stops start-up with the key's name.
             metrics_listeners = await self._metrics_listeners()
             if self.cluster is not None:
-                await self.cluster.start()  # unreachable: start-up stops here, saying so
+                # Unreachable, or another vault key: start-up stops here, saying so.
+                await self.cluster.start(self.vault.fingerprint())
             async with trio.open_nursery() as nursery:
                 watchdog = notify.watchdog_interval()
                 if watchdog:  # systemd counts the pings from READY=1 on
                     nursery.start_soon(notify.watchdog_loop, watchdog)
                 await nursery.start(self._scoped, "events", self.events.run)
                 if self.cluster is not None:
-                    cluster = self.cluster
-                    await nursery.start(
-                        self._scoped,
-                        "cluster",
-                        lambda task_status: cluster.run(
-                            serve=self._serve_forwarded,
-                            sessions=self._sessions_now,
-                            on_events=self.events.wake,
-                            task_status=task_status,
-                        ),
-                    )
+                    await nursery.start(self._scoped, "cluster", self.run_cluster)
                 await nursery.start(self._scoped, "pool", self.pool.run)
                 await nursery.start(self._scoped, "registry", self.registry.run)
                 if self.daemons is not None:

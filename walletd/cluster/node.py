@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Database
+from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
@@ -34,6 +34,7 @@ from walletd.cluster.ownership import ClusterOwnership
 from walletd.cluster.pg_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import ClusterConfig
+from walletd.errors import ConfigError
 
 __all__ = ["ClusterNode"]
 
@@ -58,10 +59,34 @@ class ClusterNode:
         self.forwarder = Forwarder(self.db, self.listener, cfg.host_id)
         self._server: ForwardServer | None = None
 
-    async def start(self) -> int:
-        """Connect and bring the schema up to date; returns its version."""
+    async def start(self, vault_fingerprint: str) -> int:
+        """Connect, bring the schema up to date, and check that this host's vault key is the
+        cluster's (the first host to start sets it); returns the schema version.
+
+        Every host must have the same `walletd.key`: the wallets' passwords derive from it (and
+        the adopted ones are sealed with it), so a host with another key could open no escrow.
+        The key itself never goes to the database, only its fingerprint: the database holds the
+        wallet files, and must not hold what opens them."""
         await self.db.open()
         version = await migrate(self.db)
+
+        def check(conn: Connection) -> str:
+            conn.execute(
+                "INSERT INTO cluster_settings VALUES ('vault_check', %s) ON CONFLICT DO NOTHING",
+                (vault_fingerprint,),
+            )
+            row = conn.execute(
+                "SELECT value FROM cluster_settings WHERE name = 'vault_check'"
+            ).fetchone()
+            assert row is not None
+            return str(row[0])
+
+        if await self.db.run(check) != vault_fingerprint:
+            await self.db.close()
+            raise ConfigError(
+                "this host's vault key (state_dir/walletd.key) is not the cluster's: every host"
+                " must have the same key file; copy it from a host of the cluster"
+            )
         log.info("cluster database ready", host_id=self.host_id, schema_version=version)
         return version
 

@@ -199,11 +199,17 @@ class EventLog:
 
     async def wait_after(self, after: int, timeout: float, limit: int = 500) -> list[EventRecord]:
         """Events newer than `after`, waiting up to `timeout` seconds for the first one."""
+        # The first read is outside the timeout: a read from a remote store takes time, and a
+        # poll with no wait (timeout 0) must still answer what is there.
+        changed = self._changed  # taken before each read: a wake-up during it is kept
+        events = await self._store.events_after(after, limit)
+        if events:
+            return events
         with trio.move_on_after(min(max(timeout, 0.0), MAX_POLL_S)):
             while True:
-                changed = self._changed  # before the read: a wake-up during it is kept
+                await changed.wait()
+                changed = self._changed
                 events = await self._store.events_after(after, limit)
                 if events:
                     return events
-                await changed.wait()
         return []

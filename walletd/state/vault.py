@@ -68,6 +68,13 @@ class Vault:
         """A keyed digest: compares requests without keeping (or hashing guessably) passwords."""
         return hmac.digest(self._password_key, b"request\0" + data, hashlib.sha256).hex()
 
+    def fingerprint(self) -> str:
+        """A keyed digest of a constant: equal for equal keys, and says nothing of the key. The
+        hosts of a cluster compare theirs, since they must share one key file."""
+        return hmac.digest(
+            self._password_key, b"walletd vault fingerprint v1", hashlib.sha256
+        ).hex()
+
     def seal(self, escrow_id: str, role: str, password: str) -> str:
         """Encrypt an adopted wallet's password for the state database."""
         nonce = secrets.token_bytes(12)

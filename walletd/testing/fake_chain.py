@@ -17,6 +17,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -192,10 +193,21 @@ class FakeWalletWorld:
     # (destination, total - FEE). None: honest.
     sweep_priorities: list[int] = attrs.Factory(list)  # the priority of every sweep_all call
     sweep_outputs: Callable[[str, str, int], tuple[tuple[str, int], ...]] | None = None
+    # Directories where a store also writes the wallet's two files (keys, cache), as wallet-rpc
+    # does in its wallet dir: for the cluster, which keeps those files in its database.
+    file_dirs: list[Path] = attrs.Factory(list)
     _blobs: dict[str, _Blob] = attrs.field(factory=dict, init=False)
     _serial: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
 
     # ---- helpers for tests ----
+
+    def write_files(self, name: str) -> None:
+        """A store of wallet `name`: its files in every `file_dirs` directory (the cache's
+        content is its saved state, so a change of state is a change of file)."""
+        wallet = self.wallets[name]
+        for directory in self.file_dirs:
+            (directory / f"{name}.keys").write_bytes(f"keys of {name}".encode())
+            (directory / name).write_bytes(repr(wallet.saved).encode())
 
     def add_wallet(self, name: str, password: str, address: str | None = None) -> FakeWallet:
         """Put a wallet in the directory (as if created earlier), synced to the current height."""

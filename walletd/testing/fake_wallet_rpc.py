@@ -329,6 +329,7 @@ class FakeWalletRpc(SpendingCalls):
         wallet.saved = wallet.cache.copy()
         wallet.cache_damaged = False  # a store rewrites the cache file
         self.world.stores[wallet.name] += 1
+        self.world.write_files(wallet.name)
 
     def _switch_to(self, wallet: FakeWallet) -> None:
         old = self.wallet
