@@ -91,6 +91,7 @@ SIGNERS: dict[PayoutKind, tuple[Role, Role]] = {
     PayoutKind.RELEASE: ("vendor", "arbiter"),
     PayoutKind.REFUND: ("buyer", "arbiter"),
 }
+ORPHAN_CHECK_INTERVAL = 5.0  # seconds between looks for payouts a dead host left (a cluster)
 _RESUMABLE = (PayoutPhase.INTENT, PayoutPhase.SIGNED)  # never REFUSED: it is not signed again
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
@@ -153,7 +154,39 @@ class Lifecycle:
                 await self.recover()
             except StoreUnavailable as exc:  # serve anyway: /v1/health reports the database
                 log.error("start-up recovery stopped", error=exc.message)
+            if self._ownership.clustered:
+                await self._adopt_orphaned_payouts()
             await trio.sleep_forever()
+
+    async def _adopt_orphaned_payouts(self) -> None:
+        """A cluster: a host that died mid-payout leaves it recorded (intent, or the signed
+        blob) with nobody driving it. Whichever host sees it unheld first resumes it: the
+        recorded blob is resubmitted as is, never signed again, so it still pays once."""
+        while True:
+            await trio.sleep(ORPHAN_CHECK_INTERVAL)
+            try:
+                elsewhere = await self._ownership.owned_elsewhere()
+                for rec in await self._store.list_escrows(EscrowState.READY):
+                    payout = rec.payout
+                    if payout is None or payout.phase not in _RESUMABLE:
+                        continue
+                    if rec.escrow_id in elsewhere or rec.escrow_id in self._payouts:
+                        continue
+                    log.warning(
+                        "resuming a payout left by another host",
+                        escrow_id=rec.escrow_id,
+                        phase=payout.phase.value,
+                    )
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._resume_quietly, rec.escrow_id)
+            except StoreUnavailable as exc:
+                log.warning("orphaned payout check skipped", error=exc.message)
+
+    async def _resume_quietly(self, escrow_id: str) -> None:
+        try:
+            await self._run_payout(escrow_id)
+        except WalletdError as exc:  # retried next round
+            log.warning("payout resume failed", escrow_id=escrow_id, error=str(exc))
 
     # ---- creation --------------------------------------------------------------------------------
 
@@ -297,7 +330,9 @@ class Lifecycle:
         await escrows.get(escrow_id)  # NotFound before anything is kept for this id
         lock = self._locks.setdefault(escrow_id, trio.Lock())
         try:
-            await self._payout_locked(lock, escrow_id, kind, address)
+            # Its intent is written under the escrow's lease (a cluster), like every step.
+            async with self._ownership.holding(escrow_id):
+                await self._payout_locked(lock, escrow_id, kind, address)
         finally:
             # One lock per escrow with a payout would grow without bound: drop it once nobody
             # holds or waits for it (trio hands a released lock straight to its next waiter).
@@ -480,7 +515,8 @@ class Lifecycle:
         if kept is not None:
             return kept
         try:
-            return await self._keep_proof(escrow_id, payout, Caller.API)
+            async with self._ownership.holding(escrow_id):  # the proof is kept under the lease
+                return await self._keep_proof(escrow_id, payout, Caller.API)
         except (RpcCallError, multisig.MultisigError) as exc:
             raise WalletError(f"the payout's proof could not be made yet: {exc}") from exc
 
