@@ -34,6 +34,7 @@ __all__ = ["ClusterOwnership", "HoldingStats"]
 log = structlog.get_logger(__name__)
 
 RELEASE_TIMEOUT = 5.0  # seconds a release may take; else the lease just expires
+RELEASE_LINGER = 2.0  # seconds an unused lease is kept before it is released
 
 
 @attrs.define(eq=False)
@@ -102,6 +103,17 @@ class ClusterOwnership:
             held.count -= 1
             if on_lost is not None:
                 held.callbacks.remove(on_lost)
+            if held.count == 0 and self._held.get(escrow_id) is held and self._nursery:
+                self._nursery.start_soon(self._linger_then_release, held)
+
+    async def _linger_then_release(self, held: _Held) -> None:
+        """Keep an unused lease a moment before releasing it: what its last holder announced
+        on the way out (a session_closed event) is still written under it, and an escrow used
+        again at once is not handed back and forth. Released at once on shutdown."""
+        try:
+            await trio.sleep(RELEASE_LINGER)
+        finally:
+            escrow_id = held.tenure.escrow_id
             if held.count == 0 and self._held.get(escrow_id) is held:
                 del self._held[escrow_id]
                 held.scope.cancel()
@@ -199,10 +211,15 @@ class ClusterOwnership:
     # ---- wallet files -----------------------------------------------------------------------
 
     async def restore_wallets(self, escrow_id: str, files: Mapping[Role, str]) -> None:
+        """The latest stored version of each wallet into the wallet directory. A wallet the
+        database has no version of yet (adopted here from local files) is saved first, so its
+        only copy is never this host's disk."""
         for role, name in files.items():
             version = await self.wallet_files.restore(escrow_id, role, self.wallet_dir, name)
             if version is not None:
                 log.info("wallet files restored", escrow_id=escrow_id, role=role, version=version)
+            elif (self.wallet_dir / f"{name}.keys").exists():
+                await self.wallets_stored(escrow_id, {role: name})
 
     async def wallets_stored(self, escrow_id: str, files: Mapping[Role, str]) -> None:
         tenure = self.tenure_of(escrow_id)
