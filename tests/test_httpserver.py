@@ -24,6 +24,7 @@ import trio
 
 from walletd.api import server as httpserver
 from walletd.api.server import PeerCred, Request, Response, ServerLimits, serve_unix
+from walletd.ops import logs as walletd_logs
 
 TIMEOUT = 10.0
 
@@ -686,15 +687,18 @@ def test_response_json_is_compact_utf8() -> None:
 
 
 async def test_access_log_names_the_peer_of_every_state_changing_call(
-    nursery: trio.Nursery, sock_path: Path
+    nursery: trio.Nursery, sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every call that may move money or change state (POST, DELETE, any method but GET, HEAD
     and OPTIONS) is logged at info with the peer's uid and pid from SO_PEERCRED, whatever its
-    answer; reads stay at debug. Neither line carries the body (it may hold a password)."""
+    answer; reads stay at debug (logged with log.level = "debug"). Neither line carries the
+    body (it may hold a password)."""
 
     async def handler(request: Request) -> Response:
         return Response.json(404 if request.path == "/missing" else 200, {})
 
+    monkeypatch.setattr(walletd_logs, "_threshold", walletd_logs._threshold)  # restored after
+    walletd_logs.set_level("debug")
     await start(nursery, sock_path, handler)
     with structlog.testing.capture_logs() as logs, trio.fail_after(TIMEOUT):
         async with client(sock_path) as c:
@@ -714,3 +718,25 @@ async def test_access_log_names_the_peer_of_every_state_changing_call(
     for entry in requests:  # the client is this very process
         assert (entry["peer_uid"], entry["peer_pid"]) == (os.getuid(), os.getpid())
     assert "hunter2" not in repr(logs)
+
+
+async def test_reads_build_no_access_log_event_below_debug(
+    nursery: trio.Nursery, sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At log.level = "info" a read (GET, HEAD) makes no access log event at all, not even one
+    dropped later by the level filter: nothing is built for the reads that are most of the
+    traffic. A state-changing call is still logged."""
+
+    async def handler(_: Request) -> Response:
+        return Response.json(200, {})
+
+    monkeypatch.setattr(walletd_logs, "_threshold", walletd_logs._threshold)  # restored after
+    walletd_logs.set_level("info")
+    await start(nursery, sock_path, handler)
+    with structlog.testing.capture_logs() as logs, trio.fail_after(TIMEOUT):
+        async with client(sock_path) as c:
+            await c.get("/v1/escrows/e1")
+            await c.head("/v1/escrows/e1")
+            await c.delete("/v1/escrows/e1/session")
+    requests = [(e["method"], e["log_level"]) for e in logs if e["event"] == "http request"]
+    assert requests == [("DELETE", "info")]

@@ -176,39 +176,38 @@ class Api:
 
     async def __call__(self, request: Request) -> Response:
         started = trio.current_time()
-        response = await self._answer(request)
+        route, response = await self._answer(request)
         method = request.method if request.method in _KNOWN_METHODS else "other"
         seconds = trio.current_time() - started
-        self._metrics.observe_request(self.route_of(request), method, response.status, seconds)
+        self._metrics.observe_request(route, method, response.status, seconds)
         return response
 
-    def route_of(self, request: Request) -> str:
-        """The template of the route the request's path fits (`/v1/escrows/{id}`), whatever
-        its method; `UNMATCHED` if none does."""
-        for template, segments, _ in self._routes:
-            if _match_segments(segments, request.segments) is not None:
-                return template
-        return UNMATCHED
-
-    async def _answer(self, request: Request) -> Response:
+    async def _answer(self, request: Request) -> tuple[str, Response]:
+        """The request's route template (its metrics label) and its answer. The path is matched
+        once, on every request: the label comes from the match that picks the handler."""
+        found = self._find(request.segments)
+        route = UNMATCHED if found is None else found[0]
         try:
-            handler, params = self._match(request)
+            if found is None:
+                raise NotFound(f"no such endpoint: {request.path[:200]}")
+            _, methods, params = found
+            handler = _handler(request.method, methods, params)
             if self._forward is not None and FORWARDED_BY not in request.headers:
-                return await self._on_owner_host(request, handler, params, self._forward)
-            return await handler(request, params)
+                return route, await self._on_owner_host(request, handler, params, self._forward)
+            return route, await handler(request, params)
         except MethodNotAllowed as exc:
             status, body, _ = error_answer(exc)
-            return Response.json(status, body, headers=(("allow", ", ".join(exc.allowed)),))
+            return route, Response.json(status, body, headers=(("allow", ", ".join(exc.allowed)),))
         except PublicError as exc:
             status, body, _ = error_answer(exc)
-            return Response.json(status, body)
+            return route, Response.json(status, body)
         except Exception as exc:
             status, body, public = error_answer(exc)
             if isinstance(public, Internal):
                 log.exception("request failed", method=request.method, path=request.path)
             else:
                 log.warning("request failed", path=request.path, error=str(exc))
-            return Response.json(status, body)
+            return route, Response.json(status, body)
 
     async def _on_owner_host(
         self, request: Request, handler: Handler, params: dict[str, str], forward: Forward
@@ -230,32 +229,19 @@ class Api:
                 raise
             return await forward(exc.host_id, request)
 
-    def _match(self, request: Request) -> tuple[Handler, dict[str, str]]:
-        """Match on the request's segments, each decoded on its own (`Request.segments`): a
-        decoded `/` inside a segment is part of that parameter (and no valid id has one), so an
-        encoded slash can never turn `/v1/escrows/e1%2Fbalance` into a balance read.
+    def _find(
+        self, segments: tuple[str, ...]
+    ) -> tuple[str, dict[str, Handler], dict[str, str]] | None:
+        """The first route `segments` fit: its template, methods and `{name}` parameters.
 
-        An invalid escrow id is refused (400) before the method is looked at: such a path names
-        nothing, so it is no known path to answer 405 for."""
-        segments = request.segments
-        for _, template, methods in self._routes:
-            params = _match_segments(template, segments)
-            if params is None:
-                continue
-            if "id" in params:
-                params["id"] = check_escrow_id(params["id"])
-            handler = methods.get(request.method)
-            if handler is None and request.method == "HEAD":
-                # HEAD is GET without the body (the server leaves it out, keeping the length).
-                handler = methods.get("GET")
-            if handler is None:
-                allowed = _allowed(methods)
-                raise MethodNotAllowed(
-                    f"method {request.method[:20]} not allowed here (use {', '.join(allowed)})",
-                    allowed,
-                )
-            return handler, params
-        raise NotFound(f"no such endpoint: {request.path[:200]}")
+        Matching is on the request's segments, each decoded on its own (`Request.segments`): a
+        decoded `/` inside a segment is part of that parameter (and no valid id has one), so an
+        encoded slash can never turn `/v1/escrows/e1%2Fbalance` into a balance read."""
+        for template, parts, methods in self._routes:
+            params = _match_segments(parts, segments)
+            if params is not None:
+                return template, methods, params
+        return None
 
     # ---- escrows ---------------------------------------------------------------------------------
 
@@ -398,6 +384,26 @@ class MetricsOnly:
             return Response.json(status, body, headers=(("allow", ", ".join(allowed)),))
         text, content_type = await self._status.metrics_text()
         return Response(200, text, content_type=content_type)
+
+
+def _handler(method: str, methods: dict[str, Handler], params: dict[str, str]) -> Handler:
+    """The route's handler for `method` (HEAD is GET without the body), after checking the
+    escrow id in `params`.
+
+    An invalid escrow id is refused (400) before the method is looked at: such a path names
+    nothing, so it is no known path to answer 405 for."""
+    if "id" in params:
+        params["id"] = check_escrow_id(params["id"])
+    handler = methods.get(method)
+    if handler is None and method == "HEAD":
+        # HEAD is GET without the body (the server leaves it out, keeping the length).
+        handler = methods.get("GET")
+    if handler is None:
+        allowed = _allowed(methods)
+        raise MethodNotAllowed(
+            f"method {method[:20]} not allowed here (use {', '.join(allowed)})", allowed
+        )
+    return handler
 
 
 def _allowed(methods: dict[str, Handler]) -> list[str]:

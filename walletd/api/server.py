@@ -36,6 +36,7 @@ from walletd.errors import (
     Timeout,
     TooLarge,
 )
+from walletd.ops import logs
 
 __all__ = [
     "TCP_PEER",
@@ -521,17 +522,20 @@ class _Connection:
             path = request.path
             response = await self._server.call_handler(request)
         keep_alive = await self._send_response(response, method=method)
-        duration_ms = round((trio.current_time() - started) * 1000, 1)
-        # The access log: every call that may move money or change state, with who made it.
-        log.log(
-            logging.DEBUG if method in _SAFE_METHODS else logging.INFO,
-            "http request",
-            method=method,
-            path=path,
-            status=response.status,
-            duration_ms=duration_ms,
-            **self._who,
-        )
+        # The access log: every call that may move money or change state, with who made it;
+        # reads at debug. Built only if it will be written: most requests are reads, and a
+        # dropped event still costs its kwargs and the bound logger's call (~7 us measured).
+        level = logging.DEBUG if method in _SAFE_METHODS else logging.INFO
+        if logs.enabled(level):
+            log.log(
+                level,
+                "http request",
+                method=method,
+                path=path,
+                status=response.status,
+                duration_ms=round((trio.current_time() - started) * 1000, 1),
+                **self._who,
+            )
         return keep_alive
 
     async def abort(self, response: Response) -> None:

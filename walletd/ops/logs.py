@@ -29,6 +29,7 @@ from structlog.typing import EventDict
 __all__ = [
     "SECRET_KEY_PATTERN",
     "configure_logging",
+    "enabled",
     "is_journal_stream",
     "mask_secrets",
     "set_level",
@@ -75,6 +76,12 @@ def set_level(level: str) -> None:
     """Log `level` and above from now on, in every logger (SIGHUP applies `log.level` here)."""
     global _threshold
     _threshold = _LEVELS[level.lower()]
+
+
+def enabled(level: int) -> bool:
+    """Whether an event at `level` (a `logging` level) would be written now: lets a hot path
+    skip building an event the level filter would drop (the access log of every read)."""
+    return level >= _threshold
 
 
 def _filter_level(_logger: object, method: str, event_dict: EventDict) -> EventDict:

@@ -139,6 +139,7 @@ class Metrics:
             ["route", "method", "status"],
             registry=r,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.api_latency = Histogram(
             "walletd_api_request_seconds",
             "API request handling time by route template and method (long polls included)",
@@ -162,9 +163,22 @@ class Metrics:
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One API request; `route` is the matched template (`/v1/escrows/{id}`), never the
-        raw path, so escrow ids never become labels."""
-        self.api_requests.labels(route=route, method=method, status=str(status)).inc()
-        self.api_latency.labels(route=route, method=method).observe(seconds)
+        raw path, so escrow ids never become labels.
+
+        The labelled children are looked up once per (route, method, status) and kept: every
+        request passes here, and `labels()` (keyword checks, a lock, string conversions) cost
+        more than the two updates. The keys are bounded as the labels are."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.api_requests.labels(route=route, method=method, status=str(status)),
+                self.api_latency.labels(route=route, method=method),
+            )
+            self._request_children[key] = children
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     def payout(self, kind: str, outcome: str) -> None:
         self.payouts.labels(kind=kind, outcome=outcome).inc()
