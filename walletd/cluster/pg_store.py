@@ -43,7 +43,7 @@ import structlog
 
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
-from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof, utcnow
+from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import (
     funding_from_json,
@@ -53,7 +53,7 @@ from walletd.state.columns import (
     wallets_from_json,
     wallets_to_json,
 )
-from walletd.state.store import EscrowChanges, EventRecord, NewEvent
+from walletd.state.store import EscrowChanges, EventRecord, NewEvent, changed_columns
 
 __all__ = ["EVENTS_CHANNEL", "PgStore", "timestamp"]
 
@@ -78,6 +78,10 @@ _ESCROW_COLUMNS = (
     "escrow_id, state, amount, required_confirmations, multisig_address, origin, wallets::text,"
     " request_digest, funding::text, payout::text, created_at, updated_at"
 )
+
+
+# How a changed column's stored text is cast on the way in (JSON columns, the timestamp).
+_CASTS = {"funding": "::jsonb", "payout": "::jsonb", "updated_at": "::timestamptz"}
 
 
 def timestamp(at: datetime) -> str:
@@ -317,25 +321,9 @@ class PgStore:
 
         A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise), checked
         on the row as locked in this transaction."""
-        unknown = set(changes) - EscrowChanges.__optional_keys__
-        if not changes or unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
-        cols: list[str] = []
-        values: list[str | None] = []
-        if "state" in changes:
-            cols.append("state = %s")
-            values.append(changes["state"].value)
-        if "multisig_address" in changes:
-            cols.append("multisig_address = %s")
-            values.append(changes["multisig_address"])
-        if "funding" in changes:
-            cols.append("funding = %s::jsonb")
-            values.append(funding_to_json(changes["funding"]))
-        if "payout" in changes:
-            cols.append("payout = %s::jsonb")
-            values.append(payout_to_json(changes["payout"]))
-        cols.append("updated_at = %s::timestamptz")
-        values.append(utcnow())
+        columns = changed_columns(changes)
+        cols = [f"{name} = %s{_CASTS.get(name, '')}" for name in columns]
+        values = list(columns.values())
         update = (
             f"UPDATE escrows SET {', '.join(cols)} WHERE escrow_id = %s"  # noqa: S608 - column names are fixed above
             f" RETURNING {_ESCROW_COLUMNS}"

@@ -58,6 +58,7 @@ __all__ = [
     "NewEvent",
     "Store",
     "StoreUnavailable",
+    "changed_columns",
 ]
 
 log = structlog.get_logger(__name__)
@@ -149,6 +150,25 @@ def _record(row: sqlite3.Row) -> EscrowRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def changed_columns(changes: EscrowChanges) -> dict[str, str | None]:
+    """The escrow columns a change writes, as stored (JSON text for the JSON columns), with
+    `updated_at`; ValueError for no change or an unknown field. Both stores use it."""
+    unknown = set(changes) - EscrowChanges.__optional_keys__
+    if not changes or unknown:
+        raise ValueError(f"cannot update {sorted(unknown)}")
+    columns: dict[str, str | None] = {}
+    if "state" in changes:
+        columns["state"] = changes["state"].value
+    if "multisig_address" in changes:
+        columns["multisig_address"] = changes["multisig_address"]
+    if "funding" in changes:
+        columns["funding"] = _funding_to_json(changes["funding"])
+    if "payout" in changes:
+        columns["payout"] = _payout_to_json(changes["payout"])
+    columns["updated_at"] = utcnow()
+    return columns
 
 
 class EscrowChanges(TypedDict, total=False):
@@ -360,24 +380,9 @@ class Store:
         crash can never keep a state change whose event the server would then never see.
 
         A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise)."""
-        unknown = set(changes) - EscrowChanges.__optional_keys__
-        if not changes or unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
-        cols, values = [], []
-        if "state" in changes:
-            cols.append("state = ?")
-            values.append(changes["state"].value)
-        if "multisig_address" in changes:
-            cols.append("multisig_address = ?")
-            values.append(changes["multisig_address"])
-        if "funding" in changes:
-            cols.append("funding = ?")
-            values.append(_funding_to_json(changes["funding"]))
-        if "payout" in changes:
-            cols.append("payout = ?")
-            values.append(_payout_to_json(changes["payout"]))
-        cols.append("updated_at = ?")
-        values.append(utcnow())
+        columns = changed_columns(changes)
+        cols = [f"{name} = ?" for name in columns]
+        values = list(columns.values())
         with self._tx() as db:
             if "state" in changes:
                 row = db.execute(
