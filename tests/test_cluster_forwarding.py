@@ -6,7 +6,7 @@ and, when serving, a ForwardServer, all on one fresh database, in one process.""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import attrs
@@ -14,7 +14,6 @@ import pytest
 import structlog
 import trio
 
-from tests.pgtest import fresh_database
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
@@ -26,30 +25,11 @@ from walletd.cluster.forwarding import (
     OwnerDidNotAnswer,
     forwarding_channels,
 )
-from walletd.cluster.migrations import migrate
 from walletd.cluster.notifications import Listener
 
 pytestmark = pytest.mark.pg
 
 SECRET = b'{"password":"hunter2-secret"}'
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    # sync: a skip raised in an async fixture loses its reason under pytest-trio
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.open()
-    try:
-        await migrate(database)
-        yield database
-    finally:
-        await database.close()
 
 
 @attrs.define

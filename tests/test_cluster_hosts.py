@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -18,7 +17,7 @@ import pytest
 import trio
 
 from tests.fakes import call, fake_config, make_fake_multisig, start
-from tests.pgtest import advance_db_clock, fresh_database
+from tests.pgtest import advance_db_clock
 from walletd.app import App, prepare_dirs
 from walletd.config import ClusterConfig
 from walletd.testing.fake_chain import FakeWalletWorld
@@ -27,12 +26,6 @@ from walletd.testing.fake_pool import FakePool
 pytestmark = pytest.mark.pg
 
 TTL = 3.0
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def _host(root: Path, world: FakeWalletWorld, url: str, host_id: str) -> App:

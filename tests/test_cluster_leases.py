@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import trio
 
-from tests.pgtest import advance_db_clock, fresh_database
+from tests.pgtest import advance_db_clock
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.holder import LeaseHolder
 from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
@@ -16,24 +16,6 @@ from walletd.cluster.migrations import migrate, migrations
 pytestmark = pytest.mark.pg
 
 TTL = 10.0
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    # sync: a skip raised in an async fixture loses its reason under pytest-trio
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.open()
-    try:
-        assert await migrate(database) == len(migrations())
-        yield database
-    finally:
-        await database.close()
 
 
 def _write_event(tenure: Tenure) -> Callable[[Connection], int]:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 import trio
 
-from tests.pgtest import fresh_database
 from walletd.cluster.db import ClusterUnavailable
 from walletd.cluster.notifications import EVENTS_CHANNEL, Listener, notify
 
 pytestmark = pytest.mark.pg
 
 OTHER = "walletd_test_other"
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    # sync: a skip raised in an async fixture loses its reason under pytest-trio
-    with fresh_database() as url:
-        yield url
 
 
 def send(url: str, channel: str, payload: str, *, commit: bool = True) -> None:

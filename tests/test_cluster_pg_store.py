@@ -4,14 +4,14 @@ store is in test_store_contract.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import attrs
 import psycopg
 import pytest
 import trio
 
-from tests.pgtest import advance_db_clock, fresh_database
+from tests.pgtest import advance_db_clock
 from walletd.cluster.db import ClusterUnavailable, Database
 from walletd.cluster.hosts import Hosts
 from walletd.cluster.leases import Fenced, Leases, Tenure
@@ -68,13 +68,6 @@ class Host:
         assert tenure is not None
         self.held[escrow_id] = tenure
         return tenure
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    # sync: a skip raised in an async fixture loses its reason under pytest-trio
-    with fresh_database() as url:
-        yield url
 
 
 async def _host(url: str, host_id: str) -> Host:

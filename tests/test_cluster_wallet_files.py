@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,26 +35,11 @@ TTL = 10.0
 NAME = "escrow-e1-buyer"
 
 
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 async def _open(url: str) -> Database:
     database = Database(url)
     await database.open()
     await migrate(database)
     return database
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = await _open(db_url)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def _write(wallet_dir: Path, keys: bytes, cache: bytes, name: str = NAME) -> None:
