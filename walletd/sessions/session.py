@@ -43,6 +43,7 @@ from walletd.ops import failpoints
 from walletd.sessions.handles import (
     CLOSE_WALLET_TIMEOUT,
     Handle,
+    LockProbe,
     Repairer,
     SessionSpec,
     WalletHandles,
@@ -169,6 +170,7 @@ class EscrowSession(WalletHandles):
         store_interval: float = 300.0,
         daemon_address: str = "127.0.0.1:18081",
         repair: Repairer | None = None,
+        lock_probe: LockProbe | None = None,
         on_damage: Callable[[str, Role, str], None] | None = None,
     ) -> None:
         self.spec = spec
@@ -186,6 +188,7 @@ class EscrowSession(WalletHandles):
         self._store_interval = store_interval
         self._daemon_address = daemon_address
         self._repair = repair
+        self._lock_probe = lock_probe
         self._on_damage = on_damage  # (escrow_id, role, wallet-rpc's message) once reopened
         self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
         self.address = spec.address
