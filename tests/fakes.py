@@ -60,11 +60,20 @@ def fake_app(
     pool: FakePool,
     *,
     chain: Chain | None = None,
+    foreign_locks: dict[str, set[int]] | None = None,
     **sessions: Any,
 ) -> App:
+    """`foreign_locks`: wallet name -> pids of outside processes that also hold its keys-file
+    lock (what the real lock can show after two opens raced; the fake's own lock cannot)."""
     config = fake_config(root, **sessions)
     prepare_dirs(config)
-    app = App(config, pool=pool, chain=chain)
+    outside = foreign_locks if foreign_locks is not None else {}
+
+    async def lock_holders(file: str) -> frozenset[int]:
+        held = {world.locks[file]} if file in world.locks else set()
+        return frozenset(held | outside.get(file, set()))
+
+    app = App(config, pool=pool, chain=chain, lock_probe=lock_holders)
     # The fake world's wallet directory is in memory: mirror each name as a .keys file so
     # walletd's own file checks (adoption refuses files that do not exist) see them.
     for name in world.wallets:

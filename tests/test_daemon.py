@@ -22,7 +22,7 @@ from walletd.testing.walletd_process import WalletdProcess
 
 
 async def _running(
-    nursery: trio.Nursery, tmp_path: Path, n: int, **sessions: object
+    nursery: trio.Nursery, tmp_path: Path, n: int, **sessions: Any
 ) -> tuple[App, FakeWalletWorld, FakePool]:
     world = FakeWalletWorld()
     sets = [await make_fake_multisig(world, f"d{i}") for i in range(n)]

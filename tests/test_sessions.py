@@ -648,3 +648,72 @@ async def test_a_fenced_save_stops_the_session(
         assert calls == ["buyer"]
         assert all(f not in h.world.locks for f in h.wallets.files.values()), "wallets left open"
         nursery.cancel_scope.cancel()
+
+
+async def test_an_open_that_raced_another_process_is_given_up_unsaved(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Two opens of one wallet that race can both succeed in wallet-rpc (it re-takes the
+    keys-file lock after loading without checking): when an outside process also holds the
+    lock after walletd's open, the call fails naming that process, walletd's copy is closed
+    without storing, nothing is repaired; once the outside process is gone the escrow opens."""
+    world = FakeWalletWorld()
+    s = await make_fake_multisig(world, "r")
+    pool = FakePool(world)
+    outside: dict[str, set[int]] = {}
+    app = fake_app(tmp_path, world, pool, foreign_locks=outside)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, app)
+        assert (await call(app, "POST", "/v1/escrows", s.adopt_body("e0")))[0] == 201
+        await app.registry.close("e0")
+        vendor = s.files["vendor"]
+        saved = world.wallets[vendor].saved.copy()
+        probe = app.lock_probe
+        assert probe is not None
+
+        async def probe_after_a_sync(file: str) -> frozenset[int] | None:
+            if file == vendor:  # the open wallet moves on: a store would now change its files
+                world.wallets[vendor].cache.height += 7
+            return await probe(file)
+
+        app.lock_probe = probe_after_a_sync
+        outside[vendor] = {4242}
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 502, body
+        assert "vendor wallet" in body["error"]["message"]
+        assert "held open by another process (pid 4242)" in body["error"]["message"]
+        assert world.wallets[vendor].saved == saved
+        assert vendor not in world.locks, "walletd's process still has the wallet open"
+        assert [e for e in sqlite(app).events_after(0) if e.type == "wallet_repaired"] == []
+        del outside[vendor]
+        assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_open_left_without_its_keys_lock_is_given_up(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """If walletd's wallet-rpc opened a wallet but does not hold its keys-file lock (another
+    process took it during the open, so later opens elsewhere would not be refused), the call
+    fails and walletd's process holds no wallet of the escrow afterwards."""
+    world = FakeWalletWorld()
+    s = await make_fake_multisig(world, "n")
+    pool = FakePool(world)
+    app = fake_app(tmp_path, world, pool)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, app)
+        assert (await call(app, "POST", "/v1/escrows", s.adopt_body("e0")))[0] == 201
+        await app.registry.close("e0")
+        buyer = s.files["buyer"]
+        real = app.lock_probe
+        assert real is not None
+
+        async def lost(file: str) -> frozenset[int] | None:
+            return frozenset() if file == buyer else await real(file)
+
+        app.lock_probe = lost
+        status, body = await call(app, "GET", "/v1/escrows/e0/balance")
+        assert status == 502, body
+        assert "opened without its keys-file lock" in body["error"]["message"]
+        assert not set(s.files.values()) & set(world.locks)
+        nursery.cancel_scope.cancel()

@@ -46,6 +46,7 @@ from walletd.ops import notify
 from walletd.ops.logs import set_level as set_log_level
 from walletd.ops.metrics import Metrics
 from walletd.ops.preflight import socket_dir_problem
+from walletd.sessions.handles import LockProbe
 from walletd.sessions.leased import LeasedSession
 from walletd.sessions.registry import Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec
@@ -65,6 +66,7 @@ from walletd.wallets.endpoints import Endpoint, EndpointPool
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 from walletd.wallets.fastopen import prepare as prepare_fast_open
+from walletd.wallets.keys_lock import lock_holders
 from walletd.wallets.orphans import remove_orphans
 from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DaemonRpc
@@ -118,7 +120,10 @@ class App:
         pool: ProcessPool | None = None,
         chain: Chain | None = None,
         connect: Callable[[str], Chain] | None = None,
+        lock_probe: LockProbe | None = None,
     ) -> None:
+        """`lock_probe`: who holds a wallet's keys-file lock (tests: the fake world's locks);
+        by default /proc/locks for walletd's own children, none for a pool given by a test."""
         self.config = config
         self.config_path = config_path
         state = config.daemon.state_dir
@@ -169,6 +174,9 @@ class App:
             call_timeout=m.call_timeout,
             extra_env=self.fast_open.env(),
         )
+        self.lock_probe = lock_probe
+        if lock_probe is None and pool is None:
+            self.lock_probe = self._keys_lock_holders
         self.pool: ProcessPool
         if pool is not None:
             self.pool = pool  # tests: fake wallet-rpc processes
@@ -260,6 +268,7 @@ class App:
             store_interval=s.store_interval,
             daemon_address=self.daemons.current if self.daemons else self.config.monero.daemons[0],
             repair=self.repairs.repair,
+            lock_probe=self.lock_probe,
             on_damage=self._wallet_damaged,
             close_timeout=min(30.0, self.config.daemon.shutdown_timeout / 3),
             on_stored=self._wallet_stored if self.cluster is not None else None,
@@ -309,6 +318,14 @@ class App:
         await self.events.emit("daemon_switched", None, **{"from": old, "to": new})
         log.warning("monerod switched", from_=old, to=new, sessions_restarted=sessions)
         await trio.lowlevel.checkpoint()
+
+    async def _keys_lock_holders(self, file: str) -> frozenset[int] | None:
+        """Who holds `file`'s keys-file lock (checked after every open: sessions.handles)."""
+        path = self.config.monero.wallet_dir / f"{file}.keys"
+        try:
+            return await trio.to_thread.run_sync(lock_holders, path)
+        except FileNotFoundError:
+            return None
 
     def _wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         self.metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()

@@ -6,7 +6,10 @@ restored after kill -9 and left behind by nobody. Each test runs walletd as its 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -18,9 +21,11 @@ import trio
 
 from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory, WalletRpcProcess
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
-from walletd.errors import RpcCallError
+from walletd.errors import NoWalletFile, RpcCallError
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
+from walletd.wallets.fastopen import prepare as prepare_fast_open
+from walletd.wallets.keys_lock import lock_holders
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
@@ -169,19 +174,25 @@ async def test_truncated_cache_is_repaired_on_open(
 
 
 async def _take_from_walletd(
-    client: httpx.AsyncClient, rpc: WalletRpc, escrow: str, file: str
+    client: httpx.AsyncClient, rpc: WalletRpc, escrow: str, file: str, keys: Path, pid: int
 ) -> None:
-    """Open `file` in another wallet-rpc while walletd has the escrow's session closed. The
-    monitor may reopen that session for a check at any moment (the escrow is watched), so close
-    it and try again until the other process holds the wallet."""
+    """Open `file` in another wallet-rpc (`pid`) while walletd has the escrow's session closed,
+    until that process holds the wallet's keys-file lock. The monitor may reopen the session for
+    a check at any moment (the escrow is watched): close it and try again. An open that raced
+    walletd's can succeed without the lock (wallet-rpc re-takes it after loading unchecked, see
+    walletd.wallets.keys_lock): that process does not hold the wallet as this test means, so it
+    closes it unsaved and tries again."""
     while True:
         await client.delete(f"/v1/escrows/{escrow}/session")
         try:
             await rpc.call("open_wallet", {"filename": file, "password": PASSWORD})
-            return
         except RpcCallError as exc:
             if exc.code != -1:
                 raise
+        else:
+            if pid in lock_holders(keys):
+                return
+            await rpc.call("close_wallet", {"autosave_current": False})
         await trio.sleep(0.5)
 
 
@@ -191,16 +202,15 @@ async def test_a_wallet_held_by_another_process_is_not_repaired(
     """A real wallet-rpc outside walletd has the vendor wallet open (its keys-file lock): walletd's
     open gets -1 and must not "repair" it: the session fails, the live cache and keys stay as they
     were, nothing is set aside or replaced, no wallet_repaired event; once the other process lets
-    go, the session opens. The monitor is off: its reopening of the session raced the other
-    process's open (both could hold the wallet; see the closing note of 2026-11-28)."""
-    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address, monitor={"enabled": False})
+    go, the session opens. The monitor is on: its reopening of the session may race the other
+    process's open, and walletd then gives its open up (never both holding the wallet)."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address)
     (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
     with daemon, trio.fail_after(240):
         async with daemon.client() as client:
             assert (await client.post("/v1/escrows", json=_adopt_body("l1", s))).status_code == 201
             assert (await client.delete("/v1/escrows/l1/session")).json()["closed"] is True
             vendor = daemon.wallet_dir / s.files["vendor"]
-            before = {p: p.read_bytes() for p in (vendor, vendor.with_name(vendor.name + ".keys"))}
             other = WalletRpcProcess(
                 wallet_dir=daemon.wallet_dir,
                 work_dir=tmp_path / "other",
@@ -210,7 +220,11 @@ async def test_a_wallet_held_by_another_process_is_not_repaired(
                 await trio.to_thread.run_sync(other.wait_ready)
                 rpc = other.client()
                 try:
-                    await _take_from_walletd(client, rpc, "l1", s.files["vendor"])
+                    keys = vendor.with_name(vendor.name + ".keys")
+                    assert other.pid is not None
+                    await _take_from_walletd(client, rpc, "l1", s.files["vendor"], keys, other.pid)
+                    # From here on nothing of walletd's may write them (the monitor's closes store).
+                    before = {p: p.read_bytes() for p in (vendor, keys)}
                     r = await client.post("/v1/escrows/l1/session")
                     assert r.status_code != 200, r.text
                     assert {p: p.read_bytes() for p in before} == before
@@ -222,3 +236,88 @@ async def test_a_wallet_held_by_another_process_is_not_repaired(
                     await rpc.aclose()
             r = await client.post("/v1/escrows/l1/session")
             assert r.status_code == 200, r.text
+
+
+# Offsets (s) between the two opens, walletd first when positive: a sweep across the moment
+# their loads meet, both orders, each once. The window where both opens succeed is ~50 ms wide.
+RACE_OFFSETS = [round(-0.5 + 0.05 * i, 2) for i in range(21)]
+
+
+async def _race(
+    client: httpx.AsyncClient, rpc: WalletRpc, file: str, offset: float
+) -> tuple[httpx.Response, bool]:
+    """walletd's session open and another wallet-rpc's open of `file`, `offset` seconds apart
+    (positive: walletd first); walletd's answer and whether the other open succeeded."""
+    answers: dict[str, httpx.Response] = {}
+    opened: list[bool] = []
+
+    async def walletd_side() -> None:
+        await trio.sleep(max(0.0, -offset))
+        answers["walletd"] = await client.post("/v1/escrows/r1/session")
+
+    async def outside() -> None:
+        await trio.sleep(max(0.0, offset))
+        try:
+            await rpc.call("open_wallet", {"filename": file, "password": PASSWORD})
+        except RpcCallError as exc:
+            if exc.code != -1:
+                raise
+            opened.append(False)
+        else:
+            opened.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(walletd_side)
+        nursery.start_soon(outside)
+    return answers["walletd"], opened[0]
+
+
+async def test_a_wallet_opened_elsewhere_at_the_same_moment_is_never_shared(
+    tmp_path: Path, monerod: MonerodProcess, make_multisig_sets: MultisigSetFactory
+) -> None:
+    """An outside wallet-rpc opens the vendor wallet at about the moment walletd opens the
+    escrow's session, each side first by turns (wallet-rpc's own lock check lets both opens
+    succeed then): whenever walletd answers with an open session, its own child is the only
+    holder of the vendor keys-file lock, never the outside process; when walletd refuses, it
+    holds the lock nowhere. What no check of walletd's can see (and this test only counts): an
+    outside open that lost the lock's re-take to walletd's child is open with no lock at all."""
+    daemon = WalletdProcess(tmp_path / "w", monerod.daemon_address, monitor={"enabled": False})
+    (s,) = await make_multisig_sets.acreate(daemon.wallet_dir, 1, PASSWORD)
+    # The outside process opens as fast as walletd's children do, so their loads can meet.
+    fast = prepare_fast_open(tmp_path / "fast", wanted=True)
+    with daemon, trio.fail_after(600):
+        async with daemon.client() as client:
+            assert (await client.post("/v1/escrows", json=_adopt_body("r1", s))).status_code == 201
+            assert (await client.delete("/v1/escrows/r1/session")).json()["closed"] is True
+            keys = daemon.wallet_dir / f"{s.files['vendor']}.keys"
+            other = WalletRpcProcess(
+                wallet_dir=daemon.wallet_dir,
+                work_dir=tmp_path / "other",
+                daemon_address=monerod.daemon_address,
+                extra_env=fast.env(),
+            )
+            with other:
+                await trio.to_thread.run_sync(other.wait_ready)
+                rpc = other.client()
+                outcomes: collections.Counter[tuple[int, bool]] = collections.Counter()
+                try:
+                    for offset in random.sample(RACE_OFFSETS, len(RACE_OFFSETS)):
+                        answer, outside_opened = await _race(client, rpc, s.files["vendor"], offset)
+                        holders = lock_holders(keys)
+                        outcomes[(answer.status_code, outside_opened)] += 1
+                        why = "" if answer.status_code == 200 else answer.json()["error"]["message"]
+                        print(
+                            f"offset {offset:+.2f}: walletd {answer.status_code} {why!r}, outside "
+                            f"{'opened' if outside_opened else 'refused'}, holders {set(holders)}"
+                        )
+                        if answer.status_code == 200:
+                            assert other.pid not in holders, (offset, answer.text, holders)
+                            assert holders, "walletd's open holds no keys-file lock"
+                        else:
+                            assert holders <= {other.pid}, (offset, answer.text, holders)
+                        assert (await client.delete("/v1/escrows/r1/session")).status_code == 200
+                        with contextlib.suppress(NoWalletFile):
+                            await rpc.call("close_wallet", {"autosave_current": False})
+                finally:
+                    await rpc.aclose()
+                print("walletd status, outside opened -> rounds:", dict(outcomes))

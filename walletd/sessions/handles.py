@@ -36,11 +36,13 @@ from walletd.errors import (
 )
 from walletd.ids import Role
 from walletd.wallets.children import ProcessPool, WalletProcess
+from walletd.wallets.keys_lock import HeldElsewhere
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "CLOSE_WALLET_TIMEOUT",
     "Handle",
+    "LockProbe",
     "Opener",
     "Repairer",
     "SessionSpec",
@@ -60,6 +62,10 @@ CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a
 # (escrow_id, role, file, multisig address or None, opener, the -1 the open got): opens the
 # wallet in the opener's process after a proven repair, or raises (walletd.wallets.repair).
 Repairer = Callable[[str, Role, str, "str | None", "Opener", RpcCallError], Awaitable[None]]
+
+# wallet file name -> pids holding its keys-file lock (walletd.wallets.keys_lock.lock_holders);
+# None: cannot tell (no such file where walletd looks).
+LockProbe = Callable[[str], Awaitable["frozenset[int] | None"]]
 
 
 @attrs.frozen
@@ -119,6 +125,7 @@ class WalletHandles:
     _close_wallet_timeout: float
     _on_call: Callable[[str, float], None] | None
     _repair: Repairer | None
+    _lock_probe: LockProbe | None
     _reader_synced: bool
     fenced: bool = False  # the escrow's lease was lost (a cluster): never open a wallet again
 
@@ -169,6 +176,7 @@ class WalletHandles:
             handle.created = True
         else:
             await self._open_or_repair(handle, rpc, params)
+        await self._check_sole_holder(handle, rpc)
         handle.proc.wallet_of = (self.escrow_id, handle.role)  # what its log lines name now
         await rpc.call("auto_refresh", {"enable": False})
 
@@ -187,6 +195,49 @@ class WalletHandles:
         await self._repair(
             self.escrow_id, handle.role, handle.spec.file, self.address, opener, failure
         )
+
+    async def _check_sole_holder(self, handle: Handle, rpc: WalletRpc) -> None:
+        """After an open: our child must be the only holder of the wallet's keys-file lock.
+
+        wallet-rpc checks that lock before loading the keys and takes it again after, without
+        checking the second take, so two processes opening one wallet at once can both succeed
+        (walletd.wallets.keys_lock). Another holder means the wallet is open there too; no holder
+        means our child's second take lost to another process and later opens elsewhere would
+        not be refused. Either way the wallet is closed without storing (the other process may
+        be the one whose saves count) and the open fails as a wallet held by another process:
+        never a session on a wallet someone else also has open. A process that cannot close is
+        killed unsaved. External endpoints are skipped: their files may not be ours to see."""
+        proc = handle.proc
+        if self._lock_probe is None or proc is None or proc.pid is None or proc.external:
+            return
+        holders = await self._lock_probe(handle.spec.file)
+        if holders is None:
+            log.warning("keys file not found after open; lock not checked", role=handle.role)
+            return
+        if holders == {proc.pid}:
+            return
+        others = sorted(holders - {proc.pid})
+        try:
+            await rpc.call(
+                "close_wallet", {"autosave_current": False}, timeout=self._close_wallet_timeout
+            )
+        except (RpcError, OSError) as exc:
+            log.error("unsaved close failed; killing process", role=handle.role, error=str(exc))
+            handle.proc = None
+            await self._pool.discard(proc, damaged=True)  # SIGKILL: SIGTERM would store
+        if others:
+            pids = ", ".join(str(p) for p in others)
+            reason = (
+                f"{handle.role} wallet {handle.spec.file} is held open by another process "
+                f"(pid {pids}); opened concurrently, closed again unsaved"
+            )
+        else:
+            reason = (
+                f"{handle.role} wallet {handle.spec.file} opened without its keys-file lock "
+                "(another process took it during the open); closed again unsaved"
+            )
+        log.error("open given up: not the sole keys-lock holder", role=handle.role, holders=others)
+        raise HeldElsewhere(reason)
 
     async def _check_identity(self) -> None:
         """Every process must hold a wallet whose address is the escrow's multisig address."""

@@ -44,6 +44,7 @@ from walletd.ops import failpoints
 from walletd.sessions.handles import (
     CLOSE_WALLET_TIMEOUT,
     Handle,
+    LockProbe,
     Repairer,
     SessionSpec,
     WalletHandles,
@@ -186,6 +187,7 @@ class EscrowSession(WalletHandles):
         store_interval: float = 300.0,
         daemon_address: str = "127.0.0.1:18081",
         repair: Repairer | None = None,
+        lock_probe: LockProbe | None = None,
         on_damage: Callable[[str, Role, str], None] | None = None,
         on_stored: OnStored | None = None,
     ) -> None:
@@ -204,6 +206,7 @@ class EscrowSession(WalletHandles):
         self._store_interval = store_interval
         self._daemon_address = daemon_address
         self._repair = repair
+        self._lock_probe = lock_probe
         self._on_damage = on_damage  # (escrow_id, role, wallet-rpc's message) once reopened
         self._on_stored = on_stored
         # The last store's files did not all reach on_stored's keeper (the cluster database).
