@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 import httpx
+import psycopg
 import trio
 
 from bench.daemon import BenchWalletd, adopt_body, wait_escrows
@@ -215,7 +216,7 @@ async def _owners(daemon: BenchWalletd) -> dict[str, str]:
 
 def _reads(
     world: _World, ids: Mapping[str, list[str]], work: Path, plan: Plan
-) -> dict[str, list[LoadLevel]]:
+) -> dict[str, list[_Level]]:
     h1, h2, h3 = (world.hosts[h] for h in HOSTS)
     others = (h2.socket, h3.socket)
 
@@ -242,39 +243,65 @@ def _reads(
         Subject("3-hosts-owner-h1", h1.socket, paths("owned"), cluster_pids, others),
         Subject("3-hosts-spread", h1.socket, paths("spread"), cluster_pids, others),
     ]
-    out: dict[str, list[LoadLevel]] = {s.backend: [] for s in subjects}
+    out: dict[str, list[_Level]] = {s.backend: [] for s in subjects}
     order = (subjects + subjects[::-1]) * plan.load_rounds  # ABCD DCBA: drifts cancel
     for concurrency in plan.cluster_clients:
         runs: dict[str, list[LoadLevel]] = {s.backend: [] for s in subjects}
+        commits: dict[str, int] = {s.backend: 0 for s in subjects}
         for k, subject in enumerate(order[: len(subjects) * plan.load_rounds]):
+            before = _commits(world.pg.url)
             runs[subject.backend].append(run_window(subject, work, concurrency, plan, k))
+            commits[subject.backend] += _commits(world.pg.url) - before
         for backend, levels in runs.items():
-            out[backend].append(merge(levels))
+            merged = merge(levels)
+            # Over the whole windows (start and warm-up too) per read counted: an upper bound.
+            per_read = commits[backend] / max(1, len(merged.latencies))
+            out[backend].append(_Level(merged, per_read))
     return out
 
 
-def _reads_result(levels: Mapping[str, list[LoadLevel]]) -> ItemResult:
+@attrs.frozen
+class _Level:
+    load: LoadLevel
+    pg_commits_per_read: float  # PostgreSQL transactions (all hosts, all causes) per read
+
+
+def _commits(url: str) -> int:
+    """Transactions committed in the cluster's PostgreSQL so far (all databases)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT sum(xact_commit) FROM pg_stat_database").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _reads_result(levels: Mapping[str, list[_Level]]) -> ItemResult:
     labels = {
         "1-host": "1 host (owns all)",
         "3-hosts-owner-h1": "3 hosts, owner h1",
         "3-hosts-spread": "3 hosts, spread",
     }
     rows = []
-    for n, base in enumerate(levels["single"]):
+    for n, single in enumerate(levels["single"]):
+        base = single.load
         b_measured, b_cpu = describe(base)
         for backend, label in labels.items():
-            lv = levels[backend][n]
+            lv = levels[backend][n].load
             measured, cpu = describe(lv)
+            pg = f"pg: {levels[backend][n].pg_commits_per_read:.2f} commits/read"
             ratio = f"{lv.throughput / base.throughput:.2f}x" if base.throughput else ""
             rows.append(
                 Row(
                     (f"8 cluster reads x{lv.concurrency}", f"  {label}"),
-                    (measured, cpu),
+                    (measured, cpu, pg),
                     ("no [cluster]: " + b_measured, "  " + b_cpu),
                     ratio,
                 )
             )
-    data = {backend: [lv.to_json() for lv in lvs] for backend, lvs in levels.items()}
+    data = {
+        backend: [
+            {**lv.load.to_json(), "pg_commits_per_read": lv.pg_commits_per_read} for lv in lvs
+        ]
+        for backend, lvs in levels.items()
+    }
     legend = LEGEND_READS.replace("{n}", str(PER_VARIANT))
     return ItemResult("8_cluster_reads", rows, [], data, legend)
 
@@ -403,7 +430,9 @@ def _failover_result(samples: Sequence[_Failover], plan: Plan) -> ItemResult:
         f" ({READ_TIMEOUT:g} s client timeout, staggered); h1 and its wallet-rpc endpoints"
         " killed (SIGKILL); time from the kill to the first 200 of a read sent after it;"
         f" {plan.failovers} repetition(s), each on a new escrow with h1 restarted;"
-        f" lease_ttl {LEASE_TTL:g} s (default 15 s)."
+        f" lease_ttl {LEASE_TTL:g} s (default 15 s). Expected: what the lease had left at the"
+        " kill (renewed every ttl/3, so 2/3 to all of lease_ttl) + one takeover (restore the"
+        " wallet files, open the session: instant wallet-rpc here)."
     )
     data = {"lease_ttl_s": LEASE_TTL, "samples": [x.to_json() for x in samples]}
     return ItemResult("8_cluster_failover", [row], [], data, legend)
