@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,15 @@ def run_cluster(
         return _skipped("no PostgreSQL (initdb/pg_ctl not found; apt-get install postgresql)")
     world = _start(stack, root, daemon_address, plan, bin_dir)
     ids = _adopt_all(world)
-    levels = _reads(world, ids, root / "load-cluster", plan)
-    failovers = _failovers(stack, world, root, daemon_address, plan)
-    return [_reads_result(levels), _failover_result(failovers, plan)]
+    reads = _reads_result(_reads(world, ids, root / "load-cluster", plan))
+    try:
+        failover = _failover_result(_failovers(stack, world, root, daemon_address, plan), plan)
+    except Exception as exc:  # noqa: BLE001 - the read figures stand; say what failed
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        row = Row(("8 cluster failover",), f"failed: {error[:200]}")
+        failover = ItemResult("8_cluster_failover", [row], [], {"error": error}, "")
+    return [reads, failover]
 
 
 # ---- setup ------------------------------------------------------------------------------------
@@ -317,6 +324,7 @@ class _Failover:
     owner_after: str | None
     epoch_before: int | None
     epoch_after: int | None
+    failed_before_kill: int  # reads sent before the kill that did not answer 200
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -348,9 +356,11 @@ async def _failover_once(
     if before is None or before[0] != "h1":
         raise RuntimeError(f"escrow {escrow_id} is not held by h1 before the kill: {before}")
     path = f"/v1/escrows/{escrow_id}/balance"
+    await _until_served(h2, path)
     kill_at: list[float] = []
     served: list[float] = []
     statuses: dict[str, int] = {}
+    slow_before = [0]  # reads before the kill that did not answer 200 in time (a busy machine)
     done = trio.Event()
 
     async def reader(delay: float) -> None:
@@ -364,8 +374,7 @@ async def _failover_once(
                     status = type(exc).__name__
                 after_kill = bool(kill_at) and sent >= kill_at[0]
                 if not after_kill:
-                    if status != "200" and not kill_at:
-                        raise RuntimeError(f"read through h2 before the kill: {status}")
+                    slow_before[0] += status != "200"
                     continue
                 if status == "200":
                     served.append(time.perf_counter())
@@ -393,7 +402,20 @@ async def _failover_once(
         owner_after=after[0] if after else None,
         epoch_before=before[1],
         epoch_after=after[1] if after else None,
+        failed_before_kill=slow_before[0],
     )
+
+
+async def _until_served(daemon: BenchWalletd, path: str, timeout: float = 60) -> None:
+    """Until a read through `daemon` answers 200 within the failover clients' timeout: the
+    forwarding path is warm (a host just (re)started, monitors taking escrows over)."""
+    with trio.fail_after(timeout):
+        async with daemon.client(timeout=READ_TIMEOUT) as api:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await api.get(path)).status_code == 200:
+                        return
+                await trio.sleep(0.1)
 
 
 async def _lease(daemon: BenchWalletd, escrow_id: str) -> tuple[str, int | None] | None:
