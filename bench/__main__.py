@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--json PATH] [--keep]`: walletd's benchmark suite, one command.
+"""`python -m bench [--quick] [--only ITEM] [--json PATH] [--keep]`: walletd's benchmark suite.
 
 Starts its own regtest monerod, wallet-rpc processes and walletd processes (all on 127.0.0.1,
 ports picked free, all stopped at the end), prints one table and writes the figures as JSON.
@@ -21,7 +21,7 @@ from types import FrameType
 
 from bench.plan import Plan
 from bench.report import render, write_json
-from bench.runner import Run
+from bench.runner import ITEMS, Run
 from walletd.ops.logs import configure_logging
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -36,9 +36,23 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer samples (~5 min)")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write the results (default {DEFAULT_JSON}; with --only, only-ITEM.json"
+        " beside it)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=ITEMS,
+        help="run only this item (repeatable); default: everything",
+    )
     args = p.parse_args(argv)
+    if args.json is None:
+        only = "-".join(sorted(set(args.only))) if args.only else ""
+        args.json = DEFAULT_JSON.with_name(f"only-{only}.json") if only else DEFAULT_JSON
     signal.signal(signal.SIGTERM, _terminate)
     root = Path(tempfile.mkdtemp(prefix="walletd-bench-"))
     log = (root / "bench.log").open("a")
@@ -49,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     error: str | None = None
     try:
         with contextlib.ExitStack() as stack:
-            run.all(stack)
+            if args.only:
+                run.only(stack, args.only)
+            else:
+                run.all(stack)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - report it, print what ran
         error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()

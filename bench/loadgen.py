@@ -1,10 +1,12 @@
 """A lean HTTP/1.1 load generator for walletd's Unix socket, run as its own process.
 
-`python -m bench.loadgen --socket S --path P [--path P2 ...] --connections N --start-at T
---warmup W --duration D --out FILE`
+`python -m bench.loadgen --socket S [--socket S2 ...] --path P [--path P2 ...] --connections N
+--start-at T --warmup W --duration D --out FILE`
 
 Each connection is a keep-alive stream that sends one GET and reads the answer before the next
-(a closed loop, like N clients each waiting for its answer). The request bytes are built once and
+(a closed loop, like N clients each waiting for its answer). Connection i (counted from
+`--offset`) asks path i mod #paths on socket i mod #sockets: several sockets spread the clients
+over several walletd hosts. The request bytes are built once and
 the answer is parsed only as far as the status line and Content-Length: httpx costs ~0.3 ms of
 CPU per request, which on 2 cores would make the client, not walletd, the bottleneck.
 
@@ -93,7 +95,8 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         nursery.start_soon(mark_cpu)
         for i in range(args.connections):
             request = requests[(args.offset + i) % len(requests)]
-            nursery.start_soon(_worker, args.socket, request, begin, end, lat_us, errors)
+            sock = args.socket[(args.offset + i) % len(args.socket)]
+            nursery.start_soon(_worker, sock, request, begin, end, lat_us, errors)
     return {
         "count": len(lat_us),
         "errors": len(errors),
@@ -106,7 +109,7 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen")
-    p.add_argument("--socket", required=True)
+    p.add_argument("--socket", action="append", required=True)
     p.add_argument("--path", action="append", required=True)
     p.add_argument("--offset", type=int, default=0, help="first path index for connection 0")
     p.add_argument("--connections", type=int, required=True)

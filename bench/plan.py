@@ -25,9 +25,11 @@ class Plan:
     block_cycles: int  # monitor cycles after one new block each
     escrows: int  # registered escrows for the memory figure
     creations: int  # escrows created through walletd (three wallets and a multisig each)
+    cluster_clients: tuple[int, ...]  # concurrent clients for the cluster's read figures
+    failovers: int  # kill -9 of the owner host, one escrow each
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 50, 20, 5, 1, 3, 1, 2, 10, 2.0, 1, 0.5, 10, 3, 1000, 2)
-        return cls(False, 200, 100, 20, 4, 20, 2, 5, 10, 4.0, 2, 1.0, 30, 10, 1000, 5)
+            return cls(True, 50, 20, 5, 1, 3, 1, 2, 10, 2.0, 1, 0.5, 10, 3, 1000, 2, (10,), 2)
+        return cls(False, 200, 100, 20, 4, 20, 2, 5, 10, 4.0, 2, 1.0, 30, 10, 1000, 5, (10, 50), 3)

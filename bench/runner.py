@@ -11,6 +11,9 @@
    For item 5, walletd #2 runs alongside on instant fake wallet-rpc endpoints (another
    process), and the load windows alternate between the two.
 3. walletd #3 with 1,000 registered escrows -> item 6's last figure.
+4. Item 8, the cluster: a private PostgreSQL, instant fake wallet-rpc endpoints, a single-host
+   walletd and three cluster hosts (`items/cluster.py`); only the regtest monerod is shared.
+   `--only cluster` runs it alone, on a monerod of its own.
 Every process is stopped on the way out, also on failure.
 """
 
@@ -35,6 +38,7 @@ import trio
 from bench.aio import in_batches
 from bench.daemon import XMR, BenchWalletd, adopt_body, wait_escrows, wait_exchanged
 from bench.env import PASSWORD, Regtest, copy_wallet, move_set, start_regtest
+from bench.items.cluster import run_cluster
 from bench.items.create import CreateSetup, run_create
 from bench.items.load import LoadLevel, Subject, load_result, run_paired
 from bench.items.memory import MemorySnapshot, many_escrows, memory_result, snapshot
@@ -49,9 +53,12 @@ from tests.regtest.wallet_rpc_proc import MultisigSet, WalletRpcProcess
 from walletd.escrows.model import Payout, PayoutKind, PayoutPhase
 from walletd.ids import ROLES, Role
 from walletd.state.store import Store
+from walletd.testing.regtest import MonerodProcess
 from walletd.wallets import fastopen
 
-__all__ = ["Run"]
+__all__ = ["ITEMS", "Run"]
+
+ITEMS = ("cluster",)  # what `--only` can select
 
 REPO = Path(__file__).resolve().parents[1]
 # Poll fast so adopted escrows are checked (and become ready) within a second or so; a cycle
@@ -120,7 +127,20 @@ class Run:
         assert self._empty is not None
         assert self._warm is not None
         self.items.append(memory_result(self._empty, self._warm, many, len(sessions), plan.escrows))
+        self._cluster(stack, reg.monerod.daemon_address)
         self.items.sort(key=lambda item: item.key)
+
+    def only(self, stack: contextlib.ExitStack, names: list[str]) -> None:
+        """The selected items alone (`--only`), each with just what it needs."""
+        if "cluster" in names:
+            with self.phase("monerod (regtest, for the monitor's height checks)"):
+                monerod = stack.enter_context(MonerodProcess(self.root / "monerod"))
+            self._cluster(stack, monerod.daemon_address)
+        self.items.sort(key=lambda item: item.key)
+
+    def _cluster(self, stack: contextlib.ExitStack, daemon_address: str) -> None:
+        with self.phase("item 8: cluster (PostgreSQL, 3 hosts): reads, failover"):
+            self.items += run_cluster(stack, self.root / "cluster", daemon_address, self.plan)
 
     # ---- walletd on real wallet-rpc children -----------------------------------------------------
 

@@ -26,7 +26,16 @@ from bench.procs import cpu_seconds, die_with_parent, system_busy
 from bench.report import ItemResult, Row, Target
 from bench.stats import Summary, fmt_ms, summarize
 
-__all__ = ["CONCURRENCY", "LoadLevel", "Subject", "load_result", "run_paired"]
+__all__ = [
+    "CONCURRENCY",
+    "LoadLevel",
+    "Subject",
+    "describe",
+    "load_result",
+    "merge",
+    "run_paired",
+    "run_window",
+]
 
 CONCURRENCY = (1, 10, 50)
 TARGET_RPS = 2000.0
@@ -42,12 +51,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 @attrs.frozen
 class Subject:
-    """A walletd under load: its socket, the paths to request, the pids to watch by name."""
+    """A walletd under load: its socket, the paths to request, the pids to watch by name.
+    With `more_sockets` (other hosts of a cluster), client i goes to socket i mod their number
+    (`socket` first) and asks path i mod the number of paths."""
 
     backend: str
     socket: Path
     paths: Sequence[str]
     watch: Callable[[], Mapping[str, Sequence[int]]]  # read at each window: children change
+    more_sockets: Sequence[Path] = ()
 
 
 @attrs.frozen
@@ -85,7 +97,7 @@ class LoadLevel:
         }
 
 
-def _merge(levels: Sequence[LoadLevel]) -> LoadLevel:
+def merge(levels: Sequence[LoadLevel]) -> LoadLevel:
     seconds = sum(lv.seconds for lv in levels)
     return LoadLevel(
         backend=levels[0].backend,
@@ -111,13 +123,13 @@ def run_paired(
     for concurrency in CONCURRENCY:
         runs: dict[str, list[LoadLevel]] = {fake.backend: [], real.backend: []}
         for k, subject in enumerate(order[: 2 * plan.load_rounds]):
-            runs[subject.backend].append(_run_window(subject, work, concurrency, plan, k))
+            runs[subject.backend].append(run_window(subject, work, concurrency, plan, k))
         for backend, levels in runs.items():
-            out[backend].append(_merge(levels))
+            out[backend].append(merge(levels))
     return out[fake.backend], out[real.backend]
 
 
-def _run_window(subject: Subject, work: Path, concurrency: int, plan: Plan, k: int) -> LoadLevel:
+def run_window(subject: Subject, work: Path, concurrency: int, plan: Plan, k: int) -> LoadLevel:
     """One window of load at `concurrency` on `subject`."""
     work.mkdir(parents=True, exist_ok=True)
     watch = subject.watch()
@@ -129,7 +141,9 @@ def _run_window(subject: Subject, work: Path, concurrency: int, plan: Plan, k: i
         for i, connections in enumerate(_split(concurrency)):
             out = work / f"{subject.backend}-c{concurrency}-{k}-{i}.json"
             out.unlink(missing_ok=True)
-            args = [sys.executable, "-m", "bench.loadgen", "--socket", str(subject.socket)]
+            args = [sys.executable, "-m", "bench.loadgen"]
+            sockets = (subject.socket, *subject.more_sockets)
+            args += [a for sock in sockets for a in ("--socket", str(sock))]
             args += [a for p in subject.paths for a in ("--path", p)]
             args += ["--offset", str(offset), "--connections", str(connections)]
             args += ["--start-at", repr(start_at), "--warmup", str(plan.load_warmup)]
@@ -167,7 +181,7 @@ def _run_window(subject: Subject, work: Path, concurrency: int, plan: Plan, k: i
     )
 
 
-def _describe(level: LoadLevel) -> tuple[str, str]:
+def describe(level: LoadLevel) -> tuple[str, str]:
     lat = fmt_ms(level.latency).rsplit(" n=", 1)[0] if level.latency else "no answers"
     cpu = ", ".join(f"{SHORT.get(name, name)} {share:.0%}" for name, share in level.cpu.items())
     errors = f", {level.errors} errors" if level.errors else ""
@@ -179,11 +193,11 @@ def load_result(fake: Sequence[LoadLevel], real: Sequence[LoadLevel], sessions: 
     by_c = {lv.concurrency: lv for lv in real}
     for lv in fake:
         base = by_c.get(lv.concurrency)
-        measured, cpu = _describe(lv)
+        measured, cpu = describe(lv)
         baselines: tuple[str, ...] = ()
         ratio = ""
         if base is not None:
-            b_measured, b_cpu = _describe(base)
+            b_measured, b_cpu = describe(base)
             baselines = ("real wallet-rpc: " + b_measured, "  " + b_cpu)
             ratio = f"{lv.throughput / base.throughput:.2f}x real" if base.throughput else ""
         rows.append(
