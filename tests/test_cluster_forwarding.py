@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import attrs
 import pytest
@@ -193,6 +194,34 @@ async def test_unanswered_request_times_out_and_never_runs(db: Database, db_url:
         assert ran == []
 
 
+async def test_an_owner_that_does_not_claim_in_time_is_given_up_early(
+    db: Database, db_url: str
+) -> None:
+    """With a claim timeout, a request nobody claims (its owner died) is withdrawn unrun after
+    the claim timeout, not the whole request timeout; a live owner's slow answer still comes
+    back after the claim timeout, since it claimed the request at once."""
+    finish = trio.Event()
+
+    async def slow(c: ForwardedCall) -> ForwardedReply:
+        await finish.wait()
+        return ForwardedReply(200, b"{}")
+
+    async with host(db, db_url, "a") as a:
+        with trio.fail_after(20):  # the request's own timeout is 60 s
+            with pytest.raises(OwnerDidNotAnswer):
+                await a.forwarder.forward("b", call(), timeout=60, claim_timeout=0.5)
+        assert await count_rows(db) == 0
+        async with host(db, db_url, "b", slow), trio.open_nursery() as nursery:
+            nursery.start_soon(_set_later, finish, 1.5)
+            reply = await a.forwarder.forward("b", call(), timeout=30, claim_timeout=0.5)
+            assert reply.status == 200
+
+
+async def _set_later(event: trio.Event, seconds: float) -> None:
+    await trio.sleep(seconds)
+    event.set()
+
+
 async def test_expired_rows_are_never_claimed_and_are_purged(db: Database, db_url: str) -> None:
     """A row its origin could not withdraw (the origin crashed, or lost the database) is never
     run once its deadline passed, and the periodic purge deletes it."""
@@ -262,10 +291,12 @@ class FailingForwarder(Forwarder):
 
     failing = False
 
-    def _take_reply_job(self, row_id: int) -> Callable[[Connection], ForwardedReply | None]:
+    def _take_reply_job(
+        self, row_id: int
+    ) -> Callable[[Connection], ForwardedReply | Literal["claimed", "unclaimed"]]:
         job = super()._take_reply_job(row_id)
 
-        def failing_job(conn: Connection) -> ForwardedReply | None:
+        def failing_job(conn: Connection) -> ForwardedReply | Literal["claimed", "unclaimed"]:
             if self.failing:
                 raise ClusterUnavailable("cluster database failed (OperationalError)")
             return job(conn)

@@ -33,7 +33,7 @@ from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import TCP_PEER, Request, Response, ServerLimits, serve_tcp, serve_unix
 from walletd.api.socket_file import InheritedSocketError, listened_socket
 from walletd.api.status import Status
-from walletd.cluster.forwarding import ForwardedCall, ForwardedReply
+from walletd.cluster.forwarding import ForwardedCall, ForwardedReply, OwnerDidNotAnswer
 from walletd.cluster.metrics import register as register_cluster_metrics
 from walletd.cluster.node import ClusterNode
 from walletd.config import Config, SessionsConfig, load_config
@@ -72,6 +72,8 @@ from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DaemonRpc
 
 __all__ = ["App", "limits_from", "prepare_dirs"]
+
+FORWARD_CLAIM_WAIT = 2.0  # seconds a live owner takes at most to claim a forwarded request
 
 log = structlog.get_logger(__name__)
 
@@ -280,11 +282,35 @@ class App:
         await self.ownership.wallets_stored(escrow_id, {role: file})
 
     async def _forward(self, host_id: str, request: Request) -> Response:
-        """Serve `request` on the host holding its escrow, through the cluster database."""
-        assert self.cluster is not None
-        call = call_from_request(request)
-        reply = await self.cluster.forward(host_id, call, self.config.daemon.request_timeout)
-        return response_from_reply(reply)
+        """Serve `request` on the host holding its escrow, through the cluster database.
+
+        A live owner claims a forwarded request within milliseconds. One that does not claim it
+        within `FORWARD_CLAIM_WAIT` is taken for dead (the request withdrawn, never run): the
+        request waits for the owner's lease to expire and is then served here, where its
+        session opens (an escrow whose owner died is served again within lease_ttl plus one
+        open). It fails with 503 only if the lease outlives the request's own bound."""
+        cluster = self.cluster
+        assert cluster is not None
+        deadline = trio.current_time() + self.config.daemon.request_timeout
+        escrow_id = request.segments[2] if len(request.segments) > 2 else None
+        while True:
+            remaining = deadline - trio.current_time()
+            try:
+                reply = await cluster.forward(
+                    host_id,
+                    call_from_request(request),
+                    timeout=remaining,
+                    claim_timeout=min(FORWARD_CLAIM_WAIT, remaining),
+                )
+                return response_from_reply(reply)
+            except OwnerDidNotAnswer:
+                if escrow_id is None or trio.current_time() >= deadline - 1.0:
+                    raise
+            await trio.sleep(min(1.0, cluster.lease_ttl / 5))
+            owner = await self.ownership.owner_elsewhere(escrow_id)
+            if owner is None:  # the lease is free now: serve it here (no forwarding again)
+                return await self.api(attrs.evolve(request, headers={FORWARDED_BY: "self"}))
+            host_id = owner
 
     async def _serve_forwarded(self, call: ForwardedCall) -> ForwardedReply:
         """A request another host forwarded here: served like one of ours, marked so that it is

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import structlog
@@ -175,10 +175,18 @@ class Forwarder:
             if waiter is not None:
                 waiter.set()
 
-    async def forward(self, to_host: str, call: ForwardedCall, *, timeout: float) -> ForwardedReply:
+    async def forward(
+        self,
+        to_host: str,
+        call: ForwardedCall,
+        *,
+        timeout: float,
+        claim_timeout: float | None = None,
+    ) -> ForwardedReply:
         """Have `to_host` run `call` and return its reply.
 
-        Raises OwnerDidNotAnswer if `to_host` did not claim it within `timeout` (it then never
+        Raises OwnerDidNotAnswer if `to_host` did not claim it within `claim_timeout` (a live
+        owner claims within milliseconds: a dead one never does) or `timeout` (it then never
         runs), ForwardOutcomeUnknown if it claimed it but did not answer in time (or the
         database failed after it was claimed), and ClusterUnavailable if the database fails
         before that. Cancelling the caller withdraws the row too.
@@ -190,7 +198,7 @@ class Forwarder:
             raise ValueError("a host does not forward to itself")
         row_id = await self.db.run(self._insert_job(to_host, call, timeout))
         try:
-            reply = await self._await_reply(row_id, timeout)
+            reply = await self._await_reply(row_id, timeout, claim_timeout)
         except Exception as exc:
             # The database failed while we waited: withdrawn unrun, the error stands as it is
             # (retry is safe); otherwise the owner may have run it, and the caller must know.
@@ -213,15 +221,20 @@ class Forwarder:
         self.forwarded += 1
         return reply
 
-    async def _await_reply(self, row_id: int, timeout: float) -> ForwardedReply | None:
+    async def _await_reply(
+        self, row_id: int, timeout: float, claim_timeout: float | None
+    ) -> ForwardedReply | None:
+        claim_by = trio.current_time() + (timeout if claim_timeout is None else claim_timeout)
         try:
             with trio.move_on_after(timeout):
                 while True:
                     woken = trio.Event()
                     self._waiting[row_id] = woken  # before the read: a reply after it wakes us
                     reply = await self.db.run(self._take_reply_job(row_id))
-                    if reply is not None:
+                    if isinstance(reply, ForwardedReply):
                         return reply
+                    if reply == "unclaimed" and trio.current_time() >= claim_by:
+                        return None  # withdrawn by the caller: the owner is not taking it
                     with trio.move_on_after(self.poll_seconds):
                         await woken.wait()
             return None
@@ -290,14 +303,21 @@ class Forwarder:
 
         return job
 
-    def _take_reply_job(self, row_id: int) -> Callable[[Connection], ForwardedReply | None]:
-        def job(conn: Connection) -> ForwardedReply | None:
+    def _take_reply_job(
+        self, row_id: int
+    ) -> Callable[[Connection], ForwardedReply | Literal["claimed", "unclaimed"]]:
+        def job(conn: Connection) -> ForwardedReply | Literal["claimed", "unclaimed"]:
             row = conn.execute(
                 "DELETE FROM forwarded_requests WHERE id = %s AND answered_at IS NOT NULL"
                 " RETURNING status, content_type, reply, reply_headers",
                 (row_id,),
             ).fetchone()
-            return _reply_from_row(*row) if row else None
+            if row:
+                return _reply_from_row(*row)
+            claimed = conn.execute(
+                "SELECT claimed_at IS NOT NULL FROM forwarded_requests WHERE id = %s", (row_id,)
+            ).fetchone()
+            return "claimed" if claimed is None or claimed[0] else "unclaimed"
 
         return job
 

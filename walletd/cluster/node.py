@@ -114,8 +114,12 @@ class ClusterNode:
             with trio.CancelScope(shield=True):
                 await self.db.close()
 
-    async def forward(self, to_host: str, call: ForwardedCall, timeout: float) -> ForwardedReply:
-        return await self.forwarder.forward(to_host, call, timeout=timeout)
+    async def forward(
+        self, to_host: str, call: ForwardedCall, *, timeout: float, claim_timeout: float
+    ) -> ForwardedReply:
+        return await self.forwarder.forward(
+            to_host, call, timeout=timeout, claim_timeout=claim_timeout
+        )
 
     async def _heartbeat(
         self,
