@@ -10,11 +10,12 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ENV = "WALLETD_TEST_PG_URL"
 
@@ -46,3 +47,9 @@ def advance_db_clock(url: str, seconds: float) -> None:
     """Move the cluster database's clock (cluster_now()) forward: leases expire without waiting."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE cluster_clock SET offset_seconds = offset_seconds + %s", (seconds,))
+
+
+def url_of(conninfo: str) -> str:
+    """The postgresql:// URL (what `[cluster] database_url` takes) of a `fresh_database()`."""
+    dbname = str(conninfo_to_dict(conninfo)["dbname"])
+    return urlunsplit(urlsplit(admin_url())._replace(path=f"/{dbname}"))

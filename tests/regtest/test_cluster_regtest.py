@@ -26,7 +26,7 @@ import httpx
 import pytest
 import trio
 
-from tests.pgtest import fresh_database
+from tests.pgtest import fresh_database, url_of
 from tests.regtest.cluster_hosts import Cluster, ClusterHost, metric_value, wallets_held
 from tests.regtest.crash_helpers import all_events, new_payee_address, received_by
 from tests.regtest.wallet_rpc_proc import Miner, WalletRpcProcess, create_plain_wallet, run_trio
@@ -53,11 +53,11 @@ FORWARDED = "walletd_cluster_forwarded_requests_total"
 def cluster(tmp_path: Path, monerod: MonerodProcess) -> Iterator[Cluster]:
     """h1, h2, h3 on one fresh database (not started); afterwards every host is stopped and no
     wallet-rpc of any host outlived its walletd."""
-    with fresh_database() as url:
+    with fresh_database() as conninfo:
         hosts = Cluster(
             tmp_path,
             monerod.daemon_address,
-            url,
+            url_of(conninfo),
             lease_ttl=LEASE_TTL,
             monitor=MONITOR,
             sessions={"max_active": 4},
