@@ -558,26 +558,28 @@ async def test_paused_owner_resumed_changes_nothing(
         forwarded_before = metric_value(metrics, FORWARDED, 'direction="sent"')
 
         stream = ReadStream(c2, "stop-1")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.run)
-            await _until(lambda: stream.served_after(0.0) is not None)
-            paused_at = trio.current_time()
-            h1.pause()
-            try:
+        paused_at = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.run)
+                await _until(lambda: stream.served_after(0.0) is not None)
+                paused_at = trio.current_time()
+                h1.pause()
                 served = await _until_served([stream], paused_at)
                 await trio.sleep_until(max(trio.current_time(), paused_at + 2 * LEASE_TTL))
                 nursery.cancel_scope.cancel()
-                after_takeover = await _lease_holder(c2, "stop-1")
-                assert after_takeover is not None, "no host holds the escrow"
-                assert after_takeover["host_id"] in ("h2", "h3"), after_takeover
-                assert after_takeover["epoch"] > before["epoch"], (before, after_takeover)
-                await trio.sleep(1.0)  # the new owner's session announcements are written
-                snapshot = await all_events(c2)
-                state_before = (await c2.get("/v1/escrows/stop-1")).json()
-            finally:
-                log_offset = h1.log_size()
-                resumed_at = trio.current_time()
-                h1.resume()
+            # Still paused: another host holds the escrow now, under a new epoch.
+            after_takeover = await _lease_holder(c2, "stop-1")
+            assert after_takeover is not None, "no host holds the escrow"
+            assert after_takeover["host_id"] in ("h2", "h3"), after_takeover
+            assert after_takeover["epoch"] > before["epoch"], (before, after_takeover)
+            await trio.sleep(1.0)  # the new owner's session announcements are written
+            snapshot = await all_events(c2)
+            state_before = (await c2.get("/v1/escrows/stop-1")).json()
+        finally:
+            log_offset = h1.log_size()
+            resumed_at = trio.current_time()
+            h1.resume()
         assert stream.lost == []
         takeover = served["stop-1"]
         print(
