@@ -8,14 +8,12 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import structlog
 import trio
-from psycopg.conninfo import conninfo_to_dict
 
-from tests.pgtest import admin_url, advance_db_clock, fresh_database
+from tests.pgtest import advance_db_clock, fresh_database, url_of
 from walletd.cli.daemon import main
 from walletd.cluster.db import Connection, Database
 from walletd.cluster.leases import Fenced, Leases, Tenure
@@ -287,12 +285,6 @@ async def test_import_does_not_roll_back_newer_database_files(db: Database, tmp_
     assert _files(tmp_path) == (b"keys", b"cache-1")
 
 
-def _url_of(conninfo: str) -> str:
-    """A postgresql:// URL (what [cluster] database_url takes) for a fresh test database."""
-    dbname = str(conninfo_to_dict(conninfo)["dbname"])
-    return urlunsplit(urlsplit(admin_url())._replace(path=f"/{dbname}"))
-
-
 @pytest.fixture
 def cli_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The CLI configures logging for the process: put it back for the tests that follow."""
@@ -329,7 +321,7 @@ def test_cli_export_then_import(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
     backup = tmp_path / "backup"
     with fresh_database() as source:
-        url = _url_of(source)
+        url = url_of(source)
         trio.run(seed, source)
         capsys.readouterr()  # the seeding's log lines
         config = _config(tmp_path / "a.toml", url)
@@ -338,7 +330,7 @@ def test_cli_export_then_import(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert out == f"exported 2 wallets to {backup}\n"
     assert url not in out + err
     with fresh_database() as target:
-        url = _url_of(target)
+        url = url_of(target)
         config = _config(tmp_path / "b.toml", url)
         assert main(["cluster", "import", str(backup), "--config", str(config)]) == 0
         out, err = capsys.readouterr()
