@@ -41,7 +41,7 @@ from walletd.escrows.model import EscrowRecord, EscrowState, Funding, Payout, ut
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
-from walletd.sessions.messages import GetFunding, PreExchange, SubmitPayout
+from walletd.sessions.messages import GetFunding, PreExchange, Store, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.ownership import LocalOwnership, Ownership
@@ -255,6 +255,20 @@ class Monitor:
             # daemon that has not seen the deposit.
             funding = attrs.evolve(funding, ready_height=max(height, f.height))
         await self._events.change(rec.escrow_id, events, state=state, funding=funding)
+        if events:
+            await self._store_wallets(rec.escrow_id)
+
+    async def _store_wallets(self, escrow_id: str) -> None:
+        """The wallets just saw the escrow's funding change: store them now, not at the next
+        periodic store, so a crash (or, in a cluster, the next owner, which opens the files
+        last saved in the database) does not start from wallets that never saw the deposit."""
+        self.session_calls["store"] += 1
+        try:
+            await self._registry.call(escrow_id, Store(), caller=Caller.MONITOR)
+        except WalletdError as exc:  # the periodic store will do it
+            log.warning(
+                "wallet store after a funding change failed", escrow_id=escrow_id, error=str(exc)
+            )
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
         if (

@@ -256,9 +256,12 @@ async def _until_async(condition: Callable[[], Awaitable[bool]], timeout: float)
 
 
 async def _roles_stored(cluster: Cluster, escrow_id: str) -> bool:
-    """Whether the database holds a version of each of the escrow's three wallets."""
+    """Whether the database holds a version of each of the escrow's three wallets stored
+    since the escrow became ready (walletd stores the wallets when their funding changes)."""
     rows = await cluster.query(
-        "SELECT DISTINCT role FROM wallet_files WHERE escrow_id = %s", (escrow_id,)
+        "SELECT DISTINCT role FROM wallet_files WHERE escrow_id = %s AND stored_at >="
+        " (SELECT max(at) FROM events WHERE escrow_id = %s AND type = 'ready')",
+        (escrow_id, escrow_id),
     )
     return {row[0] for row in rows} == set(ROLES)
 
@@ -670,9 +673,7 @@ async def test_wiped_disk_wallets_restored_from_the_database(
         files = [f"escrow-wipe-1-{role}" for role in ROLES]
         assert all((h1.wallet_dir / f).exists() for f in files)
         stored = await _until_async(lambda: _roles_stored(cluster, "wipe-1"), 60)
-        print(
-            f"\ncluster: the escrow's wallet files were in the database {stored:.1f} s after ready"
-        )
+        print(f"\ncluster: the escrow's post-ready wallet files were saved {stored:.1f} s later")
     children = h1.proc.children() if h1.proc else []
     await h1.kill9()
     await _gone(children, 15.0)
