@@ -19,7 +19,8 @@ import pytest
 
 from walletd.errors import RpcCallError
 from walletd.state.backups import Backups
-from walletd.wallets.repair import NotRepaired, WalletRepair, lock_holder
+from walletd.wallets.keys_lock import lock_holder
+from walletd.wallets.repair import NotRepaired, WalletRepair
 from walletd.wallets.rpc import DAMAGE_SIGNS
 
 MULTISIG = "4" + "M" * 94

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from walletd.errors import RpcCallError
 
-__all__ = ["HeldElsewhere", "lock_holders"]
+__all__ = ["HeldElsewhere", "lock_holder", "lock_holders"]
 
 OPEN_FAILED = -1
 
@@ -58,16 +58,16 @@ def lock_holders(path: Path, proc_locks: Path = PROC_LOCKS) -> frozenset[int]:
             continue
         if fields[5] == key:
             holders.add(int(fields[4]))
-    other = _getlk_holder(path)
+    other = lock_holder(path)
     if other is not None:
         holders.add(other)
     return frozenset(holders)
 
 
-def _getlk_holder(path: Path) -> int | None:
-    """The pid F_GETLK reports for a write lock on `path`, or None. F_GETLK only asks; closing
-    our descriptor would drop record locks this process holds on the file, and walletd holds
-    none on wallet files."""
+def lock_holder(path: Path) -> int | None:
+    """The pid F_GETLK reports for a write lock on `path`, or None. F_GETLK only asks; it takes no
+    lock. Closing our descriptor would drop record locks this process holds on the file, and
+    walletd holds none on wallet files."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)

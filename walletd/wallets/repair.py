@@ -33,10 +33,7 @@ escrow (see `Backups`). Every repair done is reported as a `wallet_repaired` eve
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shutil
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -46,15 +43,14 @@ import structlog
 from walletd.errors import RpcCallError
 from walletd.ids import Role
 from walletd.state.backups import Backups
+from walletd.wallets.keys_lock import lock_holder
 
-__all__ = ["NotRepaired", "Opener", "WalletRepair", "lock_holder"]
+__all__ = ["NotRepaired", "Opener", "WalletRepair"]
 
 log = structlog.get_logger(__name__)
 
 OPEN_FAILED = -1
 CHECK_SUFFIX = ".restore-check"  # the scratch name a backup is opened under before it is used
-
-_FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
 
 
 class NotRepaired(RpcCallError):
@@ -74,21 +70,6 @@ class Opener(Protocol):
 
     async def close(self) -> None:
         """close_wallet (it stores)."""
-
-
-def lock_holder(path: Path) -> int | None:
-    """The pid of another process holding a POSIX record lock on `path`, or None.
-
-    F_GETLK only asks; it takes no lock. Closing our descriptor afterwards would drop record
-    locks this process holds on the file, but walletd holds none on wallet files."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-    finally:
-        os.close(fd)
-    l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
-    return None if l_type == fcntl.F_UNLCK else int(pid)
 
 
 class WalletRepair:
