@@ -24,6 +24,7 @@ from walletd.cluster.wallet_files import (
     ImportRefused,
     WalletFiles,
     WalletFilesMissing,
+    abandon_wallet_files,
 )
 from walletd.ops import logs
 
@@ -192,6 +193,34 @@ async def test_restore_without_a_stored_version_leaves_local_files(
     _write(tmp_path, b"keys", b"cache")
     assert await files.restore("e1", "buyer", tmp_path, NAME) is None
     assert _files(tmp_path) == (b"keys", b"cache")
+
+
+async def test_abandoned_versions_are_never_restored_exported_or_repaired_from(
+    db: Database, tmp_path: Path
+) -> None:
+    """Once an escrow's versions are marked abandoned (its creation undone), restore leaves the
+    local files of a later escrow with that id alone, an export leaves them out, a repair is
+    offered none of them, and the same bytes saved again become a live version numbered after
+    them."""
+    leases = Leases(db, TTL)
+    files = WalletFiles(db, leases)
+    tenure = await _tenure(leases)
+    wallets = tmp_path / "w"
+    _write(wallets, b"abandoned keys", b"abandoned cache")
+    assert await files.save(tenure, "buyer", wallets, NAME) == 1
+
+    def abandon(conn: Connection) -> int:
+        return abandon_wallet_files(conn, "e1")
+
+    assert await db.run(abandon) == 1
+    _write(wallets, b"adopted keys", b"adopted cache")
+    assert await files.restore("e1", "buyer", wallets, NAME) is None
+    assert _files(wallets) == (b"adopted keys", b"adopted cache")
+    assert await files.kept_versions("e1", "buyer", wallets, NAME) == []
+    assert await files.export_all(tmp_path / "export") == 0
+    _write(wallets, b"abandoned keys", b"abandoned cache")
+    assert await files.save(tenure, "buyer", wallets, NAME) == 2
+    assert await files.kept_versions("e1", "buyer", tmp_path / "none", NAME) == [2]
 
 
 async def test_export_then_import_into_a_fresh_database(

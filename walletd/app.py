@@ -146,7 +146,12 @@ class App:
         self.metrics = Metrics()
         self.store.on_error = self.metrics.db_errors.inc
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
-        self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
+        self.repairs = WalletRepair(
+            config.monero.wallet_dir,
+            self.backups,
+            self._wallet_repaired,
+            kept=self.cluster.wallet_files if self.cluster is not None else None,
+        )
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
         # Without `chain`: every configured monerod (`connect` makes each one's client; tests
         # pass fakes), the one in use chosen by health checks. The monitor, the payout steps and

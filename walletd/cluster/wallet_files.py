@@ -204,6 +204,36 @@ class WalletFiles:
 
         return await self.db.run(kept, abandon_on_cancel=True)
 
+    # ---- repair ---------------------------------------------------------------------------------
+
+    async def kept_versions(
+        self, escrow_id: str, role: str, wallet_dir: Path, filename: str
+    ) -> list[int]:
+        """The kept versions a repair may try, newest first: every live version whose files
+        differ from the local ones (those do not open: trying them again proves nothing)."""
+        local = await trio.to_thread.run_sync(_digests, wallet_dir, filename)
+        return [v for v, *digests in await self._kept(escrow_id, role) if tuple(digests) != local]
+
+    async def write_version(
+        self, escrow_id: str, role: str, version: int, wallet_dir: Path, filename: str
+    ) -> bool:
+        """Write one kept version's files as wallet `filename` (a scratch name: the live files
+        are not touched); False if that version is gone (pruned by newer saves meanwhile)."""
+
+        def fetch(conn: Connection) -> _Files | None:
+            row = conn.execute(
+                "SELECT keys, cache FROM wallet_files WHERE escrow_id = %s AND role = %s"
+                " AND version = %s AND abandoned_at IS NULL",
+                (escrow_id, role, version),
+            ).fetchone()
+            return _Files(bytes(row[0]), bytes(row[1])) if row else None
+
+        files = await self.db.run(fetch, abandon_on_cancel=True)
+        if files is None:
+            return False
+        await trio.to_thread.run_sync(_replace, wallet_dir, filename, files, False, self.keep)
+        return True
+
     # ---- export and import ---------------------------------------------------------------------
 
     async def export_all(self, directory: Path) -> int:
