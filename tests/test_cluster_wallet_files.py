@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -316,13 +317,23 @@ async def test_import_does_not_roll_back_newer_database_files(db: Database, tmp_
 
 @pytest.fixture
 def cli_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI configures logging for the process: put it back for the tests that follow."""
+    """The CLI configures logging for the process: put it back for the tests that follow.
+
+    Its loggers must not be cached meanwhile: a module's logger first used here would stay
+    bound to this test's captured stderr, closed afterwards, and a later test logging through
+    it (a wallet save, in any test after this file) would fail on the closed file."""
     monkeypatch.setattr(logs, "_threshold", logs._threshold)
+    configure = structlog.configure
+
+    def uncached(**settings: Any) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})
+
+    monkeypatch.setattr(structlog, "configure", uncached)
     saved = structlog.get_config()
     try:
         yield
     finally:
-        structlog.configure(**saved)
+        configure(**saved)
 
 
 def _config(path: Path, url: str) -> Path:
