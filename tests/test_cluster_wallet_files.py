@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -24,6 +25,7 @@ from walletd.cluster.wallet_files import (
     ImportRefused,
     WalletFiles,
     WalletFilesMissing,
+    abandon_wallet_files,
 )
 from walletd.ops import logs
 
@@ -194,6 +196,34 @@ async def test_restore_without_a_stored_version_leaves_local_files(
     assert _files(tmp_path) == (b"keys", b"cache")
 
 
+async def test_abandoned_versions_are_never_restored_exported_or_repaired_from(
+    db: Database, tmp_path: Path
+) -> None:
+    """Once an escrow's versions are marked abandoned (its creation undone), restore leaves the
+    local files of a later escrow with that id alone, an export leaves them out, a repair is
+    offered none of them, and the same bytes saved again become a live version numbered after
+    them."""
+    leases = Leases(db, TTL)
+    files = WalletFiles(db, leases)
+    tenure = await _tenure(leases)
+    wallets = tmp_path / "w"
+    _write(wallets, b"abandoned keys", b"abandoned cache")
+    assert await files.save(tenure, "buyer", wallets, NAME) == 1
+
+    def abandon(conn: Connection) -> int:
+        return abandon_wallet_files(conn, "e1")
+
+    assert await db.run(abandon) == 1
+    _write(wallets, b"adopted keys", b"adopted cache")
+    assert await files.restore("e1", "buyer", wallets, NAME) is None
+    assert _files(wallets) == (b"adopted keys", b"adopted cache")
+    assert await files.kept_versions("e1", "buyer", wallets, NAME) == []
+    assert await files.export_all(tmp_path / "export") == 0
+    _write(wallets, b"abandoned keys", b"abandoned cache")
+    assert await files.save(tenure, "buyer", wallets, NAME) == 2
+    assert await files.kept_versions("e1", "buyer", tmp_path / "none", NAME) == [2]
+
+
 async def test_export_then_import_into_a_fresh_database(
     db: Database, db_url: str, tmp_path: Path
 ) -> None:
@@ -287,13 +317,23 @@ async def test_import_does_not_roll_back_newer_database_files(db: Database, tmp_
 
 @pytest.fixture
 def cli_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI configures logging for the process: put it back for the tests that follow."""
+    """The CLI configures logging for the process: put it back for the tests that follow.
+
+    Its loggers must not be cached meanwhile: a module's logger first used here would stay
+    bound to this test's captured stderr, closed afterwards, and a later test logging through
+    it (a wallet save, in any test after this file) would fail on the closed file."""
     monkeypatch.setattr(logs, "_threshold", logs._threshold)
+    configure = structlog.configure
+
+    def uncached(**settings: Any) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})
+
+    monkeypatch.setattr(structlog, "configure", uncached)
     saved = structlog.get_config()
     try:
         yield
     finally:
-        structlog.configure(**saved)
+        configure(**saved)
 
 
 def _config(path: Path, url: str) -> Path:

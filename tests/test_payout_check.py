@@ -100,6 +100,31 @@ async def test_a_bad_proposal_is_refused_and_nothing_signed(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(
+    ("fault", "value", "reason"),
+    [
+        ("sweep_unlock_time", 10_000_000, "unlock_time 10000000"),
+        ("sweep_unlock_time", 1, "unlock_time 1"),
+        ("sweep_payment_id", "0123456789abcdef", "payment id"),
+    ],
+)
+async def test_an_unlock_time_or_payment_id_in_the_proposal_is_refused(
+    fault: str, value: object, reason: str, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A proposal that pays the recorded address the whole balance but with an unlock time
+    (the payee could not spend it for years) or a payment id the address does not carry answers
+    409 conflict naming it, and nothing is signed or sent."""
+    async with trio.open_nursery() as nursery:
+        app, world, payee = await _ready_escrow(nursery, tmp_path, "u1")
+        setattr(world, fault, value)
+        status, body = await call(app, "POST", "/v1/escrows/u1/release", {"address": payee})
+        assert (status, body["error"]["code"]) == (409, "conflict"), body
+        assert reason in body["error"]["message"]
+        assert _signed(world) == 0
+        assert not [tx for tx in world.txs.values() if tx.sender is not None]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_refused_payout_is_never_resumed_but_a_new_call_retries(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -147,8 +172,14 @@ def _desc(**changes: object) -> dict[str, object]:
         "recipients": [{"address": "A", "amount": AMOUNT}],
         "change_amount": 0,
         "fee": FEE,
+        "unlock_time": 0,
+        "payment_id": "",
     }
-    return {"desc": [desc | changes]}
+    return {"desc": [{k: v for k, v in (desc | changes).items() if v is not _MISSING}]}
+
+
+_MISSING = object()
+INTEGRATED = "4" + "I" * 105
 
 
 def test_check_accepts_a_sweep_and_dust_change() -> None:
@@ -165,3 +196,30 @@ def test_check_refuses_a_partial_sweep() -> None:
     """A proposal that leaves part of the unlocked balance unspent is not the payout."""
     with pytest.raises(PayoutRefused, match="sweeps all of it"):
         check(_desc(), Expected(address="A", unlocked_balance=2 * AMOUNT + FEE, max_fee=FEE))
+
+
+@pytest.mark.parametrize("unlock_time", [1, 10_000_000, 2**63, "0", True, 0.0, _MISSING])
+def test_check_refuses_any_unlock_time_but_0(unlock_time: object) -> None:
+    """A transaction locked until some height or time (or one whose description does not say)
+    is not the payout, though it pays the right address the right amount."""
+    expected = Expected(address="A", unlocked_balance=AMOUNT + FEE, max_fee=FEE)
+    with pytest.raises(PayoutRefused, match="unlock_time"):
+        check(_desc(unlock_time=unlock_time), expected)
+
+
+def test_check_compares_an_integrated_address_and_its_payment_id() -> None:
+    """An integrated payout address must be the recipient as recorded, with its own payment id
+    (as 0.18 describes it, measured on regtest); another payment id, none at all, or a payment
+    id added to a standard address is refused."""
+    pid = "f184decd712637b0"
+    integrated = Expected(
+        address=INTEGRATED, unlocked_balance=AMOUNT + FEE, max_fee=FEE, payment_id=pid
+    )
+    paid = [{"address": INTEGRATED, "amount": AMOUNT}]
+    check(_desc(recipients=paid, payment_id=pid), integrated)
+    for other in ("0123456789abcdef", "", "0" * 16, pid + "0" * 48, _MISSING):
+        with pytest.raises(PayoutRefused, match="payment id"):
+            check(_desc(recipients=paid, payment_id=other), integrated)
+    standard = Expected(address="A", unlocked_balance=AMOUNT + FEE, max_fee=FEE)
+    with pytest.raises(PayoutRefused, match="payment id"):
+        check(_desc(payment_id=pid), standard)

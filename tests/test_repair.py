@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from walletd.cluster.db import Database
+from walletd.cluster.leases import Leases
+from walletd.cluster.wallet_files import WalletFiles
 from walletd.errors import RpcCallError
 from walletd.state.backups import Backups
 from walletd.wallets.keys_lock import lock_holder
@@ -267,3 +270,43 @@ async def test_an_open_failing_with_a_damage_sign_repairs_the_cache(
     assert rpc.current == "w"
     assert len(_sets(backups, "damaged-")) == 1
     assert events == [{"role": "buyer", "source": "cache"}]
+
+
+@pytest.mark.pg
+async def test_a_cluster_repairs_from_the_databases_newest_good_version_first(
+    db: Database, tmp_path: Path
+) -> None:
+    """In a cluster, a wallet with damaged keys, an old local backup and newer versions in the
+    database is repaired from the newest database version that opens as the escrow's wallet
+    (a newer damaged one is passed over), never from the old local backup; the event says
+    source=database and which version."""
+    wallet_dir = tmp_path / "wallets"
+    backups = Backups(wallet_dir, tmp_path / "backups")
+    leases = Leases(db, 10.0)
+    stored = WalletFiles(db, leases)
+    events: list[dict[str, Any]] = []
+    repair = WalletRepair(wallet_dir, backups, lambda escrow_id, **d: events.append(d), stored)
+    tenure = await leases.acquire("e1", "h1")
+    assert tenure is not None
+
+    def keys_of(generation: str) -> str:
+        return json.dumps({"address": MULTISIG, "password": PASSWORD, "generation": generation})
+
+    write_wallet(wallet_dir, "w", MULTISIG)
+    (wallet_dir / "w.keys").write_text(keys_of("old"))
+    backups.take("e1", ["w"], "before payout")  # the old local backup
+    await stored.save(tenure, "buyer", wallet_dir, "w")  # version 1: the old state
+    (wallet_dir / "w.keys").write_text(keys_of("newer"))
+    assert await stored.save(tenure, "buyer", wallet_dir, "w") == 2
+    (wallet_dir / "w.keys").write_bytes(b"\x00garbage: saved, then found damaged")
+    assert await stored.save(tenure, "buyer", wallet_dir, "w") == 3
+    (wallet_dir / "w.keys").write_bytes(b"\x00garbage: damaged on this disk only")
+
+    rpc = FileWalletRpc(wallet_dir, PASSWORD)
+    await repair.repair("e1", "buyer", "w", MULTISIG, rpc, failed())
+    assert rpc.current == "w"
+    assert json.loads((wallet_dir / "w.keys").read_text())["generation"] == "newer"
+    assert [(e["source"], e["version"]) for e in events] == [("database", 2)]
+    (replaced,) = _sets(backups, "replaced-")
+    assert (replaced / "w.keys").read_bytes() == b"\x00garbage: damaged on this disk only"
+    assert not list(wallet_dir.glob("*.restore-check*"))

@@ -45,7 +45,7 @@ from walletd.monitor import Monitor
 from walletd.ops import notify
 from walletd.ops.logs import set_level as set_log_level
 from walletd.ops.metrics import Metrics
-from walletd.ops.preflight import socket_dir_problem
+from walletd.ops.preflight import socket_dir_problem, wallet_dir_problem
 from walletd.sessions.handles import LockProbe
 from walletd.sessions.leased import LeasedSession
 from walletd.sessions.registry import Limits, Registry
@@ -100,9 +100,14 @@ def _private_dir(path: Path) -> None:
 
 
 def prepare_dirs(config: Config) -> None:
-    """Create walletd's directories: private state, and a socket directory only we can write."""
+    """Create walletd's directories: private state, a wallet directory nobody else can reach
+    (made 0700; an existing wider one is a `ConfigError`, see `wallet_dir_problem`), and a
+    socket directory only we can write."""
     _private_dir(config.daemon.state_dir)
-    _private_dir(config.monero.wallet_dir)
+    config.monero.wallet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    problem = wallet_dir_problem(config.monero.wallet_dir)
+    if problem:
+        raise ConfigError(problem)
     _private_dir(config.daemon.state_dir / "run")
     sock_dir = config.daemon.socket_path.parent
     sock_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -146,7 +151,12 @@ class App:
         self.metrics = Metrics()
         self.store.on_error = self.metrics.db_errors.inc
         self.backups = Backups(config.monero.wallet_dir, state / "backups")
-        self.repairs = WalletRepair(config.monero.wallet_dir, self.backups, self._wallet_repaired)
+        self.repairs = WalletRepair(
+            config.monero.wallet_dir,
+            self.backups,
+            self._wallet_repaired,
+            kept=self.cluster.wallet_files if self.cluster is not None else None,
+        )
         # Tests and the dev sandbox pass a fake chain (and fake wallet-rpc processes, `pool`).
         # Without `chain`: every configured monerod (`connect` makes each one's client; tests
         # pass fakes), the one in use chosen by health checks. The monitor, the payout steps and

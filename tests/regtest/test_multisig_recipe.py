@@ -29,6 +29,7 @@ from walletd.testing.regtest import Monerod, MonerodProcess, mine, start_monerod
 from walletd.wallets.multisig import (
     ROLES,
     Role,
+    check_proposal,
     cosign,
     create_wallets,
     make_multisig,
@@ -38,6 +39,7 @@ from walletd.wallets.multisig import (
     sync_multisig_info,
     validate_address,
 )
+from walletd.wallets.payout_check import PayoutRefused
 from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 pytestmark = pytest.mark.regtest
@@ -45,13 +47,16 @@ pytestmark = pytest.mark.regtest
 XMR = 10**12
 FUNDING = 3 * XMR
 UNLOCK_BLOCKS = 10  # a received output is spendable 10 blocks after the block that holds it
+ANY_FEE = 10**8  # a fee-per-byte bound no regtest sweep reaches: these checks are not about fees
 
 
 async def test_fund_sweep_and_resubmit(
     wallet_rpcs: list[WalletRpc], miner: Miner, miner_rpc: WalletRpc, daemon_rpc: DaemonRpc
 ) -> None:
     """A new 2-of-3 receives funds, two signers sweep them to a plain wallet (balance less fee),
-    and resubmitting the signed blob returns the same txid without a second transaction."""
+    and resubmitting the signed blob returns the same txid without a second transaction. The
+    co-signer's payout check passes the sweep, and a sweep to an integrated address only with
+    that address's own payment id."""
     with trio.fail_after(240):
         rpcs: dict[Role, WalletRpc] = dict(zip(ROLES, wallet_rpcs[:3], strict=True))
         destination_rpc = wallet_rpcs[3]
@@ -70,7 +75,19 @@ async def test_fund_sweep_and_resubmit(
         destination = await create_plain_wallet(destination_rpc, f"dest-{token}")
         signers = [rpcs["buyer"], rpcs["vendor"]]
         await sync_multisig_info(signers)
+        # The co-signer's check on real descriptions: an integrated address's payment id is
+        # compared (a proposal to it is not a payout to the same address with another id).
+        made = await destination_rpc.call("make_integrated_address", {})
+        integrated = str(made["integrated_address"])
+        to_integrated = await propose(rpcs["buyer"], integrated)
+        await check_proposal(rpcs["vendor"], to_integrated, integrated, ANY_FEE)
+        other = await destination_rpc.call("make_integrated_address", {"payment_id": "1" * 16})
+        with pytest.raises(PayoutRefused, match="recorded payout address"):
+            await check_proposal(
+                rpcs["vendor"], to_integrated, str(other["integrated_address"]), ANY_FEE
+            )
         proposal = await propose(rpcs["buyer"], destination)
+        await check_proposal(rpcs["vendor"], proposal, destination, ANY_FEE)
         assert proposal.amount + proposal.fee == FUNDING
         assert 0 < proposal.fee < XMR // 100
         payout = await cosign(rpcs["vendor"], proposal)

@@ -152,7 +152,7 @@ class WalletRpcProcess:
     def start(self) -> None:
         """Start the process without waiting for it (see `wait_ready`): starts overlap."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.wallet_dir.mkdir(parents=True, exist_ok=True)
+        self.wallet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as walletd demands
         self._write_config()
         env = {**os.environ, "DNS_PUBLIC": "tcp://127.0.0.1", **self._extra_env}
         with open(self.work_dir / "wallet-rpc.out", "ab") as output:
@@ -273,7 +273,7 @@ class MultisigSetFactory:
 
     def __call__(self, wallet_dir: Path, n: int, password: str) -> list[MultisigSet]:
         """Make `n` sets in `wallet_dir` (blocking; see `acreate` inside a trio test)."""
-        wallet_dir.mkdir(parents=True, exist_ok=True)
+        wallet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return run_trio(functools.partial(self._make_sets, wallet_dir, n, password))
 
     async def acreate(self, wallet_dir: Path, n: int, password: str) -> list[MultisigSet]:

@@ -43,6 +43,7 @@ import structlog
 
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
 from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
+from walletd.cluster.wallet_files import abandon_wallet_files
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import (
@@ -345,8 +346,13 @@ class PgStore:
         return await self._fenced(escrow_id, write)
 
     async def delete_escrow(self, escrow_id: str) -> None:
+        """Forget an abandoned creation: its record, and (in the same fenced transaction) its
+        wallets' kept versions marked abandoned, so a later escrow with this id never gets the
+        abandoned wallets restored over its own files."""
+
         def write(conn: Connection, tenure: Tenure) -> None:
             conn.execute("DELETE FROM escrows WHERE escrow_id = %s", (escrow_id,))
+            abandon_wallet_files(conn, escrow_id)
 
         await self._fenced(escrow_id, write)
 

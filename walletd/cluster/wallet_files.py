@@ -15,7 +15,11 @@ Never lose a wallet file:
   the database has no copy of (they match none of the kept versions: a store whose save failed)
   are first kept under `<wallet_dir>/.replaced/`, never just overwritten;
 - `import_all` checks every digest before writing anything, and by default does not put an offline
-  copy on top of different files the database already has (see `import_all`).
+  copy on top of different files the database already has (see `import_all`);
+- an abandoned creation's versions are marked abandoned (`abandon_wallet_files`, in the fenced
+  transaction that deletes its record), not deleted: kept until a later escrow with that id
+  saves enough versions, but never restored, exported or offered to a repair again, so such an
+  escrow opens its own files.
 
 The `.keys` file holds the wallet's keys (for a multisig wallet, its multisig state); the cache
 (the file without suffix) its chain scan, transfers, tx keys and multisig info. Both are
@@ -50,6 +54,7 @@ __all__ = [
     "ImportSummary",
     "WalletFiles",
     "WalletFilesMissing",
+    "abandon_wallet_files",
 ]
 
 log = structlog.get_logger(__name__)
@@ -123,12 +128,8 @@ class WalletFiles:
 
         def write(conn: Connection) -> int | None:
             # The lease row is locked by fenced_write: saves of one escrow are serialised.
-            latest = conn.execute(
-                "SELECT version, sha256(keys), sha256(cache) FROM wallet_files"
-                " WHERE escrow_id = %s AND role = %s ORDER BY version DESC LIMIT 1",
-                (escrow_id, role),
-            ).fetchone()
-            if latest is not None and (bytes(latest[1]), bytes(latest[2])) == digests:
+            latest = conn.execute(_LATEST, (escrow_id, role)).fetchone()
+            if _same_live(latest, digests):
                 return None
             version = (int(latest[0]) if latest else 0) + 1
             _insert(conn, escrow_id, role, version, tenure.epoch, files, keep)
@@ -153,15 +154,7 @@ class WalletFiles:
         `<wallet_dir>/.replaced/` before being replaced. The wallet must not be open meanwhile.
         """
 
-        def kept(conn: Connection) -> list[tuple[int, bytes, bytes]]:
-            rows = conn.execute(
-                "SELECT version, sha256(keys), sha256(cache) FROM wallet_files"
-                " WHERE escrow_id = %s AND role = %s ORDER BY version DESC",
-                (escrow_id, role),
-            ).fetchall()
-            return [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
-
-        versions = await self.db.run(kept, abandon_on_cancel=True)
+        versions = await self._kept(escrow_id, role)
         if not versions:
             return None
         local = await trio.to_thread.run_sync(_digests, wallet_dir, filename)
@@ -172,8 +165,8 @@ class WalletFiles:
 
         def fetch(conn: Connection) -> tuple[int, _Files] | None:
             row = conn.execute(
-                "SELECT version, keys, cache FROM wallet_files"
-                " WHERE escrow_id = %s AND role = %s ORDER BY version DESC LIMIT 1",
+                "SELECT version, keys, cache FROM wallet_files WHERE escrow_id = %s"
+                " AND role = %s AND abandoned_at IS NULL ORDER BY version DESC LIMIT 1",
                 (escrow_id, role),
             ).fetchone()
             return (int(row[0]), _Files(bytes(row[1]), bytes(row[2]))) if row else None
@@ -198,6 +191,49 @@ class WalletFiles:
             log.info("wallet files restored", escrow_id=escrow_id, role=role, version=version)
         return version
 
+    async def _kept(self, escrow_id: str, role: str) -> list[tuple[int, bytes, bytes]]:
+        """(version, keys digest, cache digest) of the wallet's live versions, newest first."""
+
+        def kept(conn: Connection) -> list[tuple[int, bytes, bytes]]:
+            rows = conn.execute(
+                "SELECT version, sha256(keys), sha256(cache) FROM wallet_files WHERE"
+                " escrow_id = %s AND role = %s AND abandoned_at IS NULL ORDER BY version DESC",
+                (escrow_id, role),
+            ).fetchall()
+            return [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+        return await self.db.run(kept, abandon_on_cancel=True)
+
+    # ---- repair ---------------------------------------------------------------------------------
+
+    async def kept_versions(
+        self, escrow_id: str, role: str, wallet_dir: Path, filename: str
+    ) -> list[int]:
+        """The kept versions a repair may try, newest first: every live version whose files
+        differ from the local ones (those do not open: trying them again proves nothing)."""
+        local = await trio.to_thread.run_sync(_digests, wallet_dir, filename)
+        return [v for v, *digests in await self._kept(escrow_id, role) if tuple(digests) != local]
+
+    async def write_version(
+        self, escrow_id: str, role: str, version: int, wallet_dir: Path, filename: str
+    ) -> bool:
+        """Write one kept version's files as wallet `filename` (a scratch name: the live files
+        are not touched); False if that version is gone (pruned by newer saves meanwhile)."""
+
+        def fetch(conn: Connection) -> _Files | None:
+            row = conn.execute(
+                "SELECT keys, cache FROM wallet_files WHERE escrow_id = %s AND role = %s"
+                " AND version = %s AND abandoned_at IS NULL",
+                (escrow_id, role, version),
+            ).fetchone()
+            return _Files(bytes(row[0]), bytes(row[1])) if row else None
+
+        files = await self.db.run(fetch, abandon_on_cancel=True)
+        if files is None:
+            return False
+        await trio.to_thread.run_sync(_replace, wallet_dir, filename, files, False, self.keep)
+        return True
+
     # ---- export and import ---------------------------------------------------------------------
 
     async def export_all(self, directory: Path) -> int:
@@ -209,7 +245,7 @@ class WalletFiles:
         def latest(conn: Connection) -> list[tuple[str, str, int]]:
             rows = conn.execute(
                 "SELECT DISTINCT ON (escrow_id, role) escrow_id, role, version FROM wallet_files"
-                " ORDER BY escrow_id, role, version DESC"
+                " WHERE abandoned_at IS NULL ORDER BY escrow_id, role, version DESC"
             ).fetchall()
             return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
@@ -300,12 +336,8 @@ class WalletFiles:
                 "SELECT epoch FROM leases WHERE escrow_id = %s FOR UPDATE", (escrow_id,)
             ).fetchone()
             epoch = int(lease[0]) if lease else 0
-            latest = conn.execute(
-                "SELECT version, sha256(keys), sha256(cache) FROM wallet_files"
-                " WHERE escrow_id = %s AND role = %s ORDER BY version DESC LIMIT 1",
-                (escrow_id, role),
-            ).fetchone()
-            if latest is not None:
+            latest = conn.execute(_LATEST, (escrow_id, role)).fetchone()
+            if latest is not None and latest[3] is None:  # abandoned files are no conflict
                 if (bytes(latest[1]), bytes(latest[2])) == files.digests:
                     return "identical"
                 if not replace:
@@ -318,6 +350,32 @@ class WalletFiles:
 
 
 # ---- database helpers (in the caller's transaction) ------------------------------------------
+
+# The newest row of a wallet, abandoned or not: new versions number on after every row (the
+# primary key), and an abandoned newest row is never "the same files" as a save.
+_LATEST = (
+    "SELECT version, sha256(keys), sha256(cache), abandoned_at FROM wallet_files"
+    " WHERE escrow_id = %s AND role = %s ORDER BY version DESC LIMIT 1"
+)
+
+
+def _same_live(latest: tuple[Any, ...] | None, digests: tuple[bytes, bytes]) -> bool:
+    """Whether the newest row (`_LATEST`) is a live version holding these files."""
+    return (
+        latest is not None and latest[3] is None and (bytes(latest[1]), bytes(latest[2])) == digests
+    )
+
+
+def abandon_wallet_files(conn: Connection, escrow_id: str) -> int:
+    """Mark every kept version of the escrow's wallets abandoned (its creation was undone):
+    never restored, exported or repaired from again, but kept until newer saves of a later
+    escrow with this id push them out. Returns how many rows were marked."""
+    cursor = conn.execute(
+        "UPDATE wallet_files SET abandoned_at = cluster_now()"
+        " WHERE escrow_id = %s AND abandoned_at IS NULL",
+        (escrow_id,),
+    )
+    return cursor.rowcount
 
 
 def _insert(

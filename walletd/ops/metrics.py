@@ -122,11 +122,12 @@ class Metrics:
         self.wallet_repairs = Counter(
             "walletd_wallet_repairs",
             "Wallets repaired, by source: cache (rebuilt from the chain), backup (a checked "
-            "backup restored), reopened (damage reported in a session; reopened unsaved)",
+            "backup restored), database (a checked version the cluster database kept), reopened "
+            "(damage reported in a session; reopened unsaved)",
             ["source"],
             registry=r,
         )
-        for source in ("cache", "backup", "reopened"):
+        for source in ("cache", "backup", "database", "reopened"):
             self.wallet_repairs.labels(source=source)
         self.db_errors = Counter(
             "walletd_db_errors",

@@ -151,6 +151,8 @@ class Proposal:
     inputs: tuple[OutputId, ...]
     outputs: tuple[tuple[str, int], ...]
     epoch: int
+    unlock_time: int = 0
+    payment_id: str = ""  # as describe_transfer shows it: "" for none
 
 
 @attrs.frozen
@@ -193,6 +195,10 @@ class FakeWalletWorld:
     # (destination, total - FEE). None: honest.
     sweep_priorities: list[int] = attrs.Factory(list)  # the priority of every sweep_all call
     sweep_outputs: Callable[[str, str, int], tuple[tuple[str, int], ...]] | None = None
+    # Fault injection, the same way: the unlock time and payment id a multisig sweep_all puts in
+    # its proposal (honest: 0 and none).
+    sweep_unlock_time: int = 0
+    sweep_payment_id: str = ""
     # Directories where a store also writes the wallet's two files (keys, cache), as wallet-rpc
     # does in its wallet dir: for the cluster, which keeps those files in its database.
     file_dirs: list[Path] = attrs.Factory(list)

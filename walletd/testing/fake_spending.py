@@ -153,9 +153,9 @@ class SpendingCalls:
             "amount_in": amount_in,
             "amount_out": amount_out,
             "ring_size": 16,
-            "unlock_time": 0,
+            "unlock_time": proposal.unlock_time,
             "recipients": recipients,
-            "payment_id": "",
+            "payment_id": proposal.payment_id,
             "change_amount": change,
             "change_address": wallet.address if change else "",
             "fee": amount_in - amount_out,
@@ -203,7 +203,13 @@ class SpendingCalls:
             return txid, ""
         epoch = self.world.epoch(wallet.address)
         proposal = Proposal(
-            self.world._new_txid("multisig-tx", wallet.address), wallet.address, ids, outputs, epoch
+            self.world._new_txid("multisig-tx", wallet.address),
+            wallet.address,
+            ids,
+            outputs,
+            epoch,
+            unlock_time=self.world.sweep_unlock_time,
+            payment_id=self.world.sweep_payment_id,
         )
         txset = self.world._txset(proposal, frozenset({wallet.name}))
         # The hash of the unsigned transaction: never the txid the signed one will have.

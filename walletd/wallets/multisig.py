@@ -317,6 +317,7 @@ async def propose(proposer: WalletRpc, address: str, priority: int = 0) -> Propo
 
 
 RING_SIZE = 16  # fixed by consensus since v15
+INTEGRATED_LENGTH = 106  # characters of an integrated address (standard and subaddresses: 95)
 SWEEP_OUTPUTS = 2  # the destination and a (zero or dummy) change output
 
 
@@ -346,15 +347,16 @@ async def check_proposal(
             "rct": True,
         },
     )
-    standard = address
-    if len(address) == 106:  # integrated: describe_transfer shows the standard address
+    payment_id = ""
+    if len(address) == INTEGRATED_LENGTH:  # described as itself, its payment id in clear
         split = await call("split_integrated_address", {"integrated_address": address})
-        standard = str(split.get("standard_address"))
+        payment_id = str(split.get("payment_id", ""))
     weight = int(size.get("weight", 0))
     expected = payout_check.Expected(
-        address=standard,
+        address=address,
         unlocked_balance=int(balance.get("unlocked_balance", 0)),
         max_fee=max_fee_per_byte * weight,
+        payment_id=payment_id,
     )
     fee = payout_check.check(described, expected)
     log.info(

@@ -7,8 +7,15 @@ on the `multisig_txset`, which reads the transaction, not what the proposer said
 it is signed, whatever made it (a bug, a damaged or tampered proposer process):
 
 - every transaction pays exactly one destination besides change, and that destination is the
-  recorded address (an integrated address is compared as its standard address; its payment id
-  is not compared: how 0.18 shows an encrypted id was not verified on a real payout);
+  recorded address, character for character;
+- its payment id is the recorded address's: none for a standard address or subaddress, the
+  integrated address's own for an integrated one. Measured on regtest (0.18.0.0): a sweep to an
+  integrated address is described with that integrated address as its recipient and its payment
+  id in clear in `payment_id` (the transaction carries it encrypted); a sweep to a standard
+  address with `payment_id` "" (its dummy encrypted id is all zeros and not shown). A payment id
+  changed or added, even with the standard part of the address right, is refused;
+- `unlock_time` is 0 in every transaction: a payout the recipient cannot spend for years (a
+  far-future unlock time) is not the payout, although it pays the right address the right amount;
 - the transactions spend the whole unlocked balance: inputs == balance and, per transaction,
   destination + change + fee == inputs;
 - change back to the escrow is at most `DUST` (a sweep makes none);
@@ -44,9 +51,10 @@ class PayoutRefused(Conflict):
 class Expected:
     """What the proposal must be, from the payout record and the co-signer's own wallet."""
 
-    address: str  # the recorded destination (its standard address if it was integrated)
+    address: str  # the recorded destination, as recorded (integrated addresses included)
     unlocked_balance: int  # what a sweep of the whole balance spends
     max_fee: int  # atomic units for all the proposal's transactions together
+    payment_id: str = ""  # 16 hex digits for an integrated address; "" for any other
 
 
 def _int(raw: dict[str, Any], key: str) -> int:  # Any: JSON values
@@ -73,6 +81,15 @@ def check(description: dict[str, Any], expected: Expected) -> int:  # Any: JSON 
         recipient = recipients[0]
         if not isinstance(recipient, dict) or recipient.get("address") != expected.address:
             raise PayoutRefused("the destination is not the recorded payout address")
+        # Both required, not defaulted: wallet-rpc 0.18 always describes them, and a field
+        # missing from a description is no proof of what the transaction holds.
+        if desc.get("payment_id") != expected.payment_id:
+            raise PayoutRefused("the payment id is not the recorded payout address's")
+        unlock_time = desc.get("unlock_time")
+        if type(unlock_time) is not int or unlock_time != 0:
+            raise PayoutRefused(
+                f"unlock_time {unlock_time!r}; a payout must be spendable at once (0)"
+            )
         change = _int(desc, "change_amount")
         if change > DUST:
             raise PayoutRefused(f"change of {change} back to the escrow; a sweep has none")

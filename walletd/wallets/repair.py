@@ -26,6 +26,13 @@ its premise before it touches a file, and undoes itself when the premise turns o
    yet (adopting, creating) never restores a backup. No backup qualifies: the error says so and
    the live files are left as they were.
 
+In a cluster the database keeps the last few versions of every wallet (`cluster.wallet_files`),
+saved after every store: they are newer than any local backup (taken before setup and payouts
+only), and a repair from an old local backup would then be saved as the newest database version
+on top of them. So with a verified address, a cluster tries the database's kept versions first,
+newest first (those equal to the live files that failed are skipped), each checked in the same
+way as a backup; only then the cache step and this host's backups.
+
 `damaged-*` and `replaced-*` sets are kept for a post-mortem, the newest few of each kind per
 escrow (see `Backups`). Every repair done is reported as a `wallet_repaired` event.
 """
@@ -45,7 +52,7 @@ from walletd.ids import Role
 from walletd.state.backups import Backups
 from walletd.wallets.keys_lock import lock_holder
 
-__all__ = ["NotRepaired", "Opener", "WalletRepair"]
+__all__ = ["KeptVersions", "NotRepaired", "Opener", "WalletRepair"]
 
 log = structlog.get_logger(__name__)
 
@@ -72,13 +79,32 @@ class Opener(Protocol):
         """close_wallet (it stores)."""
 
 
+class KeptVersions(Protocol):
+    """The cluster database's kept versions of a wallet (`cluster.wallet_files.WalletFiles`)."""
+
+    async def kept_versions(
+        self, escrow_id: str, role: str, wallet_dir: Path, filename: str
+    ) -> list[int]:
+        """Versions that differ from the local files of `filename`, newest first."""
+
+    async def write_version(
+        self, escrow_id: str, role: str, version: int, wallet_dir: Path, filename: str
+    ) -> bool:
+        """Write a version's files as wallet `filename`; False if it is gone."""
+
+
 class WalletRepair:
     def __init__(
-        self, wallet_dir: Path, backups: Backups, on_repaired: Callable[..., None]
+        self,
+        wallet_dir: Path,
+        backups: Backups,
+        on_repaired: Callable[..., None],
+        kept: KeptVersions | None = None,
     ) -> None:
         self.wallet_dir = wallet_dir
         self.backups = backups
         self._on_repaired = on_repaired  # (escrow_id, role=, source=, ...) -> the event log
+        self.kept = kept  # a cluster: the database's versions, tried before anything local
 
     async def repair(
         self,
@@ -102,6 +128,8 @@ class WalletRepair:
                 f"{role} wallet {file} is held open by another process (pid {holder}); "
                 "not a damaged wallet, not repaired"
             )
+        if address is not None and await self._restore_kept(escrow_id, role, file, address, opener):
+            return
         if await self._try_without_cache(escrow_id, role, file, opener):
             return
         if address is None:
@@ -135,6 +163,54 @@ class WalletRepair:
         self._on_repaired(escrow_id, role=role, source="cache")
         return True
 
+    async def _restore_kept(
+        self, escrow_id: str, role: Role, file: str, address: str, opener: Opener
+    ) -> bool:
+        """The newest database version that opens as the escrow's wallet, if any (a cluster)."""
+        if self.kept is None:
+            return False
+        scratch = f"{file}{CHECK_SUFFIX}"
+        for version in await self.kept.kept_versions(escrow_id, role, self.wallet_dir, file):
+            self._remove(scratch)
+            try:
+                if not await self.kept.write_version(
+                    escrow_id, role, version, self.wallet_dir, scratch
+                ):
+                    continue
+                if not await self._checks_out(opener, scratch, address, role, f"v{version}"):
+                    continue
+            except BaseException:
+                self._remove(scratch)
+                raise
+            kept = self.backups.replace_with(escrow_id, file, scratch)
+            await opener.open(file)
+            log.warning("wallet restored from the database", role=role, version=version)
+            self._on_repaired(
+                escrow_id, role=role, source="database", version=version, replaced=kept.name
+            )
+            return True
+        return False
+
+    async def _checks_out(
+        self, opener: Opener, scratch: str, address: str, role: Role, copy: str
+    ) -> bool:
+        """Whether the copy under `scratch` opens as the escrow's wallet; removed if not."""
+        try:
+            shown = await _checked_address(opener, scratch)
+        except RpcCallError as exc:
+            log.info("copy does not open; skipped", role=role, copy=copy, error=str(exc))
+            self._remove(scratch)
+            return False
+        if shown != address:
+            log.warning(
+                "copy holds another wallet (not the escrow's address); skipped",
+                role=role,
+                copy=copy,
+            )
+            self._remove(scratch)
+            return False
+        return True
+
     async def _restore_checked(
         self,
         escrow_id: str,
@@ -154,24 +230,11 @@ class WalletRepair:
                 if saved.exists():
                     shutil.copy2(saved, self.wallet_dir / f"{scratch}{suffix}")
             try:
-                shown = await _checked_address(opener, scratch)
-            except RpcCallError as exc:
-                log.info(
-                    "backup does not open; skipped", role=role, backup=backup.name, error=str(exc)
-                )
-                self._remove(scratch)
-                continue
+                if not await self._checks_out(opener, scratch, address, role, backup.name):
+                    continue
             except BaseException:
                 self._remove(scratch)
                 raise
-            if shown != address:
-                log.warning(
-                    "backup holds another wallet (not the escrow's address); skipped",
-                    role=role,
-                    backup=backup.name,
-                )
-                self._remove(scratch)
-                continue
             kept = self.backups.replace_with(escrow_id, file, scratch)
             await opener.open(file)
             log.warning("wallet restored from a checked backup", role=role, backup=str(backup))
