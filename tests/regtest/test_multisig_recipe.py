@@ -25,7 +25,13 @@ from tests.regtest.wallet_rpc_proc import (
     run_trio,
 )
 from walletd.errors import RpcCallError
-from walletd.testing.regtest import Monerod, MonerodProcess, mine, start_monerod
+from walletd.testing.regtest import (
+    Monerod,
+    MonerodProcess,
+    mine,
+    mine_until_confirmed,
+    start_monerod,
+)
 from walletd.wallets.multisig import (
     ROLES,
     Role,
@@ -66,8 +72,8 @@ async def test_fund_sweep_and_resubmit(
         address = await make_multisig(rpcs, passwords)
         assert await validate_address(rpcs["buyer"], address)
 
-        await fund(miner_rpc, address, FUNDING)
-        await mine(daemon_rpc, UNLOCK_BLOCKS, miner.address)
+        txid = await fund(miner_rpc, address, FUNDING)
+        await mine_until_confirmed(daemon_rpc, txid, UNLOCK_BLOCKS, miner.address)
         await refresh(list(rpcs.values()))
         balance = await rpcs["buyer"].call("get_balance")
         assert (balance["balance"], balance["unlocked_balance"]) == (FUNDING, FUNDING)
