@@ -130,8 +130,11 @@ class WalletRpcProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def client(self, *, timeout: float = 60.0) -> WalletRpc:
-        """A new async client for this process (the caller closes it, in its own trio run)."""
+    def client(self, *, timeout: float = 180.0) -> WalletRpc:
+        """A new async client for this process (the caller closes it, in its own trio run).
+
+        The timeout guards a hang, not a speed: a create_wallet took over 60 s on a 2-core
+        machine running two other suites."""
         return WalletRpc(self.url, user=self.user, password=self.password, timeout=timeout)
 
     def __repr__(self) -> str:  # never show the credentials
