@@ -233,9 +233,12 @@ class Forwarder:
                     reply = await self.db.run(self._take_reply_job(row_id))
                     if isinstance(reply, ForwardedReply):
                         return reply
-                    if reply == "unclaimed" and trio.current_time() >= claim_by:
-                        return None  # withdrawn by the caller: the owner is not taking it
-                    with trio.move_on_after(self.poll_seconds):
+                    wait = self.poll_seconds
+                    if reply == "unclaimed":
+                        if trio.current_time() >= claim_by:
+                            return None  # withdrawn by the caller: the owner is not taking it
+                        wait = min(wait, claim_by - trio.current_time())  # look again then
+                    with trio.move_on_after(wait):
                         await woken.wait()
             return None
         finally:
@@ -372,6 +375,9 @@ class ForwardServer:
         self.keep_seconds = keep_seconds
         self.handler_timeout = handler_timeout
         self._slots = trio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
+        self._claiming = True
+        self._idle = trio.CancelScope()  # the wait for new rows; cancelled by stop_claiming
         self.served = 0  # requests run and answered (metrics, once wired)
         self.replies_dropped = 0  # answered after the origin gave up (row gone)
         self.purged = 0
@@ -382,15 +388,38 @@ class ForwardServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._purge_loop)
                 task_status.started()
-                while True:
+                while self._claiming:
                     await self._claim_all(nursery)
-                    with trio.move_on_after(self.scan_seconds):
+                    self._idle = trio.CancelScope(deadline=trio.current_time() + self.scan_seconds)
+                    if not self._claiming:
+                        break
+                    with self._idle:
                         await sub.wait()  # payloads need no reading: we claim what is there
+                await trio.sleep_forever()  # the requests claimed before the stop run on
+
+    async def stop_claiming(self) -> None:
+        """A graceful stop, before the sessions close: claim no more rows (the origins see this
+        host gone and serve them elsewhere once its leases are free, rather than having them
+        answered "shutting down" here), and wait until the requests claimed already are
+        answered (the caller bounds the wait). A claim under way finishes and is served."""
+        self._claiming = False
+        self._idle.cancel()
+        taken = 0
+        try:
+            while taken < self._max_concurrent:  # every slot free: nothing claimed is running
+                await self._slots.acquire()
+                taken += 1
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     async def _claim_all(self, nursery: trio.Nursery) -> None:
-        """Claim and start rows while there are some and a slot is free."""
-        while True:
+        """Claim and start rows while there are some, a slot is free and we still claim."""
+        while self._claiming:
             await self._slots.acquire()
+            if not self._claiming:
+                self._slots.release()
+                return
             try:
                 claimed = await self.db.run(self._claim_job())
             except ClusterUnavailable as exc:
