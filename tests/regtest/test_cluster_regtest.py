@@ -343,6 +343,31 @@ class ReadStream:
         return sum(status == 503 for _, _, status in self.calls)
 
 
+@attrs.define
+class TakeOver:
+    """When every escrow of `ids` was first seen leased by a host other than `old` (polled in
+    the database): the failover's lease part, apart from the opens after it."""
+
+    cluster: Cluster
+    ids: list[str]
+    old: str
+    at: float | None = None
+
+    async def run(self) -> None:
+        while self.at is None:
+            rows = await self.cluster.query(
+                "SELECT count(*) FROM leases WHERE escrow_id = ANY(%s) AND host_id IS NOT NULL"
+                " AND host_id <> %s AND expires_at > cluster_now()",
+                (self.ids, self.old),
+            )
+            if rows[0][0] == len(self.ids):
+                self.at = trio.current_time()
+            await trio.sleep(0.05)
+
+    def after(self, moment: float) -> str:
+        return "?" if self.at is None else f"{self.at - moment:.1f} s"
+
+
 def _failover_bound(one_open: float, opens: int) -> float:
     """What a failover may take before the test calls it a failure rather than a slow machine:
     the documented bound (lease_ttl, then the escrows' opens, `one_open` measured in this run)
@@ -497,12 +522,14 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
         streams = [ReadStream(c2, escrow_id) for escrow_id in ids]
         children = h1.proc.children() if h1.proc else []
         assert children, "h1 runs no wallet-rpc"
+        taken = TakeOver(cluster, ids, "h1")
         async with trio.open_nursery() as nursery:
             for stream in streams:
                 nursery.start_soon(stream.run)
             await _until(lambda: all(s.served_after(0.0) is not None for s in streams))
             await trio.sleep(1.0)
             killed_at = trio.current_time()
+            nursery.start_soon(taken.run)
             await h1.kill9()
             # Children die with it (PDEATHSIG: SIGTERM, they store and exit); one busy in a
             # long call takes longer on a loaded machine: a bound only against a hang.
@@ -518,6 +545,7 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
             f"\ncluster failover (kill -9 of the owner, lease_ttl {LEASE_TTL:g} s, one open"
             f" {one_open:.1f} s): every escrow served again after {worst:.1f} s"
             f" (each: {', '.join(f'{k} {v:.1f} s' for k, v in sorted(served.items()))});"
+            f" every lease taken over after {taken.after(killed_at)};"
             f" wallet-rpc children gone {orphans:.2f} s after the kill;"
             f" calls {calls}, 503s retried {retried}, lost {sum(len(s.lost) for s in streams)}"
         )
@@ -581,12 +609,14 @@ async def test_paused_owner_resumed_changes_nothing(
         forwarded_before = metric_value(metrics, FORWARDED, 'direction="sent"')
 
         stream = ReadStream(c2, "stop-1")
+        take_over = TakeOver(cluster, ["stop-1"], "h1")
         paused_at = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.run)
                 await _until(lambda: stream.served_after(0.0) is not None)
                 paused_at = trio.current_time()
+                nursery.start_soon(take_over.run)
                 h1.pause()
                 served = await _until_served([stream], paused_at)
                 await trio.sleep_until(max(trio.current_time(), paused_at + 2 * LEASE_TTL))
@@ -606,7 +636,8 @@ async def test_paused_owner_resumed_changes_nothing(
         takeover = served["stop-1"]
         print(
             f"\ncluster failover (SIGSTOP of the owner, lease_ttl {LEASE_TTL:g} s): served again"
-            f" through h2 after {takeover:.1f} s, 503s retried {stream.retried},"
+            f" through h2 after {takeover:.1f} s (lease taken over after"
+            f" {take_over.after(paused_at)}), 503s retried {stream.retried},"
             f" lost {len(stream.lost)}"
         )
         assert stream.lost == []
@@ -697,12 +728,14 @@ async def test_graceful_stop_of_the_owner_hands_its_escrows_over(
             assert await _holder_id(c3, escrow_id) == "h1"
         streams = [ReadStream(c2, escrow_id) for escrow_id in ids]
         assert h1.proc is not None
+        taken = TakeOver(cluster, ids, "h1")
         async with trio.open_nursery() as nursery:
             for stream in streams:
                 nursery.start_soon(stream.run)
             await _until(lambda: all(s.served_after(0.0) is not None for s in streams))
             await trio.sleep(1.0)
             stopped_at = trio.current_time()
+            nursery.start_soon(taken.run)
             h1.proc.signal(signal.SIGTERM)
             code = await trio.to_thread.run_sync(h1.proc.wait, HANG)
             exited = trio.current_time() - stopped_at
@@ -716,6 +749,7 @@ async def test_graceful_stop_of_the_owner_hands_its_escrows_over(
             f"\ncluster failover (SIGTERM of the owner, lease_ttl {LEASE_TTL:g} s): h1 exited after"
             f" {exited:.1f} s; every escrow served again after {worst:.1f} s from the SIGTERM"
             f" (each: {', '.join(f'{k} {v:.1f} s' for k, v in sorted(served.items()))});"
+            f" every lease taken over after {taken.after(stopped_at)};"
             f" calls {sum(len(s.calls) for s in streams)}, 503s {len(refusals)},"
             f" lost {sum(len(s.lost) for s in streams)}"
         )
