@@ -5,8 +5,11 @@ removed (they hold the wallets' locks); the process pool, the registry, the moni
 server start in that order. The server binds last, so a client never reaches a half-started daemon.
 
 Shutdown (SIGTERM/SIGINT), bounded by `daemon.shutdown_timeout`: the server stops accepting and lets
-calls in flight finish; every session stores and closes its wallets; the pool stops every child
-(store, SIGTERM, SIGKILL). Nothing is left running.
+calls in flight finish (in a cluster the host also leaves the host list and claims no more
+forwarded calls, so the other hosts wait for its leases instead of getting its 503); every session
+stores and closes its wallets; in a cluster the leases are handed back then, so another host
+serves those escrows at once; the pool stops every child (store, SIGTERM, SIGKILL). Nothing is
+left running.
 """
 
 from __future__ import annotations
@@ -22,10 +25,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.api.forwarded import (
-    reply_from_response,
-    request_from_call,
-)
+from walletd.api.forwarded import reply_from_response, request_from_call
 from walletd.api.forwarding import FORWARDED_BY
 from walletd.api.owner_forward import to_owner
 from walletd.api.routes import Api, MetricsOnly
@@ -71,7 +71,6 @@ from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DaemonRpc
 
 __all__ = ["App", "limits_from", "prepare_dirs"]
-
 
 log = structlog.get_logger(__name__)
 
