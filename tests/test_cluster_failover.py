@@ -142,6 +142,62 @@ async def test_a_request_for_a_dead_hosts_escrow_is_not_forwarded_to_it(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survivor(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Host a holds e1 and claims a balance read forwarded by b, then dies before answering
+    (kill -9 right after the claim). b does not wait for an answer that cannot come until its
+    request's deadline: once a's lease has expired b runs the read itself and answers 200; the
+    forwarded request is counted as one whose outcome is unknown."""
+    world = FakeWalletWorld()
+    a = _host(tmp_path, world, db_url, "a")
+    b = _host(tmp_path, world, db_url, "b")
+    claimed = trio.Event()
+
+    async def claim_then_hang(call: Any) -> Any:  # Any: a ForwardedCall, never answered
+        claimed.set()
+        await trio.sleep_forever()
+
+    a._serve_forwarded = claim_then_hang  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_run_parts, b)
+        a_scope, a_done = await _killable(nursery, a)
+        await _adopt(a, world, "e1")
+        assert a.cluster is not None
+        assert b.cluster is not None
+        held = a.cluster.ownership.tenure_of("e1")
+        assert held is not None
+        answer: list[tuple[int, Any]] = []
+
+        async def read() -> None:
+            answer.append(await call(b, "GET", "/v1/escrows/e1/balance?refresh=true"))
+
+        nursery.start_soon(read)
+        with trio.fail_after(HANG):
+            await claimed.wait()
+        # kill -9 of a, right after the claim: its rows stay as they were (lease, heartbeat).
+        a_scope.cancel()
+        await a_done.wait()
+        _sql(
+            db_url,
+            "UPDATE leases SET host_id = 'a', epoch = %s,"
+            " expires_at = cluster_now() + make_interval(secs => %s) WHERE escrow_id = 'e1'",
+            held.epoch,
+            TTL / 2,
+        )
+        _sql(db_url, "UPDATE hosts SET last_seen = cluster_now() WHERE host_id = 'a'")
+        # Only against a hang: the request's own deadline is request_timeout (90 s).
+        with trio.fail_after(HANG):
+            while not answer:  # noqa: ASYNC110 - the read is a task of its own
+                await trio.sleep(0.05)
+        status, body = answer[0]
+        assert status == 200, body
+        assert body["balance"] == 5 * 10**11
+        assert b.cluster.forwarder.unknown == 1
+        assert b.registry.is_open("e1")
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_graceful_stop_hands_the_lease_back_and_the_survivor_serves_at_once(
     tmp_path: Path, db_url: str
 ) -> None:

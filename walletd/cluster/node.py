@@ -23,6 +23,7 @@ from walletd.cluster.forwarding import (
     Forwarder,
     ForwardHandler,
     ForwardServer,
+    OwnerCheck,
     forwarding_channels,
 )
 from walletd.cluster.hosts import HostInfo, Hosts, LeaseOwner
@@ -118,10 +119,16 @@ class ClusterNode:
                 await self.db.close()
 
     async def forward(
-        self, to_host: str, call: ForwardedCall, *, timeout: float, claim_timeout: float
+        self,
+        to_host: str,
+        call: ForwardedCall,
+        *,
+        timeout: float,
+        claim_timeout: float,
+        owner_gone: OwnerCheck | None = None,
     ) -> ForwardedReply:
         return await self.forwarder.forward(
-            to_host, call, timeout=timeout, claim_timeout=claim_timeout
+            to_host, call, timeout=timeout, claim_timeout=claim_timeout, owner_gone=owner_gone
         )
 
     async def lease_owner(self, escrow_id: str) -> LeaseOwner | None:
