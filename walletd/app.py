@@ -5,8 +5,11 @@ removed (they hold the wallets' locks); the process pool, the registry, the moni
 server start in that order. The server binds last, so a client never reaches a half-started daemon.
 
 Shutdown (SIGTERM/SIGINT), bounded by `daemon.shutdown_timeout`: the server stops accepting and lets
-calls in flight finish; every session stores and closes its wallets; the pool stops every child
-(store, SIGTERM, SIGKILL). Nothing is left running.
+calls in flight finish (in a cluster the host also leaves the host list and claims no more
+forwarded calls, so the other hosts wait for its leases instead of getting its 503); every session
+stores and closes its wallets; in a cluster the leases are handed back then, so another host
+serves those escrows at once; the pool stops every child (store, SIGTERM, SIGKILL). Nothing is
+left running.
 """
 
 from __future__ import annotations
@@ -22,18 +25,14 @@ import attrs
 import structlog
 import trio
 
-from walletd.api.forwarded import (
-    call_from_request,
-    reply_from_response,
-    request_from_call,
-    response_from_reply,
-)
+from walletd.api.forwarded import reply_from_response, request_from_call
 from walletd.api.forwarding import FORWARDED_BY
+from walletd.api.owner_forward import to_owner
 from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import TCP_PEER, Request, Response, ServerLimits, serve_tcp, serve_unix
 from walletd.api.socket_file import InheritedSocketError, listened_socket
 from walletd.api.status import Status
-from walletd.cluster.forwarding import ForwardedCall, ForwardedReply, OwnerDidNotAnswer
+from walletd.cluster.forwarding import ForwardedCall, ForwardedReply
 from walletd.cluster.metrics import register as register_cluster_metrics
 from walletd.cluster.node import ClusterNode
 from walletd.config import Config, SessionsConfig, load_config
@@ -72,8 +71,6 @@ from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DaemonRpc
 
 __all__ = ["App", "limits_from", "prepare_dirs"]
-
-FORWARD_CLAIM_WAIT = 2.0  # seconds a live owner takes at most to claim a forwarded request
 
 log = structlog.get_logger(__name__)
 
@@ -292,35 +289,9 @@ class App:
         await self.ownership.wallets_stored(escrow_id, {role: file})
 
     async def _forward(self, host_id: str, request: Request) -> Response:
-        """Serve `request` on the host holding its escrow, through the cluster database.
-
-        A live owner claims a forwarded request within milliseconds. One that does not claim it
-        within `FORWARD_CLAIM_WAIT` is taken for dead (the request withdrawn, never run): the
-        request waits for the owner's lease to expire and is then served here, where its
-        session opens (an escrow whose owner died is served again within lease_ttl plus one
-        open). It fails with 503 only if the lease outlives the request's own bound."""
-        cluster = self.cluster
-        assert cluster is not None
-        deadline = trio.current_time() + self.config.daemon.request_timeout
-        escrow_id = request.segments[2] if len(request.segments) > 2 else None
-        while True:
-            remaining = deadline - trio.current_time()
-            try:
-                reply = await cluster.forward(
-                    host_id,
-                    call_from_request(request),
-                    timeout=remaining,
-                    claim_timeout=min(FORWARD_CLAIM_WAIT, remaining),
-                )
-                return response_from_reply(reply)
-            except OwnerDidNotAnswer:
-                if escrow_id is None or trio.current_time() >= deadline - 1.0:
-                    raise
-            await trio.sleep(min(1.0, cluster.lease_ttl / 5))
-            owner = await self.ownership.owner_elsewhere(escrow_id)
-            if owner is None:  # the lease is free now: serve it here (no forwarding again)
-                return await self.api(attrs.evolve(request, headers={FORWARDED_BY: "self"}))
-            host_id = owner
+        assert self.cluster is not None
+        timeout = self.config.daemon.request_timeout
+        return await to_owner(self.cluster, self.api, host_id, request, timeout=timeout)
 
     async def _serve_forwarded(self, call: ForwardedCall) -> ForwardedReply:
         """A request another host forwarded here: served like one of ours, marked so that it is
@@ -555,12 +526,21 @@ class App:
                 self._scopes["daemons"].cancel()  # no daemon switch while sessions close
             self._scopes["server"].cancel()  # stops accepting; calls in flight get a grace
             with trio.move_on_after(max(0.0, deadline - trio.current_time())):
-                await self._done["server"].wait()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._done["server"].wait)
+                    if self.cluster is not None:
+                        # Forwarded calls too: none claimed from now on (the other hosts
+                        # serve them once our leases are back), those claimed get the grace.
+                        nursery.start_soon(self.cluster.stop_serving)
             await self.registry.shutdown(timeout=max(1.0, (deadline - trio.current_time()) * 0.7))
             # What the sessions announced while closing is written before the end.
             self.events.close_queue()
             with trio.move_on_after(max(0.5, deadline - trio.current_time())):
                 await self._done["events"].wait()
+            if self.cluster is not None:
+                # Stored and closed: hand the leases back now, so the others serve at once.
+                with trio.move_on_after(max(0.5, deadline - trio.current_time())):
+                    await self.cluster.ownership.release_unused()
             self._scopes["lifecycle"].cancel()
             self._scopes["registry"].cancel()
             self._scopes["pool"].cancel()  # stores, SIGTERM, SIGKILL every child (bounded)

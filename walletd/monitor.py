@@ -380,7 +380,13 @@ class Monitor:
         elsewhere = await self._ownership.owned_elsewhere()
         for state in WATCHED:
             for rec in await self._store.list_escrows(state):
-                if self._registry.is_open(rec.escrow_id) or rec.escrow_id in elsewhere:
+                if rec.escrow_id in elsewhere:
+                    # Its owner checks it. If that owner dies, the escrow is next due a
+                    # cold_interval after it was last seen owned: taken-over escrows open by
+                    # need (a request's), not all at once beside the requests that need them.
+                    self._cold_checked[rec.escrow_id] = now
+                    continue
+                if self._registry.is_open(rec.escrow_id):
                     continue
                 if self._refreshed_at.get(rec.escrow_id) == self.height:
                     continue

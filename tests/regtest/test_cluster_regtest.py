@@ -4,18 +4,23 @@ Three walletd processes h1, h2, h3 (each its own state dir, wallet dir, socket a
 disk) with `[cluster]` on one fresh database and a short `lease_ttl`. The marketplace may talk to
 any of them: escrows created on one host are served by the others without moving the session;
 a host killed with -9 under a stream of calls has its escrows served again by the others within
-lease_ttl + one open, no call lost and every payout once; a host paused (SIGSTOP) past its lease
-and resumed changes nothing and its wallet-rpc children are gone; a host whose disk is wiped gets
-its escrow's wallets back from the database and the escrow pays out.
+lease_ttl + one open, no call lost and every payout once; a host stopped gracefully (SIGTERM)
+hands its escrows over as soon as they are stored, no caller seeing its "shutting down"; a host
+paused (SIGSTOP) past its lease and resumed changes nothing and its wallet-rpc children are gone;
+a host whose disk is wiped gets its escrow's wallets back from the database and the escrow pays
+out.
 
 Failover figures are printed (run with `-s`): they go into the bench's cluster row and the
-closing note.
+closing note. Times are measured and reported; the only time bounds asserted are against a hang
+(HANG) or derived from lease_ttl and an open measured in the same run, with room for a loaded
+2-core machine (`_failover_bound`).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -42,6 +47,7 @@ UNLOCK = 11  # blocks after which a received output is unlocked and has 10 confi
 LEASE_TTL = 5.0  # seconds; the config's minimum is 3
 MONITOR = {"poll_interval": 2, "height_check": 0.3, "cold_interval": 2}
 HANG = 300.0  # a bound only to fail a hang on a loaded 2-core machine, never a timing claim
+LOAD_ROOM = 4.0  # a loaded 2-core machine: opens and renewals several times slower than idle
 FENCED = "walletd_cluster_fenced_writes_total"
 FORWARDED = "walletd_cluster_forwarded_requests_total"
 
@@ -307,6 +313,7 @@ class ReadStream:
     escrow_id: str
     calls: list[tuple[float, float, int]] = attrs.Factory(list)
     lost: list[str] = attrs.Factory(list)
+    refusals: list[str] = attrs.Factory(list)  # the 503s' bodies
 
     async def run(self) -> None:
         while True:
@@ -320,7 +327,9 @@ class ReadStream:
             self.calls.append((sent, trio.current_time(), r.status_code))
             if r.status_code == 200:
                 assert r.json()["unlocked_balance"] == AMOUNT, r.text
-            elif r.status_code != 503:
+            elif r.status_code == 503:
+                self.refusals.append(r.text[:300])
+            else:
                 self.lost.append(f"{self.escrow_id}: {r.status_code} {r.text[:300]}")
             await trio.sleep(0.1)
 
@@ -332,6 +341,39 @@ class ReadStream:
     @property
     def retried(self) -> int:
         return sum(status == 503 for _, _, status in self.calls)
+
+
+@attrs.define
+class TakeOver:
+    """When every escrow of `ids` was first seen leased by a host other than `old` (polled in
+    the database): the failover's lease part, apart from the opens after it."""
+
+    cluster: Cluster
+    ids: list[str]
+    old: str
+    at: float | None = None
+
+    async def run(self) -> None:
+        while self.at is None:
+            rows = await self.cluster.query(
+                "SELECT count(*) FROM leases WHERE escrow_id = ANY(%s) AND host_id IS NOT NULL"
+                " AND host_id <> %s AND expires_at > cluster_now()",
+                (self.ids, self.old),
+            )
+            if rows[0][0] == len(self.ids):
+                self.at = trio.current_time()
+            await trio.sleep(0.05)
+
+    def after(self, moment: float) -> str:
+        return "?" if self.at is None else f"{self.at - moment:.1f} s"
+
+
+def _failover_bound(one_open: float, opens: int) -> float:
+    """What a failover may take before the test calls it a failure rather than a slow machine:
+    the documented bound (lease_ttl, then the escrows' opens, `one_open` measured in this run)
+    with LOAD_ROOM for a loaded 2-core machine, and 30 s for the scheduler. The figure itself is
+    printed; the README's bound is lease_ttl + one open."""
+    return LOAD_ROOM * (LEASE_TTL + opens * one_open) + 30.0
 
 
 async def _until_served(streams: list[ReadStream], moment: float) -> dict[str, float]:
@@ -428,7 +470,7 @@ async def test_escrow_created_on_one_host_is_served_by_the_others(
                         return
                 cursor = body["next"]
 
-        with trio.fail_after(60):
+        with trio.fail_after(HANG):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(long_poll)
                 await trio.sleep(1.0)  # the poll is waiting on h3
@@ -438,7 +480,8 @@ async def test_escrow_created_on_one_host_is_served_by_the_others(
                 assert r.json()["closed"] is True, r.text
         wake = woke["at"] - answered
         print(f"\ncluster: long poll on h3 woke {wake:+.2f} s after h1 answered the close")
-        assert wake < 2.0, f"the long poll on h3 woke {wake:.2f} s after h1's event"
+        # Woken by the event, not by the poll's own 30 s end (which answers no event).
+        assert wake < 15.0, f"the long poll on h3 woke {wake:.2f} s after h1's event"
         later = await all_events(h3)
         _strictly_increasing(later)
         assert _key(later)[: len(feed3)] == _key(feed3)
@@ -479,12 +522,14 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
         streams = [ReadStream(c2, escrow_id) for escrow_id in ids]
         children = h1.proc.children() if h1.proc else []
         assert children, "h1 runs no wallet-rpc"
+        taken = TakeOver(cluster, ids, "h1")
         async with trio.open_nursery() as nursery:
             for stream in streams:
                 nursery.start_soon(stream.run)
             await _until(lambda: all(s.served_after(0.0) is not None for s in streams))
             await trio.sleep(1.0)
             killed_at = trio.current_time()
+            nursery.start_soon(taken.run)
             await h1.kill9()
             # Children die with it (PDEATHSIG: SIGTERM, they store and exit); one busy in a
             # long call takes longer on a loaded machine: a bound only against a hang.
@@ -500,6 +545,7 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
             f"\ncluster failover (kill -9 of the owner, lease_ttl {LEASE_TTL:g} s, one open"
             f" {one_open:.1f} s): every escrow served again after {worst:.1f} s"
             f" (each: {', '.join(f'{k} {v:.1f} s' for k, v in sorted(served.items()))});"
+            f" every lease taken over after {taken.after(killed_at)};"
             f" wallet-rpc children gone {orphans:.2f} s after the kill;"
             f" calls {calls}, 503s retried {retried}, lost {sum(len(s.lost) for s in streams)}"
         )
@@ -526,11 +572,11 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
             await _wait_state(c2, escrow_id, "completed")
         txids = await _payouts_once(payee, c3, paid)
         print(f"cluster: releases through h3 after the kill: 503s retried {releases}; {txids}")
-    worst_allowed = LEASE_TTL + one_open
-    if worst > worst_allowed:  # reported, not asserted: a figure on a shared 2-core machine
-        print(
-            f"cluster: failover {worst:.1f} s exceeded lease_ttl + one open = {worst_allowed:.1f} s"
-        )
+    documented = LEASE_TTL + one_open
+    if worst > documented:  # reported: a figure on a shared 2-core machine
+        print(f"cluster: failover {worst:.1f} s exceeded lease_ttl + one open = {documented:.1f} s")
+    bound = _failover_bound(one_open, len(ids))
+    assert worst < bound, f"failover took {worst:.1f} s, more than even a loaded {bound:.0f} s"
 
 
 # ---- 3: SIGSTOP past the lease, then SIGCONT -----------------------------------------------------
@@ -563,12 +609,14 @@ async def test_paused_owner_resumed_changes_nothing(
         forwarded_before = metric_value(metrics, FORWARDED, 'direction="sent"')
 
         stream = ReadStream(c2, "stop-1")
+        take_over = TakeOver(cluster, ["stop-1"], "h1")
         paused_at = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.run)
                 await _until(lambda: stream.served_after(0.0) is not None)
                 paused_at = trio.current_time()
+                nursery.start_soon(take_over.run)
                 h1.pause()
                 served = await _until_served([stream], paused_at)
                 await trio.sleep_until(max(trio.current_time(), paused_at + 2 * LEASE_TTL))
@@ -588,15 +636,18 @@ async def test_paused_owner_resumed_changes_nothing(
         takeover = served["stop-1"]
         print(
             f"\ncluster failover (SIGSTOP of the owner, lease_ttl {LEASE_TTL:g} s): served again"
-            f" through h2 after {takeover:.1f} s, 503s retried {stream.retried},"
+            f" through h2 after {takeover:.1f} s (lease taken over after"
+            f" {take_over.after(paused_at)}), 503s retried {stream.retried},"
             f" lost {len(stream.lost)}"
         )
         assert stream.lost == []
 
         # Resumed: the escrow's wallet-rpc processes on h1 are gone, the lost lease logged.
-        gone = await _gone(holders, 30.0)
-        await _until(lambda: not wallets_held(h1.wallet_dir, "stop-1"), 30)
-        await _until(lambda: bool(_log_lines(h1.log_since(log_offset), "lease lost", "stop-1")), 30)
+        gone = await _gone(holders, HANG)
+        await _until(lambda: not wallets_held(h1.wallet_dir, "stop-1"), HANG)
+        await _until(
+            lambda: bool(_log_lines(h1.log_since(log_offset), "lease lost", "stop-1")), HANG
+        )
         await trio.sleep(3.0)  # whatever h1 does on waking up, it has done by now
         assert "stop-1" not in await _session_ids(c1)
         print(
@@ -654,6 +705,64 @@ async def test_paused_owner_resumed_changes_nothing(
         )
 
 
+# ---- 3b: a graceful stop (SIGTERM) of the owner --------------------------------------------------
+
+
+async def test_graceful_stop_of_the_owner_hands_its_escrows_over(
+    cluster: Cluster, monerod: MonerodProcess, miner: Miner
+) -> None:
+    """Two ready escrows open on h1, their balances read in a loop through h2; h1 gets SIGTERM.
+    No caller of h2 gets h1's 503 "walletd is shutting down" (h1 stops claiming forwarded calls
+    first), h1 exits 0, every read is answered 200 again (the time from the SIGTERM and from h1's
+    exit printed: its leases are handed back before it exits, so h2 serves at once), no call is
+    lost, h1 leaves the host list and the escrows' leases are on h2 or h3."""
+    ids = ["term-1", "term-2"]
+    h1 = cluster["h1"]
+    await cluster.start()
+    async with h1.client() as c1, cluster["h2"].client() as c2, cluster["h3"].client() as c3:
+        escrows = await _create_many(c1, ids)
+        await _fund_until_ready(c1, monerod, miner, escrows)
+        for escrow_id in ids:
+            r = await c1.get(f"/v1/escrows/{escrow_id}/balance")
+            assert r.status_code == 200, r.text
+            assert await _holder_id(c3, escrow_id) == "h1"
+        streams = [ReadStream(c2, escrow_id) for escrow_id in ids]
+        assert h1.proc is not None
+        taken = TakeOver(cluster, ids, "h1")
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(stream.run)
+            await _until(lambda: all(s.served_after(0.0) is not None for s in streams))
+            await trio.sleep(1.0)
+            stopped_at = trio.current_time()
+            nursery.start_soon(taken.run)
+            h1.proc.signal(signal.SIGTERM)
+            code = await trio.to_thread.run_sync(h1.proc.wait, HANG)
+            exited = trio.current_time() - stopped_at
+            served = await _until_served(streams, stopped_at)
+            await trio.sleep(2.0)  # the streams keep answering from the new owner
+            nursery.cancel_scope.cancel()
+        assert code == 0, f"h1 exited {code}"
+        worst = max(served.values())
+        refusals = [x for s in streams for x in s.refusals]
+        print(
+            f"\ncluster failover (SIGTERM of the owner, lease_ttl {LEASE_TTL:g} s): h1 exited after"
+            f" {exited:.1f} s; every escrow served again after {worst:.1f} s from the SIGTERM"
+            f" (each: {', '.join(f'{k} {v:.1f} s' for k, v in sorted(served.items()))});"
+            f" every lease taken over after {taken.after(stopped_at)};"
+            f" calls {sum(len(s.calls) for s in streams)}, 503s {len(refusals)},"
+            f" lost {sum(len(s.lost) for s in streams)}"
+        )
+        assert [x for s in streams for x in s.lost] == []
+        assert [x for x in refusals if "shutting down" in x] == [], refusals
+        for stream in streams:
+            assert stream.calls[-1][2] == 200, f"{stream.escrow_id}: ended on {stream.calls[-1]}"
+        view = await _cluster_view(c3)
+        assert "h1" not in {h["host_id"] for h in view["hosts"]}, view
+        for escrow_id in ids:
+            assert await _holder_id(c3, escrow_id) in ("h2", "h3")
+
+
 # ---- 4: a wiped disk -----------------------------------------------------------------------------
 
 
@@ -674,7 +783,7 @@ async def test_wiped_disk_wallets_restored_from_the_database(
         history = [e["type"] for e in await all_events(c1) if e["escrow_id"] == "wipe-1"]
         files = [f"escrow-wipe-1-{role}" for role in ROLES]
         assert all((h1.wallet_dir / f).exists() for f in files)
-        stored = await _until_async(lambda: _roles_stored(cluster, "wipe-1"), 60)
+        stored = await _until_async(lambda: _roles_stored(cluster, "wipe-1"), HANG)
         print(f"\ncluster: the escrow's post-ready wallet files were saved {stored:.1f} s later")
     children = h1.proc.children() if h1.proc else []
     await h1.kill9()

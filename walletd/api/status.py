@@ -59,9 +59,9 @@ class Status:
         }
 
     async def cluster_json(self) -> JsonObject:
-        """`GET /v1/cluster`: every host (live ones within a few lease TTLs of their last
-        heartbeat) and every live escrow lease, from the cluster database; on one host, this
-        host alone and no leases."""
+        """`GET /v1/cluster`: every running host (live while its last heartbeat is younger
+        than lease_ttl; a host stopped gracefully is gone) and every live escrow lease, from
+        the cluster database; on one host, this host alone and no leases."""
         if self.cluster is None:
             stats = self._registry.stats()
             host: JsonObject = {

@@ -1,4 +1,5 @@
-"""`walletd cluster export DIR` / `walletd cluster import DIR`: wallet files for an offline backup.
+"""`walletd cluster export DIR` / `walletd cluster import DIR`: wallet files for an offline backup;
+`walletd cluster key export|import FILE`: the vault key for a new host (walletd.cli.cluster_key).
 
 Both read `[cluster]` from the configuration, connect to the cluster database, apply its
 migrations, run, and print one line of counts. They need no running walletd and take no lease: an
@@ -19,6 +20,7 @@ from pathlib import Path
 import psycopg
 import trio
 
+from walletd.cli.cluster_key import add_key_parser, run_key
 from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases
 from walletd.cluster.migrations import migrate
@@ -36,6 +38,7 @@ EXIT_CONFIG = 2
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cluster = sub.add_parser("cluster", help="cluster database tools (needs [cluster])")
     actions = cluster.add_subparsers(dest="cluster_command", required=True)
+    add_key_parser(actions)
     export = actions.add_parser(
         "export", help="write the latest wallet files of every escrow into a new directory"
     )
@@ -59,6 +62,8 @@ def run_cluster(args: argparse.Namespace, config: Config) -> int:
     if config.cluster is None:
         print("walletd: the configuration has no [cluster] section", file=sys.stderr)
         return EXIT_CONFIG
+    if args.cluster_command == "key":
+        return run_key(args, config)
     configure_logging("warning", "console")  # stdout: the summary line; stderr: problems only
     url, ttl = config.cluster.database_url, config.cluster.lease_ttl
 

@@ -1,5 +1,6 @@
 """Command line: `walletd --config PATH` runs the daemon; `walletd dev` runs the dev sandbox;
-`walletd --config PATH cluster export|import DIR` backs up the cluster's wallet files.
+`walletd --config PATH cluster export|import DIR` backs up the cluster's wallet files;
+`walletd --config PATH cluster key export|import FILE` copies the vault key to a new host.
 
 Exit codes: 0 stopped cleanly (or `--check-config` found nothing); 1 start-up failed for a reason
 that may pass (the state dir is in use, a file could not be opened): systemd may restart;

@@ -49,6 +49,7 @@ __all__ = [
     "ForwardedReply",
     "Forwarder",
     "OwnerDidNotAnswer",
+    "OwnerGone",
     "forward_channel",
     "forwarding_channels",
     "reply_channel",
@@ -98,6 +99,12 @@ class ForwardOutcomeUnknown(Timeout):
     (or be running). Answered like a wallet-rpc timeout (504 `timeout`)."""
 
 
+class OwnerGone(ForwardOutcomeUnknown):
+    """The owner host took the forwarded request and then lost the escrow (died, paused past
+    its lease, fenced): no answer will come. It may have run; a read may simply be run again
+    where the escrow is now."""
+
+
 @attrs.frozen
 class ForwardedCall:
     """A request as the owner's handler needs it. `segments` are the path's segments decoded one
@@ -120,6 +127,8 @@ class ForwardedReply:
 
 
 ForwardHandler = Callable[[ForwardedCall], Awaitable[ForwardedReply]]
+OwnerCheck = Callable[[], Awaitable[bool]]  # True once the owner can no longer answer
+_GONE: Literal["gone"] = "gone"
 
 
 def _reply_from_row(status: Any, content_type: Any, reply: Any, headers: Any) -> ForwardedReply:
@@ -182,14 +191,17 @@ class Forwarder:
         *,
         timeout: float,
         claim_timeout: float | None = None,
+        owner_gone: OwnerCheck | None = None,
     ) -> ForwardedReply:
         """Have `to_host` run `call` and return its reply.
 
         Raises OwnerDidNotAnswer if `to_host` did not claim it within `claim_timeout` (a live
         owner claims within milliseconds: a dead one never does) or `timeout` (it then never
         runs), ForwardOutcomeUnknown if it claimed it but did not answer in time (or the
-        database failed after it was claimed), and ClusterUnavailable if the database fails
-        before that. Cancelling the caller withdraws the row too.
+        database failed after it was claimed), OwnerGone as soon as `owner_gone()` (asked at
+        each poll while the request is claimed and unanswered) says the owner can no longer
+        answer (it lost the escrow: it died right after claiming), and ClusterUnavailable if
+        the database fails before that. Cancelling the caller withdraws the row too.
 
         Known limit: if the database fails while committing the insert, ClusterUnavailable is
         raised although the row may exist (and then run): as with any lost answer, retries of
@@ -198,7 +210,7 @@ class Forwarder:
             raise ValueError("a host does not forward to itself")
         row_id = await self.db.run(self._insert_job(to_host, call, timeout))
         try:
-            reply = await self._await_reply(row_id, timeout, claim_timeout)
+            reply = await self._await_reply(row_id, timeout, claim_timeout, owner_gone)
         except Exception as exc:
             # The database failed while we waited: withdrawn unrun, the error stands as it is
             # (retry is safe); otherwise the owner may have run it, and the caller must know.
@@ -213,17 +225,28 @@ class Forwarder:
         except BaseException:
             await self._withdraw(row_id)  # cancelled: withdraw it, so it never runs later
             raise
-        if reply is None:
+        if reply is None or reply == _GONE:
             found = await self._withdraw(row_id)
             if not isinstance(found, ForwardedReply):
+                if reply == _GONE and found != "unclaimed":
+                    self.unknown += 1
+                    log.warning("forwarded request's owner gone", id=row_id, to_host=to_host)
+                    raise OwnerGone(
+                        f"owner host {to_host} took the request and then lost the escrow"
+                        " (it stopped answering); its outcome is unknown"
+                    )
                 raise self._timed_out(row_id, to_host, found)
             reply = found  # it came at the last moment
         self.forwarded += 1
         return reply
 
     async def _await_reply(
-        self, row_id: int, timeout: float, claim_timeout: float | None
-    ) -> ForwardedReply | None:
+        self,
+        row_id: int,
+        timeout: float,
+        claim_timeout: float | None,
+        owner_gone: OwnerCheck | None = None,
+    ) -> ForwardedReply | Literal["gone"] | None:
         claim_by = trio.current_time() + (timeout if claim_timeout is None else claim_timeout)
         try:
             with trio.move_on_after(timeout):
@@ -233,9 +256,14 @@ class Forwarder:
                     reply = await self.db.run(self._take_reply_job(row_id))
                     if isinstance(reply, ForwardedReply):
                         return reply
-                    if reply == "unclaimed" and trio.current_time() >= claim_by:
-                        return None  # withdrawn by the caller: the owner is not taking it
-                    with trio.move_on_after(self.poll_seconds):
+                    wait = self.poll_seconds
+                    if reply == "claimed" and owner_gone is not None and await owner_gone():
+                        return _GONE  # claimed, and its owner will never answer
+                    if reply == "unclaimed":
+                        if trio.current_time() >= claim_by:
+                            return None  # withdrawn by the caller: the owner is not taking it
+                        wait = min(wait, claim_by - trio.current_time())  # look again then
+                    with trio.move_on_after(wait):
                         await woken.wait()
             return None
         finally:
@@ -372,6 +400,9 @@ class ForwardServer:
         self.keep_seconds = keep_seconds
         self.handler_timeout = handler_timeout
         self._slots = trio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
+        self._claiming = True
+        self._idle = trio.CancelScope()  # the wait for new rows; cancelled by stop_claiming
         self.served = 0  # requests run and answered (metrics, once wired)
         self.replies_dropped = 0  # answered after the origin gave up (row gone)
         self.purged = 0
@@ -382,15 +413,38 @@ class ForwardServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._purge_loop)
                 task_status.started()
-                while True:
+                while self._claiming:
                     await self._claim_all(nursery)
-                    with trio.move_on_after(self.scan_seconds):
+                    self._idle = trio.CancelScope(deadline=trio.current_time() + self.scan_seconds)
+                    if not self._claiming:
+                        break
+                    with self._idle:
                         await sub.wait()  # payloads need no reading: we claim what is there
+                await trio.sleep_forever()  # the requests claimed before the stop run on
+
+    async def stop_claiming(self) -> None:
+        """A graceful stop, before the sessions close: claim no more rows (the origins see this
+        host gone and serve them elsewhere once its leases are free, rather than having them
+        answered "shutting down" here), and wait until the requests claimed already are
+        answered (the caller bounds the wait). A claim under way finishes and is served."""
+        self._claiming = False
+        self._idle.cancel()
+        taken = 0
+        try:
+            while taken < self._max_concurrent:  # every slot free: nothing claimed is running
+                await self._slots.acquire()
+                taken += 1
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     async def _claim_all(self, nursery: trio.Nursery) -> None:
-        """Claim and start rows while there are some and a slot is free."""
-        while True:
+        """Claim and start rows while there are some, a slot is free and we still claim."""
+        while self._claiming:
             await self._slots.acquire()
+            if not self._claiming:
+                self._slots.release()
+                return
             try:
                 claimed = await self.db.run(self._claim_job())
             except ClusterUnavailable as exc:

@@ -23,9 +23,10 @@ from walletd.cluster.forwarding import (
     Forwarder,
     ForwardHandler,
     ForwardServer,
+    OwnerCheck,
     forwarding_channels,
 )
-from walletd.cluster.hosts import HostInfo, Hosts
+from walletd.cluster.hosts import HostInfo, Hosts, LeaseOwner
 from walletd.cluster.leases import Lease, Leases
 from walletd.cluster.metrics import ClusterFigures
 from walletd.cluster.migrations import migrate
@@ -52,12 +53,15 @@ class ClusterNode:
         self.wallet_files = WalletFiles(self.db, self.leases)
         self.ownership = ClusterOwnership(self.leases, cfg.host_id, self.wallet_files, wallet_dir)
         self.store = PgStore(self.db, self.leases, self.ownership.tenure_of, cfg.host_id)
-        self.hosts = Hosts(self.db, live_within=max(3 * cfg.lease_ttl, 10.0))
+        # Live as long as a lease: a host that died stops being live as its leases expire.
+        self.hosts = Hosts(self.db, live_within=cfg.lease_ttl)
         self.listener = Listener(
             cfg.database_url, [EVENTS_CHANNEL, *forwarding_channels(cfg.host_id)]
         )
         self.forwarder = Forwarder(self.db, self.listener, cfg.host_id)
         self._server: ForwardServer | None = None
+        self._beating = trio.Lock()  # a heartbeat and the withdrawal never cross
+        self._withdrawn = False
 
     async def start(self, vault_fingerprint: str) -> int:
         """Connect, bring the schema up to date, and check that this host's vault key is the
@@ -115,11 +119,34 @@ class ClusterNode:
                 await self.db.close()
 
     async def forward(
-        self, to_host: str, call: ForwardedCall, *, timeout: float, claim_timeout: float
+        self,
+        to_host: str,
+        call: ForwardedCall,
+        *,
+        timeout: float,
+        claim_timeout: float,
+        owner_gone: OwnerCheck | None = None,
     ) -> ForwardedReply:
         return await self.forwarder.forward(
-            to_host, call, timeout=timeout, claim_timeout=claim_timeout
+            to_host, call, timeout=timeout, claim_timeout=claim_timeout, owner_gone=owner_gone
         )
+
+    async def lease_owner(self, escrow_id: str) -> LeaseOwner | None:
+        """Who holds the escrow now and whether that host is live (see `Hosts.lease_owner`)."""
+        return await self.hosts.lease_owner(escrow_id)
+
+    async def stop_serving(self) -> None:
+        """The start of a graceful stop: withdraw this host from the list (the others forward
+        nothing more to it) and claim no more forwarded requests, then wait for those claimed
+        already. A heartbeat under way ends first, and none follows, so the host stays out."""
+        async with self._beating:
+            self._withdrawn = True
+            try:
+                await self.hosts.withdraw(self.host_id)
+            except ClusterUnavailable as exc:  # the others see it stale within lease_ttl
+                log.warning("cluster host not withdrawn", error=exc.message)
+        if self._server is not None:
+            await self._server.stop_claiming()
 
     async def _heartbeat(
         self,
@@ -129,15 +156,21 @@ class ClusterNode:
     ) -> None:
         started = False
         while True:
-            active, cap = sessions()
-            try:
-                await self.hosts.heartbeat(self.host_id, active, cap)
-            except ClusterUnavailable as exc:
-                log.warning("cluster heartbeat failed", error=exc.message)
+            async with self._beating:
+                if self._withdrawn:
+                    break
+                active, cap = sessions()
+                try:
+                    await self.hosts.heartbeat(self.host_id, active, cap)
+                except ClusterUnavailable as exc:
+                    log.warning("cluster heartbeat failed", error=exc.message)
             if not started:
                 task_status.started()
                 started = True
             await trio.sleep(self.lease_ttl / 3)
+        if not started:
+            task_status.started()
+        await trio.sleep_forever()
 
     async def _event_wakeups(self, on_events: Callable[[], None]) -> None:
         with self.listener.subscribe(EVENTS_CHANNEL) as sub:

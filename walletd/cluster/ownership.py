@@ -113,15 +113,26 @@ class ClusterOwnership:
         try:
             await trio.sleep(RELEASE_LINGER)
         finally:
-            escrow_id = held.tenure.escrow_id
-            if held.count == 0 and self._held.get(escrow_id) is held:
-                del self._held[escrow_id]
-                held.scope.cancel()
-                with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
-                    try:
-                        await self.leases.release(held.tenure)
-                    except ClusterUnavailable as exc:  # it expires by itself
-                        log.warning("lease release failed", escrow_id=escrow_id, error=str(exc))
+            await self._release_if_unused(held)
+
+    async def release_unused(self) -> None:
+        """A graceful stop, once the sessions are closed and stored and their announcements
+        written: hand back every lease nothing here uses, now rather than after the linger, so
+        another host serves those escrows at once."""
+        async with trio.open_nursery() as nursery:
+            for held in list(self._held.values()):
+                nursery.start_soon(self._release_if_unused, held)
+
+    async def _release_if_unused(self, held: _Held) -> None:
+        escrow_id = held.tenure.escrow_id
+        if held.count == 0 and self._held.get(escrow_id) is held:
+            del self._held[escrow_id]
+            held.scope.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
+                try:
+                    await self.leases.release(held.tenure)
+                except ClusterUnavailable as exc:  # it expires by itself
+                    log.warning("lease release failed", escrow_id=escrow_id, error=str(exc))
 
     async def _hold(self, escrow_id: str) -> _Held:
         held = self._held.get(escrow_id)
