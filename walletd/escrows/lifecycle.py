@@ -263,8 +263,9 @@ class Lifecycle:
                 address=None,
                 create=True,
             )
+            # A creation waits for a slot with the payouts (a buyer waits to pay into it).
             address = await self._registry.call(
-                escrow_id, SetupMultisig(), caller=Caller.API, spec=spec
+                escrow_id, SetupMultisig(), caller=Caller.API_MONEY, spec=spec
             )
             await self._escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
             created = {"origin": "created", "amount": amount, "address": address}
@@ -373,7 +374,10 @@ class Lifecycle:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
-        valid = await self._registry.call(escrow_id, ValidateAddress(address), caller=Caller.API)
+        # The payout's first call: it waits for a slot as a money-moving call, not as a read.
+        valid = await self._registry.call(
+            escrow_id, ValidateAddress(address), caller=Caller.API_MONEY
+        )
         if not valid:
             raise InvalidRequest("address is not a valid Monero address for this network")
 
