@@ -58,8 +58,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.fakes import MultisigSet, make_fake_multisig
 from walletd.errors import Capacity
 from walletd.ids import ROLES, Role
+from walletd.sessions.entry import MONEY_HOLD
 from walletd.sessions.messages import GetBalance
-from walletd.sessions.registry import MONEY_HOLD, Caller, Limits, Registry
+from walletd.sessions.registry import Caller, Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec, WalletSpec
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_wallet_rpc import FakeWalletWorld
@@ -317,9 +318,19 @@ class RegistryMachine(RuleBasedStateMachine):
         used = session.last_use()
         return used is None or self.t - used >= TTL / 4
 
-    def _victims(self, *, cold: bool) -> set[str]:
-        """The sessions the registry may evict now: idle, least recently used (ties: any)."""
+    def _held_until(self, session: Modelled) -> float | None:
+        """Until when only a payout may evict it: a payout used it last, MONEY_HOLD before."""
+        money = session.last_money
+        if money is None or money != session.last_use() or self.t >= money + MONEY_HOLD:
+            return None
+        return money + MONEY_HOLD
+
+    def _victims(self, *, cold: bool, money: bool = False) -> set[str]:
+        """The sessions the registry may evict now: idle, least recently used (ties: any);
+        one held for money only for a payout."""
         idle = self._idle()
+        if not money:
+            idle = [e for e in idle if self._held_until(self.open[e]) is None]
         if cold:  # the monitor evicts only monitor-only sessions or ones idle a quarter TTL
             idle = [e for e in idle if self._cold(self.open[e])]
         if not idle:
@@ -327,21 +338,27 @@ class RegistryMachine(RuleBasedStateMachine):
         least = min(self.open[e].key(self.t) for e in idle)
         return {e for e in idle if self.open[e].key(self.t) == least}
 
-    def _reserve(self, *, cold: bool, wait: float = CAPACITY_WAIT) -> set[str] | None:
+    def _reserve(
+        self, *, cold: bool, wait: float = CAPACITY_WAIT, money: bool = False
+    ) -> set[str] | None:
         """Model of taking a slot: None if one is free, else the possible victims; the clock
-        moves through busy calls ending within the caller's wait; Full if none frees."""
+        moves through busy calls ending (and holds for money ending) within the caller's wait;
+        Full if none frees."""
         if len(self.open) < CAP:
             return None
         deadline = self.t + (0.0 if cold else wait)
         while True:
-            victims = self._victims(cold=cold)
+            victims = self._victims(cold=cold, money=money)
             if victims:
                 return victims
             ends = [s.busy_until for s in self.open.values() if s.busy_until is not None]
+            if not money:
+                held = (self._held_until(self.open[e]) for e in self._idle())
+                ends += [until for until in held if until is not None]
             if not cold and ends and min(ends) == deadline:
                 self.t = deadline
                 self._finish_holds(self.t)
-                raise Tie(self._victims(cold=False))
+                raise Tie(self._victims(cold=False, money=money))
             if cold or not ends or min(ends) > deadline:
                 self.t = deadline
                 raise Full
@@ -357,8 +374,10 @@ class RegistryMachine(RuleBasedStateMachine):
             self._use(session, caller)
             return False, set()
         self.counts["misses"] += 1
-        wait = PAYOUT_WAIT if caller is Caller.PAYOUT else CAPACITY_WAIT
-        victims = self._reserve(cold=caller is Caller.COLD_MONITOR, wait=wait) or set()
+        money = caller is Caller.PAYOUT
+        wait = PAYOUT_WAIT if money else CAPACITY_WAIT
+        cold = caller is Caller.COLD_MONITOR
+        victims = self._reserve(cold=cold, wait=wait, money=money) or set()
         self._opened(escrow_id, caller)
         return True, victims
 
@@ -498,7 +517,8 @@ class RegistryMachine(RuleBasedStateMachine):
         """Every slot busy (idle ones held first, by calls ending in 10, 45 or 100 s): a
         caller, then a payout, ask for new sessions at once. The payout is served first when a
         call ends (a payout that came first, first), each within its bound or else Capacity;
-        the one served second takes the slot the first left idle."""
+        a second payout takes the slot the first left idle at once, a read or monitor check
+        the next that frees, or the first's once it is no longer held for money."""
         # A call ending within both waits, within the payout's only, or after both.
         first_end = data.draw(st.sampled_from([10.0, 45.0, 100.0]), label="first call ends in")
         for extra, escrow_id in enumerate(sorted(self._holdable())):
@@ -510,11 +530,28 @@ class RegistryMachine(RuleBasedStateMachine):
         a = data.draw(st.sampled_from(closed), label="first escrow")
         b = data.draw(st.sampled_from([e for e in closed if e != a]), label="payout escrow")
         start, end = self.t, ends[0]
-        bounds = {a: start + (PAYOUT_WAIT if first is Caller.PAYOUT else CAPACITY_WAIT)}
-        bounds[b] = start + PAYOUT_WAIT
-        if end in bounds.values():
-            return  # a call ending as a wait does: either outcome is right (not modelled)
+        # Served in priority order, then arrival: the payout first unless `a` is one too.
+        order = [a, b] if first is Caller.PAYOUT else [b, a]
         callers = {a: first, b: Caller.PAYOUT}
+        bounds = {
+            e: start + (PAYOUT_WAIT if c is Caller.PAYOUT else CAPACITY_WAIT)
+            for e, c in callers.items()
+        }
+        # When each is served: the first when the first call ends; the second at once if a
+        # payout (it may evict the first's session), else when the next call ends or the
+        # first's session is no longer held for money, whichever comes first.
+        times = {order[0]: end}
+        if first is Caller.PAYOUT:
+            times[order[1]] = end
+        else:
+            times[order[1]] = min(ends[1], end + MONEY_HOLD)
+        if any(times[e] == bounds[e] for e in order):
+            return  # served as the wait ends: either outcome is right (not modelled)
+        served = []  # the second's bound is not past the first's: served only after it
+        for escrow_id in order:
+            if times[escrow_id] > bounds[escrow_id]:
+                break
+            served.append(escrow_id)
 
         async def fn() -> dict[str, outcome.Outcome[object]]:
             results: dict[str, outcome.Outcome[object]] = {}
@@ -535,26 +572,19 @@ class RegistryMachine(RuleBasedStateMachine):
 
         results = self._step(fn).unwrap()
         self.counts["misses"] += 2
-        # Served in priority order, then arrival: the payout first unless `a` is one too.
-        order = [a, b] if first is Caller.PAYOUT else [b, a]
-        served = [e for e in order if end < bounds[e]]
         for escrow_id in (a, b):
             if escrow_id not in served:
                 result = results[escrow_id]
                 assert isinstance(result, outcome.Error), result
                 assert isinstance(result.error, Capacity), result.error
         event(f"contend: {len(served)} served, {first.value} first")
-        if not served:  # both gave up at their bounds, before any call ended
-            self.t = max(bounds.values())
-            assert self.events == []
-            return
-        self.t = end  # an unserved one gave up before: its bound is below `end`
-        self._finish_holds(end)
         got = [(t, e, r) for t, e, r in self.events]
         for escrow_id in served:
             results[escrow_id].unwrap()
-            victims = self._victims(cold=False)
-            assert victims, self.events
+            self.t = times[escrow_id]
+            self._finish_holds(self.t)
+            victims = self._victims(cold=False, money=callers[escrow_id] is Caller.PAYOUT)
+            assert victims, (escrow_id, self.events)
             victim_event, opened_event = got[0], got[1]
             assert opened_event == ("session_opened", escrow_id, None), (escrow_id, self.events)
             assert victim_event[0] == "session_closed", self.events
@@ -566,6 +596,9 @@ class RegistryMachine(RuleBasedStateMachine):
             got = got[2:]
             self._opened(escrow_id, callers[escrow_id])
         assert got == [], self.events
+        # The step ends when the last one is served or gives up.
+        self.t = max([times[e] for e in served] + [bounds[e] for e in order if e not in served])
+        self._finish_holds(self.t)
 
     def _holdable(self) -> list[str]:
         return [e for e, s in self.open.items() if s.busy_until is None and not s.dead]

@@ -92,7 +92,9 @@ async def _hold(nursery: trio.Nursery, w: World, holds: dict[str, float]) -> Non
     for escrow_id, seconds in holds.items():
         w.slow(escrow_id, seconds)
         nursery.start_soon(w.read, escrow_id)
-    await trio.sleep(0.5)  # the reads are in hand
+    await trio.sleep(0.5)  # the reads are in hand (and keep sleeping); the next calls do not
+    for escrow_id in holds:
+        w.slow(escrow_id, 0.0)
     w.events.clear()
 
 
@@ -175,6 +177,31 @@ async def test_a_stream_of_reads_never_starves_a_queued_payout(
         assert "e2" in w.opened()
         stop.set()
         assert reads["ok"] > 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_read_does_not_take_the_session_of_a_payout_between_its_steps(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A payout's session, idle between two steps (a database write), is held for money: a
+    read waiting for a slot does not evict it, the payout's next step finds it open (no second
+    opening), and the read gets the slot once the hold is over, within its own wait."""
+    async with trio.open_nursery() as nursery:
+        w = await _world(nursery, 3)
+        await _hold(nursery, w, {"e0": 200.0})
+        await w.pay("e1")  # the first step: opens e1, then idle
+        read = trio.Event()
+
+        async def reader() -> None:
+            await w.read("e2")
+            read.set()
+
+        nursery.start_soon(reader)
+        await trio.sleep(2)  # the payout records its step meanwhile
+        await w.pay("e1")  # the next step
+        await read.wait()
+        assert w.opened() == ["e1", "e2"]
+        assert w.evicted() == ["e1"]  # after its last step, for the read
         nursery.cancel_scope.cancel()
 
 

@@ -23,22 +23,24 @@ wallet files that were never made.
 
 Only API calls count as use (`Caller.API`, `API_MONEY`): the monitor's checks and the payout task
 never refresh a session's idle time, and a session opened only for the monitor sorts first for
-eviction. A session whose last call moved money, less than `MONEY_HOLD` ago, sorts last, so a
-payout between two steps (a database write) does not lose its session to the next caller in line;
+eviction. A session whose last call moved money, less than `MONEY_HOLD` ago, is held for money:
+only another money-moving caller may evict it, and only after every other idle session, so a
+payout between two steps (a database write, a daemon call) keeps its session while reads wait;
 money use is not use for the idle TTL.
 """
 
 from __future__ import annotations
 
-import enum
+import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-import attrs
 import structlog
 import trio
 
 from walletd.errors import Capacity, Conflict, Unavailable, public_error
+from walletd.sessions.entry import Entry as _Entry
+from walletd.sessions.entry import State as _State
 from walletd.sessions.limits import Limits, RegistryStats, SessionInfo
 from walletd.sessions.messages import Leave, Message
 from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
@@ -59,49 +61,6 @@ SessionRunner = Callable[[SessionSpec], RunnableSession]
 SpecLookup = Callable[[str], Awaitable[SessionSpec]]
 EventSink = Callable[..., None]  # sync: called inside the bookkeeping
 R = TypeVar("R")
-
-# A session a money-moving call used last sorts last for eviction for this long: it spans the
-# gap between a payout's steps (a database write, a daemon call), so the next caller in line does
-# not take the session the payout is about to use again; a finished payout's leaves like any.
-MONEY_HOLD = 30.0
-
-
-class _State(enum.Enum):
-    OPENING = "opening"
-    OPEN = "open"
-    LEAVING = "leaving"
-
-
-@attrs.define
-class _Entry:
-    escrow_id: str
-    created_at: float
-    spec: SessionSpec  # what the session opens: a caller with another spec is refused
-    state: _State = _State.OPENING
-    handle: SessionHandle | None = None
-    ready: trio.Event = attrs.field(factory=trio.Event)
-    closed: trio.Event = attrs.field(factory=trio.Event)
-    error: BaseException | None = None
-    opened_at: float | None = None
-    last_api_use: float | None = None
-    last_money_use: float | None = None  # a payout's call or a client's money-moving one
-    inflight: int = 0
-    waiting: int = 0  # callers waiting for its opening: a session they asked for is not idle
-    leave_reason: str | None = None
-    leave_when_open: str | None = None  # a restart asked for while it was opening
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-
-    def last_use(self) -> float | None:
-        """The last API or money-moving call (the monitor's do not count)."""
-        uses = [t for t in (self.last_api_use, self.last_money_use) if t is not None]
-        return max(uses) if uses else None
-
-    def lru_key(self, now: float) -> tuple[bool, bool, float]:
-        # Monitor-only sessions leave first; sessions a money-moving call used last, within
-        # MONEY_HOLD, leave last.
-        used, money = self.last_use(), self.last_money_use
-        paying = money is not None and money == used and now - money < MONEY_HOLD
-        return (paying, used is not None, used if used is not None else self.created_at)
 
 
 class Registry:
@@ -136,6 +95,7 @@ class Registry:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._sweep_loop)
+            nursery.start_soon(self._hold_loop)
             task_status.started()
             await trio.sleep_forever()
 
@@ -372,7 +332,7 @@ class Registry:
             raise Unavailable("walletd is shutting down")
         if caller is Caller.COLD_MONITOR:
             # Never waits: a free slot or a cold session's now, and only if nobody is queued.
-            taken, victim = (False, None) if self._queue else self._take_slot(cold=True)
+            taken, victim = (False, None) if self._queue else self._take_slot(caller)
             if not taken:
                 raise Capacity(
                     f"no session slot for a cold check ({len(self._entries)} of "
@@ -434,16 +394,17 @@ class Registry:
         self._pumping = True
         try:
             while (waiter := self._queue.head()) is not None and not self._closing:
-                taken, victim = self._take_slot(cold=False)
+                taken, victim = self._take_slot(waiter.caller)
                 if not taken:
                     break  # those behind the head have no more rights to slots than it
                 self._queue.grant(waiter, victim)
         finally:
             self._pumping = False
 
-    def _take_slot(self, *, cold: bool) -> tuple[bool, _Entry | None]:
-        """Reserve a free slot, or tell the least recently used idle session to leave and
-        reserve its slot (returned as the victim); (False, None) if neither can be done now.
+    def _take_slot(self, caller: Caller) -> tuple[bool, _Entry | None]:
+        """Reserve a free slot, or tell the least recently used idle session `caller` may evict
+        to leave and reserve its slot (returned as the victim); (False, None) if neither can be
+        done now.
 
         A session already leaving whose slot nobody reserved (expired, restarting) frees one
         soon: no second session is evicted meanwhile."""
@@ -452,13 +413,34 @@ class Registry:
             return True, None
         leaving = sum(e.state is _State.LEAVING for e in self._entries.values())
         victims = self._lru_idle()
-        if cold:
+        if not caller.moves_money:
+            now = trio.current_time()
+            victims = [v for v in victims if (v.held_for_money_until() or now) <= now]
+        if caller is Caller.COLD_MONITOR:
             victims = [v for v in victims if self._cold(v)]
         if leaving > self._reserved or not victims:
             return False, None
         self._reserved += 1  # before it leaves, so no other caller takes the slot it frees
         self._tell_leave(victims[0], "evicted")
         return True, victims[0]
+
+    async def _hold_loop(self) -> None:
+        """A session held for money becomes evictable for reads when its hold ends, and no
+        call ending says so: serve the queue again then (or at the next change, and look anew)."""
+        while True:
+            with trio.move_on_after(self._until_a_hold_ends()):
+                await self._wait_changed()
+            self._pump()
+
+    def _until_a_hold_ends(self) -> float:
+        """Seconds until the first idle session held for money may be evicted by anyone."""
+        now = trio.current_time()
+        ends = [
+            until
+            for e in self._lru_idle()
+            if (until := e.held_for_money_until()) is not None and until > now
+        ]
+        return min(ends) - now if ends else math.inf
 
     def _lru_idle(self) -> list[_Entry]:
         idle = [

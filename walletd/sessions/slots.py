@@ -8,9 +8,10 @@ one is free or can be freed (an idle session evicted for it), synchronously in t
 that made it so: a read that finishes its call cannot start the next one on that session before
 a queued payout has claimed the slot, so a stream of reads never starves a payout.
 
-Every waiter behind the head has the same right to evict as the head (the cold monitor, which
-may evict less, never queues: it takes a free slot at once or answers Capacity), so when the head
-cannot be served nobody behind it can either, and strict order costs nothing.
+No waiter behind the head may evict more than the head: money-moving callers, which alone may
+evict a session held for money (the registry's `MONEY_HOLD`), are all ahead of the rest, and the
+cold monitor, which may evict less, never queues (it takes a slot at once or answers Capacity).
+So when the head cannot be served nobody behind it can either, and strict order costs nothing.
 
 How long a waiter waits is the registry's `Limits`: `payout_wait` (the request timeout) for money,
 `capacity_wait` for the rest; a waiter that gives up (its bound, or its caller gone) leaves its
