@@ -181,6 +181,7 @@ class Modelled:
     created: float
     last_api: float | None
     last_money: float | None = None
+    money_last: bool = False  # a payout's call was its last (any other call ends the hold)
     busy_until: float | None = None
     dead: set[Role] = attrs.field(factory=set)
 
@@ -193,9 +194,7 @@ class Modelled:
         by last use; a session a payout used last, less than MONEY_HOLD ago, last of all."""
         used = self.last_use()
         paying = (
-            self.last_money is not None
-            and self.last_money == used
-            and now - self.last_money < MONEY_HOLD
+            self.last_money is not None and self.money_last and now - self.last_money < MONEY_HOLD
         )
         return (paying, used is not None, used if used is not None else self.created)
 
@@ -321,7 +320,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def _held_until(self, session: Modelled) -> float | None:
         """Until when only a payout may evict it: a payout used it last, MONEY_HOLD before."""
         money = session.last_money
-        if money is None or money != session.last_use() or self.t >= money + MONEY_HOLD:
+        if money is None or not session.money_last or self.t >= money + MONEY_HOLD:
             return None
         return money + MONEY_HOLD
 
@@ -387,6 +386,7 @@ class RegistryMachine(RuleBasedStateMachine):
             session.last_api = self.t
         if caller is Caller.PAYOUT:
             session.last_money = self.t
+        session.money_last = caller is Caller.PAYOUT
 
     def _opened(self, escrow_id: str, caller: Caller) -> None:
         self.open[escrow_id] = session = Modelled(created=self.t, last_api=None)
@@ -630,6 +630,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.counts["hits"] += 1
         session.last_api = self.t
         session.busy_until = self.t + seconds
+        session.money_last = False
         assert self.events == []
 
     @rule(data=st.data())

@@ -502,8 +502,10 @@ class Lifecycle:
 
     async def _sync_after_payout(self, escrow_id: str) -> None:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
+        # Housekeeping, not a payout step: it ends the session's hold for money (reads may
+        # take its slot at once) and waits for a slot like the monitor.
         try:
-            await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
+            await self._registry.call(escrow_id, SyncAll(), caller=Caller.MONITOR)
         except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 

@@ -37,6 +37,7 @@ class Entry:
     opened_at: float | None = None
     last_api_use: float | None = None
     last_money_use: float | None = None  # a payout's call or a client's money-moving one
+    money_last: bool = False  # its last call moved money (any other call ends the hold)
     inflight: int = 0
     waiting: int = 0  # callers waiting for its opening: a session they asked for is not idle
     leave_reason: str | None = None
@@ -51,7 +52,7 @@ class Entry:
     def held_for_money_until(self) -> float | None:
         """Until when only a money-moving caller may evict it: its last call moved money."""
         money = self.last_money_use
-        return money + MONEY_HOLD if money is not None and money == self.last_use() else None
+        return money + MONEY_HOLD if money is not None and self.money_last else None
 
     def lru_key(self, now: float) -> tuple[bool, bool, float]:
         # Monitor-only sessions leave first; sessions held for money leave last.

@@ -300,6 +300,7 @@ class Registry:
             entry.last_api_use = now
         if caller.moves_money:
             entry.last_money_use = now
+        entry.money_last = caller.moves_money
 
     async def _start_entry(
         self, escrow_id: str, spec: SessionSpec | None, caller: Caller

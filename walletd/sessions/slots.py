@@ -47,7 +47,8 @@ class Caller(enum.Enum):
     """A client's money-moving call (a release or refund, a creation): counts as use like API,
     and waits for a slot like the payout task."""
     MONITOR = "monitor"
-    """The monitor's warm checks, and sessions reopened at start-up for it: not use."""
+    """The monitor's warm checks, sessions reopened at start-up for it, and the multisig sync
+    after a payout was submitted: not use."""
     COLD_MONITOR = "cold_monitor"
     """The monitor's cold checks: not use, and it opens a session only into a free slot, one
     held by a session no client used (or not for `monitor_evict_after`); else Capacity at once,
