@@ -14,6 +14,8 @@
 4. Item 8, the cluster: a private PostgreSQL, instant fake wallet-rpc endpoints, a single-host
    walletd and three cluster hosts (`items/cluster.py`); only the regtest monerod is shared.
    `--only cluster` runs it alone, on a monerod of its own.
+5. Item 9, payouts under cap pressure: walletd's App in this process on fake wallet-rpc and a
+   fake chain (`items/payouts.py`), nothing shared; `--only payouts` runs it alone.
 Every process is stopped on the way out, also on failure.
 """
 
@@ -43,6 +45,7 @@ from bench.items.create import CreateSetup, run_create
 from bench.items.load import LoadLevel, Subject, load_result, run_paired
 from bench.items.memory import MemorySnapshot, many_escrows, memory_result, snapshot
 from bench.items.monitor import run_monitor
+from bench.items.payouts import run_payouts
 from bench.items.reads import ReadsSetup, run_reads
 from bench.items.release import ReleaseSetup, run_release
 from bench.items.session_open import OpenSetup, run_open
@@ -58,7 +61,7 @@ from walletd.wallets import fastopen
 
 __all__ = ["ITEMS", "Run"]
 
-ITEMS = ("cluster",)  # what `--only` can select
+ITEMS = ("cluster", "payouts")  # what `--only` can select
 
 REPO = Path(__file__).resolve().parents[1]
 # Poll fast so adopted escrows are checked (and become ready) within a second or so; a cycle
@@ -128,6 +131,7 @@ class Run:
         assert self._warm is not None
         self.items.append(memory_result(self._empty, self._warm, many, len(sessions), plan.escrows))
         self._cluster(stack, reg.monerod.daemon_address)
+        self._payouts()
         self.items.sort(key=lambda item: item.key)
 
     def only(self, stack: contextlib.ExitStack, names: list[str]) -> None:
@@ -136,7 +140,13 @@ class Run:
             with self.phase("monerod (regtest, for the monitor's height checks)"):
                 monerod = stack.enter_context(MonerodProcess(self.root / "monerod"))
             self._cluster(stack, monerod.daemon_address)
+        if "payouts" in names:
+            self._payouts()
         self.items.sort(key=lambda item: item.key)
+
+    def _payouts(self) -> None:
+        with self.phase("item 9: payouts under cap pressure (in-process, fake wallet-rpc)"):
+            self.items.append(run_payouts(self.root / "payouts"))
 
     def _cluster(self, stack: contextlib.ExitStack, daemon_address: str) -> None:
         with self.phase("item 8: cluster (PostgreSQL, 3 hosts): reads, failover"):

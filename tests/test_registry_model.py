@@ -4,8 +4,9 @@ House rules: the registry runs for real (`Registry` with `EscrowSession`s on the
 processes of `FakePool`, sharing one `FakeWalletWorld`), on trio's `MockClock`: opens cost no
 time, and time moves only when a step waits for it (a full cap) or advances it. Each hypothesis
 step is one thing an operator or the monitor does: open a session, use it from the API, use it
-from the monitor (warm, or cold, which may not evict API sessions), hold it busy with a slow
-call, close it, advance the clock, expire idle sessions (past the idle TTL, then a sweep), or
+from the monitor (warm, or cold, which may not evict API sessions), use it from a payout, hold
+it busy with a slow call, make a caller and a payout contend for a full cap of busy sessions,
+close it, advance the clock, expire idle sessions (past the idle TTL, then a sweep), or
 kill -9 one of its wallet-rpc processes. The model predicts every session opened and closed
 (and why), the LRU order, the counters, and the time; after every step we check the registry
 and the wallet-rpc processes against it:
@@ -13,8 +14,13 @@ and the wallet-rpc processes against it:
 - never more open sessions than the cap, and never a wallet open in two processes: every open
   escrow's three wallets are held by live processes (those not killed since), by nothing else;
 - the evicted session is the least recently used idle one (API use order; sessions opened only
-  for the monitor first; a cold monitor check evicts only those or sessions idle a quarter TTL);
-  a busy session is never evicted: a full cap of busy sessions means capacity after the wait;
+  for the monitor first; one a payout used last, within MONEY_HOLD, last; a cold monitor check
+  evicts only monitor-only sessions or ones idle a quarter TTL); a busy session is never
+  evicted: a full cap of busy sessions means capacity after the caller's wait (payout_wait
+  for a payout, capacity_wait for the rest);
+- waiting callers are served by priority, then arrival: when a busy call ends, a waiting payout
+  gets its slot before a read or monitor check that asked earlier, and a payout that asked
+  first before a later payout;
 - the stats: opened - closed == active (no session is in transition between steps), and opened,
   closed, evicted, expired, hits, misses and wallet-rpc restarts as the model counts them.
 
@@ -52,6 +58,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.fakes import MultisigSet, make_fake_multisig
 from walletd.errors import Capacity
 from walletd.ids import ROLES, Role
+from walletd.sessions.entry import MONEY_HOLD
 from walletd.sessions.messages import GetBalance
 from walletd.sessions.registry import Caller, Limits, Registry
 from walletd.sessions.session import EscrowSession, SessionSpec, WalletSpec
@@ -64,6 +71,7 @@ CAP = 3
 ESCROWS = ("e0", "e1", "e2", "e3", "e4")
 TTL = 3600.0
 CAPACITY_WAIT = 30.0
+PAYOUT_WAIT = 90.0  # a money-moving caller's bound (the request timeout)
 HOLD = 1810.5  # a busy call's length: an advance of 1800 s leaves it ending within a wait
 ADVANCES = (1.0, 60.0, TTL / 4 + 1, 1800.0)
 REAL_TIMEOUT = 10.0  # real seconds a step may take: a deadlock fails instead of hanging
@@ -172,15 +180,23 @@ class Modelled:
 
     created: float
     last_api: float | None
+    last_money: float | None = None
+    money_last: bool = False  # a payout's call was its last (any other call ends the hold)
     busy_until: float | None = None
     dead: set[Role] = attrs.field(factory=set)
 
-    def key(self) -> tuple[bool, float]:
-        """LRU order as api.md says: sessions never used by the API first, then by last use."""
-        return (
-            self.last_api is not None,
-            self.last_api if self.last_api is not None else self.created,
+    def last_use(self) -> float | None:
+        uses = [t for t in (self.last_api, self.last_money) if t is not None]
+        return max(uses) if uses else None
+
+    def key(self, now: float) -> tuple[bool, bool, float]:
+        """LRU order as api.md says: sessions never used by the API (nor a payout) first, then
+        by last use; a session a payout used last, less than MONEY_HOLD ago, last of all."""
+        used = self.last_use()
+        paying = (
+            self.last_money is not None and self.money_last and now - self.last_money < MONEY_HOLD
         )
+        return (paying, used is not None, used if used is not None else self.created)
 
 
 class Full(Exception):
@@ -222,6 +238,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 idle_ttl=TTL,
                 sweep_interval=1e12,  # sweeps happen only when a step says so
                 capacity_wait=CAPACITY_WAIT,
+                payout_wait=PAYOUT_WAIT,
                 evict_grace=60.0,
             ),
             on_event=self._on_event,
@@ -297,33 +314,50 @@ class RegistryMachine(RuleBasedStateMachine):
                 s.last_api = now
 
     def _cold(self, session: Modelled) -> bool:
-        return session.last_api is None or self.t - session.last_api >= TTL / 4
+        used = session.last_use()
+        return used is None or self.t - used >= TTL / 4
 
-    def _victims(self, *, cold: bool) -> set[str]:
-        """The sessions the registry may evict now: idle, least recently used (ties: any)."""
+    def _held_until(self, session: Modelled) -> float | None:
+        """Until when only a payout may evict it: a payout used it last, MONEY_HOLD before."""
+        money = session.last_money
+        if money is None or not session.money_last or self.t >= money + MONEY_HOLD:
+            return None
+        return money + MONEY_HOLD
+
+    def _victims(self, *, cold: bool, money: bool = False) -> set[str]:
+        """The sessions the registry may evict now: idle, least recently used (ties: any);
+        one held for money only for a payout."""
         idle = self._idle()
+        if not money:
+            idle = [e for e in idle if self._held_until(self.open[e]) is None]
         if cold:  # the monitor evicts only monitor-only sessions or ones idle a quarter TTL
             idle = [e for e in idle if self._cold(self.open[e])]
         if not idle:
             return set()
-        least = min(self.open[e].key() for e in idle)
-        return {e for e in idle if self.open[e].key() == least}
+        least = min(self.open[e].key(self.t) for e in idle)
+        return {e for e in idle if self.open[e].key(self.t) == least}
 
-    def _reserve(self, *, cold: bool) -> set[str] | None:
+    def _reserve(
+        self, *, cold: bool, wait: float = CAPACITY_WAIT, money: bool = False
+    ) -> set[str] | None:
         """Model of taking a slot: None if one is free, else the possible victims; the clock
-        moves through busy calls ending within the capacity wait; Full if none frees."""
+        moves through busy calls ending (and holds for money ending) within the caller's wait;
+        Full if none frees."""
         if len(self.open) < CAP:
             return None
-        deadline = self.t + (0.0 if cold else CAPACITY_WAIT)
+        deadline = self.t + (0.0 if cold else wait)
         while True:
-            victims = self._victims(cold=cold)
+            victims = self._victims(cold=cold, money=money)
             if victims:
                 return victims
             ends = [s.busy_until for s in self.open.values() if s.busy_until is not None]
+            if not money:
+                held = (self._held_until(self.open[e]) for e in self._idle())
+                ends += [until for until in held if until is not None]
             if not cold and ends and min(ends) == deadline:
                 self.t = deadline
                 self._finish_holds(self.t)
-                raise Tie(self._victims(cold=False))
+                raise Tie(self._victims(cold=False, money=money))
             if cold or not ends or min(ends) > deadline:
                 self.t = deadline
                 raise Full
@@ -333,18 +367,31 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def _acquire(self, escrow_id: str, caller: Caller) -> tuple[bool, set[str]]:
         """Model of Registry._acquire: (opened a new session, possible eviction victims)."""
-        api = caller is Caller.API  # only a client's call counts as use
         session = self.open.get(escrow_id)
         if session is not None:
             self.counts["hits"] += 1
-            if api:
-                session.last_api = self.t
+            self._use(session, caller)
             return False, set()
         self.counts["misses"] += 1
-        victims = self._reserve(cold=caller is Caller.COLD_MONITOR) or set()
-        self.open[escrow_id] = Modelled(created=self.t, last_api=self.t if api else None)
-        self.counts["opened"] += 1
+        money = caller is Caller.PAYOUT
+        wait = PAYOUT_WAIT if money else CAPACITY_WAIT
+        cold = caller is Caller.COLD_MONITOR
+        victims = self._reserve(cold=cold, wait=wait, money=money) or set()
+        self._opened(escrow_id, caller)
         return True, victims
+
+    def _use(self, session: Modelled, caller: Caller) -> None:
+        """Only a client's call counts as use; a payout's orders eviction, not the idle TTL."""
+        if caller is Caller.API:
+            session.last_api = self.t
+        if caller is Caller.PAYOUT:
+            session.last_money = self.t
+        session.money_last = caller is Caller.PAYOUT
+
+    def _opened(self, escrow_id: str, caller: Caller) -> None:
+        self.open[escrow_id] = session = Modelled(created=self.t, last_api=None)
+        self._use(session, caller)
+        self.counts["opened"] += 1
 
     def _check_events(self, opened: str | None, victims: set[str]) -> None:
         """The step's events: the victim closed (evicted) before the new session opened."""
@@ -385,7 +432,6 @@ class RegistryMachine(RuleBasedStateMachine):
         message: bool = True,
     ) -> None:
         """One step that acquires a session for `caller` (as `fn` does on the real registry)."""
-        api = caller is Caller.API
         was_open = escrow_id in self.open
         try:
             opened, victims = self._acquire(escrow_id, caller)
@@ -402,8 +448,7 @@ class RegistryMachine(RuleBasedStateMachine):
             if isinstance(result, outcome.Error) and isinstance(result.error, Capacity):
                 assert self.events == []
                 return
-            self.open[escrow_id] = Modelled(created=self.t, last_api=self.t if api else None)
-            self.counts["opened"] += 1
+            self._opened(escrow_id, caller)
             opened, victims = True, tie.victims
         else:
             result = self._step(fn)
@@ -411,8 +456,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self._check_events(escrow_id if opened else None, victims)
         if message and was_open:
             self._restore(escrow_id)
-        if api:
-            self.open[escrow_id].last_api = self.t  # _release: at the answer's time
+        self._use(self.open[escrow_id], caller)  # _release: at the answer's time
 
     # ---- the steps -------------------------------------------------------------------------------
 
@@ -451,6 +495,111 @@ class RegistryMachine(RuleBasedStateMachine):
 
         self._acquiring_step(escrow_id, fn, caller=caller)
 
+    @rule(data=st.data())
+    def payout_use(self, data: st.DataObject) -> None:
+        """A payout step: not use for the idle TTL, waits up to PAYOUT_WAIT for a slot, and
+        its session sorts last for eviction for MONEY_HOLD after."""
+        escrow_id = data.draw(st.sampled_from(self._not_busy()), label="escrow_id")
+
+        async def fn() -> object:
+            return await self.registry.call(escrow_id, GetBalance(), caller=Caller.PAYOUT)
+
+        self._acquiring_step(escrow_id, fn, caller=Caller.PAYOUT)
+
+    def _can_fill(self) -> bool:
+        """At the cap, and every idle session can be held busy."""
+        idle = [s for s in self.open.values() if s.busy_until is None]
+        return len(self.open) == CAP and all(not s.dead for s in idle)
+
+    @precondition(lambda self: self._can_fill())
+    @rule(data=st.data(), first=st.sampled_from([Caller.API, Caller.MONITOR, Caller.PAYOUT]))
+    def contend(self, data: st.DataObject, first: Caller) -> None:
+        """Every slot busy (idle ones held first, by calls ending in 10, 45 or 100 s): a
+        caller, then a payout, ask for new sessions at once. The payout is served first when a
+        call ends (a payout that came first, first), each within its bound or else Capacity;
+        a second payout takes the slot the first left idle at once, a read or monitor check
+        the next that frees, or the first's once it is no longer held for money."""
+        # A call ending within both waits, within the payout's only, or after both.
+        first_end = data.draw(st.sampled_from([10.0, 45.0, 100.0]), label="first call ends in")
+        for extra, escrow_id in enumerate(sorted(self._holdable())):
+            self._hold(escrow_id, first_end + extra)
+        ends = sorted(s.busy_until for s in self.open.values() if s.busy_until is not None)
+        if ends[0] == ends[1]:
+            return  # two calls ending at once: which slot goes first is not modelled
+        closed = sorted(e for e in ESCROWS if e not in self.open)
+        a = data.draw(st.sampled_from(closed), label="first escrow")
+        b = data.draw(st.sampled_from([e for e in closed if e != a]), label="payout escrow")
+        start, end = self.t, ends[0]
+        # Served in priority order, then arrival: the payout first unless `a` is one too.
+        order = [a, b] if first is Caller.PAYOUT else [b, a]
+        callers = {a: first, b: Caller.PAYOUT}
+        bounds = {
+            e: start + (PAYOUT_WAIT if c is Caller.PAYOUT else CAPACITY_WAIT)
+            for e, c in callers.items()
+        }
+        # When each is served: the first when the first call ends; the second at once if a
+        # payout (it may evict the first's session), else when the next call ends or the
+        # first's session is no longer held for money, whichever comes first.
+        times = {order[0]: end}
+        if first is Caller.PAYOUT:
+            times[order[1]] = end
+        else:
+            times[order[1]] = min(ends[1], end + MONEY_HOLD)
+        if any(times[e] == bounds[e] for e in order):
+            return  # served as the wait ends: either outcome is right (not modelled)
+        served = []  # the second's bound is not past the first's: served only after it
+        for escrow_id in order:
+            if times[escrow_id] > bounds[escrow_id]:
+                break
+            served.append(escrow_id)
+
+        async def fn() -> dict[str, outcome.Outcome[object]]:
+            results: dict[str, outcome.Outcome[object]] = {}
+
+            async def one(escrow_id: str) -> None:
+                results[escrow_id] = await outcome.acapture(
+                    self.registry.call, escrow_id, GetBalance(), caller=callers[escrow_id]
+                )
+
+            async with trio.open_nursery() as nursery:
+                for queued, escrow_id in enumerate((a, b), start=1):
+                    nursery.start_soon(one, escrow_id)
+                    # Queued before the next one starts (arrival order known), and at once:
+                    # the clock does not move while this task is runnable.
+                    while sum(self.registry.stats().waiting.values()) < queued:
+                        await trio.lowlevel.checkpoint()
+            return results
+
+        results = self._step(fn).unwrap()
+        self.counts["misses"] += 2
+        for escrow_id in (a, b):
+            if escrow_id not in served:
+                result = results[escrow_id]
+                assert isinstance(result, outcome.Error), result
+                assert isinstance(result.error, Capacity), result.error
+        event(f"contend: {len(served)} served, {first.value} first")
+        got = [(t, e, r) for t, e, r in self.events]
+        for escrow_id in served:
+            results[escrow_id].unwrap()
+            self.t = times[escrow_id]
+            self._finish_holds(self.t)
+            victims = self._victims(cold=False, money=callers[escrow_id] is Caller.PAYOUT)
+            assert victims, (escrow_id, self.events)
+            victim_event, opened_event = got[0], got[1]
+            assert opened_event == ("session_opened", escrow_id, None), (escrow_id, self.events)
+            assert victim_event[0] == "session_closed", self.events
+            assert victim_event[2] == "evicted", self.events
+            assert victim_event[1] in victims, (victim_event, victims)
+            del self.open[victim_event[1]]
+            self.counts["closed"] += 1
+            self.counts["evicted"] += 1
+            got = got[2:]
+            self._opened(escrow_id, callers[escrow_id])
+        assert got == [], self.events
+        # The step ends when the last one is served or gives up.
+        self.t = max([times[e] for e in served] + [bounds[e] for e in order if e not in served])
+        self._finish_holds(self.t)
+
     def _holdable(self) -> list[str]:
         return [e for e, s in self.open.items() if s.busy_until is None and not s.dead]
 
@@ -459,9 +608,12 @@ class RegistryMachine(RuleBasedStateMachine):
     def hold(self, data: st.DataObject) -> None:
         """Start a slow API call (HOLD seconds) that keeps an open session busy."""
         escrow_id = data.draw(st.sampled_from(sorted(self._holdable())), label="escrow_id")
+        self._hold(escrow_id, HOLD)
+
+    def _hold(self, escrow_id: str, seconds: float) -> None:
         session = self.open[escrow_id]
         fake = self.pool.fake_of(self.sets[escrow_id].files["buyer"])
-        fake.call_delay = HOLD
+        fake.call_delay = seconds
 
         async def held() -> None:
             try:
@@ -477,7 +629,8 @@ class RegistryMachine(RuleBasedStateMachine):
         fake.call_delay = 0.0  # the call in hand keeps sleeping; the next ones do not
         self.counts["hits"] += 1
         session.last_api = self.t
-        session.busy_until = self.t + HOLD
+        session.busy_until = self.t + seconds
+        session.money_last = False
         assert self.events == []
 
     @rule(data=st.data())
@@ -575,7 +728,7 @@ class RegistryMachine(RuleBasedStateMachine):
         for escrow_id, busy in snap.sessions:
             assert busy == (self.open[escrow_id].busy_until is not None), escrow_id
         # Most recently used first (ties in any order).
-        keys = [self.open[e].key() for e, _ in snap.sessions]
+        keys = [self.open[e].key(self.t) for e, _ in snap.sessions]
         assert keys == sorted(keys, reverse=True), snap.sessions
         # The counters.
         stats = snap.stats

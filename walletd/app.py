@@ -82,6 +82,7 @@ def limits_from(config: Config) -> Limits:
         idle_ttl=s.idle_ttl,
         sweep_interval=s.sweep_interval,
         capacity_wait=s.capacity_wait,
+        payout_wait=config.daemon.request_timeout,  # a payout waits for a slot as long as its call
         evict_grace=s.evict_grace,
         monitor_evict_after=config.monitor.cold_interval,
     )

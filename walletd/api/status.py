@@ -55,6 +55,7 @@ class Status:
             "hits": stats.hits,
             "misses": stats.misses,
             "failed": stats.failed,
+            "waiting": dict(stats.waiting),
             "wallet_rpc_restarts": self.wallet_rpc_restarts,
         }
 

@@ -263,8 +263,9 @@ class Lifecycle:
                 address=None,
                 create=True,
             )
+            # A creation waits for a slot with the payouts (a buyer waits to pay into it).
             address = await self._registry.call(
-                escrow_id, SetupMultisig(), caller=Caller.API, spec=spec
+                escrow_id, SetupMultisig(), caller=Caller.API_MONEY, spec=spec
             )
             await self._escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
             created = {"origin": "created", "amount": amount, "address": address}
@@ -373,7 +374,10 @@ class Lifecycle:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
-        valid = await self._registry.call(escrow_id, ValidateAddress(address), caller=Caller.API)
+        # The payout's first call: it waits for a slot as a money-moving call, not as a read.
+        valid = await self._registry.call(
+            escrow_id, ValidateAddress(address), caller=Caller.API_MONEY
+        )
         if not valid:
             raise InvalidRequest("address is not a valid Monero address for this network")
 
@@ -498,8 +502,10 @@ class Lifecycle:
 
     async def _sync_after_payout(self, escrow_id: str) -> None:
         # So the wallet that did not sign shows the right balance; failure here is harmless.
+        # Housekeeping, not a payout step: it ends the session's hold for money (reads may
+        # take its slot at once) and waits for a slot like the monitor.
         try:
-            await self._registry.call(escrow_id, SyncAll(), caller=Caller.PAYOUT)
+            await self._registry.call(escrow_id, SyncAll(), caller=Caller.MONITOR)
         except Exception as exc:  # noqa: BLE001 - outside the payout's own error handling
             log.warning("post-payout multisig sync failed", escrow_id=escrow_id, error=str(exc))
 

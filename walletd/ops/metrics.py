@@ -39,6 +39,8 @@ class SessionCounts(Protocol):
     def active_sessions(self) -> int: ...
     @property
     def max_sessions(self) -> int: ...
+    @property
+    def waiting(self) -> Mapping[str, int]: ...
 
 
 # From a warm read (under a millisecond) to a wallet open on a loaded host (up to 120 s).
@@ -88,6 +90,12 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         self.sessions_active = Gauge("walletd_sessions_active", "Open escrow sessions", registry=r)
         self.sessions_max = Gauge("walletd_sessions_max", "Session cap", registry=r)
+        self.sessions_waiting = Gauge(
+            "walletd_sessions_waiting",
+            "Callers waiting for a session slot at the cap, by caller kind",
+            ["caller"],
+            registry=r,
+        )
         self.session_opens = Counter("walletd_session_opens", "Sessions opened", registry=r)
         self.session_closes = Counter(
             "walletd_session_closes",
@@ -192,6 +200,8 @@ class Metrics:
     ) -> tuple[bytes, str]:
         self.sessions_active.set(stats.active_sessions)
         self.sessions_max.set(stats.max_sessions)
+        for caller, count in stats.waiting.items():
+            self.sessions_waiting.labels(caller=caller).set(count)
         self._session_ages.ages = list(session_ages)
         for state, count in escrows_by_state.items():
             self.escrows.labels(state=state).set(count)

@@ -5,11 +5,15 @@ and registered as soon as their entry exists, so concurrent callers for one escr
 opening (the check and the insert happen with no checkpoint in between: never two sessions for one
 escrow). An entry holds its slot from the moment its opening starts until its wallets are closed.
 
-When a slot is needed at the cap, the least recently used session that is idle (no call in hand or
-queued) is sent `Leave("evicted")`: it finishes, stores and closes its wallets, and only then is its
-slot handed to the caller that asked, which reserved it (no third party can take it meanwhile). A
-busy session is never chosen; if no slot can be freed within `capacity_wait`, the caller gets
-`Capacity` (503). A session that outlives `evict_grace` after being told to leave is cancelled.
+When a slot is needed at the cap, the caller joins the slot queue (`slots.py`): money-moving calls
+(`Caller.PAYOUT`, `Caller.API_MONEY`) first, then reads and the monitor, each in arrival order. The
+head of the queue gets the first free slot, or the least recently used session that is idle (no
+call in hand or queued) is sent `Leave("evicted")` for it: it finishes, stores and closes its
+wallets, and only then does the head, which holds that slot reserved (no third party can take it
+meanwhile), open its session. A busy session is never chosen: the head waits for the first one to
+finish its call, ahead of every caller behind it. A caller not served within its bound gets
+`Capacity` (503): `payout_wait` (the request timeout) for money, `capacity_wait` for the rest. A
+session that outlives `evict_grace` after being told to leave is cancelled.
 
 A session is only ever used with the spec it was opened from: a caller that passes its own spec
 (a creation or an adoption, opening wallets not yet recorded) while the escrow's entry was opened
@@ -17,24 +21,30 @@ from another one gets `Conflict`, never that session. Otherwise a creation racin
 the same id would run its multisig setup on the adopted wallets and record their address under
 wallet files that were never made.
 
-Only API calls count as use (`Caller.API`): the monitor's checks and the payout task never refresh
-a session's LRU position or idle time, and a session opened only for them sorts first for eviction.
+Only API calls count as use (`Caller.API`, `API_MONEY`): the monitor's checks and the payout task
+never refresh a session's idle time, and a session opened only for the monitor sorts first for
+eviction. A session whose last call moved money, less than `MONEY_HOLD` ago, is held for money:
+only another money-moving caller may evict it, and only after every other idle session, so a
+payout between two steps (a database write, a daemon call) keeps its session while reads wait;
+money use is not use for the idle TTL.
 """
 
 from __future__ import annotations
 
-import enum
+import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-import attrs
 import structlog
 import trio
 
 from walletd.errors import Capacity, Conflict, Unavailable, public_error
-from walletd.jsontypes import JsonObject
+from walletd.sessions.entry import Entry as _Entry
+from walletd.sessions.entry import State as _State
+from walletd.sessions.limits import Limits, RegistryStats, SessionInfo
 from walletd.sessions.messages import Leave, Message
 from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
+from walletd.sessions.slots import Caller, SlotQueue, Waiter
 
 __all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]
 
@@ -53,105 +63,6 @@ EventSink = Callable[..., None]  # sync: called inside the bookkeeping
 R = TypeVar("R")
 
 
-class Caller(enum.Enum):
-    """Who asks the registry for a session: it decides what counts as use and who may evict."""
-
-    API = "api"
-    """A client of the socket API: the call counts as use (LRU position, idle time)."""
-    MONITOR = "monitor"
-    """The monitor's warm checks, and sessions reopened at start-up for it: not use."""
-    COLD_MONITOR = "cold_monitor"
-    """The monitor's cold checks: not use, and it opens a session only into a free slot, one
-    held by a session no client used (or not for `monitor_evict_after`); else Capacity at once,
-    so watching many escrows never thrashes the cap."""
-    PAYOUT = "payout"
-    """The payout task (run in the lifecycle's nursery, also resumed at start-up with no client
-    waiting): not use, but it may wait for and evict like the API."""
-
-    @property
-    def counts_as_use(self) -> bool:
-        return self is Caller.API
-
-    @property
-    def may_evict_api(self) -> bool:
-        return self is not Caller.COLD_MONITOR
-
-
-class _State(enum.Enum):
-    OPENING = "opening"
-    OPEN = "open"
-    LEAVING = "leaving"
-
-
-@attrs.define
-class _Entry:
-    escrow_id: str
-    created_at: float
-    spec: SessionSpec  # what the session opens: a caller with another spec is refused
-    state: _State = _State.OPENING
-    handle: SessionHandle | None = None
-    ready: trio.Event = attrs.field(factory=trio.Event)
-    closed: trio.Event = attrs.field(factory=trio.Event)
-    error: BaseException | None = None
-    opened_at: float | None = None
-    last_api_use: float | None = None
-    inflight: int = 0
-    waiting: int = 0  # callers waiting for its opening: a session they asked for is not idle
-    leave_reason: str | None = None
-    leave_when_open: str | None = None  # a restart asked for while it was opening
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-
-    def lru_key(self) -> tuple[bool, float]:
-        # Monitor-only sessions (never used by the API) leave first.
-        used = self.last_api_use
-        return (used is not None, used if used is not None else self.created_at)
-
-
-@attrs.frozen
-class Limits:
-    max_active: int = 10
-    idle_ttl: float = 7200.0
-    sweep_interval: float = 600.0
-    capacity_wait: float = 30.0
-    evict_grace: float = 60.0
-    # The monitor may take the slot of a session the API has not used for this long: such a
-    # session is as cold as the escrows the monitor is waiting to check.
-    monitor_evict_after: float = 300.0
-
-
-@attrs.frozen
-class SessionInfo:
-    escrow_id: str
-    age_s: float
-    idle_s: float
-    busy: bool
-    exchanged: bool = False  # holds a multisig info exchange a payout may use (PreExchange)
-
-    def to_json(self) -> JsonObject:
-        return {
-            "escrow_id": self.escrow_id,
-            "age_s": round(self.age_s, 3),
-            "idle_s": round(self.idle_s, 3),
-            "busy": self.busy,
-        }
-
-
-@attrs.frozen
-class RegistryStats:
-    active_sessions: int
-    max_sessions: int
-    utilization: float
-    avg_age_s: float
-    oldest_age_s: float
-    opened: int
-    closed: int
-    evicted: int
-    expired: int
-    hits: int
-    misses: int
-    failed: int
-
-
 class Registry:
     def __init__(
         self,
@@ -167,6 +78,8 @@ class Registry:
         self._on_event = on_event or (lambda *a, **k: None)
         self._entries: dict[str, _Entry] = {}
         self._reserved = 0
+        self._queue = SlotQueue()
+        self._pumping = False
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._sweep_changed = trio.Event()
@@ -182,12 +95,14 @@ class Registry:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._sweep_loop)
+            nursery.start_soon(self._hold_loop)
             task_status.started()
             await trio.sleep_forever()
 
     async def shutdown(self, timeout: float) -> None:
         """Tell every session to leave (they store and close), wait up to `timeout`, then cancel."""
         self._closing = True
+        self._queue.refuse_all()
         for entry in list(self._entries.values()):
             self._tell_leave(entry, "shutdown")
         with trio.move_on_after(timeout):
@@ -248,11 +163,8 @@ class Registry:
         `Caller.COLD_MONITOR` opens a session only into a free slot, one held by a monitor-only
         session, or one the API has not used for monitor_evict_after (the monitor's
         cold_interval); else it answers Capacity at once, so monitoring never thrashes the cap."""
-        api = caller.counts_as_use
         for _attempt in range(3):
-            entry, _ = await self._acquire(
-                escrow_id, api=api, spec=spec, may_evict_api=caller.may_evict_api
-            )
+            entry, _ = await self._acquire(escrow_id, caller, spec=spec)
             try:
                 assert entry.handle is not None
                 return await entry.handle.request(message)
@@ -264,7 +176,7 @@ class Registry:
                     await entry.closed.wait()
                 continue
             finally:
-                self._release(entry, api=api)
+                self._release(entry, caller)
         raise Unavailable(f"session for {escrow_id} keeps closing; try again later")
 
     async def open(
@@ -274,11 +186,8 @@ class Registry:
 
         `spec` opens wallets not yet recorded as an escrow (adoption checks them this way)."""
         start = trio.current_time()
-        api = caller.counts_as_use
-        entry, created = await self._acquire(
-            escrow_id, api=api, spec=spec, may_evict_api=caller.may_evict_api
-        )
-        self._release(entry, api=api)
+        entry, created = await self._acquire(escrow_id, caller, spec=spec)
+        self._release(entry, caller)
         return (created, trio.current_time() - start)
 
     async def close(self, escrow_id: str, reason: str = "explicit") -> bool:
@@ -299,7 +208,7 @@ class Registry:
         """Open sessions, most recently used first."""
         now = trio.current_time()
         entries = [e for e in self._entries.values() if e.state is _State.OPEN]
-        entries.sort(key=_Entry.lru_key, reverse=True)
+        entries.sort(key=lambda e: e.lru_key(now), reverse=True)
         return [self._info(e, now) for e in entries]
 
     def session_info(self, escrow_id: str) -> SessionInfo | None:
@@ -319,6 +228,7 @@ class Registry:
             avg_age_s=round(sum(ages) / len(ages), 3) if ages else 0.0,
             oldest_age_s=round(max(ages), 3) if ages else 0.0,
             **self._counters,
+            waiting=self._queue.waiting(),
         )
 
     # ---- slots and entries -----------------------------------------------------------------------
@@ -329,22 +239,20 @@ class Registry:
 
     def can_open_for_monitor(self) -> bool:
         """A monitor-only opening would find a slot without evicting a recently used session."""
+        if self._queue:
+            return False  # callers wait for slots: the cold monitor never passes them
         if len(self._entries) + self._reserved < self.limits.max_active:
             return True
         return any(self._cold(e) for e in self._lru_idle())
 
     def _cold(self, entry: _Entry) -> bool:
-        """Evictable for the monitor: never used by the API, or not for monitor_evict_after."""
-        used = entry.last_api_use
+        """Evictable for the monitor: never used by the API (nor a payout), or not for
+        monitor_evict_after."""
+        used = entry.last_use()
         return used is None or trio.current_time() - used >= self.limits.monitor_evict_after
 
     async def _acquire(
-        self,
-        escrow_id: str,
-        *,
-        api: bool,
-        spec: SessionSpec | None = None,
-        may_evict_api: bool = True,
+        self, escrow_id: str, caller: Caller, *, spec: SessionSpec | None = None
     ) -> tuple[_Entry, bool]:
         """The escrow's open entry with one more call in flight (the caller must `_release`),
         and whether this caller started its opening."""
@@ -361,7 +269,7 @@ class Registry:
                 continue
             self._counters["misses"] += 1
             if entry is None:
-                entry, created = await self._start_entry(escrow_id, spec, may_evict_api)
+                entry, created = await self._start_entry(escrow_id, spec, caller)
                 _check_spec(entry, spec)  # someone else's, started while we reserved a slot
             # Shared opening: every caller for this escrow waits on the same event. The opening
             # runs in the registry's nursery, so one caller giving up harms no other. While
@@ -376,19 +284,26 @@ class Registry:
             if entry.state is _State.OPEN:
                 break
         entry.inflight += 1
-        if api:
-            entry.last_api_use = trio.current_time()
+        self._used(entry, caller)
         return entry, created
 
-    def _release(self, entry: _Entry, *, api: bool) -> None:
+    def _release(self, entry: _Entry, caller: Caller) -> None:
         entry.inflight -= 1
-        if api:
-            entry.last_api_use = trio.current_time()
+        self._used(entry, caller)
         if entry.inflight == 0:
-            self._notify()
+            self._notify()  # idle now: the head of the slot queue may take it (_pump)
+
+    @staticmethod
+    def _used(entry: _Entry, caller: Caller) -> None:
+        now = trio.current_time()
+        if caller.counts_as_use:
+            entry.last_api_use = now
+        if caller.moves_money:
+            entry.last_money_use = now
+        entry.money_last = caller.moves_money
 
     async def _start_entry(
-        self, escrow_id: str, spec: SessionSpec | None, may_evict_api: bool = True
+        self, escrow_id: str, spec: SessionSpec | None, caller: Caller
     ) -> tuple[_Entry, bool]:
         """Reserve a slot (evicting if needed), then start the session's opening.
 
@@ -398,7 +313,7 @@ class Registry:
         existing = self._entries.get(escrow_id)
         if existing is not None:  # someone else started it while we looked it up
             return existing, False
-        await self._reserve_slot(may_evict_api)
+        await self._reserve_slot(caller)
         existing = self._entries.get(escrow_id)
         if existing is not None:
             self._reserved -= 1
@@ -411,34 +326,122 @@ class Registry:
         self._nursery.start_soon(self._supervise, entry, spec)
         return entry, True
 
-    async def _reserve_slot(self, may_evict_api: bool = True) -> None:
+    async def _reserve_slot(self, caller: Caller) -> None:
+        """Reserve a slot for `caller` (`self._reserved`, which the caller turns into its entry
+        or gives back): at once, or in its turn in the slot queue within its bound."""
         if self._closing:
             raise Unavailable("walletd is shutting down")
-        wait = self.limits.capacity_wait if may_evict_api else 0.0
-        with trio.move_on_after(wait):
-            while True:
-                if len(self._entries) + self._reserved < self.limits.max_active:
-                    self._reserved += 1
-                    return
-                leaving = sum(e.state is _State.LEAVING for e in self._entries.values())
-                victims = self._lru_idle()
-                if not may_evict_api:
-                    victims = [v for v in victims if self._cold(v)]
-                if leaving <= self._reserved and victims:
-                    # Reserve before awaiting, so no other caller takes the slot it frees.
-                    victim = victims[0]
-                    self._reserved += 1
-                    self._tell_leave(victim, "evicted")
-                    with trio.CancelScope(shield=True):
-                        # Shielded: the reservation must not leak if our caller gives up; the
-                        # victim's own evict_grace bounds this wait.
-                        await victim.closed.wait()
-                    return
+        if caller is Caller.COLD_MONITOR:
+            # Never waits: a free slot or a cold session's now, and only if nobody is queued.
+            taken, victim = (False, None) if self._queue else self._take_slot(caller)
+            if not taken:
+                raise Capacity(
+                    f"no session slot for a cold check ({len(self._entries)} of "
+                    f"{self.limits.max_active} in use)"
+                )
+        else:
+            victim = await self._queued(caller)
+        if victim is not None:
+            try:
+                # The slot is ours once the victim's wallets are closed (its evict_grace
+                # bounds this). A caller that gives up meanwhile hands the slot back: the
+                # victim still leaves, and its slot goes to the next in line.
+                await victim.closed.wait()
+            except BaseException:
+                self._reserved -= 1
+                self._notify()
+                raise
+
+    async def _queued(self, caller: Caller) -> _Entry | None:
+        """Wait in the slot queue; the victim told to leave for us, or None (a free slot)."""
+        waiter = self._queue.push(caller)
+        self._pump()  # served at once if a slot is free or can be freed, else wait our turn
+        bound = self.limits.payout_wait if caller.moves_money else self.limits.capacity_wait
+        try:
+            with trio.move_on_after(bound):
+                await waiter.granted.wait()
+        except BaseException:
+            self._withdraw(waiter)
+            raise
+        if waiter.refused:
+            raise Unavailable("walletd is shutting down")
+        if not waiter.granted.is_set():
+            self._withdraw(waiter)
+            busy = sum(e.inflight > 0 or e.waiting > 0 for e in self._entries.values())
+            raise Capacity(
+                f"no session slot could be freed within {bound:g} s "
+                f"({len(self._entries)} of {self.limits.max_active} in use, {busy} busy, "
+                f"{len(self._queue)} waiting)"
+            )
+        victim = waiter.victim
+        assert victim is None or isinstance(victim, _Entry)
+        return victim
+
+    def _withdraw(self, waiter: Waiter) -> None:
+        """A waiter that gave up: out of the queue, or its granted slot given back."""
+        if waiter.granted.is_set():
+            if not waiter.refused:
+                self._reserved -= 1
+        else:
+            self._queue.leave(waiter)
+        self._notify()
+
+    def _pump(self) -> None:
+        """Serve the slot queue from its head, as far as slots are free or can be freed. Runs
+        inside the bookkeeping of every change (`_notify`), with no checkpoint: a slot that
+        becomes free or evictable goes to the head before any other task runs."""
+        if self._pumping:
+            return  # a change made while serving (an eviction): the loop below sees it
+        self._pumping = True
+        try:
+            while (waiter := self._queue.head()) is not None and not self._closing:
+                taken, victim = self._take_slot(waiter.caller)
+                if not taken:
+                    break  # those behind the head have no more rights to slots than it
+                self._queue.grant(waiter, victim)
+        finally:
+            self._pumping = False
+
+    def _take_slot(self, caller: Caller) -> tuple[bool, _Entry | None]:
+        """Reserve a free slot, or tell the least recently used idle session `caller` may evict
+        to leave and reserve its slot (returned as the victim); (False, None) if neither can be
+        done now.
+
+        A session already leaving whose slot nobody reserved (expired, restarting) frees one
+        soon: no second session is evicted meanwhile."""
+        if len(self._entries) + self._reserved < self.limits.max_active:
+            self._reserved += 1
+            return True, None
+        leaving = sum(e.state is _State.LEAVING for e in self._entries.values())
+        victims = self._lru_idle()
+        if not caller.moves_money:
+            now = trio.current_time()
+            victims = [v for v in victims if (v.held_for_money_until() or now) <= now]
+        if caller is Caller.COLD_MONITOR:
+            victims = [v for v in victims if self._cold(v)]
+        if leaving > self._reserved or not victims:
+            return False, None
+        self._reserved += 1  # before it leaves, so no other caller takes the slot it frees
+        self._tell_leave(victims[0], "evicted")
+        return True, victims[0]
+
+    async def _hold_loop(self) -> None:
+        """A session held for money becomes evictable for reads when its hold ends, and no
+        call ending says so: serve the queue again then (or at the next change, and look anew)."""
+        while True:
+            with trio.move_on_after(self._until_a_hold_ends()):
                 await self._wait_changed()
-        raise Capacity(
-            f"no session slot could be freed within {self.limits.capacity_wait:g} s "
-            f"({len(self._entries)} of {self.limits.max_active} in use and busy)"
-        )
+            self._pump()
+
+    def _until_a_hold_ends(self) -> float:
+        """Seconds until the first idle session held for money may be evicted by anyone."""
+        now = trio.current_time()
+        ends = [
+            until
+            for e in self._lru_idle()
+            if (until := e.held_for_money_until()) is not None and until > now
+        ]
+        return min(ends) - now if ends else math.inf
 
     def _lru_idle(self) -> list[_Entry]:
         idle = [
@@ -446,7 +449,8 @@ class Registry:
             for e in self._entries.values()
             if e.state is _State.OPEN and e.inflight == 0 and e.waiting == 0
         ]
-        idle.sort(key=_Entry.lru_key)
+        now = trio.current_time()
+        idle.sort(key=lambda e: e.lru_key(now))
         return idle
 
     def _tell_leave(self, entry: _Entry, reason: str) -> None:
@@ -542,6 +546,7 @@ class Registry:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        self._pump()
 
     async def _wait_changed(self) -> None:
         await self._changed.wait()
