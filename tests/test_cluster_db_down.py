@@ -6,7 +6,10 @@ The outage test runs its own private PostgreSQL (it stops it: never the shared t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,12 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from bench.postgres import PrivatePostgres, server_bin
 from tests.pgtest import admin_url
-from walletd.cluster.db import CONNECT_TIMEOUT, ClusterUnavailable, Connection, Database
+from walletd.cluster.db import (
+    CONNECT_TIMEOUT,
+    ClusterUnavailable,
+    Connection,
+    Database,
+    bounds_for,
+)
 from walletd.cluster.leases import Leases
 from walletd.cluster.migrations import migrate
 from walletd.testing.walletd_process import toml_value
@@ -170,3 +180,46 @@ def test_check_config_probes_the_database_when_asked(tmp_path: Path) -> None:
     good = _config(tmp_path, admin_url())
     up = _walletd("--config", str(good), "--check-config", "--check-database")
     assert (up.returncode, up.stdout.strip()) == (0, "OK"), up
+
+
+async def test_a_job_on_a_server_that_stopped_answering_is_cut(db_url: str) -> None:
+    """A server process that stops answering on a live socket (here: the job's own backend
+    SIGSTOPped) runs none of its own timeouts; walletd cuts the job's connection once it has run
+    past its bound, so the job fails (503) and frees its slot instead of hanging for ever."""
+    if os.geteuid() != 0:
+        pytest.skip("signalling the server's backend needs root (it runs as postgres)")
+    bounds = attrs.evolve(bounds_for(TTL), job=1.0)
+    db = Database(db_url, max_size=2, bounds=bounds)
+    await db.open()
+    stopped: list[int] = []
+
+    def hang(conn: Connection) -> None:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        stopped.append(int(row[0]))
+        os.kill(stopped[0], signal.SIGSTOP)
+        conn.execute("SELECT 1")  # no answer: the backend is stopped
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.watch)
+            started = trio.current_time()
+            # abandon_on_cancel: only so that the test itself fails (not hangs) without a bound
+            with trio.fail_after(30), pytest.raises(ClusterUnavailable):
+                await db.run(hang, abandon_on_cancel=True)
+            took = trio.current_time() - started
+            print(f"\nthe hung job failed after {took:.2f} s (bound {bounds.job:g} s)")
+            assert db.cut == 1
+            os.kill(stopped[0], signal.SIGCONT)
+            while True:  # the watch probe lets calls through again
+                try:
+                    assert await db.run(_select_one) == 1
+                    break
+                except ClusterUnavailable:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        await db.close()

@@ -192,7 +192,18 @@ async def test_database_outage_longer_than_a_lease_then_back(
             f" served again {worst:.1f} s after the database returned"
             f" (each: {', '.join(f'{k} {v:.1f} s' for k, v in sorted(served.items()))})"
         )
-        assert [x for s in readers for x in s.lost] == []  # no 500, no other answer
+        # No 500, no other answer; but a read forwarded to h1 just as the database went away
+        # may lose its answer on the way back: 504 `timeout`, outcome unknown (the API's word
+        # for it; a read is safe to retry).
+        unknown = [
+            (s.client is c2, sent - down)
+            for s in readers
+            for sent, _, status in s.calls
+            if status == 504
+        ]
+        print(f"reads whose forwarded answer was lost as the database went down (504): {unknown}")
+        assert [x for s in readers for x in s.lost if x.split(": ", 1)[1][:4] != "504 "] == []
+        assert all(through_h2 and -5 < at < LEASE_TTL for through_h2, at in unknown), unknown
         assert statuses == {503}, statuses
         # No call waits for a pooled connection (CONNECT_TIMEOUT) before its 503.
         assert statistics.median(latencies) < CONNECT_TIMEOUT / 2, latencies

@@ -20,12 +20,16 @@ leases.
 cannot give one marks the database down: from then on every job fails at once with
 `ClusterUnavailable` (a 503) instead of waiting for a connection, while `watch` probes with a fresh
 connection every `PROBE_INTERVAL`; the first probe that gets through refreshes the pools and lets
-jobs run again. Without `watch` running (tools, tests) nothing is refused early.
+jobs run again. `watch` also cuts the connection of a job running past `Bounds.job` (a server
+that stopped answering on a live socket runs none of its own timers). Without `watch` running
+(tools, tests) nothing is refused early and nothing is cut.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -78,6 +82,7 @@ class Bounds:
     statement: float  # statement_timeout
     tcp_user_timeout: float  # unacknowledged data this long breaks the connection
     keepalive_idle: int  # seconds of silence before TCP keepalive probes (then 1 s apart, 3)
+    job: float  # a job still running after this long has its connection cut (`watch`)
 
     def libpq(self) -> dict[str, str | int]:
         """Connection parameters: the client's socket bounds, the server's session settings."""
@@ -108,14 +113,18 @@ def bounds_for(lease_ttl: float) -> Bounds:
     is taken over within lease_ttl + ttl/3, and a host's writes queued behind it resume by then.
     A lock is waited for twice that, so a writer queued behind a stalled holder gets the row
     once the server ended the stall instead of failing first. Statements get 30 s or two TTLs:
-    wallet files are megabytes."""
+    wallet files are megabytes. A whole job gets two statements' time: past that only a server
+    that stopped answering on a live socket (itself stopped, its disk hung) keeps it, and the
+    server's own timers do not run then, so walletd cuts the connection."""
     stall = min(max(lease_ttl / 3, 1.0), 10.0)
+    statement = max(30.0, 2 * lease_ttl)
     return Bounds(
         stall=stall,
         lock=2 * stall,
-        statement=max(30.0, 2 * lease_ttl),
+        statement=statement,
         tcp_user_timeout=max(2 * stall, 5.0),
         keepalive_idle=max(1, int(stall)),
+        job=2 * statement,
     )
 
 
@@ -152,8 +161,10 @@ class Database:
         max_size: int = 4,
         connect_timeout: float = CONNECT_TIMEOUT,
         lease_ttl: float = DEFAULT_TTL,
+        bounds: Bounds | None = None,
     ) -> None:
-        self.bounds = bounds_for(lease_ttl)
+        """`bounds`: instead of those `lease_ttl` gives (a test's shorter ones)."""
+        self.bounds = bounds or bounds_for(lease_ttl)
         self._url = url
         self._kwargs: dict[str, object] = {
             "autocommit": True,
@@ -172,6 +183,10 @@ class Database:
         self._renewal_limiter = trio.CapacityLimiter(RENEWAL_CONNECTIONS)
         self._connect_timeout = connect_timeout
         self.down: str | None = None  # why the database is known down; None while it answers
+        # Jobs running now: their connection and when they began (for the watchdog in `watch`).
+        self._running: dict[int, tuple[Connection, float]] = {}
+        self._running_lock = threading.Lock()
+        self.cut = 0  # connections cut by the watchdog since start
         self._down_at = 0.0  # time.monotonic() when it went down
         self._watching = False
 
@@ -255,6 +270,9 @@ class Database:
     ) -> T:
         try:
             with pool.connection() as conn:
+                key = id(conn)
+                with self._running_lock:
+                    self._running[key] = (conn, time.monotonic())
                 try:
                     with conn.transaction():
                         return job(conn)
@@ -268,6 +286,11 @@ class Database:
                     raise ClusterUnavailable(
                         f"cluster database failed ({type(exc).__name__})"
                     ) from exc
+                finally:
+                    # Before the connection goes back to the pool: the watchdog never cuts a
+                    # connection another job has taken since.
+                    with self._running_lock:
+                        del self._running[key]
         except psycopg_pool.PoolTimeout as exc:
             self._went_down("no connection")
             raise ClusterUnavailable("cluster database: no connection available") from exc
@@ -275,6 +298,29 @@ class Database:
             # The server failed the statement for a reason not the caller's, or one of the
             # bounds ended its wait (a lock, a statement): the caller may retry.
             raise ClusterUnavailable(f"cluster database failed ({type(exc).__name__})") from exc
+
+    def _cut_overdue(self) -> None:
+        """Shut the socket of every job running longer than `Bounds.job`: its thread, blocked in
+        the driver, then fails (the connection broken) and frees its limiter slot."""
+        now = time.monotonic()
+        with self._running_lock:
+            for conn, began in self._running.values():
+                if now - began > self.bounds.job and not conn.closed:
+                    try:
+                        sock = socket.socket(fileno=conn.fileno())
+                    except (OSError, psycopg.Error):
+                        continue
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    finally:
+                        sock.detach()  # the descriptor stays the driver's, to close
+                    self.cut += 1
+                    log.error(
+                        "cluster database job overran its bound: connection cut",
+                        bound_s=self.bounds.job,
+                    )
 
     def _went_down(self, reason: str) -> None:
         if self.down is None:
@@ -288,6 +334,7 @@ class Database:
         self._watching = True
         try:
             while True:
+                self._cut_overdue()
                 if self.down is None:
                     await trio.sleep(PROBE_INTERVAL)
                     continue
