@@ -2,7 +2,8 @@
 `walletd --config PATH cluster export|import DIR` backs up the cluster's wallet files.
 
 Exit codes: 0 stopped cleanly (or `--check-config` found nothing); 1 start-up failed for a reason
-that may pass (the state dir is in use, a file could not be opened): systemd may restart;
+that may pass (the state dir is in use, a file could not be opened, the cluster database cannot be
+reached; also `--check-config --check-database` when it cannot be): systemd may restart;
 2 usage or configuration error (one line naming the key): restarting cannot help, and the unit's
 `RestartPreventExitStatus=2` says so; 70 shutdown overran its bound. A traceback is a walletd bug.
 """
