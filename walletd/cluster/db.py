@@ -292,6 +292,8 @@ class Database:
                     with self._running_lock:
                         del self._running[key]
         except psycopg_pool.PoolTimeout as exc:
+            # The limiter is as wide as the pool, so no job waits here for a busy connection:
+            # a timeout means no connection could be made.
             self._went_down("no connection")
             raise ClusterUnavailable("cluster database: no connection available") from exc
         except psycopg.OperationalError as exc:
