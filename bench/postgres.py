@@ -56,6 +56,7 @@ class PrivatePostgres:
         self.dir: Path | None = None
         self.url = ""
         self._started = False
+        self._options = ""
 
     def _as_owner(self, *argv: str) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
@@ -84,18 +85,34 @@ class PrivatePostgres:
             self.dir / "initdb.log",
         )
         # Loopback TCP only, the Unix socket inside the temporary directory, fsync off.
-        options = f"-h 127.0.0.1 -p {port} -k {self.dir} -F"
+        self._options = f"-h 127.0.0.1 -p {port} -k {self.dir} -F"
         self._started = True
+        self.resume()
+        self.url = f"postgresql://walletd@127.0.0.1:{port}/postgres"
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt`: same directory, same port)."""
+        assert self.dir is not None, "start() first"
         self._run(
             self._as_owner(
                 str(self.bin / "pg_ctl"),
-                *("-D", str(data), "-l", str(self.dir / "server.log"), "-w"),
-                *("-t", str(START_TIMEOUT), "-o", options, "start"),
+                *("-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"), "-w"),
+                *("-t", str(START_TIMEOUT), "-o", self._options, "start"),
             ),
             self.dir / "pg_ctl.log",
         )
-        self.url = f"postgresql://walletd@127.0.0.1:{port}/postgres"
-        return self
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (`-m immediate`), keeping its data for `resume`."""
+        assert self.dir is not None, "start() first"
+        self._run(
+            self._as_owner(
+                str(self.bin / "pg_ctl"),
+                *("-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"),
+            ),
+            self.dir / "pg_ctl.log",
+        )
 
     def pids(self) -> list[int]:
         """The postmaster's pid (first line of postmaster.pid), or [] once it is gone."""

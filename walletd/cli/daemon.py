@@ -3,7 +3,8 @@
 `walletd --config PATH cluster key export|import FILE` copies the vault key to a new host.
 
 Exit codes: 0 stopped cleanly (or `--check-config` found nothing); 1 start-up failed for a reason
-that may pass (the state dir is in use, a file could not be opened): systemd may restart;
+that may pass (the state dir is in use, a file could not be opened, the cluster database cannot be
+reached; also `--check-config --check-database` when it cannot be): systemd may restart;
 2 usage or configuration error (one line naming the key): restarting cannot help, and the unit's
 `RestartPreventExitStatus=2` says so; 70 shutdown overran its bound. A traceback is a walletd bug.
 """
@@ -39,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run every start-up check that needs no running daemon, print OK or one line per "
         "problem, and exit (0 ok, 2 problems)",
     )
+    p.add_argument(
+        "--check-database",
+        action="store_true",
+        help="with --check-config: also connect to [cluster]'s database (exit 1 if it cannot be "
+        "reached: that may pass). Off by default: `systemctl reload` runs --check-config, and a "
+        "database down must not fail a reload",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command")
     dev = sub.add_parser("dev", help="private regtest monerod + walletd with dev-only endpoints")
@@ -68,15 +76,39 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "cluster":
         return cluster.run_cluster(args, config)
+    if args.check_database and not args.check_config:
+        print("walletd: --check-database goes with --check-config", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check_config:
         found = preflight.problems(config)
         for problem in found:
             print(f"walletd: {problem}", file=sys.stderr)
         if found:
             return EXIT_CONFIG
+        if args.check_database and config.cluster is not None:
+            unreachable = _probe_database(config.cluster.database_url)
+            if unreachable:
+                print(f"walletd: {unreachable}", file=sys.stderr)
+                return EXIT_RUNTIME
         print("OK")
         return 0
     return run_daemon(config, args.config)
+
+
+def _probe_database(url: str) -> str | None:
+    """One connection to the cluster database: None if it answers, else the line saying which
+    database (key, host, port; never the password) and libpq's reason."""
+    from walletd.cluster.db import ClusterUnavailable, Database
+
+    async def probe() -> None:
+        db = Database(url, max_size=1)
+        await db.probe()
+
+    try:
+        trio.run(probe)
+    except ClusterUnavailable as exc:
+        return exc.message
+    return None
 
 
 def run_daemon(config: Config, config_path: Path | None) -> int:

@@ -23,7 +23,7 @@ from walletd.cluster.db import Connection, Database
 from walletd.jsontypes import JsonMapping
 from walletd.state.store import StoreUnavailable
 
-__all__ = ["Fenced", "Lease", "Leases", "Tenure"]
+__all__ = ["Fenced", "Lease", "Leases", "Tenure", "append_event", "append_event_row"]
 
 T = TypeVar("T")
 
@@ -159,8 +159,9 @@ class Leases:
     async def renew(self, tenure: Tenure) -> bool:
         """Extend by ttl from now (database clock); False if the lease is no longer ours.
 
-        Abandoned on cancel: a renew whose outcome is unknown counts as failed."""
-        return await self.db.run(self.renew_job(tenure), abandon_on_cancel=True)
+        Abandoned on cancel: a renew whose outcome is unknown counts as failed. On the reserved
+        connections: never queued behind other work."""
+        return await self.db.run(self.renew_job(tenure), abandon_on_cancel=True, renewal=True)
 
     async def release(self, tenure: Tenure) -> bool:
         """Give the lease up (the next acquire by anyone gets epoch + 1)."""
@@ -184,23 +185,47 @@ class Leases:
 def append_event(
     conn: Connection, type_: str, escrow_id: str | None, data: JsonMapping, tenure: Tenure | None
 ) -> int:
-    """Append an event in the caller's transaction; return its seq.
+    """Append an event in the caller's transaction; return its seq."""
+    return append_event_row(conn, type_, escrow_id, data, tenure)[0]
+
+
+def append_event_row(
+    conn: Connection,
+    type_: str,
+    escrow_id: str | None,
+    data: JsonMapping,
+    tenure: Tenure | None,
+    *,
+    notify: str | None = None,
+) -> tuple[int, datetime]:
+    """Append an event in the caller's transaction, notify its seq on `notify` (sent at
+    commit); return its seq and time.
 
     seq is taken from the counter row, which this transaction then holds locked until it commits:
-    events get their seq in commit order across hosts."""
-    row = conn.execute("UPDATE event_counter SET seq = seq + 1 RETURNING seq").fetchone()
+    events get their seq in commit order across hosts, which the feed's readers rely on (they read
+    by seq; a sequence would hand out numbers that commit out of order). The row is the cluster's
+    one hot row, so it is taken in a single statement, as late as the writer can, and a holder
+    that stalls before committing loses its session after `Bounds.stall` (see `db`)."""
+    row = conn.execute(
+        """
+        WITH c AS (UPDATE event_counter SET seq = seq + 1 RETURNING seq),
+        e AS (
+            INSERT INTO events (seq, type, escrow_id, at, data, host_id, epoch)
+            SELECT c.seq, %(type)s, %(escrow)s, cluster_now(), %(data)s::jsonb, %(host)s,
+                %(epoch)s FROM c
+            RETURNING seq, at
+        )
+        SELECT seq, at, CASE WHEN %(channel)s::text IS NULL THEN NULL
+            ELSE pg_notify(%(channel)s::text, seq::text) END FROM e
+        """,
+        {
+            "type": type_,
+            "escrow": escrow_id,
+            "data": json.dumps(dict(data)),
+            "host": tenure.host_id if tenure else None,
+            "epoch": tenure.epoch if tenure else None,
+            "channel": notify,
+        },
+    ).fetchone()
     assert row is not None  # the migration inserts the one counter row
-    seq = int(row[0])
-    conn.execute(
-        "INSERT INTO events (seq, type, escrow_id, at, data, host_id, epoch)"
-        " VALUES (%s, %s, %s, cluster_now(), %s::jsonb, %s, %s)",
-        (
-            seq,
-            type_,
-            escrow_id,
-            json.dumps(dict(data)),
-            tenure.host_id if tenure else None,
-            tenure.epoch if tenure else None,
-        ),
-    )
-    return seq
+    return int(row[0]), row[1]

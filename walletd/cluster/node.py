@@ -41,14 +41,14 @@ __all__ = ["ClusterNode"]
 
 log = structlog.get_logger(__name__)
 
-POOL_SIZE = 8  # database connections: store, renewals, wallet files, forwarding
+POOL_SIZE = 8  # database connections: store, wallet files, forwarding (renewals have their own)
 
 
 class ClusterNode:
     def __init__(self, cfg: ClusterConfig, wallet_dir: Path) -> None:
         self.host_id = cfg.host_id
         self.lease_ttl = cfg.lease_ttl
-        self.db = Database(cfg.database_url, max_size=POOL_SIZE)
+        self.db = Database(cfg.database_url, max_size=POOL_SIZE, lease_ttl=cfg.lease_ttl)
         self.leases = Leases(self.db, cfg.lease_ttl)
         self.wallet_files = WalletFiles(self.db, self.leases)
         self.ownership = ClusterOwnership(self.leases, cfg.host_id, self.wallet_files, wallet_dir)
@@ -107,6 +107,7 @@ class ClusterNode:
         self._server = ForwardServer(self.db, self.listener, self.host_id, serve)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.db.watch)  # a database known down: 503 at once
                 await nursery.start(self.listener.run)
                 await nursery.start(self.ownership.run)
                 await nursery.start(self.forwarder.run)

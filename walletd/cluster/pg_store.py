@@ -42,7 +42,7 @@ import psycopg
 import structlog
 
 from walletd.cluster.db import ClusterUnavailable, Connection, Database
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
+from walletd.cluster.leases import Fenced, Leases, Tenure, append_event_row
 from walletd.cluster.wallet_files import abandon_wallet_files
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof
 from walletd.jsontypes import JsonMapping
@@ -111,11 +111,8 @@ def _append(
     conn: Connection, type_: str, escrow_id: str | None, data: JsonMapping, tenure: Tenure | None
 ) -> EventRecord:
     """Append one event in the caller's transaction and notify its seq (sent at commit)."""
-    seq = append_event(conn, type_, escrow_id, data, tenure)
-    row = conn.execute("SELECT at FROM events WHERE seq = %s", (seq,)).fetchone()
-    assert row is not None  # inserted just above, in this transaction
-    conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(seq)))
-    return EventRecord(seq, type_, escrow_id, timestamp(row[0]), dict(data))
+    seq, at = append_event_row(conn, type_, escrow_id, data, tenure, notify=EVENTS_CHANNEL)
+    return EventRecord(seq, type_, escrow_id, timestamp(at), dict(data))
 
 
 class PgStore:
