@@ -1,13 +1,16 @@
 """The lease holder self-fences on its own clock: it gives up before the database lease can expire.
 
-Runs on trio's mock clock with a stand-in for the database (no PostgreSQL needed)."""
+Runs on trio's mock clock with a stand-in for the database (no PostgreSQL needed). The holder's
+clock (the boot clock in walletd) is injected: trio's mock clock, plus a jump where a test
+suspends the machine (the boot clock runs on during a suspend, trio's monotonic clock does not)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from walletd.cluster.db import ClusterUnavailable, Database
-from walletd.cluster.holder import LeaseHolder
+from walletd.cluster.holder import SLICE, LeaseHolder
 from walletd.cluster.leases import Leases, Tenure
 
 TTL = 15.0
@@ -39,7 +42,7 @@ async def _hold(leases: ScriptedLeases, switch_at: float, mode: str) -> tuple[fl
     async def on_lost() -> None:
         lost_at.append(trio.current_time())
 
-    holder = LeaseHolder(leases, TENURE, on_lost, acquired_at=t0)
+    holder = LeaseHolder(leases, TENURE, on_lost, acquired_at=t0, clock=trio.current_time)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(holder.run)
         await trio.sleep(switch_at)
@@ -54,7 +57,7 @@ async def test_renews_every_third_of_ttl(autojump_clock: trio.abc.Clock) -> None
     t0, lost = await _hold(leases, 100.0, "refuse")
     gaps = [b - a for a, b in zip([t0, *leases.renew_starts], leases.renew_starts, strict=False)]
     assert all(abs(g - TTL / 3) < 1e-6 for g in gaps[:-1])
-    assert lost == leases.renew_starts[-1]  # refused: lost at once
+    assert lost == pytest.approx(leases.renew_starts[-1])  # refused: lost at once
 
 
 async def test_hung_database_self_fences_before_expiry(autojump_clock: trio.abc.Clock) -> None:
@@ -64,7 +67,7 @@ async def test_hung_database_self_fences_before_expiry(autojump_clock: trio.abc.
     _, lost = await _hold(leases, 21.0, "hang")
     last_ok = max(t for t in leases.renew_starts if t < 21.0)
     earliest_expiry = last_ok + TTL  # the database stamped the expiry after the request began
-    assert lost == last_ok + TTL - TTL / 5
+    assert lost == pytest.approx(last_ok + TTL - TTL / 5)
     assert lost < earliest_expiry
 
 
@@ -75,4 +78,38 @@ async def test_database_down_retries_then_self_fences(autojump_clock: trio.abc.C
     _, lost = await _hold(leases, 21.0, "down")
     ok_starts = [t for t in leases.renew_starts if t < 21.0]
     assert len(leases.renew_starts) > len(ok_starts) + 1  # it retried
-    assert lost == ok_starts[-1] + TTL - TTL / 5
+    assert lost == pytest.approx(ok_starts[-1] + TTL - TTL / 5)
+
+
+async def test_a_suspend_past_the_deadline_loses_the_lease_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The deadline is measured on the boot clock, which runs on while the machine is suspended
+    (trio's monotonic clock stops): right after a suspend longer than the lease, the holder
+    already says the lease is not valid (what a money-moving call asks first), and it declares
+    the lease lost within one slice of its sleep, without renewing: by then the database may
+    have given it to another host."""
+    suspended = 0.0
+
+    def clock() -> float:
+        return trio.current_time() + suspended
+
+    leases = ScriptedLeases()
+    lost = trio.Event()
+
+    async def on_lost() -> None:
+        lost.set()
+
+    holder = LeaseHolder(leases, TENURE, on_lost, acquired_at=clock(), clock=clock)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder.run)
+        await trio.sleep(TTL * 2)
+        assert holder.valid(), "renewed every ttl/3 meanwhile"
+        renews = len(leases.renew_starts)
+        suspended += TTL  # the machine slept for a whole ttl; trio's clock did not move
+        assert not holder.valid()
+        resumed = trio.current_time()
+        await lost.wait()
+        assert trio.current_time() - resumed <= SLICE
+        assert holder.lost
+        assert len(leases.renew_starts) == renews, "a lapsed lease is not renewed"
