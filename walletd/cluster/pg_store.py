@@ -320,8 +320,9 @@ class PgStore:
         a crash can never keep a state change whose event the server would then never see, and a
         host that lost the escrow's lease changes nothing.
 
-        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise), checked
-        on the row as locked in this transaction."""
+        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise), and a
+        change with `expect_payout` finds the payout it expects (`PayoutChanged` otherwise), both
+        checked on the row as locked in this transaction."""
         columns = changed_columns(changes)
         cols = [f"{name} = %s{_CASTS.get(name, '')}" for name in columns]
         values = list(columns.values())
@@ -332,10 +333,14 @@ class PgStore:
 
         def write(conn: Connection, tenure: Tenure) -> tuple[EscrowRecord, list[EventRecord]]:
             row = conn.execute(
-                "SELECT state FROM escrows WHERE escrow_id = %s FOR UPDATE", (escrow_id,)
+                "SELECT state, payout::text FROM escrows WHERE escrow_id = %s FOR UPDATE",
+                (escrow_id,),
             ).fetchone()
             if row is None:
                 raise KeyError(escrow_id)
+            if "expect_payout" in changes:
+                recorded = payout_from_json(row[1]) if row[1] is not None else None
+                changes["expect_payout"].check(escrow_id, recorded)
             if "state" in changes:
                 EscrowState(row[0]).check_move(changes["state"])
             new = conn.execute(update, (*values, escrow_id)).fetchone()
