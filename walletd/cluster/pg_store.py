@@ -8,9 +8,11 @@ bad changes `ValueError`/`IllegalMove`, a state change and its events are one tr
 What PostgreSQL adds:
 
 - **Fencing.** Every write about an escrow (insert, change, delete, payout proof, an event naming
-  it) runs in `Leases.fenced_job` with the tenure `tenure_of(escrow_id)` gives for it: the lease
-  row is checked and locked in the writing transaction, so a host whose lease expired or changed
-  owner writes nothing (`Fenced`). No tenure at all is refused the same way, before any statement.
+  it) runs in `Leases.fenced_job` with the tenure `tenure_of(escrow_id)` gives for it (the
+  writing task's holding's, `ClusterOwnership`): the lease row is checked and locked in the
+  writing transaction, so a host whose lease expired or changed owner, or a holding older than
+  the host's current lease, writes nothing (`Fenced`). No tenure at all is refused the same way,
+  before any statement. A payout change with `expect_payout` is compare-and-set on the locked row.
   The payout (intent, signed blob, submitted) is a column of the escrow row, so it is fenced with
   it: a new owner reads the blob the old one recorded, and nothing an old owner tries lands after
   the new owner's epoch exists. Events about no escrow are not fenced.
