@@ -7,6 +7,7 @@ WALLETD_TEST_PG_URL, as every `pg` test does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
@@ -34,6 +35,7 @@ from walletd.escrows.model import (
     WalletRef,
     utcnow,
 )
+from walletd.state.columns import payout_from_json, payout_to_json
 from walletd.state.seam import LocalState, StateStore
 from walletd.state.store import EscrowChanges, NewEvent, Store
 
@@ -193,6 +195,27 @@ async def test_payout_changes_are_compare_and_set(store: StateStore) -> None:
     assert rec.payout == submitted
     with pytest.raises(ValueError, match="expect_payout"):  # an expectation alone is no change
         await store.update_escrow("e1", expect_payout=ExpectedPayout.of(submitted))
+
+
+def test_payouts_written_before_attempts_were_recorded_read_back() -> None:
+    """A payout column as older walletd wrote it (no attempts, tried_at, driver, next_try_at)
+    reads back as a payout never attempted by a known host, and a payout without attempts is
+    written as it always was: neither version misreads the other's rows."""
+    old = (
+        '{"kind": "release", "address": "4dest", "phase": "signed", "created_at": "t0",'
+        ' "txid": null, "confirmations": 0, "submitted_at": null, "txids": ["aa"],'
+        ' "signed_txset": "00", "amount": 4, "fee": 1}'
+    )
+    payout = payout_from_json(old)
+    assert (payout.attempts, payout.tried_at, payout.driver, payout.next_try_at) == (
+        0,
+        None,
+        None,
+        None,
+    )
+    assert json.loads(payout_to_json(payout)) == json.loads(old)
+    tried = attrs.evolve(payout, attempts=2, tried_at="t1", driver="h1", next_try_at="t2")
+    assert payout_from_json(payout_to_json(tried)) == tried
 
 
 async def test_escrows_listed_by_creation_then_id(store: StateStore) -> None:
