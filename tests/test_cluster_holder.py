@@ -27,6 +27,7 @@ class ScriptedLeases(Leases):
 
     async def renew(self, tenure: Tenure) -> bool:
         self.renew_starts.append(trio.current_time())
+        await trio.lowlevel.checkpoint()  # a real renew always waits for the database
         if self.mode == "hang":
             await trio.sleep_forever()
         if self.mode == "down":

@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 RETRY_DELAY = 0.5  # seconds between renew attempts after the database failed one
 SLICE = 0.5  # longest trio sleep between looks at the boot clock (a suspend is seen within it)
+_RESOLUTION = 1e-6  # seconds: a deadline this close counts as reached
 
 
 def boottime() -> float:
@@ -77,8 +78,10 @@ class LeaseHolder:
         return not self.lost and self.clock() < self.deadline
 
     async def _sleep_until(self, when: float) -> None:
-        """Sleep until `clock()` reaches `when`, waking at least every SLICE to look."""
-        while (left := when - self.clock()) > 0:  # noqa: ASYNC110 - a clock, not an event
+        """Sleep until `clock()` reaches `when` (within a microsecond: a smaller remainder is
+        float rounding, and a sleep that short may not move trio's clock at all, so looping on
+        it would spin), waking at least every SLICE to look."""
+        while (left := when - self.clock()) > _RESOLUTION:  # noqa: ASYNC110 - a clock, not an event
             await trio.sleep(min(left, SLICE))
 
     async def run(self) -> None:
