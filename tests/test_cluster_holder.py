@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from walletd.cluster.db import ClusterUnavailable, Database
-from walletd.cluster.holder import SLICE, LeaseHolder
+from walletd.cluster.holder import LeaseHolder
 from walletd.cluster.leases import Leases, Tenure
 
 TTL = 15.0
@@ -80,37 +80,3 @@ async def test_database_down_retries_then_self_fences(autojump_clock: trio.abc.C
     ok_starts = [t for t in leases.renew_starts if t < 21.0]
     assert len(leases.renew_starts) > len(ok_starts) + 1  # it retried
     assert lost == pytest.approx(ok_starts[-1] + TTL - TTL / 5)
-
-
-async def test_a_suspend_past_the_deadline_loses_the_lease_at_once(
-    autojump_clock: trio.abc.Clock,
-) -> None:
-    """The deadline is measured on the boot clock, which runs on while the machine is suspended
-    (trio's monotonic clock stops): right after a suspend longer than the lease, the holder
-    already says the lease is not valid (what a money-moving call asks first), and it declares
-    the lease lost within one slice of its sleep, without renewing: by then the database may
-    have given it to another host."""
-    suspended = 0.0
-
-    def clock() -> float:
-        return trio.current_time() + suspended
-
-    leases = ScriptedLeases()
-    lost = trio.Event()
-
-    async def on_lost() -> None:
-        lost.set()
-
-    holder = LeaseHolder(leases, TENURE, on_lost, acquired_at=clock(), clock=clock)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(holder.run)
-        await trio.sleep(TTL * 2)
-        assert holder.valid(), "renewed every ttl/3 meanwhile"
-        renews = len(leases.renew_starts)
-        suspended += TTL  # the machine slept for a whole ttl; trio's clock did not move
-        assert not holder.valid()
-        resumed = trio.current_time()
-        await lost.wait()
-        assert trio.current_time() - resumed <= SLICE
-        assert holder.lost
-        assert len(leases.renew_starts) == renews, "a lapsed lease is not renewed"
