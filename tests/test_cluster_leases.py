@@ -222,7 +222,7 @@ async def test_holder_renews_and_self_fences(db: Database, db_url: str) -> None:
     async def on_lost() -> None:
         lost.set()
 
-    holder = LeaseHolder(leases, a, on_lost, acquired_at=started)
+    holder = LeaseHolder(leases, a, on_lost, acquired_at=started, clock=trio.current_time)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(holder.run)
         await leases.enough.wait()

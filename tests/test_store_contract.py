@@ -7,6 +7,7 @@ WALLETD_TEST_PG_URL, as every `pg` test does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
@@ -23,17 +24,20 @@ from walletd.cluster.pg_store import PgStore
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
+    ExpectedPayout,
     Funding,
     IllegalMove,
     Payout,
+    PayoutChanged,
     PayoutKind,
     PayoutPhase,
     PayoutProof,
     WalletRef,
     utcnow,
 )
+from walletd.state.columns import payout_from_json, payout_to_json
 from walletd.state.seam import LocalState, StateStore
-from walletd.state.store import EscrowChanges, Store
+from walletd.state.store import EscrowChanges, NewEvent, Store
 
 ESCROWS = ("e1", "e2", "e3", "E9", "nobody")  # the ids the cases use: the pg host leases them all
 
@@ -149,6 +153,69 @@ async def test_full_payout_and_funding_read_back_identical(store: StateStore) ->
     rec = await store.update_escrow("e1", payout=submitted, funding=funding)
     assert (rec.payout, rec.funding) == (submitted, funding)
     assert await store.get_escrow("e1") == rec
+
+
+async def test_payout_changes_are_compare_and_set(store: StateStore) -> None:
+    """A payout change that says what it expects (`expect_payout`: the phase and txids it read,
+    or no payout) is made only if the recorded payout is still there. Otherwise `PayoutChanged`
+    names what is recorded, and nothing is written: not the payout, not the state, not the
+    events. A change that expects nothing about the payout is made as before."""
+    await store.insert_escrow(_record())
+    intent = Payout(PayoutKind.RELEASE, "4dest", PayoutPhase.INTENT, "2026-01-02T00:00:00.000Z")
+    signed = attrs.evolve(intent, phase=PayoutPhase.SIGNED, txids=("x",), signed_txset="00")
+    with pytest.raises(PayoutChanged):  # expects an intent; there is no payout yet
+        await store.update_escrow("e1", payout=signed, expect_payout=ExpectedPayout.of(intent))
+    rec = await store.update_escrow("e1", payout=intent, expect_payout=ExpectedPayout.of(None))
+    assert rec.payout == intent
+    rec = await store.update_escrow("e1", payout=signed, expect_payout=ExpectedPayout.of(intent))
+    assert rec.payout == signed
+    before = (await store.get_escrow("e1"), await store.events_after(0))
+    other = attrs.evolve(signed, txids=("y",), signed_txset="11")
+    submitted = attrs.evolve(signed, phase=PayoutPhase.SUBMITTED, txid="x")
+    refused: list[tuple[EscrowChanges, list[NewEvent]]] = [
+        # a second driver that read the intent before the first one signed
+        ({"payout": other, "expect_payout": ExpectedPayout.of(intent)}, []),
+        # the right phase but other txids: not the transaction this writer signed
+        ({"payout": submitted, "expect_payout": ExpectedPayout.of(other)}, []),
+        # a new intent over a payout that is not there any more, with its state and event
+        (
+            {"payout": intent, "expect_payout": ExpectedPayout.of(None)},
+            [("payout_recorded", {})],
+        ),
+    ]
+    for changes, events in refused:
+        with pytest.raises(PayoutChanged, match="signed"):
+            await store.change_escrow("e1", changes, events)
+    assert (await store.get_escrow("e1"), await store.events_after(0)) == before
+    rec, _ = await store.change_escrow(
+        "e1",
+        {"payout": submitted, "expect_payout": ExpectedPayout.of(signed)},
+        [("payout_submitted", {})],
+    )
+    assert rec.payout == submitted
+    with pytest.raises(ValueError, match="expect_payout"):  # an expectation alone is no change
+        await store.update_escrow("e1", expect_payout=ExpectedPayout.of(submitted))
+
+
+def test_payouts_written_before_attempts_were_recorded_read_back() -> None:
+    """A payout column as older walletd wrote it (no attempts, tried_at, driver, next_try_at)
+    reads back as a payout never attempted by a known host, and a payout without attempts is
+    written as it always was: neither version misreads the other's rows."""
+    old = (
+        '{"kind": "release", "address": "4dest", "phase": "signed", "created_at": "t0",'
+        ' "txid": null, "confirmations": 0, "submitted_at": null, "txids": ["aa"],'
+        ' "signed_txset": "00", "amount": 4, "fee": 1}'
+    )
+    payout = payout_from_json(old)
+    assert (payout.attempts, payout.tried_at, payout.driver, payout.next_try_at) == (
+        0,
+        None,
+        None,
+        None,
+    )
+    assert json.loads(payout_to_json(payout)) == json.loads(old)
+    tried = attrs.evolve(payout, attempts=2, tried_at="t1", driver="h1", next_try_at="t2")
+    assert payout_from_json(payout_to_json(tried)) == tried
 
 
 async def test_escrows_listed_by_creation_then_id(store: StateStore) -> None:

@@ -37,7 +37,14 @@ import trio
 
 from walletd.config import MonitorConfig
 from walletd.errors import Capacity, WalletdError
-from walletd.escrows.model import EscrowRecord, EscrowState, Funding, Payout, utcnow
+from walletd.escrows.model import (
+    EscrowRecord,
+    EscrowState,
+    ExpectedPayout,
+    Funding,
+    Payout,
+    utcnow,
+)
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
@@ -307,8 +314,11 @@ class Monitor:
             return
         confirmations = status.confirmations(height)
         if confirmations != payout.confirmations:
-            payout = attrs.evolve(payout, confirmations=confirmations)
-            rec = await self._store.update_escrow(rec.escrow_id, payout=payout)
+            rec = await self._store.update_escrow(
+                rec.escrow_id,
+                payout=attrs.evolve(payout, confirmations=confirmations),
+                expect_payout=ExpectedPayout.of(payout),  # still the submitted one read
+            )
         if confirmations >= rec.required_confirmations:
             (final,) = rec.state.moves
             done = {"txid": txid, "confirmations": confirmations}
@@ -338,6 +348,7 @@ class Monitor:
             txid=payout.txid,
         )
         self.session_calls["resubmit"] += 1
+        self._ownership.check_held(rec.escrow_id)  # relays money: the lease must be valid
         await self._registry.call(
             rec.escrow_id,
             SubmitPayout("arbiter", payout.txids, payout.signed_txset),

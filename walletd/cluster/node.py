@@ -51,10 +51,12 @@ class ClusterNode:
         self.db = Database(cfg.database_url, max_size=POOL_SIZE, lease_ttl=cfg.lease_ttl)
         self.leases = Leases(self.db, cfg.lease_ttl)
         self.wallet_files = WalletFiles(self.db, self.leases)
-        self.ownership = ClusterOwnership(self.leases, cfg.host_id, self.wallet_files, wallet_dir)
-        self.store = PgStore(self.db, self.leases, self.ownership.tenure_of, cfg.host_id)
         # Live as long as a lease: a host that died stops being live as its leases expire.
         self.hosts = Hosts(self.db, live_within=cfg.lease_ttl)
+        self.ownership = ClusterOwnership(
+            self.leases, cfg.host_id, self.wallet_files, wallet_dir, hosts=self.hosts
+        )
+        self.store = PgStore(self.db, self.leases, self.ownership.tenure_of, cfg.host_id)
         self.listener = Listener(
             cfg.database_url, [EVENTS_CHANNEL, *forwarding_channels(cfg.host_id)]
         )

@@ -9,21 +9,44 @@ acquires it afresh if nobody else has.
 
 Acquiring is serialised per escrow on this host, so two local holders never race each other
 for the lease (two acquires would be two epochs, the first one's writes fenced at once).
+
+**A holding keeps the tenure it started under.** Once the lease is lost, a later holding here
+acquires it afresh (epoch + 1); a holding from before the loss (a payout driver that read the
+payout at `intent`) must not write under that new epoch with what it read under the old one. So a
+write about an escrow uses the tenure of the holding the writing task is in, and is refused
+(`Fenced`) once that holding's lease is lost, lapsed or superseded, even if this host holds the
+escrow again by then. The holding is found through a context variable that `holding` sets for
+its block, not passed to the store: every escrow write goes through `tenure_of` (the stores,
+the wallet files) from many layers (the event log, the lifecycle, the monitor, the sessions), and
+threading a token through each would change every write's signature and make each new write one
+more place to forget it; the store would still need the host's tenure for writes made in no
+holding. trio copies the context into every task started from inside the block, so a task a
+holding starts (the payout driver started by a release call) writes under that holding or under
+its own, never under a lease taken after it. A write made in no holding (an announcement written
+on the way out while the lease lingers) uses this host's current lease, as before.
+
+**Validity by the boot clock.** Each holding's lease is valid until its holder's deadline
+measured on CLOCK_BOOTTIME (`LeaseHolder`), which runs on during a suspend: after one, the
+lease is lapsed at once (`tenure_of` None, `check_held` Fenced), before the holder wakes to
+declare it lost. `check_held` is asked right before every money-moving wallet call.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from types import MappingProxyType
 
 import attrs
 import structlog
 import trio
 
 from walletd.cluster.db import ClusterUnavailable, Connection
-from walletd.cluster.holder import LeaseHolder
-from walletd.cluster.leases import Leases, Tenure
+from walletd.cluster.holder import LeaseHolder, boottime
+from walletd.cluster.hosts import Hosts
+from walletd.cluster.leases import Fenced, Leases, Tenure
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.errors import OwnedElsewhere, Unavailable
 from walletd.ids import Role
@@ -39,11 +62,21 @@ RELEASE_LINGER = 2.0  # seconds an unused lease is kept before it is released
 
 @attrs.define(eq=False)
 class _Held:
+    """One lease (one epoch) of an escrow as this host holds it, shared by its holdings."""
+
     tenure: Tenure
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     count: int = 0
     callbacks: list[OnLost] = attrs.Factory(list)
     lost: bool = False
+    holder: LeaseHolder | None = None
+
+    def valid(self) -> bool:
+        """Not lost, and not past its holder's deadline by the boot clock (a suspend)."""
+        return not self.lost and (self.holder is None or self.holder.valid())
+
+
+_NONE: Mapping[str, _Held] = MappingProxyType({})
 
 
 @attrs.frozen
@@ -55,12 +88,26 @@ class HoldingStats:
 
 class ClusterOwnership:
     def __init__(
-        self, leases: Leases, host_id: str, wallet_files: WalletFiles, wallet_dir: Path
+        self,
+        leases: Leases,
+        host_id: str,
+        wallet_files: WalletFiles,
+        wallet_dir: Path,
+        *,
+        hosts: Hosts | None = None,
+        clock: Callable[[], float] = boottime,
     ) -> None:
+        """`hosts`: the cluster's heartbeats (`live_hosts`); `clock`: what lease deadlines are
+        measured on (the boot clock; tests inject one that jumps as a suspend would)."""
         self.leases = leases
         self.host_id = host_id
         self.wallet_files = wallet_files
         self.wallet_dir = wallet_dir
+        self.hosts = hosts
+        self.clock = clock
+        # The holdings the running task is in (or was started in), by escrow: one variable per
+        # ownership, so two hosts in one process (the tests) never see each other's.
+        self._in: ContextVar[Mapping[str, _Held]] = ContextVar(f"holdings-{host_id}", default=_NONE)
         self._held: dict[str, _Held] = {}
         self._acquiring: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
@@ -70,6 +117,10 @@ class ClusterOwnership:
     @property
     def clustered(self) -> bool:
         return True
+
+    @property
+    def host(self) -> str | None:
+        return self.host_id
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The renewing holders live here."""
@@ -82,9 +133,23 @@ class ClusterOwnership:
         return HoldingStats(held=len(self._held), acquired=self._acquired, lost=self._lost)
 
     def tenure_of(self, escrow_id: str) -> Tenure | None:
-        """The token this host writes about the escrow with; None if it holds no live lease."""
-        held = self._held.get(escrow_id)
-        return held.tenure if held is not None and not held.lost else None
+        """The token the running task writes about the escrow with: its holding's (see the
+        module doc), else this host's current one; None if that lease is lost or lapsed."""
+        held = self._in.get().get(escrow_id) or self._held.get(escrow_id)
+        return held.tenure if held is not None and held.valid() else None
+
+    def check_held(self, escrow_id: str) -> None:
+        """`Fenced` unless the running task's holding of the escrow (else this host's lease of
+        it) is still valid, by the boot clock: asked right before a money-moving wallet call."""
+        if self.tenure_of(escrow_id) is None:
+            log.warning("wallet call refused: lease lost or lapsed", escrow_id=escrow_id)
+            raise Fenced(f"escrow {escrow_id}: this host's lease is lost or lapsed; no wallet call")
+
+    async def live_hosts(self) -> set[str]:
+        """The hosts whose heartbeat is fresh (`Hosts.live_within`, by the database clock)."""
+        if self.hosts is None:
+            return {self.host_id}
+        return {h.host_id for h in await self.hosts.live_hosts(self.hosts.live_within)}
 
     def holding(
         self, escrow_id: str, on_lost: OnLost | None = None
@@ -97,9 +162,11 @@ class ClusterOwnership:
         held.count += 1
         if on_lost is not None:
             held.callbacks.append(on_lost)
+        entered = self._in.set(MappingProxyType({**self._in.get(), escrow_id: held}))
         try:
             yield
         finally:
+            self._in.reset(entered)
             held.count -= 1
             if on_lost is not None:
                 held.callbacks.remove(on_lost)
@@ -136,23 +203,27 @@ class ClusterOwnership:
 
     async def _hold(self, escrow_id: str) -> _Held:
         held = self._held.get(escrow_id)
-        if held is not None and not held.lost:
+        if held is not None and held.valid():
             return held
         lock = self._acquiring.setdefault(escrow_id, trio.Lock())
         try:
             async with lock:
                 held = self._held.get(escrow_id)
-                if held is not None and not held.lost:
+                if held is not None and held.valid():
                     return held
-                started = trio.current_time()
+                started = self.clock()
                 tenure = await self.leases.acquire(escrow_id, self.host_id)
                 if tenure is None:
                     raise await self._taken(escrow_id)
                 held = _Held(tenure)
                 self._held[escrow_id] = held
                 self._acquired += 1
-                holder = LeaseHolder(
-                    self.leases, tenure, lambda: self._on_lost(held), acquired_at=started
+                holder = held.holder = LeaseHolder(
+                    self.leases,
+                    tenure,
+                    lambda: self._on_lost(held),
+                    acquired_at=started,
+                    clock=self.clock,
                 )
                 assert self._nursery is not None, "cluster ownership is not running"
                 self._nursery.start_soon(self._keep, held, holder)

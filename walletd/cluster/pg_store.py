@@ -8,9 +8,11 @@ bad changes `ValueError`/`IllegalMove`, a state change and its events are one tr
 What PostgreSQL adds:
 
 - **Fencing.** Every write about an escrow (insert, change, delete, payout proof, an event naming
-  it) runs in `Leases.fenced_job` with the tenure `tenure_of(escrow_id)` gives for it: the lease
-  row is checked and locked in the writing transaction, so a host whose lease expired or changed
-  owner writes nothing (`Fenced`). No tenure at all is refused the same way, before any statement.
+  it) runs in `Leases.fenced_job` with the tenure `tenure_of(escrow_id)` gives for it (the
+  writing task's holding's, `ClusterOwnership`): the lease row is checked and locked in the
+  writing transaction, so a host whose lease expired or changed owner, or a holding older than
+  the host's current lease, writes nothing (`Fenced`). No tenure at all is refused the same way,
+  before any statement. A payout change with `expect_payout` is compare-and-set on the locked row.
   The payout (intent, signed blob, submitted) is a column of the escrow row, so it is fenced with
   it: a new owner reads the blob the old one recorded, and nothing an old owner tries lands after
   the new owner's epoch exists. Events about no escrow are not fenced.
@@ -317,8 +319,9 @@ class PgStore:
         a crash can never keep a state change whose event the server would then never see, and a
         host that lost the escrow's lease changes nothing.
 
-        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise), checked
-        on the row as locked in this transaction."""
+        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise), and a
+        change with `expect_payout` finds the payout it expects (`PayoutChanged` otherwise), both
+        checked on the row as locked in this transaction."""
         columns = changed_columns(changes)
         cols = [f"{name} = %s{_CASTS.get(name, '')}" for name in columns]
         values = list(columns.values())
@@ -329,10 +332,14 @@ class PgStore:
 
         def write(conn: Connection, tenure: Tenure) -> tuple[EscrowRecord, list[EventRecord]]:
             row = conn.execute(
-                "SELECT state FROM escrows WHERE escrow_id = %s FOR UPDATE", (escrow_id,)
+                "SELECT state, payout::text FROM escrows WHERE escrow_id = %s FOR UPDATE",
+                (escrow_id,),
             ).fetchone()
             if row is None:
                 raise KeyError(escrow_id)
+            if "expect_payout" in changes:
+                recorded = payout_from_json(row[1]) if row[1] is not None else None
+                changes["expect_payout"].check(escrow_id, recorded)
             if "state" in changes:
                 EscrowState(row[0]).check_move(changes["state"])
             new = conn.execute(update, (*values, escrow_id)).fetchone()

@@ -22,6 +22,15 @@ Payout (release or refund), recorded before every step that could send money::
 
 Payouts run in the lifecycle's own nursery, not in the caller's task: a client that times out or
 disconnects never cancels a payout half way; its retry finds the same payout and waits for it.
+
+Every phase change is compare-and-set on the phase and txids its writer read (`ExpectedPayout`),
+and each is written under the holding the driver read the payout in: a driver whose view went
+stale (another took the payout further meanwhile) writes nothing (`PayoutChanged`, `Fenced`).
+Right before each money-moving wallet call (sign, submit) the driver's lease must still be valid
+by the boot clock (`Ownership.check_held`), and the session checks its own again (`LeasedSession`).
+
+Each time a host starts driving a payout it records the attempt on it; which payouts a cluster
+retries, when, and on which host, is `walletd.escrows.retries`.
 """
 
 from __future__ import annotations
@@ -52,13 +61,16 @@ from walletd.errors import (
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
+    ExpectedPayout,
     Payout,
+    PayoutChanged,
     PayoutKind,
     PayoutPhase,
     PayoutProof,
     WalletRef,
     utcnow,
 )
+from walletd.escrows.retries import RESUMABLE, PayoutRetries, attempted, retry_source
 from walletd.escrows.service import EscrowService
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.ops import failpoints
@@ -91,8 +103,6 @@ SIGNERS: dict[PayoutKind, tuple[Role, Role]] = {
     PayoutKind.RELEASE: ("vendor", "arbiter"),
     PayoutKind.REFUND: ("buyer", "arbiter"),
 }
-ORPHAN_CHECK_INTERVAL = 5.0  # seconds between looks for payouts a dead host left (a cluster)
-_RESUMABLE = (PayoutPhase.INTENT, PayoutPhase.SIGNED)  # never REFUSED: it is not signed again
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 
@@ -143,6 +153,14 @@ class Lifecycle:
         self._locks: dict[str, trio.Lock] = {}
         self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
+        self._retries = PayoutRetries(
+            store=store,
+            escrows=escrows,
+            ownership=self._ownership,
+            metrics=metrics,
+            run_payout=self._run_payout,
+            driving=self._payouts.__contains__,
+        )
         self._nursery: trio.Nursery | None = None
         self.recovered = trio.Event()  # recover() is done: walletd may report itself ready
 
@@ -155,38 +173,8 @@ class Lifecycle:
             except StoreUnavailable as exc:  # serve anyway: /v1/health reports the database
                 log.error("start-up recovery stopped", error=exc.message)
             if self._ownership.clustered:
-                await self._adopt_orphaned_payouts()
+                await self._retries.run()
             await trio.sleep_forever()
-
-    async def _adopt_orphaned_payouts(self) -> None:
-        """A cluster: a host that died mid-payout leaves it recorded (intent, or the signed
-        blob) with nobody driving it. Whichever host sees it unheld first resumes it: the
-        recorded blob is resubmitted as is, never signed again, so it still pays once."""
-        while True:
-            await trio.sleep(ORPHAN_CHECK_INTERVAL)
-            try:
-                elsewhere = await self._ownership.owned_elsewhere()
-                for rec in await self._store.list_escrows(EscrowState.READY):
-                    payout = rec.payout
-                    if payout is None or payout.phase not in _RESUMABLE:
-                        continue
-                    if rec.escrow_id in elsewhere or rec.escrow_id in self._payouts:
-                        continue
-                    log.warning(
-                        "resuming a payout left by another host",
-                        escrow_id=rec.escrow_id,
-                        phase=payout.phase.value,
-                    )
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._resume_quietly, rec.escrow_id)
-            except StoreUnavailable as exc:
-                log.warning("orphaned payout check skipped", error=exc.message)
-
-    async def _resume_quietly(self, escrow_id: str) -> None:
-        try:
-            await self._run_payout(escrow_id)
-        except WalletdError as exc:  # retried next round
-            log.warning("payout resume failed", escrow_id=escrow_id, error=str(exc))
 
     # ---- creation --------------------------------------------------------------------------------
 
@@ -368,9 +356,11 @@ class Lifecycle:
                     payout=Payout(
                         kind=kind, address=address, phase=PayoutPhase.INTENT, created_at=utcnow()
                     ),
+                    # none, or the refused one read above: a concurrent new intent loses
+                    expect_payout=ExpectedPayout.of(rec.payout),
                 )
                 log.info("payout recorded", escrow_id=escrow_id, kind=kind)
-            if rec.payout is not None and rec.payout.phase in _RESUMABLE:
+            if rec.payout is not None and rec.payout.phase in RESUMABLE:
                 await self._run_payout(escrow_id)
 
     async def _validate(self, escrow_id: str, address: str) -> None:
@@ -405,21 +395,32 @@ class Lifecycle:
             submitted = True
         except Exception as exc:  # noqa: BLE001 - a payout task must never take walletd down
             log.error("payout step failed", escrow_id=escrow_id, error=str(exc))
-            try:
-                rec = await self._escrows.get(escrow_id)
-                if rec.payout is not None:
-                    self._metrics.payout(rec.payout.kind.value, "failed")
-                    error = public_error(exc).message[:300]
-                    payout = attrs.evolve(rec.payout, last_error=error)
-                    await self._store.update_escrow(escrow_id, payout=payout)
-            except StoreUnavailable as db_exc:  # the database (or the lease) is why, likely
-                log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
+            await self._record_failure(escrow_id, exc)
         finally:
             del self._payouts[escrow_id]
             done.set()
         if submitted:
             # After the answer, not in it: the payout is recorded and submitted already.
             await self._sync_after_payout(escrow_id)
+
+    async def _record_failure(self, escrow_id: str, exc: Exception) -> None:
+        """Keep why the attempt stopped on the payout, if it is still where it stopped."""
+        try:
+            rec = await self._escrows.get(escrow_id)
+            payout = rec.payout
+            if payout is None:
+                return
+            self._metrics.payout(payout.kind.value, "failed")
+            if isinstance(exc, PayoutChanged) or payout.phase not in RESUMABLE:
+                return  # another writer took it further: what it recorded stands
+            error = public_error(exc).message[:300]
+            await self._store.update_escrow(
+                escrow_id,
+                payout=attrs.evolve(payout, last_error=error),
+                expect_payout=ExpectedPayout.of(payout),
+            )
+        except (StoreUnavailable, PayoutChanged) as db_exc:  # the database, the lease, a race
+            log.error("payout error not recorded", escrow_id=escrow_id, error=db_exc.message)
 
     async def _payout_steps(self, escrow_id: str) -> None:
         registry = self._registry
@@ -428,7 +429,14 @@ class Lifecycle:
         payout = rec.payout
         proposer, cosigner = SIGNERS[payout.kind]
         if payout.phase is PayoutPhase.REFUSED:
-            return  # never signed again (_RESUMABLE); a new release/refund call replaces it
+            return  # never signed again (RESUMABLE); a new release/refund call replaces it
+        # Recorded before anything else: a retry is spaced by its back-off, and another host
+        # adopts it only if this one is no longer live.
+        tried = attempted(payout, self._ownership.host)
+        await self._store.update_escrow(
+            escrow_id, payout=tried, expect_payout=ExpectedPayout.of(payout)
+        )
+        payout = tried
         await self._daemon_caught_up(rec)
         if payout.phase is PayoutPhase.INTENT:
             priority = self._fee_priority
@@ -441,11 +449,13 @@ class Lifecycle:
                 max_fee_per_byte=math.ceil(per_byte * self._fee_tolerance),
             )
             payout = attrs.evolve(payout, fee_priority=priority)
+            self._ownership.check_held(escrow_id)  # signs: this holding's lease must be valid
             try:
                 tx = await registry.call(escrow_id, prepare, caller=Caller.PAYOUT)
             except PayoutRefused as exc:
                 await self._refuse(escrow_id, payout, exc.reason)
                 return
+            intent = ExpectedPayout.of(payout)
             payout = attrs.evolve(
                 payout,
                 phase=PayoutPhase.SIGNED,
@@ -455,14 +465,17 @@ class Lifecycle:
                 fee=tx.fee,
                 last_error=None,
             )
-            # Durable before it can be sent: from here only this blob is ever submitted.
-            await self._store.update_escrow(escrow_id, payout=payout)
+            # Durable before it can be sent: from here only this blob is ever submitted. Only
+            # over the intent this driver read: never over what another driver signed.
+            await self._store.update_escrow(escrow_id, payout=payout, expect_payout=intent)
             failpoints.hit("after_sign")
         # Both recorded when it was signed.
         assert payout.txids is not None
         assert payout.signed_txset is not None
         txids = payout.txids
         await self._daemon_caught_up(rec)  # again: a switch may have come while it was signed
+        signed = ExpectedPayout.of(payout)
+        self._ownership.check_held(escrow_id)  # submits: this holding's lease must be valid
         try:
             await registry.call(
                 escrow_id,
@@ -493,6 +506,7 @@ class Lifecycle:
             [("payout_submitted", submitted)],
             payout=payout,
             state=payout.kind.paying_state,
+            expect_payout=signed,
         )
         self._metrics.payout(payout.kind.value, "submitted")
         try:
@@ -541,7 +555,12 @@ class Lifecycle:
         log.error("payout refused before signing", escrow_id=escrow_id, reason=reason)
         refused = attrs.evolve(payout, phase=PayoutPhase.REFUSED, last_error=reason[:300])
         event = {"kind": payout.kind.value, "reason": reason[:300]}
-        await self._events.change(escrow_id, [("payout_refused", event)], payout=refused)
+        await self._events.change(
+            escrow_id,
+            [("payout_refused", event)],
+            payout=refused,
+            expect_payout=ExpectedPayout.of(payout),
+        )
         self._metrics.payout(payout.kind.value, "failed")
 
     async def _daemon_caught_up(self, rec: EscrowRecord) -> None:
@@ -586,13 +605,18 @@ class Lifecycle:
                         await self._abandon(rec, "walletd stopped during creation")
                 except Unavailable as exc:  # taken meanwhile, or the database refused
                     log.warning("creation not undone", escrow_id=rec.escrow_id, error=exc.message)
+            live: set[str] | None = None
             for rec in await self._store.list_escrows(EscrowState.READY):
                 if rec.escrow_id in elsewhere:
                     continue
-                if rec.payout is not None and rec.payout.phase in _RESUMABLE:
-                    log.warning(
-                        "resuming payout", escrow_id=rec.escrow_id, phase=rec.payout.phase.value
-                    )
+                if rec.payout is not None and rec.payout.phase in RESUMABLE:
+                    # In a cluster another live host's payout is its own to resume.
+                    if live is None:
+                        live = await self._ownership.live_hosts()
+                    source = retry_source(rec.payout, self._ownership.host, live, starting=True)
+                    if source is None:
+                        continue
+                    self._retries.retried(rec.escrow_id, rec.payout, source)
                     try:
                         await self._run_payout(rec.escrow_id)
                     except WalletdError as exc:

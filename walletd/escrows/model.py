@@ -15,14 +15,17 @@ from datetime import UTC, datetime
 
 import attrs
 
+from walletd.errors import Conflict
 from walletd.ids import Role
 
 __all__ = [
     "EscrowRecord",
     "EscrowState",
+    "ExpectedPayout",
     "Funding",
     "IllegalMove",
     "Payout",
+    "PayoutChanged",
     "PayoutKind",
     "PayoutPhase",
     "PayoutProof",
@@ -133,6 +136,46 @@ class Payout:
     fee: int | None = None
     last_error: str | None = None  # why the last attempt stopped, until one succeeds
     fee_priority: int | None = None  # wallet-rpc's priority for the sweep, once proposed
+    # Each time a host starts driving it (lifecycle): how often, when it last began, the host
+    # that did (a cluster: the one whose liveness decides whether another may adopt it), and
+    # the earliest time an automatic retry may start (exponential back-off).
+    attempts: int = 0
+    tried_at: str | None = None
+    driver: str | None = None
+    next_try_at: str | None = None
+
+
+class PayoutChanged(Conflict):
+    """A payout change found the recorded payout not where it expected (`ExpectedPayout`):
+    another writer moved it meanwhile. Nothing was written; the writer must read it again."""
+
+
+@attrs.frozen
+class ExpectedPayout:
+    """Where a payout change expects the recorded payout to be: its phase and txids, or no
+    payout at all (phase None). The stores compare it in the writing transaction, so a change
+    made from a stale read (a driver that read `intent` before another signed) is refused."""
+
+    phase: PayoutPhase | None
+    txids: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, payout: Payout | None) -> ExpectedPayout:
+        return cls(None) if payout is None else cls(payout.phase, payout.txids)
+
+    def check(self, escrow_id: str, recorded: Payout | None) -> None:
+        """`PayoutChanged` unless `recorded` is where this expects it."""
+        found = ExpectedPayout.of(recorded)
+        if found != self:
+            raise PayoutChanged(
+                f"escrow {escrow_id!r}: the payout changed meanwhile (expected {self.describe()},"
+                f" recorded {found.describe()}); nothing was written"
+            )
+
+    def describe(self) -> str:
+        if self.phase is None:
+            return "no payout"
+        return f"{self.phase}" + (f" {', '.join(self.txids)}" if self.txids else "")
 
 
 @attrs.frozen

@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeHistogramMetricFamily, Metric
 
 from walletd import __version__
 
-__all__ = ["PAYOUT_KINDS", "PAYOUT_OUTCOMES", "Metrics", "SessionCounts"]
+__all__ = ["PAYOUT_KINDS", "PAYOUT_OUTCOMES", "PAYOUT_RETRY_SOURCES", "Metrics", "SessionCounts"]
 
 
 class SessionCounts(Protocol):
@@ -54,6 +54,9 @@ PAYOUT_KINDS = ("release", "refund")
 # resubmitted: monerod had lost it and the recorded transaction was relayed again;
 # confirmed: it reached the escrow's required confirmations (completed or refunded).
 PAYOUT_OUTCOMES = ("submitted", "failed", "resubmitted", "confirmed")
+# restart: resumed at start-up; retry: this host's own, after its back-off; adopted: left by a
+# host no longer live (or by none known), after its back-off (walletd.escrows.retries).
+PAYOUT_RETRY_SOURCES = ("restart", "retry", "adopted")
 
 
 class _SessionAges:
@@ -166,6 +169,16 @@ class Metrics:
         for kind in PAYOUT_KINDS:  # every series from the start, so rate() sees the first one
             for outcome in PAYOUT_OUTCOMES:
                 self.payouts.labels(kind=kind, outcome=outcome)
+        self.payout_retries = Counter(
+            "walletd_payout_retries",
+            "Payouts driven again after an attempt that did not finish, by source (restart: at "
+            "start-up; retry: this host's own after its back-off; adopted: left by a host no "
+            "longer live)",
+            ["source"],
+            registry=r,
+        )
+        for source in PAYOUT_RETRY_SOURCES:
+            self.payout_retries.labels(source=source)
 
     def observe_rpc(self, method: str, seconds: float) -> None:
         self.rpc_latency.labels(method=method).observe(seconds)
@@ -191,6 +204,9 @@ class Metrics:
 
     def payout(self, kind: str, outcome: str) -> None:
         self.payouts.labels(kind=kind, outcome=outcome).inc()
+
+    def payout_retry(self, source: str) -> None:
+        self.payout_retries.labels(source=source).inc()
 
     def render(
         self,

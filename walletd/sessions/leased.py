@@ -5,7 +5,10 @@ the open fails and the API forwards the request there), bring the wallet files u
 version stored in the database, run the session, and save the files once it has closed them.
 If the lease is lost meanwhile, the holder calls back before the lease can expire anywhere:
 the session is cancelled and its wallet-rpc processes killed unsaved (`WalletHandles.fence`),
-so no two hosts ever have one escrow's wallets open.
+so no two hosts ever have one escrow's wallets open. Right before a money-moving wallet call
+(sign, submit) the session asks whether that lease is still valid by the boot clock
+(`Ownership.check_held`, in this task: the session's own holding): after a suspend it is not,
+and the call is refused (`Fenced`) before the holder has even woken to declare the lease lost.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class LeasedSession:
             scope.cancel()
             await session.fence()
 
+        session.lease_check = lambda: self._ownership.check_held(escrow_id)
         with scope:
             async with self._ownership.holding(escrow_id, on_lost=lost):
                 if not session.spec.create:

@@ -224,6 +224,9 @@ class EscrowSession(WalletHandles):
         # when there is none a payout could use (see warm_payout).
         self._exchanged: Exchanged | None = None
         self._payout_begun = False  # a PreparePayout was served: no more pre-exchanges here
+        # Called right before a money-moving wallet call (sign, submit): raises if this host
+        # may no longer move the escrow's funds (a cluster: its lease lapsed, `LeasedSession`).
+        self.lease_check: Callable[[], None] = lambda: None
         self.warm_payouts = 0  # payouts prepared without an exchange (tests, bench)
 
     # ---- the actor loop --------------------------------------------------------------------------
@@ -379,6 +382,7 @@ class EscrowSession(WalletHandles):
                 return await self._payout_proof(roles, txid, address)
             case SubmitPayout(role=role, txids=txids, signed_txset=signed):
                 payout = multisig.PayoutTx(txids=txids, signed_txset=signed, amount=0, fee=0)
+                self.lease_check()
                 return await multisig.submit(self._rpc(role), payout)
             case SyncAll():
                 self._set_exchanged(None)  # fresh exports: older imports no longer match them
@@ -439,6 +443,7 @@ class EscrowSession(WalletHandles):
             marker,
             priority=message.priority,
             max_fee_per_byte=message.max_fee_per_byte,
+            before_sign=self.lease_check,
         )
         self.warm_payouts += warm
         return payout

@@ -20,7 +20,7 @@ exchanges afresh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import structlog
@@ -82,11 +82,13 @@ async def prepare(
     *,
     priority: int,
     max_fee_per_byte: int,
+    before_sign: Callable[[], None] = lambda: None,
 ) -> tuple[multisig.PayoutTx, bool]:
     """Propose and co-sign a sweep of the whole unlocked balance to `address` by the two
     `signers` (proposer first), refreshed by the caller. Returns (payout, warm): warm when the
     exchange recorded in `marker` was used instead of a fresh one. The co-signer checks every
-    proposal before it signs (`multisig.check_proposal`: PayoutRefused, nothing signed)."""
+    proposal before it signs (`multisig.check_proposal`: PayoutRefused, nothing signed), and
+    `before_sign()` is called right before it signs (a cluster: raises if the lease lapsed)."""
     proposer, cosigner = signers.values()
     if marker is not None:
         covered, unlocked = await _covered(marker, signers)
@@ -95,6 +97,7 @@ async def prepare(
                 proposal = await multisig.propose(proposer, address, priority)
                 if proposal.amount + proposal.fee == unlocked:
                     await multisig.check_proposal(cosigner, proposal, address, max_fee_per_byte)
+                    before_sign()
                     return await multisig.cosign(cosigner, proposal), True
                 log.info("warm proposal does not sweep the whole balance; exchanging afresh")
             except multisig.MultisigError as exc:
@@ -107,4 +110,5 @@ async def prepare(
     await multisig.sync_multisig_info(rpcs)
     proposal = await multisig.propose(proposer, address, priority)
     await multisig.check_proposal(cosigner, proposal, address, max_fee_per_byte)
+    before_sign()
     return await multisig.cosign(cosigner, proposal), False

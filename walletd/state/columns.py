@@ -59,7 +59,9 @@ def funding_from_json(text: str) -> Funding:
 
 def payout_to_json(payout: Payout) -> str:
     """The payout column as walletd has always written it: the intent's keys always, what
-    signing adds (txids, signed_txset, amount, fee) and last_error only once known."""
+    signing adds (txids, signed_txset, amount, fee), last_error and the attempts' record
+    (attempts, tried_at, driver, next_try_at) only once known: older rows, without them, read
+    back as a payout never attempted by any known host."""
     raw: JsonObject = {  # Any: JSON values
         "kind": payout.kind.value,
         "address": payout.address,
@@ -76,6 +78,10 @@ def payout_to_json(payout: Payout) -> str:
         "fee": payout.fee,
         "last_error": payout.last_error,
         "fee_priority": payout.fee_priority,
+        "attempts": payout.attempts or None,
+        "tried_at": payout.tried_at,
+        "driver": payout.driver,
+        "next_try_at": payout.next_try_at,
     }
     raw.update((key, value) for key, value in later.items() if value is not None)
     return json.dumps(raw)
@@ -98,4 +104,8 @@ def payout_from_json(text: str) -> Payout:
         fee=raw.get("fee"),
         last_error=raw.get("last_error"),
         fee_priority=raw.get("fee_priority"),
+        attempts=raw.get("attempts", 0),
+        tried_at=raw.get("tried_at"),
+        driver=raw.get("driver"),
+        next_try_at=raw.get("next_try_at"),
     )

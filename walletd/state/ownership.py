@@ -26,13 +26,31 @@ class Ownership(Protocol):
         """True when other hosts share the escrows (and this seam does something)."""
         ...
 
+    @property
+    def host(self) -> str | None:
+        """This host's id in a cluster (recorded as a payout's driver); None on one host."""
+        ...
+
     def holding(
         self, escrow_id: str, on_lost: OnLost | None = None
     ) -> AbstractAsyncContextManager[None]:
         """Hold the escrow for the block: `OwnedElsewhere` if another live host does.
 
         Holdings on one host share one lease. `on_lost` runs (once) if the lease is lost while
-        this holding lasts: the holder must then stop touching the escrow's wallets at once."""
+        this holding lasts: the holder must then stop touching the escrow's wallets at once.
+        Writes made in the block (and by tasks started in it) are made under the lease this
+        holding started with: once it is lost they are refused, even if the host holds the
+        escrow again by then (a later holding's new epoch)."""
+        ...
+
+    def check_held(self, escrow_id: str) -> None:
+        """Right before a money-moving wallet call (sign, submit): raise a `StoreUnavailable`
+        (`Fenced` in a cluster) unless the running task's holding of the escrow is still valid,
+        by a clock that runs on during a suspend."""
+        ...
+
+    async def live_hosts(self) -> set[str]:
+        """The hosts alive now (fresh heartbeat): a payout one of them drives is its own."""
         ...
 
     async def owner_elsewhere(self, escrow_id: str) -> str | None:
@@ -60,10 +78,20 @@ class LocalOwnership:
     def clustered(self) -> bool:
         return False
 
+    @property
+    def host(self) -> str | None:
+        return None
+
     def holding(
         self, escrow_id: str, on_lost: OnLost | None = None
     ) -> AbstractAsyncContextManager[None]:
         return _nothing()
+
+    def check_held(self, escrow_id: str) -> None:
+        return None
+
+    async def live_hosts(self) -> set[str]:
+        return set()
 
     async def owner_elsewhere(self, escrow_id: str) -> str | None:
         return None

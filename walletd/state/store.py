@@ -38,6 +38,7 @@ from walletd.errors import Unavailable
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
+    ExpectedPayout,
     Funding,
     Payout,
     PayoutProof,
@@ -158,6 +159,8 @@ def changed_columns(changes: EscrowChanges) -> dict[str, str | None]:
     unknown = set(changes) - EscrowChanges.__optional_keys__
     if not changes or unknown:
         raise ValueError(f"cannot update {sorted(unknown)}")
+    if set(changes) == {"expect_payout"}:
+        raise ValueError("cannot update ['expect_payout'] alone: it is a condition, not a change")
     columns: dict[str, str | None] = {}
     if "state" in changes:
         columns["state"] = changes["state"].value
@@ -172,12 +175,16 @@ def changed_columns(changes: EscrowChanges) -> dict[str, str | None]:
 
 
 class EscrowChanges(TypedDict, total=False):
-    """The columns of an escrow that may change after it is recorded."""
+    """The columns of an escrow that may change after it is recorded, and `expect_payout`: not
+    a column but the condition of the change (compare-and-set): it is made only if the recorded
+    payout is still at that phase with those txids, else `PayoutChanged` and nothing is written.
+    Every payout step of the lifecycle and the monitor says what it expects."""
 
     state: EscrowState
     multisig_address: str
     funding: Funding
     payout: Payout
+    expect_payout: ExpectedPayout
 
 
 P = ParamSpec("P")
@@ -379,18 +386,23 @@ class Store:
         """Change some columns of one escrow and append its events in one transaction, so a
         crash can never keep a state change whose event the server would then never see.
 
-        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise)."""
+        A change of state must be one of `EscrowState`'s moves (`IllegalMove` otherwise); a
+        change with `expect_payout` is refused (`PayoutChanged`) unless the payout is there."""
         columns = changed_columns(changes)
         cols = [f"{name} = ?" for name in columns]
         values = list(columns.values())
         with self._tx() as db:
-            if "state" in changes:
+            if "state" in changes or "expect_payout" in changes:
                 row = db.execute(
-                    "SELECT state FROM escrows WHERE escrow_id = ?", (escrow_id,)
+                    "SELECT state, payout FROM escrows WHERE escrow_id = ?", (escrow_id,)
                 ).fetchone()
                 if row is None:
                     raise KeyError(escrow_id)
-                EscrowState(row[0]).check_move(changes["state"])
+                if "expect_payout" in changes:
+                    recorded = _payout_from_json(row[1]) if row[1] else None
+                    changes["expect_payout"].check(escrow_id, recorded)
+                if "state" in changes:
+                    EscrowState(row[0]).check_move(changes["state"])
             cur = db.execute(
                 f"UPDATE escrows SET {', '.join(cols)} WHERE escrow_id = ?",  # noqa: S608 - column names are fixed above
                 (*values, escrow_id),
