@@ -1,13 +1,6 @@
-"""Creating escrows and paying them out, exactly once.
+"""Paying escrows out, exactly once, and finishing at start-up what a stopped walletd left.
 
-Creation: the escrow is recorded as `creating` first (so a crash leaves a trace to clean up), its
-three wallets are created in three processes and made one 2-of-3 multisig by the session, and only
-then does it become `awaiting_funding`. A failure half way closes the session, moves the new wallet
-files aside (never deletes a wallet) and removes the record; the error names the step. From its
-first step to its last a creation holds a claim on its id, files and address (service):
-an adoption of the same id, or of files or an address it holds, is a `Conflict`, and so is a
-creation whose derived file names a recorded escrow already uses. Files another escrow uses are
-never moved aside, whatever their name.
+Creation is `walletd.escrows.creation`; this module hands `create` to it.
 
 Payout (release or refund), recorded before every step that could send money::
 
@@ -37,8 +30,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
-import time
 from pathlib import Path
 
 import attrs
@@ -50,14 +41,13 @@ from walletd.errors import (
     InvalidRequest,
     NotFound,
     NotReady,
-    PublicError,
     RpcCallError,
-    RpcError,
     Unavailable,
     WalletdError,
     WalletError,
     public_error,
 )
+from walletd.escrows.creation import Creation
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -67,24 +57,21 @@ from walletd.escrows.model import (
     PayoutKind,
     PayoutPhase,
     PayoutProof,
-    WalletRef,
     utcnow,
 )
 from walletd.escrows.retries import RESUMABLE, PayoutRetries, attempted, retry_source
 from walletd.escrows.service import EscrowService
-from walletd.ids import ROLES, Role, wallet_file_for
+from walletd.ids import Role
 from walletd.ops import failpoints
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import (
     GetPayoutProof,
     PreparePayout,
-    SetupMultisig,
     SubmitPayout,
     SyncAll,
     ValidateAddress,
 )
 from walletd.sessions.registry import Caller, Registry
-from walletd.sessions.session import NO_DAEMON_CONNECTION, SessionSpec, WalletSpec
 from walletd.state.events import EventLog
 from walletd.state.ownership import LocalOwnership, Ownership
 from walletd.state.seam import StateStore
@@ -145,13 +132,8 @@ class Lifecycle:
         self._escrows = escrows
         self._registry = registry
         self._events = events
-        self._vault = vault
         self._chain = chain
-        self._wallet_dir = wallet_dir
-        self._state_dir = state_dir  # abandoned wallet files go under it
-        self._daemon_check = daemon_check  # how long monerod may take to answer before a create
         self._locks: dict[str, trio.Lock] = {}
-        self._creating: dict[str, trio.Event] = {}
         self._payouts: dict[str, trio.Event] = {}
         self._retries = PayoutRetries(
             store=store,
@@ -161,8 +143,26 @@ class Lifecycle:
             run_payout=self._run_payout,
             driving=self._payouts.__contains__,
         )
+        self._creation = Creation(
+            store=store,
+            escrows=escrows,
+            registry=registry,
+            events=events,
+            vault=vault,
+            chain=chain,
+            wallet_dir=wallet_dir,
+            state_dir=state_dir,
+            daemon_check=daemon_check,
+            ownership=self._ownership,
+        )
         self._nursery: trio.Nursery | None = None
         self.recovered = trio.Event()  # recover() is done: walletd may report itself ready
+
+    async def create(
+        self, escrow_id: str, amount: int, confirmations: int | None, digest: str
+    ) -> tuple[EscrowRecord, bool]:
+        """Create the escrow's wallets and multisig (`walletd.escrows.creation`)."""
+        return await self._creation.create(escrow_id, amount, confirmations, digest)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -175,140 +175,6 @@ class Lifecycle:
             if self._ownership.clustered:
                 await self._retries.run()
             await trio.sleep_forever()
-
-    # ---- creation --------------------------------------------------------------------------------
-
-    async def create(
-        self, escrow_id: str, amount: int, confirmations: int | None, digest: str
-    ) -> tuple[EscrowRecord, bool]:
-        """Create the escrow's wallets and multisig; returns (record, created) like `adopt`."""
-        if (
-            await self._store.escrow_state(escrow_id) is None
-        ):  # a retry of a made escrow needs no monerod
-            await self._check_daemon()
-        while True:
-            existing = await self._escrows.existing_for_retry(escrow_id, digest)
-            if existing is None:
-                break
-            if existing.state is not EscrowState.CREATING:
-                return existing, False
-            waiting = self._creating.get(escrow_id)
-            if waiting is None:  # left by a crash; recovery at start-up normally clears these
-                await self._abandon(existing, "stale creating record")
-                continue
-            await waiting.wait()  # an identical request is creating it: share its result
-        files = {role: wallet_file_for(escrow_id, role) for role in ROLES}
-        # In a cluster the new escrow is this host's from before its record exists (its record
-        # is written under the lease): a creation on another host is OwnedElsewhere here.
-        async with self._ownership.holding(escrow_id):
-            # An adoption of this id in flight (not recorded yet) or another escrow using
-            # these file names is a Conflict here, before any file moves.
-            await self._escrows.claim(escrow_id, "create", files.values())
-            try:
-                return await self._create_claimed(escrow_id, amount, confirmations, digest, files)
-            finally:
-                self._escrows.release_claim(escrow_id)
-
-    async def _check_daemon(self) -> None:
-        """The new wallets refresh from monerod as the multisig is made: with monerod down or
-        hanging a creation is 503 unavailable at once (retry later), and nothing is recorded."""
-        try:
-            with trio.fail_after(self._daemon_check):
-                await self._chain.height()
-        except trio.TooSlowError:
-            raise Unavailable(f"monerod: no answer in {self._daemon_check} s") from None
-        except RpcError as exc:
-            raise Unavailable(f"monerod: {exc}") from None
-
-    async def _create_claimed(
-        self,
-        escrow_id: str,
-        amount: int,
-        confirmations: int | None,
-        digest: str,
-        files: dict[Role, str],
-    ) -> tuple[EscrowRecord, bool]:
-        rec = EscrowRecord.new(
-            escrow_id=escrow_id,
-            state=EscrowState.CREATING,
-            amount=amount,
-            required_confirmations=confirmations or self._escrows.required_confirmations,
-            multisig_address=None,
-            origin="created",
-            wallets={role: WalletRef(files[role]) for role in ROLES},
-            request_digest=digest,
-        )
-        await self._set_aside_files(rec, "leftover before create")
-        await self._store.insert_escrow(rec)
-        done = self._creating[escrow_id] = trio.Event()
-        try:
-            spec = SessionSpec(
-                escrow_id=escrow_id,
-                wallets={
-                    role: WalletSpec(ref.file, self._vault.derived_password(escrow_id, role))
-                    for role, ref in rec.wallets.items()
-                },
-                address=None,
-                create=True,
-            )
-            # A creation waits for a slot with the payouts (a buyer waits to pay into it).
-            address = await self._registry.call(
-                escrow_id, SetupMultisig(), caller=Caller.API_MONEY, spec=spec
-            )
-            await self._escrows.claim_address(escrow_id, address)  # new keys: a clash is a bug
-            created = {"origin": "created", "amount": amount, "address": address}
-            rec = await self._events.change(
-                escrow_id,
-                [("escrow_created", created)],
-                state=EscrowState.AWAITING_FUNDING,
-                multisig_address=address,
-            )
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await self._abandon(rec, f"creation failed: {exc}")
-            if isinstance(exc, Exception):
-                raise _creation_error(exc) from exc
-            raise
-        finally:
-            del self._creating[escrow_id]
-            done.set()
-        if self._registry.is_open(escrow_id):
-            await self._events.emit("session_opened", escrow_id)
-        return rec, True
-
-    async def _abandon(self, rec: EscrowRecord, why: str) -> None:
-        """Undo a creation: close the session, move the files aside, forget the record."""
-        log.warning("abandoning escrow creation", escrow_id=rec.escrow_id, why=why[:300])
-        await self._registry.close(rec.escrow_id, reason="explicit")
-        await self._set_aside_files(rec, why)
-        await self._store.delete_escrow(rec.escrow_id)
-
-    async def _set_aside_files(self, rec: EscrowRecord, why: str) -> None:
-        """Move wallet files of a never-announced escrow to state_dir/abandoned (never delete).
-
-        A file another escrow (recorded, or being registered) uses stays where it is: it is that
-        escrow's wallet, whatever its name says."""
-        wallet_dir = self._wallet_dir
-        target = self._state_dir / "abandoned" / f"{int(time.time() * 1000)}"
-        in_use = await self._escrows.files_in_use(except_escrow=rec.escrow_id)
-        moved = []
-        for ref in rec.wallets.values():
-            if ref.file in in_use:
-                log.error(
-                    "wallet file of another escrow not set aside",
-                    escrow_id=rec.escrow_id,
-                    file=ref.file,
-                    why=why[:300],
-                )
-                continue
-            for suffix in ("", ".keys", ".address.txt"):
-                path = wallet_dir / f"{ref.file}{suffix}"
-                if path.exists():
-                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    shutil.move(path, target / path.name)
-                    moved.append(path.name)
-        if moved:
-            log.warning("wallet files set aside", files=moved, to=str(target), why=why[:300])
 
     # ---- payouts ---------------------------------------------------------------------------------
 
@@ -602,7 +468,7 @@ class Lifecycle:
                     continue
                 try:
                     async with self._ownership.holding(rec.escrow_id):
-                        await self._abandon(rec, "walletd stopped during creation")
+                        await self._creation.abandon(rec, "walletd stopped during creation")
                 except Unavailable as exc:  # taken meanwhile, or the database refused
                     log.warning("creation not undone", escrow_id=rec.escrow_id, error=exc.message)
             live: set[str] | None = None
@@ -638,16 +504,3 @@ class Lifecycle:
                 await registry.open(rec.escrow_id, caller=Caller.MONITOR)
             except WalletdError as exc:
                 log.warning("could not reopen session", escrow_id=rec.escrow_id, error=str(exc))
-
-
-def _creation_error(exc: Exception) -> PublicError:
-    rpc = exc.rpc_error if isinstance(exc, multisig.MultisigError) else exc
-    if isinstance(rpc, RpcCallError) and rpc.code == NO_DAEMON_CONNECTION:
-        # monerod went away after the check in create(): the caller may retry, nothing is kept.
-        return Unavailable(f"escrow creation failed: monerod unreachable ({rpc.method})")
-    if isinstance(exc, multisig.MultisigError):
-        return WalletError(f"escrow creation failed at step {exc.step}: {exc}")
-    if isinstance(exc, RpcCallError):
-        return WalletError(f"escrow creation failed at step {exc.method}: {exc.rpc_message}")
-    public = public_error(exc)
-    return type(public)(f"escrow creation failed: {public.message}")
