@@ -16,7 +16,7 @@ import trio
 
 from tests.pgtest import advance_db_clock
 from walletd.cluster.db import Database
-from walletd.cluster.leases import Fenced, Leases
+from walletd.cluster.leases import Fenced, Leases, Tenure
 from walletd.cluster.migrations import migrate
 from walletd.cluster.ownership import ClusterOwnership
 from walletd.cluster.pg_store import PgStore
@@ -139,3 +139,32 @@ async def test_a_holding_from_before_a_lost_lease_writes_nothing_after_it_is_tak
     rec = await store.get_escrow("e1")
     assert rec is not None
     assert rec.payout == submitted_y
+
+
+async def test_a_holding_asked_while_the_lease_is_being_released_acquires_it_afresh(
+    host: Host,
+) -> None:
+    """An escrow used again while its idle lease is being handed back gets a new lease (the next
+    epoch) once the release ends, not a 503 "held by an earlier run of this host": the release
+    and the acquire are serialised per escrow."""
+    ownership = host.ownership
+    leases = ownership.leases
+    release = leases.release
+    releasing = trio.Event()
+
+    async def slow_release(tenure: Tenure) -> bool:
+        releasing.set()
+        await trio.sleep(0.5)  # the database is slow to answer: the row is still ours meanwhile
+        return await release(tenure)
+
+    leases.release = slow_release  # type: ignore[method-assign]
+    async with ownership.holding("e9"):
+        first = ownership.tenure_of("e9")
+    assert first is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ownership.release_unused)
+        await releasing.wait()
+        async with ownership.holding("e9"):
+            again = ownership.tenure_of("e9")
+    assert again is not None
+    assert again.epoch == first.epoch + 1

@@ -191,15 +191,28 @@ class ClusterOwnership:
                 nursery.start_soon(self._release_if_unused, held)
 
     async def _release_if_unused(self, held: _Held) -> None:
+        """Release under the escrow's acquiring lock: a holding asked for meanwhile waits for
+        the release to end and then acquires afresh, instead of finding the row still ours and
+        answering 503 "held by an earlier run of this host"."""
         escrow_id = held.tenure.escrow_id
-        if held.count == 0 and self._held.get(escrow_id) is held:
-            del self._held[escrow_id]
-            held.scope.cancel()
-            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
-                try:
-                    await self.leases.release(held.tenure)
-                except ClusterUnavailable as exc:  # it expires by itself
-                    log.warning("lease release failed", escrow_id=escrow_id, error=str(exc))
+        if held.count != 0 or self._held.get(escrow_id) is not held:
+            return
+        lock = self._acquiring.setdefault(escrow_id, trio.Lock())
+        with trio.CancelScope(shield=True):
+            try:
+                async with lock:
+                    if held.count != 0 or self._held.get(escrow_id) is not held:
+                        return  # used again while we waited for the lock
+                    del self._held[escrow_id]
+                    held.scope.cancel()
+                    with trio.move_on_after(RELEASE_TIMEOUT):
+                        try:
+                            await self.leases.release(held.tenure)
+                        except ClusterUnavailable as exc:  # it expires by itself
+                            log.warning("lease release failed", escrow_id=escrow_id, error=str(exc))
+            finally:
+                if not lock.locked() and self._acquiring.get(escrow_id) is lock:
+                    del self._acquiring[escrow_id]
 
     async def _hold(self, escrow_id: str) -> _Held:
         held = self._held.get(escrow_id)
