@@ -10,6 +10,8 @@ clients are function-scoped fixtures opened in the test's own trio run.
   and closes whatever wallets the test left open.
 - `miner` / `miner_rpc`: a plain wallet with unlocked coinbase outputs, to fund escrows.
 - `make_multisig_sets(wallet_dir, n, password)`: ready 2-of-3 sets, closed, in `wallet_dir`.
+- `payee_process` / `payee`: one plain wallet of our own for the session; every payout goes to a
+  fresh subaddress of it (`crash_helpers.new_payee_address`), so tests never share a destination.
 """
 
 from __future__ import annotations
@@ -88,6 +90,29 @@ async def _create_wallet(proc: WalletRpcProcess, name: str) -> str:
     rpc = proc.client()
     try:
         return await create_plain_wallet(rpc, name)
+    finally:
+        await rpc.aclose()
+
+
+@pytest.fixture(scope="session")
+def payee_process(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[WalletRpcProcess]:
+    """A wallet-rpc of our own with one plain wallet `payee`, for the whole session (one per
+    module made the second module's `create_wallet` fail: the wallet directory is the session's)."""
+    with WalletRpcProcess(
+        wallet_dir=regtest_dir / "payee-wallets",
+        work_dir=regtest_dir / "wallet-rpc-payee",
+        daemon_address=monerod.daemon_address,
+    ) as proc:
+        proc.wait_ready()
+        run_trio(functools.partial(_create_wallet, proc, "payee"))
+        yield proc
+
+
+@pytest.fixture
+async def payee(payee_process: WalletRpcProcess) -> AsyncIterator[WalletRpc]:
+    rpc = payee_process.client()
+    try:
+        yield rpc
     finally:
         await rpc.aclose()
 

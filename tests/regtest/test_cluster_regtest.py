@@ -18,11 +18,10 @@ closing note. Times are measured and reported; the only time bounds asserted are
 
 from __future__ import annotations
 
-import functools
 import itertools
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import trio
 from tests.pgtest import fresh_database, url_of
 from tests.regtest.cluster_hosts import Cluster, ClusterHost, metric_value, wallets_held
 from tests.regtest.crash_helpers import all_events, new_payee_address, received_by
-from tests.regtest.wallet_rpc_proc import Miner, WalletRpcProcess, create_plain_wallet, run_trio
+from tests.regtest.wallet_rpc_proc import Miner
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
 from walletd.wallets.rpc import WalletRpc
@@ -75,36 +74,6 @@ def cluster(tmp_path: Path, monerod: MonerodProcess) -> Iterator[Cluster]:
         finally:
             left = hosts.close()
         assert left == [], f"wallet-rpc children outlived their walletd: {left}"
-
-
-@pytest.fixture(scope="module")
-def payee_process(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[WalletRpcProcess]:
-    """A wallet-rpc of our own with one plain wallet; every payout goes to a subaddress of it."""
-    with WalletRpcProcess(
-        wallet_dir=regtest_dir / "cluster-payee-wallets",
-        work_dir=regtest_dir / "wallet-rpc-cluster-payee",
-        daemon_address=monerod.daemon_address,
-    ) as proc:
-        proc.wait_ready()
-        run_trio(functools.partial(_create_payee_wallet, proc))
-        yield proc
-
-
-async def _create_payee_wallet(proc: WalletRpcProcess) -> None:
-    rpc = proc.client()
-    try:
-        await create_plain_wallet(rpc, "payee")
-    finally:
-        await rpc.aclose()
-
-
-@pytest.fixture
-async def payee(payee_process: WalletRpcProcess) -> AsyncIterator[WalletRpc]:
-    rpc = payee_process.client()
-    try:
-        yield rpc
-    finally:
-        await rpc.aclose()
 
 
 # ---- helpers -------------------------------------------------------------------------------------

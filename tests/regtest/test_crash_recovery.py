@@ -11,14 +11,13 @@ doubled) are printed per test and in total at the end of the module (run with `-
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import random
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from tests.regtest.crash_helpers import (
     stray_wallet_rpcs,
     wait_event_after,
 )
-from tests.regtest.wallet_rpc_proc import Miner, WalletRpcProcess, create_plain_wallet, run_trio
+from tests.regtest.wallet_rpc_proc import Miner
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
 from walletd.wallets.rpc import WalletRpc
@@ -61,36 +60,6 @@ def figures() -> Iterator[Figures]:
     totals = Figures()
     yield totals
     print(f"\nCRASH RECOVERY FIGURES (seed {SEED}): {totals.summary()}")
-
-
-@pytest.fixture(scope="module")
-def payee_process(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[WalletRpcProcess]:
-    """A wallet-rpc of our own with one plain wallet; every payout goes to a subaddress of it."""
-    with WalletRpcProcess(
-        wallet_dir=regtest_dir / "crash-payee-wallets",
-        work_dir=regtest_dir / "wallet-rpc-crash-payee",
-        daemon_address=monerod.daemon_address,
-    ) as proc:
-        proc.wait_ready()
-        run_trio(functools.partial(_create_payee_wallet, proc))
-        yield proc
-
-
-async def _create_payee_wallet(proc: WalletRpcProcess) -> None:
-    rpc = proc.client()
-    try:
-        await create_plain_wallet(rpc, "payee")
-    finally:
-        await rpc.aclose()
-
-
-@pytest.fixture
-async def payee(payee_process: WalletRpcProcess) -> AsyncIterator[WalletRpc]:
-    rpc = payee_process.client()
-    try:
-        yield rpc
-    finally:
-        await rpc.aclose()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import pytest
 import trio
 
 from bench.postgres import PrivatePostgres, server_bin
-from tests.regtest import test_cluster_regtest as cluster_regtest
 from tests.regtest.cluster_hosts import Cluster
 from tests.regtest.crash_helpers import all_events, new_payee_address
 from tests.regtest.test_cluster_regtest import (
@@ -47,9 +46,6 @@ from walletd.wallets.rpc import WalletRpc
 
 pytestmark = [pytest.mark.regtest, pytest.mark.pg]
 
-# The payee wallet (every payout goes to a subaddress of it): the cluster regtest's fixtures.
-payee_process = cluster_regtest.payee_process
-payee = cluster_regtest.payee
 
 LEASE_TTL = 5.0
 OUTAGE = 2 * LEASE_TTL + 2  # seconds the database stays down: longer than a lease
