@@ -87,7 +87,9 @@ async def test_a_stalled_transaction_on_a_hot_row_freezes_no_other_host(
                 async def on_lost(escrow_id: str = f"b{i}") -> None:
                     lost.append(escrow_id)
 
-                holder = LeaseHolder(b_leases, tenure, on_lost, acquired_at=started)
+                holder = LeaseHolder(
+                    b_leases, tenure, on_lost, acquired_at=started, clock=trio.current_time
+                )
                 nursery.start_soon(holder.run)
                 for _ in range(WRITERS // HELD):
                     nursery.start_soon(_writer, b_leases, tenure, appended)

@@ -51,11 +51,13 @@ class LeaseHolder:
         on_lost: Callable[[], Awaitable[None]],
         *,
         acquired_at: float,
+        clock: Callable[[], float],
         margin: float | None = None,
-        clock: Callable[[], float] = boottime,
     ) -> None:
-        """`acquired_at`: `clock()` taken just before the acquire request. `clock`: the boot
-        clock; tests inject one (trio's mock clock plus a jump, as a suspend would make)."""
+        """`acquired_at`: `clock()` taken just before the acquire request. `clock`: `boottime`;
+        tests inject one (trio's clock, plus a jump as a suspend would make). No default: an
+        `acquired_at` read on another clock than the holder's made it never renew (a test read
+        it on trio's clock; the holder measured on the boot clock)."""
         self.leases = leases
         self.clock = clock
         self.tenure = tenure

@@ -3,10 +3,11 @@
 A lease row says which host may open an escrow's wallets until `expires_at`, computed by the
 database clock (`cluster_now() + ttl`), so hosts' clocks never matter. `epoch` grows on every change
 of owner (a released lease keeps its row and its epoch): it is the fencing token. A write about an
-escrow runs `fenced_write`, which in the same transaction locks the lease row and checks that the
-writer's epoch is the current one and unexpired; otherwise it raises `Fenced` and nothing is
-written. A host paused past its lease and then resumed can therefore change nothing: by then its
-lease has expired, or another host holds a larger epoch.
+escrow runs `fenced_write`, which in the same transaction locks the lease row (FOR KEY SHARE: the
+owner's renewals pass it, a change of owner waits for it) and checks that the writer's epoch is the
+current one and unexpired; otherwise it raises `Fenced` and nothing is written. A host paused
+past its lease and then resumed can therefore change nothing: by then its lease has expired, or
+another host holds a larger epoch.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class Leases:
 
     def acquire_job(self, escrow_id: str, host_id: str) -> Callable[[Connection], Tenure | None]:
         def job(conn: Connection) -> Tenure | None:
+            # FOR UPDATE first: it waits for every fenced write in flight (they hold the row FOR
+            # KEY SHARE), so no write checked under the old owner commits after the new one's
+            # epoch exists. The upsert alone would not wait: it changes no key column, so its
+            # row lock does not conflict with KEY SHARE.
+            conn.execute("SELECT 1 FROM leases WHERE escrow_id = %s FOR UPDATE", (escrow_id,))
             # Free (never leased, released) or expired: take it with the next epoch. Held and
             # unexpired (by anyone, this host included: it must renew instead): no row back.
             row = conn.execute(
@@ -125,13 +131,17 @@ class Leases:
         self, tenure: Tenure, write: Callable[[Connection], T]
     ) -> Callable[[Connection], T]:
         def job(conn: Connection) -> T:
-            # FOR UPDATE: the lease cannot change owner until this transaction ends, so the check
-            # still holds when the write commits (an acquire waits for the row lock, then
-            # re-reads). The expiry is checked at lock time, by the database clock.
+            # FOR KEY SHARE: the lease cannot change owner until this transaction ends, so the
+            # check still holds when the write commits (an acquire takes the row FOR UPDATE,
+            # which waits for this lock, then re-reads). The expiry is checked at lock time, by
+            # the database clock. Not FOR UPDATE: the owner's own renewal (an UPDATE of
+            # expires_at alone) must never queue behind its writes, which may wait on other
+            # rows (the event counter) for up to lock_timeout; under load such a queue once
+            # made a host miss its renewals and lose leases it was using.
             row = conn.execute(
                 """
                 SELECT host_id, epoch, expires_at > cluster_now() FROM leases
-                WHERE escrow_id = %s FOR UPDATE
+                WHERE escrow_id = %s FOR KEY SHARE
                 """,
                 (tenure.escrow_id,),
             ).fetchone()
