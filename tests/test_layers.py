@@ -38,7 +38,7 @@ def test_the_layers_hold() -> None:
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        ("state/store.py", "walletd.sessions.registry"),  # state knows nothing of sessions
+        ("state/sqlite_store.py", "walletd.sessions.registry"),  # state knows nothing of sessions
         ("wallets/rpc.py", "walletd.escrows.service"),  # wallets know nothing of escrows
         ("sessions/session.py", "walletd.api.routes"),  # nothing below the API imports it
     ],

@@ -73,9 +73,8 @@ from walletd.sessions.messages import (
 )
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
-from walletd.state.ownership import LocalOwnership, Ownership
-from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
+from walletd.state.ownership import Ownership
+from walletd.state.store import StateStore, StoreUnavailable
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain
@@ -122,9 +121,9 @@ class Lifecycle:
         daemon_check: float = 2.0,
         fee_priority: int = 0,
         fee_tolerance: float = 2.0,
-        ownership: Ownership | None = None,
+        ownership: Ownership,
     ) -> None:
-        self._ownership: Ownership = ownership or LocalOwnership()
+        self._ownership: Ownership = ownership
         self._metrics = metrics
         self._fee_priority = fee_priority  # wallet-rpc's priority for payout sweeps
         self._fee_tolerance = fee_tolerance  # a payout's fee may be this times the expected one
@@ -172,8 +171,7 @@ class Lifecycle:
                 await self.recover()
             except StoreUnavailable as exc:  # serve anyway: /v1/health reports the database
                 log.error("start-up recovery stopped", error=exc.message)
-            if self._ownership.clustered:
-                await self._retries.run()
+            await self._ownership.adopt_orphans(self._retries.run)  # a cluster's dead hosts
             await trio.sleep_forever()
 
     # ---- payouts ---------------------------------------------------------------------------------

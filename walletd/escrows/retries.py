@@ -39,8 +39,7 @@ from walletd.escrows.model import EscrowState, Payout, PayoutPhase, utcnow
 from walletd.escrows.service import EscrowService
 from walletd.ops.metrics import Metrics
 from walletd.state.ownership import Ownership
-from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
+from walletd.state.store import StateStore, StoreUnavailable
 
 __all__ = [
     "ORPHAN_CHECK_INTERVAL",
