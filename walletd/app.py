@@ -1,26 +1,17 @@
-"""The daemon: builds every part from the config and wires them together; `run` starts them as
-one service group and stops it in order (`walletd.daemon.services`).
+"""The daemon: builds every part from the config and wires them together.
 
 Start-up: state directories (0700) and the vault key; children left by a walletd that died are
 removed (they hold the wallets' locks); the deployment starts (a cluster connects to its
-database); then the services in the order `_services` lists them: the event writer, the
-deployment's background parts, the process pool, the registry, the monerod failover, the
-lifecycle, the monitor, /metrics and the socket server. The server binds last, so a client never
-reaches a half-started daemon.
-
-Shutdown (SIGTERM/SIGINT), bounded by `daemon.shutdown_timeout`, in the stages of
-`walletd.daemon.services.Stage`: the server stops accepting and lets calls in flight finish (a
-cluster host also leaves the host list and claims no more forwarded calls, so the other hosts
-wait for its leases instead of getting its 503); every session stores and closes its wallets;
-their announcements are written; a cluster hands its leases back, so another host serves those
-escrows at once; the pool stops every child (store, SIGTERM, SIGKILL). Nothing is left running.
-
-What differs between one host and a cluster is the `Deployment`'s (`walletd.deployment`): App
-never asks which it runs on.
+database); then the services in the order `_services` lists them, the socket server last, so a
+client never reaches a half-started daemon. SIGTERM/SIGINT stops them in the stages each one's
+entry names (`walletd.daemon.services`), within `daemon.shutdown_timeout`: nothing is left
+running. What differs between one host and a cluster is the `Deployment`'s
+(`walletd.deployment`): App never asks which it runs on.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 from collections.abc import Callable
@@ -37,7 +28,12 @@ from walletd.config import Config
 from walletd.daemon.announcements import Announcements, DaemonSwitch
 from walletd.daemon.reload import Reloader, limits_from
 from walletd.daemon.services import Service, ServiceGroup, Stage, arm_exit_backstop
-from walletd.daemon.startup import metrics_listeners, prepare_dirs, stop_orphans
+from walletd.daemon.startup import (
+    metrics_listeners,
+    prepare_children,
+    prepare_dirs,
+    wallet_rpc_pool,
+)
 from walletd.deployment.choose import deployment_for
 from walletd.errors import ConfigError
 from walletd.escrows.lifecycle import Lifecycle
@@ -52,15 +48,13 @@ from walletd.state.backups import Backups
 from walletd.state.events import EventLog
 from walletd.state.vault import Vault
 from walletd.wallets.chain import Chain
-from walletd.wallets.children import ChildPool, ChildSettings, ProcessPool
-from walletd.wallets.endpoints import Endpoint, EndpointPool
+from walletd.wallets.children import ChildSettings, ProcessPool
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 from walletd.wallets.fastopen import prepare as prepare_fast_open
 from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DaemonRpc
 
-# prepare_dirs: the CLI, the dev sandbox and the tests prepare the directories before an App.
 __all__ = ["App", "prepare_dirs"]
 
 log = structlog.get_logger(__name__)
@@ -123,16 +117,8 @@ class App:
         self.lock_probe = lock_probe
         if lock_probe is None and pool is None:
             self.lock_probe = self.announcements.keys_lock_holders
-        self.pool: ProcessPool
-        if pool is not None:
-            self.pool = pool  # tests: fake wallet-rpc processes
-        elif m.wallet_rpc_endpoints:
-            self.pool = EndpointPool(
-                [Endpoint(e.url, e.user, e.password) for e in m.wallet_rpc_endpoints],
-                call_timeout=m.call_timeout,
-            )
-        else:
-            self.pool = ChildPool(self.child_settings)
+        # Tests: fake wallet-rpc processes. Else external endpoints, or our own children.
+        self.pool = pool if pool is not None else wallet_rpc_pool(config, self.child_settings)
         self.escrows: EscrowService
         self.registry = Registry(
             lookup=lambda escrow_id: self.escrows.spec_for(escrow_id),
@@ -264,26 +250,21 @@ class App:
     ) -> list[Service]:
         """Every service, in start order, each with the stage at which it stops."""
         d = self.config.daemon
-        limits = ServerLimits(
-            max_body_bytes=d.max_body_bytes,
-            max_connections=d.max_connections,
-            handler_timeout=d.request_timeout,
+        serve_api = functools.partial(
+            serve_unix,
+            d.socket_path,
+            self.api,
+            mode=d.socket_mode,
+            limits=ServerLimits(
+                max_body_bytes=d.max_body_bytes,
+                max_connections=d.max_connections,
+                handler_timeout=d.request_timeout,
+            ),
+            allow_uids=d.allow_uids or None,
+            allow_gids=d.allow_gids or None,
+            inherited=inherited,
         )
-
-        async def serve_api(*, task_status: trio.TaskStatus[None]) -> None:
-            await serve_unix(
-                d.socket_path,
-                self.api,
-                mode=d.socket_mode,
-                limits=limits,
-                allow_uids=d.allow_uids or None,
-                allow_gids=d.allow_gids or None,
-                inherited=inherited,
-                task_status=task_status,
-            )
-
-        async def serve_metrics(*, task_status: trio.TaskStatus[None]) -> None:
-            await serve_tcp(metrics, MetricsOnly(self.status), task_status=task_status)
+        serve_metrics = functools.partial(serve_tcp, metrics, MetricsOnly(self.status))
 
         async def close_sessions(left: float) -> None:
             await self.registry.shutdown(timeout=max(1.0, left * 0.7))
@@ -309,15 +290,7 @@ class App:
             inherited = listened_socket(cfg.daemon.socket_path, cfg.daemon.socket_mode)
         except InheritedSocketError as exc:
             raise ConfigError(f"daemon.socket_path: {exc}") from None
-        if cfg.monero.wallet_rpc_endpoints:
-            log.warning(
-                "using external wallet-rpc endpoints: session cap limited to endpoints/3",
-                endpoints=len(cfg.monero.wallet_rpc_endpoints),
-                max_active=cfg.effective_max_active,
-                configured_max_active=cfg.sessions.max_active,
-            )
-        elif isinstance(self.pool, ChildPool):
-            await stop_orphans(self.child_settings, self.fast_open)
+        await prepare_children(cfg, self.pool, self.child_settings, self.fast_open)
         metrics: list[trio.SocketListener] = []
         try:
             metrics = await metrics_listeners(cfg.daemon.metrics_address)

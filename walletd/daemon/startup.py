@@ -1,5 +1,6 @@
-"""What start-up does to the machine before any service runs: the private directories, the
-wallet-rpc children a dead walletd left behind, the `/metrics` listening sockets."""
+"""What start-up does before any service runs: the private directories, the wallet-rpc
+processes (our children, or external endpoints) and the children a dead walletd left behind,
+the `/metrics` listening sockets."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import trio
 from walletd.config import Config
 from walletd.errors import ConfigError
 from walletd.ops.preflight import socket_dir_problem, wallet_dir_problem
-from walletd.wallets.children import ChildSettings
+from walletd.wallets.children import ChildPool, ChildSettings, ProcessPool
+from walletd.wallets.endpoints import Endpoint, EndpointPool
 from walletd.wallets.fastopen import FastOpen
 from walletd.wallets.orphans import remove_orphans
 
-__all__ = ["metrics_listeners", "prepare_dirs", "stop_orphans"]
+__all__ = ["metrics_listeners", "prepare_children", "prepare_dirs", "wallet_rpc_pool"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +49,31 @@ def prepare_dirs(config: Config) -> None:
         raise ConfigError(problem)
 
 
-async def stop_orphans(settings: ChildSettings, fast_open: FastOpen) -> None:
+def wallet_rpc_pool(config: Config, settings: ChildSettings) -> ProcessPool:
+    """The wallet-rpc processes sessions use: `monero.wallet_rpc_endpoints` when set (started
+    by someone else), else walletd's own children."""
+    m = config.monero
+    if m.wallet_rpc_endpoints:
+        endpoints = [Endpoint(e.url, e.user, e.password) for e in m.wallet_rpc_endpoints]
+        return EndpointPool(endpoints, call_timeout=m.call_timeout)
+    return ChildPool(settings)
+
+
+async def prepare_children(
+    config: Config, pool: ProcessPool, settings: ChildSettings, fast_open: FastOpen
+) -> None:
     """Stop the children a walletd that died left (they hold the wallets' keys-file locks),
-    and say whether the new ones open wallets fast."""
+    and say whether the new ones open wallets fast; or say what external endpoints cost."""
+    if config.monero.wallet_rpc_endpoints:
+        log.warning(
+            "using external wallet-rpc endpoints: session cap limited to endpoints/3",
+            endpoints=len(config.monero.wallet_rpc_endpoints),
+            max_active=config.effective_max_active,
+            configured_max_active=config.sessions.max_active,
+        )
+        return
+    if not isinstance(pool, ChildPool):
+        return  # fake wallet-rpc processes (tests, the dev sandbox)
     stopped = await trio.to_thread.run_sync(remove_orphans, settings)
     if stopped:
         log.warning("stopped wallet-rpc children left by a previous walletd", count=stopped)
