@@ -20,8 +20,10 @@ import structlog
 import trio
 
 import walletd
+from walletd.api import connection as httpconnection
 from walletd.api import server as httpserver
-from walletd.api.server import Request, Response, serve_unix
+from walletd.api.messages import Request, Response
+from walletd.api.server import serve_unix
 from walletd.cli import walletctl as ctl
 from walletd.cli import walletctl_output as output
 from walletd.cli.walletctl_client import Client
@@ -132,7 +134,8 @@ def _error(status: int, code: str, message: str) -> Response:
 @pytest.fixture(autouse=True)
 def quiet_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The server's log lines would mix with walletctl's output on stdout: capture them instead."""
-    monkeypatch.setattr(httpserver, "log", structlog.get_logger(httpserver.__name__))
+    for module in (httpserver, httpconnection):
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
     with structlog.testing.capture_logs():
         yield
 
