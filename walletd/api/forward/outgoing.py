@@ -16,6 +16,9 @@ escrow is now; anything else is answered 504 (its outcome unknown) at once, not 
 A holder that renews its lease while its heartbeat is stale is alive after all (a slow
 heartbeat), and gets the request. The request fails with 503 only if the lease outlives the
 request's own bound.
+
+The origin's conversions live here too: its Request becomes the `ForwardedCall` the cluster
+carries, and the owner's `ForwardedReply` the Response its client gets.
 """
 
 from __future__ import annotations
