@@ -23,6 +23,7 @@ import trio
 
 from tests.fakes import call, fake_config, make_fake_multisig, start
 from tests.pgtest import advance_db_clock
+from walletd.api.forward import ClusterForwarding
 from walletd.app import App, prepare_dirs
 from walletd.config import ClusterConfig
 from walletd.testing.fake_chain import FakeWalletWorld
@@ -158,7 +159,8 @@ async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survi
         claimed.set()
         await trio.sleep_forever()
 
-    a._serve_forwarded = claim_then_hang  # type: ignore[method-assign]
+    assert isinstance(a.forwarding, ClusterForwarding)
+    a.forwarding.incoming = lambda api: claim_then_hang  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_parts, b)
         a_scope, a_done = await _killable(nursery, a)

@@ -25,14 +25,12 @@ import attrs
 import structlog
 import trio
 
-from walletd.api.forwarded import reply_from_response, request_from_call
-from walletd.api.forwarding import FORWARDED_BY
-from walletd.api.owner_forward import to_owner
+from walletd.api.connection import ServerLimits
+from walletd.api.forward import ClusterForwarding, Forwarding, SingleHost
 from walletd.api.routes import Api, MetricsOnly
-from walletd.api.server import TCP_PEER, Request, Response, ServerLimits, serve_tcp, serve_unix
+from walletd.api.server import serve_tcp, serve_unix
 from walletd.api.socket_file import InheritedSocketError, listened_socket
 from walletd.api.status import Status
-from walletd.cluster.forwarding import ForwardedCall, ForwardedReply
 from walletd.cluster.metrics import register as register_cluster_metrics
 from walletd.cluster.node import ClusterNode
 from walletd.config import Config, SessionsConfig, load_config
@@ -242,7 +240,13 @@ class App:
         )
         self.status.fast_open = self.fast_open
         self.status.daemons = self.daemons
+        self.forwarding: Forwarding = SingleHost()
         if self.cluster is not None:
+            self.forwarding = ClusterForwarding(
+                self.cluster,
+                open_here=self.registry.is_open,
+                timeout=config.daemon.request_timeout,
+            )
             self.status.cluster = self.cluster
             self.status.host_id = self.cluster.host_id
             register_cluster_metrics(self.metrics.registry, self.cluster.figures)
@@ -253,8 +257,7 @@ class App:
             events=self.events,
             status=self.status,
             metrics=self.metrics,
-            ownership=self.ownership,
-            forward=self._forward if self.cluster is not None else None,
+            forwarding=self.forwarding,
         )
         self._scopes: dict[str, trio.CancelScope] = {}
         self._done: dict[str, trio.Event] = {}
@@ -289,25 +292,14 @@ class App:
     async def _wallet_stored(self, escrow_id: str, role: Role, file: str) -> None:
         await self.ownership.wallets_stored(escrow_id, {role: file})
 
-    async def _forward(self, host_id: str, request: Request) -> Response:
-        assert self.cluster is not None
-        timeout = self.config.daemon.request_timeout
-        return await to_owner(self.cluster, self.api, host_id, request, timeout=timeout)
-
-    async def _serve_forwarded(self, call: ForwardedCall) -> ForwardedReply:
-        """A request another host forwarded here: served like one of ours, marked so that it is
-        never forwarded again (the origin already checked its client's credentials)."""
-        request = request_from_call(call, TCP_PEER)
-        request = attrs.evolve(request, headers={FORWARDED_BY: "1"})
-        return reply_from_response(await self.api(request))
-
     async def run_cluster(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The cluster's background parts (after `cluster.start`), wired to this daemon."""
         assert self.cluster is not None
+        assert isinstance(self.forwarding, ClusterForwarding)
         await self.cluster.run(
-            serve=self._serve_forwarded,
+            serve=self.forwarding.incoming(self.api),
             sessions=self._sessions_now,
             on_events=self.events.wake,
             task_status=task_status,

@@ -26,8 +26,8 @@ from pathlib import Path
 import structlog
 import trio
 
+from walletd.api.messages import Request, Response
 from walletd.api.routes import parse_json_object
-from walletd.api.server import Request, Response
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, LogConfig, MoneroConfig, MonitorConfig
 from walletd.errors import InvalidRequest, NotFound, RpcCallError, Unavailable
