@@ -10,7 +10,7 @@ from walletd.api.forwarded import (
     response_from_reply,
 )
 from walletd.api.server import TCP_PEER, PeerCred, Request, Response
-from walletd.cluster.forwarding import ForwardOutcomeUnknown, OwnerDidNotAnswer
+from walletd.errors import ForwardOutcomeUnknown, OwnerDidNotAnswer
 
 
 def test_a_forwarded_request_routes_on_the_owner_as_it_did_here() -> None:

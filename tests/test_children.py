@@ -22,15 +22,9 @@ import structlog
 import structlog.testing
 import trio
 
-from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
+from walletd.errors import Capacity, ChildStartError, RpcAuthError, RpcError, RpcUnreachable
 from walletd.wallets import children, spawning
-from walletd.wallets.children import (
-    STORE_TIMEOUT,
-    ChildPool,
-    ChildSettings,
-    ChildStartError,
-    WalletProcess,
-)
+from walletd.wallets.children import STORE_TIMEOUT, ChildPool, ChildSettings, WalletProcess
 from walletd.wallets.endpoints import Endpoint, EndpointPool
 from walletd.wallets.orphans import remove_orphans
 from walletd.wallets.rpc import WalletRpc

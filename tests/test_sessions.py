@@ -25,14 +25,12 @@ from tests.fakes import (
     start,
 )
 from walletd.app import App
-from walletd.cluster.db import ClusterUnavailable
-from walletd.cluster.leases import Fenced
-from walletd.errors import SessionFailed, Unavailable
+from walletd.errors import ClusterUnavailable, Fenced, LeaseLost, SessionFailed, Unavailable
 from walletd.ids import ROLES, Role
 from walletd.sessions.handles import SessionSpec, WalletSpec
 from walletd.sessions.messages import GetBalance, Store
 from walletd.sessions.registry import Limits
-from walletd.sessions.session import EscrowSession, LeaseLost, OnStored, SessionHandle
+from walletd.sessions.session import EscrowSession, OnStored, SessionHandle
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 from walletd.wallets.rpc import DAMAGE_SIGNS

@@ -30,13 +30,13 @@ from walletd.api.forwarding import FORWARDED_BY
 from walletd.api.owner_forward import to_owner
 from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import TCP_PEER, Request, Response, ServerLimits, serve_tcp, serve_unix
-from walletd.api.socket_file import InheritedSocketError, listened_socket
+from walletd.api.socket_file import listened_socket
 from walletd.api.status import Status
 from walletd.cluster.forwarding import ForwardedCall, ForwardedReply
 from walletd.cluster.metrics import register as register_cluster_metrics
 from walletd.cluster.node import ClusterNode
 from walletd.config import Config, SessionsConfig, load_config
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, InheritedSocketError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.service import EscrowService
 from walletd.ids import Role

@@ -30,8 +30,8 @@ import trio
 from walletd.api.forwarded import call_from_request, response_from_reply
 from walletd.api.forwarding import FORWARDED_BY
 from walletd.api.server import Request, Response
-from walletd.cluster.forwarding import OwnerDidNotAnswer, OwnerGone
 from walletd.cluster.node import ClusterNode
+from walletd.errors import OwnerDidNotAnswer, OwnerGone
 
 __all__ = ["CLAIM_WAIT", "LEASE_POLL", "to_owner"]
 

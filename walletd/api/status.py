@@ -9,14 +9,13 @@ import trio
 from walletd import __version__
 from walletd.cluster.node import ClusterNode
 from walletd.cluster.pg_store import timestamp
-from walletd.errors import RpcError
+from walletd.errors import RpcError, StoreUnavailable
 from walletd.escrows.model import utcnow
 from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen

@@ -37,19 +37,21 @@ import structlog
 import trio
 from psycopg.types.json import Jsonb
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.notifications import Listener, Wakeup, notify
-from walletd.errors import Timeout, Unavailable
+from walletd.errors import (
+    ClusterUnavailable,
+    ForwardOutcomeUnknown,
+    OwnerDidNotAnswer,
+    OwnerGone,
+)
 
 __all__ = [
     "ForwardHandler",
-    "ForwardOutcomeUnknown",
     "ForwardServer",
     "ForwardedCall",
     "ForwardedReply",
     "Forwarder",
-    "OwnerDidNotAnswer",
-    "OwnerGone",
     "forward_channel",
     "forwarding_channels",
     "reply_channel",
@@ -87,22 +89,6 @@ def reply_channel(host_id: str) -> str:
 def forwarding_channels(host_id: str) -> tuple[str, str]:
     """The channels a host's Listener must LISTEN on for forwarding, both ways."""
     return forward_channel(host_id), reply_channel(host_id)
-
-
-class OwnerDidNotAnswer(Unavailable):
-    """The owner host did not take the forwarded request in time; it was withdrawn and will
-    never run, so the caller may safely try again."""
-
-
-class ForwardOutcomeUnknown(Timeout):
-    """The owner host took the forwarded request but did not answer in time: it may have run
-    (or be running). Answered like a wallet-rpc timeout (504 `timeout`)."""
-
-
-class OwnerGone(ForwardOutcomeUnknown):
-    """The owner host took the forwarded request and then lost the escrow (died, paused past
-    its lease, fenced): no answer will come. It may have run; a read may simply be run again
-    where the escrow is now."""
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ import structlog
 import trio
 
 from walletd.errors import (
+    HeldElsewhere,
     NoWalletFile,
     RpcCallError,
     RpcError,
@@ -36,7 +37,6 @@ from walletd.errors import (
 )
 from walletd.ids import Role
 from walletd.wallets.children import ProcessPool, WalletProcess
-from walletd.wallets.keys_lock import HeldElsewhere
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [

@@ -38,12 +38,12 @@ from typing import Protocol, TypeVar
 import structlog
 import trio
 
-from walletd.errors import Capacity, Conflict, Unavailable, public_error
+from walletd.errors import Capacity, Conflict, SessionClosed, Unavailable, public_error
 from walletd.sessions.entry import Entry as _Entry
 from walletd.sessions.entry import State as _State
 from walletd.sessions.limits import Limits, RegistryStats, SessionInfo
 from walletd.sessions.messages import Leave, Message
-from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
+from walletd.sessions.session import SessionHandle, SessionSpec
 from walletd.sessions.slots import Caller, SlotQueue, Waiter
 
 __all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]

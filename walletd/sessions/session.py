@@ -25,15 +25,17 @@ import outcome
 import structlog
 import trio
 
-from walletd.cluster.leases import Fenced
 from walletd.errors import (
     DamagedWallet,
+    Fenced,
+    LeaseLost,
     NoWalletFile,
     RpcAuthError,
     RpcCallError,
     RpcError,
     RpcTimeout,
     RpcUnreachable,
+    SessionClosed,
     SessionFailed,
     Unavailable,
     WalletdError,
@@ -79,9 +81,7 @@ from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
     "EscrowSession",
-    "LeaseLost",
     "OnStored",
-    "SessionClosed",
     "SessionFailed",
     "SessionHandle",
     "SessionSpec",
@@ -103,19 +103,6 @@ NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 
 # (escrow_id, role, wallet file name), awaited after each store of that wallet succeeded:
 # in a cluster, the save of its files to the database (walletd.cluster.wallet_files).
 OnStored = Callable[[str, Role, str], Awaitable[object]]
-
-
-class SessionClosed(WalletdError):
-    """The session stopped before it could take the request; the caller may open a new one."""
-
-
-class LeaseLost(SessionFailed):
-    """A wallet-file save was refused (`Fenced`): this host's lease on the escrow is stale.
-
-    Another host may own the escrow and open its wallets now, so this session must not touch
-    them again: it fails as a unit (SessionFailed), answering the call in hand with this error,
-    and closes its wallets. Closing stores them locally, which is harmless: local files are a
-    cache, and the new owner restores the database's version before it opens."""
 
 
 class SessionHandle:

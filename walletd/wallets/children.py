@@ -70,7 +70,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import RpcAuthError, RpcError, Unavailable
+from walletd.errors import ChildStartError, RpcAuthError, RpcError
 from walletd.ops.logs import unlabelled
 from walletd.wallets import spawning
 from walletd.wallets.rpc import WalletRpc
@@ -79,7 +79,6 @@ from walletd.wallets.spawning import ChildSettings, LiveChildren, Spawned, liste
 __all__ = [
     "ChildPool",
     "ChildSettings",
-    "ChildStartError",
     "ProcessPool",
     "WalletProcess",
 ]
@@ -95,17 +94,6 @@ OUTPUT_TAIL = 20  # lines of output kept for error messages
 MAX_LINE = 400  # characters of one output line that reach the log
 DRAIN_GRACE = 1.0  # how long to read a dead child's last output
 MAX_START_BACKOFF = 30.0
-
-
-class ChildStartError(Unavailable):
-    """monero-wallet-rpc could not be started; `detail` says why, with its last output lines."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("monero-wallet-rpc could not be started")
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.message}: {self.detail}"
 
 
 # ---- processes -----------------------------------------------------------------------------------
