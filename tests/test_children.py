@@ -24,9 +24,11 @@ import trio
 
 from walletd.errors import Capacity, ChildStartError, RpcAuthError, RpcError, RpcUnreachable
 from walletd.wallets import children, spawning
-from walletd.wallets.children import STORE_TIMEOUT, ChildPool, ChildSettings, WalletProcess
+from walletd.wallets.child_control import STORE_TIMEOUT
+from walletd.wallets.children import ChildPool, ChildSettings
 from walletd.wallets.endpoints import Endpoint, EndpointPool
 from walletd.wallets.orphans import remove_orphans
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 from walletd.wallets.spawning import wallet_rpc_argv
 

@@ -33,7 +33,7 @@ from tests.fakes import FakeDaemon, call, fake_app, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 __all__ = ["run_payouts"]
 

@@ -37,7 +37,7 @@ from walletd.jsontypes import JsonObject
 from walletd.ops.logs import configure_logging
 from walletd.state.statelock import StateLock
 from walletd.testing.regtest import Monerod, start_monerod
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 __all__ = ["Faucet", "dev_config", "run_dev"]
 

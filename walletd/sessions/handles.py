@@ -36,7 +36,8 @@ from walletd.errors import (
     first_error,
 )
 from walletd.ids import Role
-from walletd.wallets.children import ProcessPool, WalletProcess
+from walletd.wallets.children import ProcessPool
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [

@@ -12,7 +12,7 @@ import trio
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_transport import FakeTransport
 from walletd.testing.fake_wallet_rpc import FakeWalletRpc
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["FakePool", "FakeProcess"]

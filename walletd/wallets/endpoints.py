@@ -14,7 +14,7 @@ import structlog
 import trio
 
 from walletd.errors import Capacity, NoWalletFile, RpcError
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["Endpoint", "EndpointPool"]
