@@ -28,9 +28,10 @@ from walletd.app import App
 from walletd.errors import ClusterUnavailable, Fenced, LeaseLost, SessionFailed, Unavailable
 from walletd.ids import ROLES, Role
 from walletd.sessions.handles import SessionSpec, WalletSpec
+from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.messages import GetBalance, Store
 from walletd.sessions.registry import Limits
-from walletd.sessions.session import EscrowSession, OnStored, SessionHandle
+from walletd.sessions.session import EscrowSession, OnStored
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 from walletd.wallets.rpc import DAMAGE_SIGNS

@@ -7,7 +7,8 @@ import enum
 import attrs
 import trio
 
-from walletd.sessions.session import SessionHandle, SessionSpec
+from walletd.sessions.handles import SessionSpec
+from walletd.sessions.mailbox import SessionHandle
 
 __all__ = ["MONEY_HOLD", "Entry", "State"]
 

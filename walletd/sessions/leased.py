@@ -18,7 +18,8 @@ import trio
 
 from walletd.errors import SessionFailed
 from walletd.ids import ROLES
-from walletd.sessions.session import EscrowSession, SessionHandle
+from walletd.sessions.mailbox import SessionHandle
+from walletd.sessions.session import EscrowSession
 from walletd.state.ownership import Ownership
 
 __all__ = ["LeasedSession"]
@@ -39,8 +40,8 @@ class LeasedSession:
 
         async def lost() -> None:
             log.error("lease lost: killing the escrow's wallet-rpc processes", escrow_id=escrow_id)
-            session.fenced = True  # before anything can yield: no reopen from here on
             scope.cancel()
+            # Its first step, before anything can yield, refuses every reopen from here on.
             await session.fence()
 
         session.lease_check = lambda: self._ownership.check_held(escrow_id)

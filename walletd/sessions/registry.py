@@ -41,9 +41,10 @@ import trio
 from walletd.errors import Capacity, Conflict, SessionClosed, Unavailable, public_error
 from walletd.sessions.entry import Entry as _Entry
 from walletd.sessions.entry import State as _State
+from walletd.sessions.handles import SessionSpec
 from walletd.sessions.limits import Limits, RegistryStats, SessionInfo
+from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.messages import Leave, Message
-from walletd.sessions.session import SessionHandle, SessionSpec
 from walletd.sessions.slots import Caller, SlotQueue, Waiter
 
 __all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]
