@@ -257,7 +257,7 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
             await trio.sleep(5)
         states = [e.state.value for e in await app.store.list_escrows()]
         assert states.count("funded") + states.count("ready") == 30, states
-        assert app.registry.stats().active_sessions <= 10
+        assert app.registry.statistics().active_sessions <= 10
         nursery.cancel_scope.cancel()
 
 

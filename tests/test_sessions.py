@@ -28,6 +28,7 @@ from walletd.app import App
 from walletd.errors import ClusterUnavailable, Fenced, LeaseLost, SessionFailed, Unavailable
 from walletd.ids import ROLES, Role
 from walletd.sessions.handles import SessionSpec, WalletSpec
+from walletd.sessions.limits import SessionStatistics
 from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.messages import GetBalance, Store
 from walletd.sessions.registry import Limits
@@ -75,7 +76,7 @@ async def test_concurrent_opens_share_one(tmp_path: Path, autojump_clock: trio.a
                 inner.start_soon(one)
         assert world.call_count("open_wallet") - opens_before == 3
         assert sorted(r[1]["created"] for r in results) == [False, False, False, False, True]
-        assert app.registry.stats().active_sessions == 1
+        assert app.registry.statistics().active_sessions == 1
         nursery.cancel_scope.cancel()
 
 
@@ -188,6 +189,50 @@ async def test_killed_wallet_rpc_is_restored(
         assert [(e.escrow_id, e.data["role"]) for e in restarted] == [("e0", "vendor")]
         assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 1
         assert sets[0].files["vendor"] in world.locks  # reopened in a fresh process
+        nursery.cancel_scope.cancel()
+
+
+async def test_restarts_are_counted_once_their_session_has_closed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The registry's statistics count every wallet-rpc its sessions replaced since start: those
+    of a session that has closed since (evicted, here) still count, and none twice."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 2, max_active=1)
+        await call(app, "POST", "/v1/escrows/e0/session")
+        pool.fake_of(sets[0].files["vendor"]).kill()
+        pool.fake_of(sets[0].files["arbiter"]).kill()
+        assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        assert app.registry.statistics().wallet_rpc_restarts == 2
+        await call(app, "POST", "/v1/escrows/e1/session")  # evicts e0's session
+        assert not app.registry.is_open("e0")
+        pool.fake_of(sets[1].files["buyer"]).kill()
+        assert (await call(app, "GET", "/v1/escrows/e1/balance"))[0] == 200
+        assert app.registry.statistics().wallet_rpc_restarts == 3
+        assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_reports_its_own_statistics(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session's statistics say how often it restored its wallets and how many processes
+    that took: one restore of two lost processes is one restore, two restarts."""
+    world = FakeWalletWorld()
+    s = await make_fake_multisig(world, "stat")
+    pool = FakePool(world)
+    wallets = {role: WalletSpec(s.files[role], s.password) for role in ROLES}
+    session = EscrowSession(SessionSpec("e-stat", wallets, s.address), pool, store_interval=1e9)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        handle = await nursery.start(session.run)
+        assert session.statistics() == SessionStatistics(0, 0, 0)
+        pool.fake_of(s.files["buyer"]).kill()
+        pool.fake_of(s.files["vendor"]).kill()
+        await handle.request(GetBalance())
+        assert session.statistics() == SessionStatistics(
+            restores=1, wallet_rpc_restarts=2, warm_payouts=0
+        )
         nursery.cancel_scope.cancel()
 
 
@@ -406,7 +451,7 @@ async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
     async with trio.open_nursery() as nursery:
         app, _, _, _ = await _setup(nursery, tmp_path, 2, max_active=1)
         await app.registry.close("e1")
-        opened_before = app.registry.stats().opened
+        opened_before = app.registry.statistics().opened
         answers: dict[str, int] = {}
 
         async def balance(escrow_id: str) -> None:
@@ -417,7 +462,7 @@ async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
             await trio.sleep(0.1)  # e1's opening is under way, e0 leaves for it
             calls.start_soon(balance, "e0")
         assert answers == {"e0": 200, "e1": 200}
-        assert app.registry.stats().opened - opened_before == 2  # one opening each, no reopen
+        assert app.registry.statistics().opened - opened_before == 2  # one opening each, no reopen
         nursery.cancel_scope.cancel()
 
 

@@ -314,7 +314,7 @@ class App:
         )
 
     def _sessions_now(self) -> tuple[int, int]:
-        stats = self.registry.stats()
+        stats = self.registry.statistics()
         return stats.active_sessions, stats.max_sessions
 
     async def _daemon_switched(self, old: str, new: str) -> None:
@@ -344,7 +344,6 @@ class App:
         self._wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
     async def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
-        self.status.wallet_rpc_restarts += 1
         self.metrics.wallet_rpc_restarts.inc()
         await self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 

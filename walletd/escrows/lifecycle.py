@@ -497,7 +497,7 @@ class Lifecycle:
         wanted += await self._store.list_escrows(EscrowState.FUNDED)
         elsewhere = await self._ownership.owned_elsewhere()
         wanted = [r for r in wanted if r.escrow_id not in elsewhere]
-        room = registry.limits.max_active - registry.stats().active_sessions
+        room = registry.limits.max_active - registry.statistics().active_sessions
         for rec in wanted[: max(0, room)]:
             try:
                 # Reopened for the monitor: first to leave if the API needs a slot.

@@ -18,6 +18,7 @@ import trio
 
 from walletd.errors import SessionFailed
 from walletd.ids import ROLES
+from walletd.sessions.limits import SessionStatistics
 from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.session import EscrowSession
 from walletd.state.ownership import Ownership
@@ -31,6 +32,9 @@ class LeasedSession:
     def __init__(self, session: EscrowSession, ownership: Ownership) -> None:
         self.session = session
         self._ownership = ownership
+
+    def statistics(self) -> SessionStatistics:
+        return self.session.statistics()
 
     async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None:
         session = self.session

@@ -42,12 +42,12 @@ from walletd.errors import Capacity, Conflict, SessionClosed, Unavailable, publi
 from walletd.sessions.entry import Entry as _Entry
 from walletd.sessions.entry import State as _State
 from walletd.sessions.handles import SessionSpec
-from walletd.sessions.limits import Limits, RegistryStats, SessionInfo
+from walletd.sessions.limits import Limits, RegistryStatistics, SessionInfo, SessionStatistics
 from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.messages import Leave, Message
 from walletd.sessions.slots import Caller, SlotQueue, Waiter
 
-__all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]
+__all__ = ["Caller", "Limits", "Registry", "RegistryStatistics", "SessionInfo"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +56,8 @@ class RunnableSession(Protocol):
     """What `new_session` makes of a spec: an `EscrowSession` in production."""
 
     async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None: ...
+
+    def statistics(self) -> SessionStatistics: ...
 
 
 SessionRunner = Callable[[SessionSpec], RunnableSession]
@@ -88,6 +90,9 @@ class Registry:
         self._counters = dict.fromkeys(
             ("opened", "closed", "evicted", "expired", "hits", "misses", "failed"), 0
         )
+        # Sessions running now, and the wallet-rpc restarts of those that ended.
+        self._running: set[RunnableSession] = set()
+        self._ended_restarts = 0
 
     # ---- running ---------------------------------------------------------------------------------
 
@@ -218,11 +223,13 @@ class Registry:
             return None
         return self._info(entry, trio.current_time())
 
-    def stats(self) -> RegistryStats:
+    def statistics(self) -> RegistryStatistics:
         now = trio.current_time()
         open_entries = [e for e in self._entries.values() if e.state is _State.OPEN]
         ages = [now - (e.opened_at or now) for e in open_entries]
-        return RegistryStats(
+        restarts = self._ended_restarts
+        restarts += sum(s.statistics().wallet_rpc_restarts for s in self._running)
+        return RegistryStatistics(
             active_sessions=len(open_entries),
             max_sessions=self.limits.max_active,
             utilization=round(len(open_entries) / self.limits.max_active, 4),
@@ -230,6 +237,7 @@ class Registry:
             oldest_age_s=round(max(ages), 3) if ages else 0.0,
             **self._counters,
             waiting=self._queue.waiting(),
+            wallet_rpc_restarts=restarts,
         )
 
     # ---- slots and entries -----------------------------------------------------------------------
@@ -468,6 +476,7 @@ class Registry:
 
     async def _supervise(self, entry: _Entry, spec: SessionSpec) -> None:
         session = self._new_session(spec)
+        self._running.add(session)
         try:
             with entry.scope:
                 await session.run(task_status=_OnReady(self, entry))
@@ -483,6 +492,8 @@ class Registry:
                 self._counters["failed"] += 1
                 log.error("session failed", escrow_id=entry.escrow_id, error=str(exc))
         finally:
+            self._running.discard(session)
+            self._ended_restarts += session.statistics().wallet_rpc_restarts
             self._finish(entry)
 
     def _opened(self, entry: _Entry, handle: SessionHandle) -> None:

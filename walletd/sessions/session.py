@@ -52,6 +52,7 @@ from walletd.sessions.handles import (
     WalletSpec,
     together,
 )
+from walletd.sessions.limits import SessionStatistics
 from walletd.sessions.mailbox import Envelope, SessionHandle, answer
 from walletd.sessions.messages import (
     GetBalance,
@@ -152,7 +153,8 @@ class EscrowSession:
         # The last store's files did not all reach on_stored's keeper (the cluster database).
         self.unsaved = False
         self.leave_reason: str | None = None
-        self.restarts = 0
+        self._restores = 0  # restorations of the set of handles
+        self._wallet_rpc_restarts = 0  # processes replaced by them (one per lost handle)
         self._handle: SessionHandle | None = None
         # The last exchange of multisig info among the three wallets and what it covered; None
         # when there is none a payout could use (see warm_payout).
@@ -161,7 +163,15 @@ class EscrowSession:
         # Called right before a money-moving wallet call (sign, submit): raises if this host
         # may no longer move the escrow's funds (a cluster: its lease lapsed, `LeasedSession`).
         self.lease_check: Callable[[], None] = lambda: None
-        self.warm_payouts = 0  # payouts prepared without an exchange (tests, bench)
+        self._warm_payouts = 0  # payouts prepared without an exchange
+
+    def statistics(self) -> SessionStatistics:
+        """What this session did so far (the registry sums them over its sessions)."""
+        return SessionStatistics(
+            restores=self._restores,
+            wallet_rpc_restarts=self._wallet_rpc_restarts,
+            warm_payouts=self._warm_payouts,
+        )
 
     async def fence(self) -> None:
         """The escrow's lease is lost: kill every process of the session unsaved, and open no
@@ -383,7 +393,7 @@ class EscrowSession:
             max_fee_per_byte=message.max_fee_per_byte,
             before_sign=self.lease_check,
         )
-        self.warm_payouts += warm
+        self._warm_payouts += warm
         return payout
 
     async def _pre_exchange(self) -> bool:
@@ -464,13 +474,14 @@ class EscrowSession:
         self._set_exchanged(None)
         if not self._limiter.allow():
             raise SessionFailed(f"restart limit reached ({why}); session gives up")
-        self.restarts += 1
-        log.warning("restoring session wallets", why=why, restart=self.restarts)
+        self._restores += 1
+        log.warning("restoring session wallets", why=why, restart=self._restores)
         lost = await self._wallets.lost()
         with trio.fail_after(self._open_timeout):
             await together(self._reopen, lost)
         await self._wallets.check_identity()
         for handle in lost:
+            self._wallet_rpc_restarts += 1
             if self._on_restart is not None:
                 maybe = self._on_restart(self.escrow_id, handle.role, why)
                 if maybe is not None:
