@@ -247,7 +247,9 @@ async def test_dead_spares_are_passed_over(tmp_path: Path, autojump_clock: trio.
         assert status == 200, body
         assert pool.fake_of(sets[0].files["vendor"]).dead is False
         assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 1
-        assert pool.restarts == 3  # the vendor's process and both dead spares were discarded
+        assert (
+            pool.statistics().restarts == 3
+        )  # the vendor's process and both dead spares were discarded
         nursery.cancel_scope.cancel()
 
 

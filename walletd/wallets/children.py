@@ -96,12 +96,22 @@ DRAIN_GRACE = 1.0  # how long to read a dead child's last output
 MAX_START_BACKOFF = 30.0
 
 
-# ---- processes -----------------------------------------------------------------------------------
+# ---- the pool's interface ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A pool's figures now (`ProcessPool.statistics()`, as trio's statistics() give them)."""
+
+    idle: int  # ready processes owned by nobody
+    busy: int  # processes handed out (acquired, not yet released or discarded)
+    restarts: int  # processes that died (idle or in use) and were replaced since start
 
 
 class ProcessPool(Protocol):
-    restarts: int
     capacity: int | None
+
+    def statistics(self) -> PoolStatistics: ...
 
     async def acquire(self) -> WalletProcess: ...
 
@@ -125,7 +135,7 @@ class ChildPool:
     def __init__(self, settings: ChildSettings) -> None:
         self.settings = settings
         self.live = LiveChildren()
-        self.restarts = 0
+        self._restarts = 0
         self.capacity: int | None = None
         self._nursery: trio.Nursery | None = None
         self._closing = False
@@ -139,6 +149,9 @@ class ChildPool:
     def idle(self) -> tuple[WalletProcess, ...]:
         """The ready spares (started, no wallet, owned by nobody)."""
         return tuple(self._idle)
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(idle=len(self._idle), busy=len(self._busy), restarts=self._restarts)
 
     @property
     def pids(self) -> list[int]:
@@ -221,7 +234,7 @@ class ChildPool:
             if candidate.alive():
                 proc = candidate
                 break
-            self.restarts += 1  # a spare that died while idle: replaced below
+            self._restarts += 1  # a spare that died while idle: replaced below
         self._top_up()
         if proc is None:
             proc = await self._start()
@@ -266,7 +279,7 @@ class ChildPool:
         died = child.died
         await self._stop(proc, store=proc.alive() and not damaged, kill=damaged)
         if died:
-            self.restarts += 1
+            self._restarts += 1
             log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid, **proc.labels())
         proc.wallet_of = None
         self._top_up()
@@ -436,7 +449,7 @@ class ChildPool:
         )
         if proc in self._idle:
             self._idle.remove(proc)
-            self.restarts += 1
+            self._restarts += 1
             self._top_up()
 
     # ---- stopping --------------------------------------------------------------------------------
