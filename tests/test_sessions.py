@@ -696,6 +696,32 @@ async def test_a_fenced_save_stops_the_session(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_fenced_session_kills_its_processes_unsaved_and_never_reopens(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Once fenced (its lease lost), a session's three processes are killed at once with
+    nothing stored, and its next call fails as a session failure without opening any wallet
+    again: another host may have the escrow's wallets open by then."""
+
+    async def on_stored(escrow_id: str, role: Role, file: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        h = await _hooked_session(nursery, on_stored)
+        stores = {f: h.world.stores[f] for f in h.wallets.files.values()}
+        opens = h.world.call_count("open_wallet")
+        await h.session.fence()
+        assert all(f not in h.world.locks for f in h.wallets.files.values())
+        assert {f: h.world.stores[f] for f in h.wallets.files.values()} == stores
+        with pytest.raises(SessionFailed, match="lost the escrow's lease"):
+            await h.handle.request(GetBalance(refresh=False))
+        await trio.sleep(1)
+        assert h.world.call_count("open_wallet") == opens
+        assert len(h.ended) == 1
+        assert isinstance(h.ended[0], SessionFailed)
+        nursery.cancel_scope.cancel()
+
+
 async def test_an_open_that_raced_another_process_is_given_up_unsaved(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
