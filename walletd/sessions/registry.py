@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar
 import structlog
 import trio
 
-from walletd.errors import Capacity, Conflict, SessionClosed, Unavailable, public_error
+from walletd.errors import Capacity, SessionClosed, Unavailable, public_error
 from walletd.sessions.entry import Entry as _Entry
 from walletd.sessions.entry import State as _State
 from walletd.sessions.handles import SessionSpec
@@ -269,7 +269,7 @@ class Registry:
         while True:
             entry = self._entries.get(escrow_id)
             if entry is not None:
-                _check_spec(entry, spec)
+                entry.check_spec(spec)
             if entry is not None and entry.state is _State.OPEN:
                 self._counters["hits"] += 1
                 break
@@ -279,7 +279,7 @@ class Registry:
             self._counters["misses"] += 1
             if entry is None:
                 entry, created = await self._start_entry(escrow_id, spec, caller)
-                _check_spec(entry, spec)  # someone else's, started while we reserved a slot
+                entry.check_spec(spec)  # someone else's, started while we reserved a slot
             # Shared opening: every caller for this escrow waits on the same event. The opening
             # runs in the registry's nursery, so one caller giving up harms no other. While
             # they wait, the fresh session is not idle: no one may evict it before they use it.
@@ -585,16 +585,6 @@ class _OnReady:
     def started(self, value: SessionHandle | None = None) -> None:
         assert value is not None
         self._registry._opened(self._entry, value)
-
-
-def _check_spec(entry: _Entry, spec: SessionSpec | None) -> None:
-    """Conflict if the caller names wallets other than those the entry's session opens. A
-    leaving entry is no one's to share: the caller waits for it to close and opens its own."""
-    if spec is not None and entry.state is not _State.LEAVING and spec != entry.spec:
-        raise Conflict(
-            f"escrow {entry.escrow_id!r} has a session on other wallets "
-            "(another request is registering this escrow id)"
-        )
 
 
 def _fresh(error: BaseException) -> Exception:
