@@ -59,8 +59,8 @@ handler of expected errors (`except WalletdError`, which logs and goes on) may s
 Not in the tree, and why: exceptions that are one module's private control flow and never leave
 it (`walletd.api.server`'s `_Abort`, `_BadTarget`, `_ClientGone`; `walletd.wallets.children`'s
 `_ExitedEarly`, `_ForeignListener`, each turned into a `ChildStartError` or a retry there);
-walletctl's `CtlError`, the exit (message and exit code) of a separate client program that
-talks to walletd over HTTP and raises none of walletd's errors; and the test doubles' own
+walletctl's `CtlError`, how a separate client program (it talks to walletd over HTTP) ends
+with a message and an exit code, not an error of walletd's; and the test doubles' own
 (`walletd.testing`: `RpcFault`, `ProcessGone` are the fakes' wire, turned into the real errors
 by their transports; `MonerodError` is the regtest harness's).
 
