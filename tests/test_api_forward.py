@@ -25,12 +25,10 @@ from walletd.api.routes import Api
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
-    ForwardOutcomeUnknown,
     OwnerCheck,
-    OwnerDidNotAnswer,
 )
 from walletd.cluster.hosts import LeaseOwner
-from walletd.errors import OwnedElsewhere
+from walletd.errors import ForwardOutcomeUnknown, OwnedElsewhere, OwnerDidNotAnswer
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 

@@ -29,12 +29,12 @@ from walletd.api.connection import ServerLimits
 from walletd.api.forward import ClusterForwarding, Forwarding, SingleHost
 from walletd.api.routes import Api, MetricsOnly
 from walletd.api.server import serve_tcp, serve_unix
-from walletd.api.socket_file import InheritedSocketError, listened_socket
+from walletd.api.socket_file import listened_socket
 from walletd.api.status import Status
 from walletd.cluster.metrics import register as register_cluster_metrics
 from walletd.cluster.node import ClusterNode
 from walletd.config import Config, SessionsConfig, load_config
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, InheritedSocketError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.service import EscrowService
 from walletd.ids import Role
@@ -306,7 +306,7 @@ class App:
         )
 
     def _sessions_now(self) -> tuple[int, int]:
-        stats = self.registry.stats()
+        stats = self.registry.statistics()
         return stats.active_sessions, stats.max_sessions
 
     async def _daemon_switched(self, old: str, new: str) -> None:
@@ -336,7 +336,6 @@ class App:
         self._wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
     async def _wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
-        self.status.wallet_rpc_restarts += 1
         self.metrics.wallet_rpc_restarts.inc()
         await self.events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 

@@ -36,7 +36,7 @@ import structlog
 import trio
 
 from walletd.config import MonitorConfig
-from walletd.errors import Capacity, WalletdError
+from walletd.errors import Capacity, StoreUnavailable, WalletdError
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -53,7 +53,6 @@ from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.ownership import LocalOwnership, Ownership
 from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
 
 __all__ = ["Monitor"]

@@ -9,14 +9,13 @@ import trio
 from walletd import __version__
 from walletd.cluster.node import ClusterNode
 from walletd.cluster.pg_store import timestamp
-from walletd.errors import RpcError
+from walletd.errors import RpcError, StoreUnavailable
 from walletd.escrows.model import utcnow
 from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
@@ -34,14 +33,13 @@ class Status:
         self._store = store
         self._chain = chain
         self._metrics = metrics
-        self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
         self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
         self.daemons: DaemonFailover | None = None  # set by the app: which monerod is in use
         self.host_id = socket.gethostname()  # [cluster] host_id when set (by the app)
         self.cluster: ClusterNode | None = None  # set by the app in a cluster
 
     def stats_json(self) -> JsonObject:
-        stats = self._registry.stats()
+        stats = self._registry.statistics()
         return {
             "active_sessions": stats.active_sessions,
             "max_sessions": stats.max_sessions,
@@ -56,7 +54,7 @@ class Status:
             "misses": stats.misses,
             "failed": stats.failed,
             "waiting": dict(stats.waiting),
-            "wallet_rpc_restarts": self.wallet_rpc_restarts,
+            "wallet_rpc_restarts": stats.wallet_rpc_restarts,
         }
 
     async def cluster_json(self) -> JsonObject:
@@ -64,7 +62,7 @@ class Status:
         than lease_ttl; a host stopped gracefully is gone) and every live escrow lease, from
         the cluster database; on one host, this host alone and no leases."""
         if self.cluster is None:
-            stats = self._registry.stats()
+            stats = self._registry.statistics()
             host: JsonObject = {
                 "host_id": self.host_id,
                 "last_seen": utcnow(),
@@ -100,7 +98,7 @@ class Status:
     async def health(self) -> tuple[int, JsonObject]:
         body: JsonObject = {
             "version": __version__,
-            "active_sessions": self._registry.stats().active_sessions,
+            "active_sessions": self._registry.statistics().active_sessions,
         }
         if self.fast_open is not None:
             body["fast_open"] = self.fast_open.enabled
@@ -132,7 +130,7 @@ class Status:
         return 200, body
 
     async def metrics_text(self) -> tuple[bytes, str]:
-        stats = self._registry.stats()
+        stats = self._registry.statistics()
         by_state = {s.value: 0 for s in STATES}
         try:
             for rec in await self._store.list_escrows():

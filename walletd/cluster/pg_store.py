@@ -43,9 +43,10 @@ from typing import Any, TypeVar, Unpack
 import psycopg
 import structlog
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event_row
+from walletd.cluster.db import Connection, Database
+from walletd.cluster.leases import Leases, Tenure, append_event_row
 from walletd.cluster.wallet_files import abandon_wallet_files
+from walletd.errors import ClusterUnavailable, Fenced
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import (

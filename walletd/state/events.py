@@ -29,10 +29,11 @@ import structlog
 import trio
 import trio.lowlevel
 
+from walletd.errors import StoreUnavailable
 from walletd.escrows.model import EscrowRecord, EscrowState
 from walletd.jsontypes import JsonObject
 from walletd.state.seam import LocalState, StateStore
-from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store, StoreUnavailable
+from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
 

@@ -34,7 +34,7 @@ from typing import Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
 import attrs
 import structlog
 
-from walletd.errors import Unavailable
+from walletd.errors import StoreUnavailable
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -58,7 +58,6 @@ __all__ = [
     "EventRecord",
     "NewEvent",
     "Store",
-    "StoreUnavailable",
     "changed_columns",
 ]
 
@@ -69,10 +68,6 @@ BUSY_TIMEOUT = 0.5  # seconds a statement waits for another process's lock (see 
 
 # Errors about the request itself (a duplicate key, a closed connection): not the database failing.
 _CALLER_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
-
-
-class StoreUnavailable(Unavailable):
-    """The state database refused a read or write (disk full, I/O error, locked too long)."""
 
 
 _MIGRATIONS: dict[int, str] = {

@@ -31,14 +31,9 @@ import trio
 
 from walletd.api.forward.base import Here
 from walletd.api.messages import Request, Response
-from walletd.cluster.forwarding import (
-    ForwardedCall,
-    ForwardedReply,
-    OwnerCheck,
-    OwnerDidNotAnswer,
-    OwnerGone,
-)
+from walletd.cluster.forwarding import ForwardedCall, ForwardedReply, OwnerCheck
 from walletd.cluster.hosts import LeaseOwner
+from walletd.errors import OwnerDidNotAnswer, OwnerGone
 
 __all__ = ["CLAIM_WAIT", "LEASE_POLL", "OwnerTransport", "call_from_request", "to_owner"]
 

@@ -25,8 +25,8 @@ This layer cannot import the API (`walletd.api` sits above it): `ForwardedCall` 
 `ForwardedReply` are what travels, and the API (`walletd.api.forward`) converts its Request and
 Response to and from them.
 
-- `records`: the wire records (`ForwardedCall`, `ForwardedReply`), each host's channel names, and
-  the errors an origin raises when no answer comes.
+- `records`: the wire records (`ForwardedCall`, `ForwardedReply`) and each host's channel names
+  (the errors an origin raises when no answer comes are in `walletd.errors`).
 - `sending`: the origin's side, `Forwarder`: writes the row, awaits the reply, withdraws it unrun.
 - `serving`: the owner's side, `ForwardServer`: claims rows once, runs them, writes the replies.
 """
@@ -35,10 +35,7 @@ from walletd.cluster.forwarding.records import (
     ForwardedCall,
     ForwardedReply,
     ForwardHandler,
-    ForwardOutcomeUnknown,
     OwnerCheck,
-    OwnerDidNotAnswer,
-    OwnerGone,
     forward_channel,
     forwarding_channels,
     reply_channel,
@@ -48,14 +45,11 @@ from walletd.cluster.forwarding.serving import ForwardServer
 
 __all__ = [
     "ForwardHandler",
-    "ForwardOutcomeUnknown",
     "ForwardServer",
     "ForwardedCall",
     "ForwardedReply",
     "Forwarder",
     "OwnerCheck",
-    "OwnerDidNotAnswer",
-    "OwnerGone",
     "forward_channel",
     "forwarding_channels",
     "reply_channel",

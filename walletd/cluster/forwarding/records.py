@@ -3,7 +3,8 @@
 `ForwardedCall` (a request, as the owner's handler needs it) and `ForwardedReply` (its answer) are
 the wire records: this layer cannot import the API (`walletd.api` sits above it), so the API
 converts its Request and Response to and from them. Also here: the LISTEN/NOTIFY channel names of
-each side, and the errors an origin raises when a forwarded request gets no answer.
+each side. (The errors an origin raises when a forwarded request gets no answer are in
+`walletd.errors`.)
 """
 
 from __future__ import annotations
@@ -13,16 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
-from walletd.errors import Timeout, Unavailable
-
 __all__ = [
     "ForwardHandler",
-    "ForwardOutcomeUnknown",
     "ForwardedCall",
     "ForwardedReply",
     "OwnerCheck",
-    "OwnerDidNotAnswer",
-    "OwnerGone",
     "forward_channel",
     "forwarding_channels",
     "reply_channel",
@@ -48,22 +44,6 @@ def reply_channel(host_id: str) -> str:
 def forwarding_channels(host_id: str) -> tuple[str, str]:
     """The channels a host's Listener must LISTEN on for forwarding, both ways."""
     return forward_channel(host_id), reply_channel(host_id)
-
-
-class OwnerDidNotAnswer(Unavailable):
-    """The owner host did not take the forwarded request in time; it was withdrawn and will
-    never run, so the caller may safely try again."""
-
-
-class ForwardOutcomeUnknown(Timeout):
-    """The owner host took the forwarded request but did not answer in time: it may have run
-    (or be running). Answered like a wallet-rpc timeout (504 `timeout`)."""
-
-
-class OwnerGone(ForwardOutcomeUnknown):
-    """The owner host took the forwarded request and then lost the escrow (died, paused past
-    its lease, fenced): no answer will come. It may have run; a read may simply be run again
-    where the escrow is now."""
 
 
 @attrs.frozen

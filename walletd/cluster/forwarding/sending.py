@@ -17,18 +17,16 @@ import structlog
 import trio
 from psycopg.types.json import Jsonb
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding.records import (
     ForwardedCall,
     ForwardedReply,
-    ForwardOutcomeUnknown,
     OwnerCheck,
-    OwnerDidNotAnswer,
-    OwnerGone,
     forward_channel,
     reply_channel,
 )
 from walletd.cluster.notifications import Listener, Wakeup, notify
+from walletd.errors import ClusterUnavailable, ForwardOutcomeUnknown, OwnerDidNotAnswer, OwnerGone
 
 __all__ = ["Forwarder"]
 

@@ -17,7 +17,7 @@ import structlog
 import trio
 from psycopg.types.json import Jsonb
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding.records import (
     ForwardedCall,
     ForwardedReply,
@@ -26,6 +26,7 @@ from walletd.cluster.forwarding.records import (
     reply_channel,
 )
 from walletd.cluster.notifications import Listener, notify
+from walletd.errors import ClusterUnavailable
 
 __all__ = ["ForwardServer"]
 
