@@ -13,7 +13,7 @@ from walletd import errors
 
 # Outside the tree on purpose, each named in errors.py's "Not in the tree, and why": one module's
 # private control flow (a leading underscore), walletctl's exit, and the test doubles' own.
-OUTSIDE = {"walletd.cli.walletctl.CtlError"}
+OUTSIDE = {"walletd.cli.walletctl_client.CtlError"}
 OUTSIDE_PACKAGES = ("walletd.testing",)
 
 _DRAWN = re.compile(r"^    (?P<prefix>[│├└─ ]*)(?P<name>[A-Z]\w+)\b")

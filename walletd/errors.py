@@ -30,6 +30,7 @@ The hierarchy::
     │       └── ForwardOutcomeUnknown  (cluster) a forwarded request was taken, not answered
     │           └── OwnerGone         (cluster) ... and its host lost the escrow meanwhile
     ├── SessionClosed                 a session stopped before taking a request: open a new one
+    ├── ClientGone                    an HTTP client went away or did not read its answer in time
     ├── ConfigError                   start-up stops; the message names the key
     ├── StateDirBusy                  another process holds the state directory's lock
     ├── InheritedSocketError          the socket systemd passed is not safe to serve on
@@ -57,7 +58,7 @@ The hierarchy::
 handler of expected errors (`except WalletdError`, which logs and goes on) may swallow it.
 
 Not in the tree, and why: exceptions that are one module's private control flow and never leave
-it (`walletd.api.server`'s `_Abort`, `_BadTarget`, `_ClientGone`; `walletd.wallets.children`'s
+it (`walletd.api.connection`'s `_Abort`; `walletd.wallets.children`'s
 `_ExitedEarly`, `_ForeignListener`, each turned into a `ChildStartError` or a retry there);
 walletctl's `CtlError`, how a separate client program (it talks to walletd over HTTP) ends
 with a message and an exit code, not an error of walletd's; and the test doubles' own
@@ -78,6 +79,7 @@ __all__ = [
     "OPEN_FAILED",
     "Capacity",
     "ChildStartError",
+    "ClientGone",
     "ClusterUnavailable",
     "ConfigError",
     "Conflict",
@@ -290,6 +292,11 @@ class OwnerGone(ForwardOutcomeUnknown):
 
 class SessionClosed(WalletdError):
     """The session stopped before it could take the request; the caller may open a new one."""
+
+
+class ClientGone(WalletdError):
+    """An HTTP client closed its connection mid-request or did not read its answer in time:
+    the server drops the connection (nobody is left to answer)."""
 
 
 class ConfigError(WalletdError):

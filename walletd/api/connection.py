@@ -21,11 +21,11 @@ import trio
 
 from walletd.api.errors import error_answer
 from walletd.api.messages import Handler, PeerCred, Request, Response
-from walletd.api.request_parsing import BadTarget, build_request, content_length, head_size
-from walletd.errors import Internal, InvalidRequest, PublicError, Timeout, TooLarge
+from walletd.api.request_parsing import build_request, content_length, head_size
+from walletd.errors import ClientGone, Internal, InvalidRequest, PublicError, Timeout, TooLarge
 from walletd.ops import logs
 
-__all__ = ["ClientGone", "Connection", "ServerLimits", "error_response"]
+__all__ = ["Connection", "ServerLimits", "error_response"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +62,6 @@ class _Abort(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__(response.status)
         self.response = response
-
-
-class ClientGone(Exception):
-    """The client closed, reset or stopped reading: nothing left to answer."""
 
 
 @attrs.frozen
@@ -240,9 +236,9 @@ class Connection:
         method = incoming.head.method.decode("ascii")
         try:
             request = build_request(incoming.head, incoming.body, peer)
-        except BadTarget as exc:
+        except InvalidRequest as exc:  # a target that cannot be parsed
             path = None
-            response = error_response(InvalidRequest(str(exc)))
+            response = error_response(exc)
         else:
             path = request.path
             response = await self._call_handler(request)

@@ -3,7 +3,7 @@
 The path is split at its literal `/` before anything is decoded, so an encoded `%2F` stays inside
 its segment (see `Request.segments`); a target that is not ASCII, not a path, not valid
 percent-encoded UTF-8, or carries control characters or a repeated query parameter, is a
-`BadTarget` (400, the connection kept). Also the two figures the connection checks a head
+an `InvalidRequest` (400, the connection kept). Also the two figures the connection checks a head
 against its limits with: its size and its announced body length.
 """
 
@@ -14,14 +14,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 
 from walletd.api.messages import PeerCred, Request
+from walletd.errors import InvalidRequest
 
-__all__ = ["BadTarget", "build_request", "content_length", "head_size"]
+__all__ = ["build_request", "content_length", "head_size"]
 
 _MAX_QUERY_FIELDS = 100
-
-
-class BadTarget(Exception):
-    """The request target cannot be turned into a path and a query: 400, keep the connection."""
 
 
 def head_size(head: h11.Request) -> int:
@@ -38,7 +35,7 @@ def content_length(head: h11.Request) -> int | None:
 
 
 def build_request(head: h11.Request, body: bytes, peer: PeerCred) -> Request:
-    """The `Request` a handler gets; `BadTarget` if its target cannot be parsed."""
+    """The `Request` a handler gets; `InvalidRequest` if its target cannot be parsed."""
     segments, query = _parse_target(head.target)
     headers: dict[str, str] = {}
     for raw_name, raw_value in head.headers:
@@ -62,23 +59,23 @@ def _parse_target(target: bytes) -> tuple[tuple[str, ...], dict[str, str]]:
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
-        raise BadTarget("request target is not ASCII") from None
+        raise InvalidRequest("request target is not ASCII") from None
     if text.startswith(("http://", "https://")):
         try:
             parts = urlsplit(text)
         except ValueError:  # e.g. an unclosed IPv6 bracket in the host
-            raise BadTarget("request target is not a valid URL") from None
+            raise InvalidRequest("request target is not a valid URL") from None
         raw_path, raw_query = parts.path or "/", parts.query
     elif text.startswith("/"):
         raw_path, _, raw_query = text.partition("?")
     else:
-        raise BadTarget("request target must be a path")
+        raise InvalidRequest("request target must be a path")
     try:
         segments = tuple(unquote(seg, errors="strict") for seg in raw_path.split("/")[1:])
     except UnicodeDecodeError:
-        raise BadTarget("path is not valid percent-encoded UTF-8") from None
+        raise InvalidRequest("path is not valid percent-encoded UTF-8") from None
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for seg in segments for ch in seg):
-        raise BadTarget("path contains control characters")
+        raise InvalidRequest("path contains control characters")
     return segments, _parse_query(raw_query)
 
 
@@ -88,10 +85,10 @@ def _parse_query(raw_query: str) -> dict[str, str]:
             raw_query, keep_blank_values=True, errors="strict", max_num_fields=_MAX_QUERY_FIELDS
         )
     except ValueError:  # bad UTF-8 or too many fields
-        raise BadTarget("invalid query string") from None
+        raise InvalidRequest("invalid query string") from None
     query: dict[str, str] = {}
     for key, value in pairs:
         if key in query:
-            raise BadTarget(f"query parameter {key!r} is repeated")
+            raise InvalidRequest(f"query parameter {key!r} is repeated")
         query[key] = value
     return query

@@ -21,10 +21,10 @@ from pathlib import Path
 import structlog
 import trio
 
-from walletd.api.connection import ClientGone, Connection, ServerLimits, error_response
+from walletd.api.connection import Connection, ServerLimits, error_response
 from walletd.api.messages import TCP_PEER, Handler, PeerCred, Response
 from walletd.api.socket_file import bind_unix, unlink_if_ours
-from walletd.errors import Capacity, Forbidden
+from walletd.errors import Capacity, ClientGone, Forbidden
 
 __all__ = ["serve_tcp", "serve_unix"]
 
