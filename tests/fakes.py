@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import trio
 
-from walletd.api.server import PeerCred, Request, Response
+from walletd.api.messages import PeerCred, Request, Response
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable

@@ -22,7 +22,7 @@ from walletd.config import ClusterConfig
 from walletd.ids import ROLES
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool, FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 pytestmark = pytest.mark.pg
 

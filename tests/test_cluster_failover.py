@@ -156,7 +156,7 @@ async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survi
         claimed.set()
         await trio.sleep_forever()
 
-    cluster_of(a).forwarder.serve_forwarded = claim_then_hang  # type: ignore[method-assign]
+    cluster_of(a).forwarding.incoming = lambda api: claim_then_hang  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_parts, b)
         a_scope, a_done = await _killable(nursery, a)

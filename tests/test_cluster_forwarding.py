@@ -15,18 +15,17 @@ import pytest
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
     Forwarder,
     ForwardHandler,
-    ForwardOutcomeUnknown,
     ForwardServer,
-    OwnerDidNotAnswer,
     forwarding_channels,
 )
 from walletd.cluster.notifications import Listener
+from walletd.errors import ClusterUnavailable, ForwardOutcomeUnknown, OwnerDidNotAnswer
 
 pytestmark = pytest.mark.pg
 

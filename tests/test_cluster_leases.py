@@ -8,10 +8,11 @@ import pytest
 import trio
 
 from tests.pgtest import advance_db_clock
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.holder import LeaseHolder
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
+from walletd.cluster.leases import Leases, Tenure, append_event
 from walletd.cluster.migrations import migrate, migrations
+from walletd.errors import ClusterUnavailable, Fenced
 
 pytestmark = pytest.mark.pg
 

@@ -12,11 +12,12 @@ import pytest
 import trio
 
 from tests.pgtest import advance_db_clock
-from walletd.cluster.db import ClusterUnavailable, Database
+from walletd.cluster.db import Database
 from walletd.cluster.hosts import Hosts
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
 from walletd.cluster.pg_store import EVENTS_CHANNEL, PgStore
+from walletd.errors import ClusterUnavailable, Fenced, StoreUnavailable
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -28,7 +29,7 @@ from walletd.escrows.model import (
     WalletRef,
     utcnow,
 )
-from walletd.state.store import EventRecord, StoreUnavailable
+from walletd.state.store import EventRecord
 
 pytestmark = pytest.mark.pg
 

@@ -17,7 +17,7 @@ from walletd.app import App
 from walletd.jsontypes import JsonObject
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool, FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 AMOUNT = 10**12
 

@@ -1,29 +1,23 @@
 """The deployment: one host and a cluster behind one face, chosen once from `[cluster]`.
 
 One host answers every request here, owns every escrow, runs a session as it is and reports
-itself alone in `GET /v1/cluster`; a cluster host forwards a request needing an escrow's session
-to the live host holding it, never a request already forwarded, and runs the look for what dead
-hosts left. None of this needs a database: the cluster's reads are replaced where they would
-reach it.
+itself alone in `GET /v1/cluster`; a cluster host runs the look for what dead hosts left. None of
+this needs a database. (Where a cluster host answers a request is `walletd.api.forward`'s,
+tested with the API.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from tests.fakes import fake_config
-from walletd.api.forwarding import FORWARDED_BY
-from walletd.api.server import TCP_PEER, Request, Response
-from walletd.cluster.forwarding import ForwardedCall
+from walletd.api.messages import TCP_PEER, Request, Response
 from walletd.config import ClusterConfig
-from walletd.deployment import cluster as cluster_module
 from walletd.deployment.choose import deployment_for
 from walletd.deployment.cluster import Cluster
 from walletd.deployment.single_host import SingleHost
-from walletd.errors import OwnedElsewhere
 from walletd.jsontypes import JsonMapping
 from walletd.state.events import EventLog
 from walletd.state.ownership import LocalOwnership
@@ -79,8 +73,8 @@ async def test_one_host_answers_everything_here_and_lists_itself_alone(tmp_path:
     is, wallet files stay on the host, and /v1/cluster lists this host alone, live, with its
     sessions, and no leases."""
     single = SingleHost(tmp_path / "db", _Wiring())
-    answer = await single.forwarder.serve(
-        _request("/v1/escrows/e1/balance"), _here, escrow_id="e1", needs_session=True
+    answer = await single.forwarding.answer(
+        _request("/v1/escrows/e1/balance"), "e1", _here, needs_owner=True
     )
     assert answer.status == 200
     assert single.kept_versions is None
@@ -111,95 +105,6 @@ def _cluster(tmp_path: Path, wiring: _Wiring) -> Cluster:
     return Cluster(
         ClusterConfig(host_id="a"), config.monero.wallet_dir, wiring, forward_timeout=5.0
     )
-
-
-async def test_a_cluster_host_forwards_a_session_request_to_the_live_owner(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A request needing the session of an escrow another live host holds is answered by that
-    host; one not needing a session, one whose session is open here, and one already forwarded
-    (marked) are answered here."""
-    wiring = _Wiring(open_here={"mine"})
-    cluster = _cluster(tmp_path, wiring)
-    forwarded: list[tuple[str, str]] = []
-
-    async def owner_elsewhere(escrow_id: str) -> str | None:
-        return "b"
-
-    async def to_owner(
-        node: object, serve: object, host_id: str, request: Request, *, timeout: float
-    ) -> Response:
-        forwarded.append((host_id, request.path))
-        return Response.json(200, {"answered": host_id})
-
-    monkeypatch.setattr(cluster.node.ownership, "owner_elsewhere", owner_elsewhere)
-    monkeypatch.setattr(cluster_module, "to_owner", to_owner)
-    serve = cluster.forwarder.serve
-    answer = await serve(
-        _request("/v1/escrows/e1/balance"), _here, escrow_id="e1", needs_session=True
-    )
-    assert answer.body == b'{"answered":"b"}'
-    for request, escrow_id, needs_session in [
-        (_request("/v1/escrows/e1"), "e1", False),
-        (_request("/v1/escrows/mine/balance"), "mine", True),
-        (_request("/v1/escrows/e1/balance", headers={FORWARDED_BY: "1"}), "e1", True),
-    ]:
-        answer = await serve(request, _here, escrow_id=escrow_id, needs_session=needs_session)
-        assert answer.body == b'{"answered":"here"}', request
-    assert forwarded == [("b", "/v1/escrows/e1/balance")]
-
-
-async def test_a_cluster_host_forwards_when_the_escrow_was_taken_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Served here, the escrow turns out held by another host (taken since): the request is
-    forwarded there; held by no named host, the error stands."""
-    cluster = _cluster(tmp_path, _Wiring())
-    forwarded: list[str] = []
-
-    async def nobody_elsewhere(escrow_id: str) -> str | None:
-        return None
-
-    async def to_owner(
-        node: object, serve: object, host_id: str, request: Request, *, timeout: float
-    ) -> Response:
-        forwarded.append(host_id)
-        return Response.json(200, {"answered": host_id})
-
-    async def taken_by_b() -> Response:
-        raise OwnedElsewhere("escrow e1 is served by host b", "b")
-
-    async def taken_by_nobody() -> Response:
-        raise OwnedElsewhere("escrow e1 is being created elsewhere", "")
-
-    monkeypatch.setattr(cluster.node.ownership, "owner_elsewhere", nobody_elsewhere)
-    monkeypatch.setattr(cluster_module, "to_owner", to_owner)
-    request = _request("/v1/escrows/e1/release", "POST")
-    answer = await cluster.forwarder.serve(request, taken_by_b, escrow_id="e1", needs_session=True)
-    assert answer.body == b'{"answered":"b"}'
-    with pytest.raises(OwnedElsewhere):
-        await cluster.forwarder.serve(request, taken_by_nobody, escrow_id="e1", needs_session=True)
-    assert forwarded == ["b"]
-
-
-async def test_a_forwarded_call_is_served_marked_never_to_be_forwarded_again(
-    tmp_path: Path,
-) -> None:
-    """A request another host forwarded here is answered by this host's API, marked as
-    forwarded (so it cannot bounce on)."""
-    wiring = _Wiring()
-    cluster = _cluster(tmp_path, wiring)
-    call = ForwardedCall(
-        method="GET",
-        path="/v1/escrows/e1/balance",
-        segments=("v1", "escrows", "e1", "balance"),
-        query={},
-        body=b"",
-        escrow_id="e1",
-    )
-    reply = await cluster.forwarder.serve_forwarded(call)
-    assert reply.status == 200
-    assert [r.headers for r in wiring.served] == [{FORWARDED_BY: "1"}]
 
 
 async def test_a_cluster_host_keeps_looking_for_what_dead_hosts_left(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ def test_the_layers_hold() -> None:
         ("state/sqlite_store.py", "walletd.sessions.registry"),  # state knows nothing of sessions
         ("wallets/rpc.py", "walletd.escrows.service"),  # wallets know nothing of escrows
         ("sessions/session.py", "walletd.api.routes"),  # nothing below the API imports it
+        ("sessions/handles.py", "walletd.cluster.leases"),  # sessions know no cluster
         ("api/status.py", "walletd.deployment.choose"),  # only the app picks the deployment
     ],
 )

@@ -15,7 +15,7 @@ from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
 from walletd.app import App
 from walletd.testing.fake_chain import FEE, FakeWalletWorld
 from walletd.testing.fake_pool import FakePool, FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 AMOUNT = 10**12
 
@@ -257,7 +257,7 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
             await trio.sleep(5)
         states = [e.state.value for e in await app.store.list_escrows()]
         assert states.count("funded") + states.count("ready") == 30, states
-        assert app.registry.stats().active_sessions <= 10
+        assert app.registry.statistics().active_sessions <= 10
         nursery.cancel_scope.cancel()
 
 

@@ -16,11 +16,11 @@ import trio
 from tests.fakes import FakeDaemon, call, fake_app, fake_config, start
 from walletd.app import App, prepare_dirs
 from walletd.config import parse_config
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, PayoutRefused
 from walletd.escrows.model import PayoutPhase
 from walletd.testing.fake_chain import FEE, FakeWalletWorld, fake_address
 from walletd.testing.fake_pool import FakePool
-from walletd.wallets.payout_check import DUST, Expected, PayoutRefused, check
+from walletd.wallets.payout_check import DUST, Expected, check
 
 AMOUNT = 10**12
 OTHER = fake_address("someone-else")

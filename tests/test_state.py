@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from walletd.errors import InvalidRequest
+from walletd.errors import IllegalMove, InvalidRequest, VaultError
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
     Funding,
-    IllegalMove,
     Payout,
     PayoutKind,
     PayoutPhase,
@@ -25,7 +24,7 @@ from walletd.escrows.model import (
 )
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
 from walletd.state.sqlite_store import SCHEMA_VERSION, Store
-from walletd.state.vault import Vault, VaultError
+from walletd.state.vault import Vault
 
 
 def _record(escrow_id: str = "e1") -> EscrowRecord:

@@ -21,14 +21,13 @@ from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
 from walletd.cluster.pg_store import PgStore
+from walletd.errors import IllegalMove, PayoutChanged
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
     ExpectedPayout,
     Funding,
-    IllegalMove,
     Payout,
-    PayoutChanged,
     PayoutKind,
     PayoutPhase,
     PayoutProof,

@@ -20,9 +20,11 @@ from pathlib import Path
 import structlog
 import trio
 
+from walletd.api.connection import ServerLimits
+from walletd.api.messages import Request, Response
 from walletd.api.routes import Api, MetricsOnly
-from walletd.api.server import Request, Response, ServerLimits, serve_tcp, serve_unix
-from walletd.api.socket_file import InheritedSocketError, listened_socket
+from walletd.api.server import serve_tcp, serve_unix
+from walletd.api.socket_file import listened_socket
 from walletd.api.status import Status
 from walletd.config import Config
 from walletd.daemon.announcements import Announcements, DaemonSwitch
@@ -35,7 +37,7 @@ from walletd.daemon.startup import (
     wallet_rpc_pool,
 )
 from walletd.deployment.choose import deployment_for
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, InheritedSocketError
 from walletd.escrows.lifecycle import Lifecycle
 from walletd.escrows.service import EscrowService
 from walletd.monitor import Monitor
@@ -178,7 +180,6 @@ class App:
             chain=self.chain,
             metrics=self.metrics,
             hosts=self.deployment,
-            announcements=self.announcements,
             fast_open=self.fast_open,
             daemons=self.daemons,
         )
@@ -190,7 +191,7 @@ class App:
             events=self.events,
             status=self.status,
             metrics=self.metrics,
-            forwarder=self.deployment.forwarder,
+            forwarding=self.deployment.forwarding,
         )
         self.reloader = Reloader(
             config, config_path, registry=self.registry, monitor=self.monitor, escrows=self.escrows
@@ -234,13 +235,11 @@ class App:
         return self.registry.is_open(escrow_id)
 
     def sessions_now(self) -> tuple[int, int]:
-        stats = self.registry.stats()
+        stats = self.registry.statistics()
         return stats.active_sessions, stats.max_sessions
 
     def events_written(self) -> None:
         self.events.wake()
-
-    # ---- running ---------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -36,7 +36,7 @@ import structlog
 import trio
 
 from walletd.config import MonitorConfig
-from walletd.errors import Capacity, WalletdError
+from walletd.errors import Capacity, StoreUnavailable, WalletdError
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -52,7 +52,7 @@ from walletd.sessions.messages import GetFunding, PreExchange, Store, SubmitPayo
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore, StoreUnavailable
+from walletd.state.store import StateStore
 from walletd.wallets.chain import Chain
 
 __all__ = ["Monitor"]

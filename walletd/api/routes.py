@@ -15,8 +15,8 @@ import structlog
 import trio
 
 from walletd.api.errors import error_answer
-from walletd.api.forwarding import Forwarder
-from walletd.api.server import Request, Response
+from walletd.api.forward import Forwarding
+from walletd.api.messages import Request, Response
 from walletd.api.status import Status
 from walletd.errors import (
     Internal,
@@ -124,9 +124,10 @@ class Api:
         events: EventLog,
         status: Status,
         metrics: Metrics,
-        forwarder: Forwarder,
+        forwarding: Forwarding,
     ) -> None:
-        self._forwarder = forwarder  # a cluster: hands a request to the host holding its escrow
+        """`forwarding`: where each request is answered (a cluster: on the escrow's host)."""
+        self._forwarding = forwarding
         self._metrics = metrics
         self._escrows = escrows
         self._lifecycle = lifecycle
@@ -149,7 +150,7 @@ class Api:
         self._route("/v1/events", GET=self.events)
         self._route("/metrics", GET=self.metrics)
         # What needs the escrow's session, so in a cluster runs on the host holding the escrow.
-        self._on_owner: set[Handler] = {
+        self._needs_owner: set[Handler] = {
             self.balance,
             self.transfer,
             self.open_session,
@@ -189,11 +190,13 @@ class Api:
                 raise NotFound(f"no such endpoint: {request.path[:200]}")
             _, methods, params = found
             handler = _handler(request.method, methods, params)
-            here = functools.partial(handler, request, params)
-            needs_session = handler in self._on_owner
-            return route, await self._forwarder.serve(
-                request, here, escrow_id=params.get("id"), needs_session=needs_session
+            response = await self._forwarding.answer(
+                request,
+                params.get("id"),
+                functools.partial(handler, request, params),
+                needs_owner=handler in self._needs_owner,
             )
+            return route, response
         except MethodNotAllowed as exc:
             status, body, _ = error_answer(exc)
             return route, Response.json(status, body, headers=(("allow", ", ".join(exc.allowed)),))

@@ -12,13 +12,12 @@ from walletd import __version__
 from walletd.cluster.hosts import HostInfo
 from walletd.cluster.leases import Lease
 from walletd.cluster.pg_store import timestamp
-from walletd.daemon.announcements import Announcements
-from walletd.errors import RpcError
+from walletd.errors import RpcError, StoreUnavailable
 from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
-from walletd.state.store import StateStore, StoreUnavailable
+from walletd.state.store import StateStore
 from walletd.wallets.chain import Chain
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
@@ -46,7 +45,6 @@ class Status:
         chain: Chain,
         metrics: Metrics,
         hosts: Hosts,
-        announcements: Announcements,
         fast_open: FastOpen | None = None,
         daemons: DaemonFailover | None = None,
     ) -> None:
@@ -57,7 +55,6 @@ class Status:
         self._chain = chain
         self._metrics = metrics
         self._hosts = hosts
-        self._announcements = announcements
         self._fast_open = fast_open
         self._daemons = daemons
 
@@ -66,7 +63,7 @@ class Status:
         return self._fast_open
 
     def stats_json(self) -> JsonObject:
-        stats = self._registry.stats()
+        stats = self._registry.statistics()
         return {
             "active_sessions": stats.active_sessions,
             "max_sessions": stats.max_sessions,
@@ -81,7 +78,7 @@ class Status:
             "misses": stats.misses,
             "failed": stats.failed,
             "waiting": dict(stats.waiting),
-            "wallet_rpc_restarts": self._announcements.statistics().wallet_rpc_restarts,
+            "wallet_rpc_restarts": stats.wallet_rpc_restarts,
         }
 
     async def cluster_json(self) -> JsonObject:
@@ -115,7 +112,7 @@ class Status:
     async def health(self) -> tuple[int, JsonObject]:
         body: JsonObject = {
             "version": __version__,
-            "active_sessions": self._registry.stats().active_sessions,
+            "active_sessions": self._registry.statistics().active_sessions,
         }
         if self._fast_open is not None:
             body["fast_open"] = self._fast_open.enabled
@@ -147,7 +144,7 @@ class Status:
         return 200, body
 
     async def metrics_text(self) -> tuple[bytes, str]:
-        stats = self._registry.stats()
+        stats = self._registry.statistics()
         by_state = {s.value: 0 for s in STATES}
         try:
             for rec in await self._store.list_escrows():

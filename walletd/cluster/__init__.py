@@ -19,7 +19,8 @@ imports it at run time beyond that.
   can expire in the database (self-fencing).
 - `notifications`: a LISTEN/NOTIFY `Listener` on its own connection: wake-ups into trio, and a
   `missed` wake-up for every subscriber after each (re)connection.
-- `forwarding`: a request for an escrow owned by another live host is forwarded to it as a row
-  (`Forwarder` on the origin, `ForwardServer` on the owner), claimed exactly once.
+- `forwarding`: a request for an escrow owned by another live host is forwarded to it as a row,
+  claimed exactly once (`sending`: the origin's `Forwarder`; `serving`: the owner's
+  `ForwardServer`; `records`: the rows and channels).
 - `metrics`: the cluster's figures on this host's `/metrics`.
 """

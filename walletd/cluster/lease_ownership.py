@@ -43,12 +43,12 @@ import attrs
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection
+from walletd.cluster.db import Connection
 from walletd.cluster.holder import LeaseHolder, boottime
 from walletd.cluster.hosts import Hosts
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.wallet_files import WalletFiles
-from walletd.errors import OwnedElsewhere, Unavailable
+from walletd.errors import ClusterUnavailable, Fenced, OwnedElsewhere, Unavailable
 from walletd.ids import Role
 from walletd.state.ownership import OnLost
 

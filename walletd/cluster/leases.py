@@ -21,11 +21,10 @@ from typing import TypeVar
 import attrs
 
 from walletd.cluster.db import Connection, Database
+from walletd.errors import Fenced
 from walletd.jsontypes import JsonMapping
-from walletd.state.store import StoreUnavailable
 
 __all__ = [
-    "Fenced",
     "Lease",
     "LeaseStatistics",
     "Leases",
@@ -35,14 +34,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class Fenced(StoreUnavailable):
-    """A write about an escrow came from a host whose lease is stale (expired or superseded).
-
-    A `StoreUnavailable` (503): the write was refused and nothing changed; the request may
-    succeed later, on the escrow's current owner, and background tasks skip it as they skip a
-    database failure."""
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
@@ -35,7 +35,7 @@ from walletd.cluster.notifications import EVENTS_CHANNEL, Listener
 from walletd.cluster.pg_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import ClusterConfig
-from walletd.errors import ConfigError
+from walletd.errors import ClusterUnavailable, ConfigError
 
 __all__ = ["ClusterNode"]
 

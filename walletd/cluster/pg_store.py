@@ -45,9 +45,10 @@ import psycopg
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event_row
+from walletd.cluster.db import Connection, Database
+from walletd.cluster.leases import Leases, Tenure, append_event_row
 from walletd.cluster.wallet_files import abandon_wallet_files
+from walletd.errors import ClusterUnavailable, Fenced
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import (

@@ -6,8 +6,8 @@
 - `startup`: before any service runs: the private directories, the children a dead walletd left,
   the `/metrics` listening sockets.
 - `announcements`: what wallet-rpc restarts, wallet repairs, sessions and a monerod switch turn
-  into (events, metrics, restarted children), and its `statistics()`.
+  into (events, metrics, restarted children).
 
-Below the API (whose status reads the announcements' statistics); may import the monitor and
-every layer below it.
+Imports nothing of the API nor of the deployment (which lists its services here); may import the
+monitor and every layer below it.
 """

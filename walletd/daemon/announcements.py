@@ -2,7 +2,7 @@
 
 The sessions, the registry, the repairs and the monerod failover report what happened to them
 through callbacks; `Announcements` gives each one, so they know nothing of the event log or
-the metrics. It counts the wallet-rpc restarts for `/v1/stats` (`statistics`).
+the metrics (the figures of `/v1/stats` are the registry's and the pool's `statistics()`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attrs
 import structlog
 import trio
 
@@ -21,14 +20,9 @@ from walletd.state.events import EventLog
 from walletd.wallets.children import ProcessPool
 from walletd.wallets.keys_lock import lock_holders
 
-__all__ = ["AnnouncementStatistics", "Announcements", "DaemonSwitch"]
+__all__ = ["Announcements", "DaemonSwitch"]
 
 log = structlog.get_logger(__name__)
-
-
-@attrs.frozen
-class AnnouncementStatistics:
-    wallet_rpc_restarts: int  # wallet-rpc processes replaced since start
 
 
 class Announcements:
@@ -36,10 +30,6 @@ class Announcements:
         self._events = events
         self._metrics = metrics
         self._wallet_dir = wallet_dir
-        self._restarts = 0
-
-    def statistics(self) -> AnnouncementStatistics:
-        return AnnouncementStatistics(wallet_rpc_restarts=self._restarts)
 
     def wallet_repaired(self, escrow_id: str, **data: Any) -> None:  # Any: event JSON
         self._metrics.wallet_repairs.labels(source=str(data.get("source", ""))).inc()
@@ -50,7 +40,6 @@ class Announcements:
         self.wallet_repaired(escrow_id, role=role, source="reopened", error=error)
 
     async def wallet_rpc_restarted(self, escrow_id: str, role: Role, why: str) -> None:
-        self._restarts += 1
         self._metrics.wallet_rpc_restarts.inc()
         await self._events.emit("wallet_rpc_restarted", escrow_id, role=role, reason=why)
 

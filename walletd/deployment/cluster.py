@@ -9,24 +9,20 @@ each released its lease as it closed); at the start of a stop the host leaves th
 claims no more forwarded requests, and once the sessions are stored and closed it hands back
 every lease at once, so the others serve those escrows without waiting for them to expire.
 
-`ClusterForwarder` is the API's `Forwarder` here, using the API's forwarding functions
-(`walletd.api.owner_forward`, `walletd.api.forwarded`).
+Its `forwarding` is the API's `ClusterForwarding` (`walletd.api.forward`): a request needing the
+session of an escrow another live host holds is answered there, and requests other hosts
+forward here are served through this host's API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import attrs
 import trio
 from prometheus_client import CollectorRegistry
 
-from walletd.api.forwarded import reply_from_response, request_from_call
-from walletd.api.forwarding import FORWARDED_BY
-from walletd.api.owner_forward import to_owner
-from walletd.api.server import TCP_PEER, Request, Response
-from walletd.cluster.forwarding import ForwardedCall, ForwardedReply
+from walletd.api.forward import ClusterForwarding
 from walletd.cluster.hosts import HostInfo
 from walletd.cluster.lease_ownership import ClusterOwnership
 from walletd.cluster.leases import Lease
@@ -37,59 +33,12 @@ from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import ClusterConfig
 from walletd.daemon.services import Service, Stage
 from walletd.deployment.deployment import Wiring
-from walletd.errors import OwnedElsewhere
 from walletd.ids import Role
 from walletd.sessions.leased import LeasedSession
 from walletd.sessions.registry import RunnableSession
 from walletd.sessions.session import EscrowSession, OnStored
 
-__all__ = ["Cluster", "ClusterForwarder"]
-
-
-class ClusterForwarder:
-    """Serve a request here unless another live host holds its escrow and it needs the escrow's
-    session; then it is served there, the session staying where it is (no moving back and
-    forth). Only once: a forwarded request (marked `FORWARDED_BY`) is never forwarded again,
-    and one that finds the escrow moved again is answered 503 (retry)."""
-
-    def __init__(self, node: ClusterNode, wiring: Wiring, *, timeout: float) -> None:
-        self._node = node
-        self._wiring = wiring
-        self._timeout = timeout
-
-    async def serve(
-        self,
-        request: Request,
-        here: Callable[[], Awaitable[Response]],
-        *,
-        escrow_id: str | None,
-        needs_session: bool,
-    ) -> Response:
-        if FORWARDED_BY in request.headers:
-            return await here()
-        local = escrow_id is None or self._wiring.is_open(escrow_id)
-        if not local and needs_session:
-            assert escrow_id is not None
-            owner = await self._node.ownership.owner_elsewhere(escrow_id)
-            if owner is not None:
-                return await self._to_owner(owner, request)
-        try:
-            return await here()
-        except OwnedElsewhere as exc:  # taken by another host since (or a creation there)
-            if not exc.host_id:
-                raise
-            return await self._to_owner(exc.host_id, request)
-
-    async def _to_owner(self, host_id: str, request: Request) -> Response:
-        node, serve = self._node, self._wiring.serve
-        return await to_owner(node, serve, host_id, request, timeout=self._timeout)
-
-    async def serve_forwarded(self, call: ForwardedCall) -> ForwardedReply:
-        """A request another host forwarded here: served like one of ours, marked so that it is
-        never forwarded again (the origin already checked its client's credentials)."""
-        request = request_from_call(call, TCP_PEER)
-        request = attrs.evolve(request, headers={FORWARDED_BY: "1"})
-        return reply_from_response(await self._wiring.serve(request))
+__all__ = ["Cluster"]
 
 
 class Cluster:
@@ -98,7 +47,9 @@ class Cluster:
     ) -> None:
         self.node = ClusterNode(cfg, wallet_dir)
         self._wiring = wiring
-        self._forwarder = ClusterForwarder(self.node, wiring, timeout=forward_timeout)
+        self._forwarding = ClusterForwarding(
+            self.node, open_here=wiring.is_open, timeout=forward_timeout
+        )
 
     @property
     def host_id(self) -> str:
@@ -113,8 +64,8 @@ class Cluster:
         return self.node.ownership
 
     @property
-    def forwarder(self) -> ClusterForwarder:
-        return self._forwarder
+    def forwarding(self) -> ClusterForwarding:
+        return self._forwarding
 
     @property
     def kept_versions(self) -> WalletFiles:
@@ -137,7 +88,7 @@ class Cluster:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The cluster's background parts (after `start`), wired to this daemon."""
         await self.node.run(
-            serve=self._forwarder.serve_forwarded,
+            serve=self._forwarding.incoming(self._wiring.serve),
             sessions=self._wiring.sessions_now,
             on_events=self._wiring.events_written,
             task_status=task_status,

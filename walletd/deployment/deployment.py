@@ -2,7 +2,7 @@
 
 A `Deployment` gives the daemon its store, who owns which escrow (`Ownership`), how a session
 runs (on one host as it is; in a cluster only under the escrow's lease, its wallet files restored
-from and saved to the database), where the API answers a request (`Forwarder`: here, or on the
+from and saved to the database), where the API answers a request (`Forwarding`: here, or on the
 escrow's live owner), its background services with their stop steps, and its figures (the hosts
 and leases of `GET /v1/cluster`, its `/metrics`). `deployment_for` picks the implementation from
 `[cluster]` (`walletd.deployment.choose`): the only place the daemon asks whether it runs in a
@@ -16,8 +16,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from walletd.api.forwarding import Forwarder
-from walletd.api.server import Request, Response
+from walletd.api.forward import Forwarding
+from walletd.api.messages import Request, Response
 from walletd.cluster.hosts import HostInfo
 from walletd.cluster.leases import Lease
 from walletd.daemon.services import Service
@@ -64,7 +64,9 @@ class Deployment(Protocol):
     def ownership(self) -> Ownership: ...
 
     @property
-    def forwarder(self) -> Forwarder: ...
+    def forwarding(self) -> Forwarding:
+        """Where the API answers a request (`walletd.api.forward`)."""
+        ...
 
     @property
     def kept_versions(self) -> KeptVersions | None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from walletd.api.server import Request, Response
+from walletd.api.forward import SingleHost as AnswerHere
 from walletd.cluster.hosts import HostInfo
 from walletd.cluster.leases import Lease
 from walletd.daemon.services import Service
@@ -20,21 +20,7 @@ from walletd.state.ownership import LocalOwnership
 from walletd.state.sqlite_store import LocalState, Store
 from walletd.wallets.repair import KeptVersions
 
-__all__ = ["ServeHere", "SingleHost"]
-
-
-class ServeHere:
-    """One host's `Forwarder`: every request is answered here; there is nobody to forward to."""
-
-    async def serve(
-        self,
-        request: Request,
-        here: Callable[[], Awaitable[Response]],
-        *,
-        escrow_id: str | None,
-        needs_session: bool,
-    ) -> Response:
-        return await here()
+__all__ = ["SingleHost"]
 
 
 class SingleHost:
@@ -43,7 +29,7 @@ class SingleHost:
         self._host_id = socket.gethostname()
         self._store = LocalState(Store(state_db))
         self._ownership = LocalOwnership()
-        self._forwarder = ServeHere()
+        self._forwarding = AnswerHere()  # every request is answered here
 
     @property
     def host_id(self) -> str:
@@ -58,8 +44,8 @@ class SingleHost:
         return self._ownership
 
     @property
-    def forwarder(self) -> ServeHere:
-        return self._forwarder
+    def forwarding(self) -> AnswerHere:
+        return self._forwarding
 
     @property
     def kept_versions(self) -> KeptVersions | None:

@@ -41,7 +41,10 @@ from walletd.errors import (
     InvalidRequest,
     NotFound,
     NotReady,
+    PayoutChanged,
+    PayoutRefused,
     RpcCallError,
+    StoreUnavailable,
     Unavailable,
     WalletdError,
     WalletError,
@@ -53,7 +56,6 @@ from walletd.escrows.model import (
     EscrowState,
     ExpectedPayout,
     Payout,
-    PayoutChanged,
     PayoutKind,
     PayoutPhase,
     PayoutProof,
@@ -74,11 +76,10 @@ from walletd.sessions.messages import (
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore, StoreUnavailable
+from walletd.state.store import StateStore
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain
-from walletd.wallets.payout_check import PayoutRefused
 
 __all__ = ["SIGNERS", "Lifecycle", "check_address_format"]
 
@@ -495,7 +496,7 @@ class Lifecycle:
         wanted += await self._store.list_escrows(EscrowState.FUNDED)
         elsewhere = await self._ownership.owned_elsewhere()
         wanted = [r for r in wanted if r.escrow_id not in elsewhere]
-        room = registry.limits.max_active - registry.stats().active_sessions
+        room = registry.limits.max_active - registry.statistics().active_sessions
         for rec in wanted[: max(0, room)]:
             try:
                 # Reopened for the monitor: first to leave if the API needs a slot.

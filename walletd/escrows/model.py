@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import attrs
 
-from walletd.errors import Conflict
+from walletd.errors import IllegalMove, PayoutChanged
 from walletd.ids import Role
 
 __all__ = [
@@ -23,9 +23,7 @@ __all__ = [
     "EscrowState",
     "ExpectedPayout",
     "Funding",
-    "IllegalMove",
     "Payout",
-    "PayoutChanged",
     "PayoutKind",
     "PayoutPhase",
     "PayoutProof",
@@ -37,10 +35,6 @@ __all__ = [
 def utcnow() -> str:
     """Now as an RFC 3339 UTC string with millisecond precision."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class IllegalMove(ValueError):
-    """A state change the escrow's states do not allow: a bug, never a client's mistake."""
 
 
 class EscrowState(enum.StrEnum):
@@ -143,11 +137,6 @@ class Payout:
     tried_at: str | None = None
     driver: str | None = None
     next_try_at: str | None = None
-
-
-class PayoutChanged(Conflict):
-    """A payout change found the recorded payout not where it expected (`ExpectedPayout`):
-    another writer moved it meanwhile. Nothing was written; the writer must read it again."""
 
 
 @attrs.frozen

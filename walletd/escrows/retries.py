@@ -34,12 +34,12 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import OwnedElsewhere, WalletdError
+from walletd.errors import OwnedElsewhere, StoreUnavailable, WalletdError
 from walletd.escrows.model import EscrowState, Payout, PayoutPhase, utcnow
 from walletd.escrows.service import EscrowService
 from walletd.ops.metrics import Metrics
 from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore, StoreUnavailable
+from walletd.state.store import StateStore
 
 __all__ = [
     "ORPHAN_CHECK_INTERVAL",

@@ -29,15 +29,10 @@ import structlog
 import trio
 import trio.lowlevel
 
+from walletd.errors import StoreUnavailable
 from walletd.escrows.model import EscrowRecord, EscrowState
 from walletd.jsontypes import JsonObject
-from walletd.state.store import (
-    EscrowChanges,
-    EventRecord,
-    NewEvent,
-    StateStore,
-    StoreUnavailable,
-)
+from walletd.state.store import EscrowChanges, EventRecord, NewEvent, StateStore
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
 

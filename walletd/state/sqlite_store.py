@@ -35,6 +35,7 @@ from typing import Concatenate, ParamSpec, TypeVar, Unpack
 
 import structlog
 
+from walletd.errors import StoreUnavailable
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof, utcnow
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import funding_from_json as _funding_from_json
@@ -47,7 +48,6 @@ from walletd.state.store import (
     EscrowChanges,
     EventRecord,
     NewEvent,
-    StoreUnavailable,
     changed_columns,
 )
 

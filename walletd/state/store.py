@@ -16,7 +16,6 @@ from typing import Protocol, TypedDict, Unpack
 
 import attrs
 
-from walletd.errors import Unavailable
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -35,13 +34,8 @@ __all__ = [
     "EventRecord",
     "NewEvent",
     "StateStore",
-    "StoreUnavailable",
     "changed_columns",
 ]
-
-
-class StoreUnavailable(Unavailable):
-    """The state database refused a read or write (disk full, I/O error, locked too long)."""
 
 
 @attrs.frozen
