@@ -26,14 +26,15 @@ escrows awaiting funding, not every escrow ever made.
 
 What an escrow's check leads to (its next state, a resubmit, its end) is decided by the pure
 rules of `walletd.escrows.transitions`; the monitor reads, calls and writes what they name.
+`statistics()` tells what it has done so far (`MonitorStatistics`).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import attrs
 import structlog
 import trio
 
@@ -61,12 +62,25 @@ from walletd.state.seam import StateStore
 from walletd.state.store import StoreUnavailable
 from walletd.wallets.chain import Chain
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "MonitorStatistics"]
 
 log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT = 120.0  # one escrow's check; a refresh after a long absence can take a while
 CONCURRENT_CHECKS = 4
+
+
+@attrs.frozen
+class MonitorStatistics:
+    """What the monitor has done since it was made (as trio's `ParkingLot.statistics()`)."""
+
+    cycles: int  # cycles begun (each at a known chain height)
+    cold_opens: int  # cold checks that got a session (one refused for want of a slot is not)
+    # What it asked the escrows' sessions, by kind:
+    funding_checks: int  # refresh and read the funding (warm or cold)
+    wallet_stores: int  # store the wallets after a funding change
+    pre_exchanges: int  # exchange multisig info ahead of a payout
+    resubmits: int  # relay a lost payout's recorded blob again
 
 
 class Monitor:
@@ -102,10 +116,24 @@ class Monitor:
         self._first_height: int | None = None
         self._cycled_height: int | None = None  # the height the last finished cycle ran at
         self._cycle_done = trio.Event()  # set (and replaced) as each cycle finishes
-        self.cycles = 0
-        self.session_calls: Counter[str] = Counter()  # what the monitor asked sessions, by kind
-        self.cold_opens = 0
+        self._cycles = 0
+        self._cold_opens = 0
+        self._funding_checks = 0
+        self._wallet_stores = 0
+        self._pre_exchanges = 0
+        self._resubmits = 0
         self._limiter = trio.CapacityLimiter(CONCURRENT_CHECKS)
+
+    def statistics(self) -> MonitorStatistics:
+        """What the monitor has done so far."""
+        return MonitorStatistics(
+            cycles=self._cycles,
+            cold_opens=self._cold_opens,
+            funding_checks=self._funding_checks,
+            wallet_stores=self._wallet_stores,
+            pre_exchanges=self._pre_exchanges,
+            resubmits=self._resubmits,
+        )
 
     async def wait_cycled(self, height: int) -> None:
         """Return once a cycle has checked the warm escrows at `height` or above."""
@@ -160,7 +188,7 @@ class Monitor:
         height = self.height
         if height is None:
             return
-        self.cycles += 1
+        self._cycles += 1
         escrows = await self._store.list_escrows()
         self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
         elsewhere = await self._ownership.owned_elsewhere()
@@ -209,7 +237,7 @@ class Monitor:
     async def check_funding(self, rec: EscrowRecord, height: int, *, cold: bool = False) -> None:
         if self._refreshed_at.get(rec.escrow_id) == height:
             return  # no new block since this wallet last looked: nothing can have changed
-        self.session_calls["funding"] += 1
+        self._funding_checks += 1
         async with self._ownership.holding(rec.escrow_id):  # the write below is fenced by it
             funding = await self._registry.call(
                 rec.escrow_id,
@@ -246,7 +274,7 @@ class Monitor:
         """The wallets just saw the escrow's funding change: store them now, not at the next
         periodic store, so a crash (or, in a cluster, the next owner, which opens the files
         last saved in the database) does not start from wallets that never saw the deposit."""
-        self.session_calls["store"] += 1
+        self._wallet_stores += 1
         try:
             await self._registry.call(escrow_id, Store(), caller=Caller.MONITOR)
         except WalletdError as exc:  # the periodic store will do it
@@ -269,7 +297,7 @@ class Monitor:
         fresh = await self._store.get_escrow(rec.escrow_id)
         if fresh is None or not self._wants_exchange(fresh):
             return
-        self.session_calls["pre_exchange"] += 1
+        self._pre_exchanges += 1
         await self._registry.call(rec.escrow_id, PreExchange(), caller=Caller.MONITOR)
 
     async def check_payout(self, rec: EscrowRecord, height: int) -> None:
@@ -321,7 +349,7 @@ class Monitor:
             escrow_id=rec.escrow_id,
             txid=rec.payout.txid,
         )
-        self.session_calls["resubmit"] += 1
+        self._resubmits += 1
         self._ownership.check_held(rec.escrow_id)  # relays money: the lease must be valid
         await self._registry.call(
             rec.escrow_id,
@@ -348,10 +376,10 @@ class Monitor:
             assert self.height is not None
             with trio.move_on_after(CHECK_TIMEOUT) as scope:
                 try:
-                    self.cold_opens += 1
+                    self._cold_opens += 1
                     await self.check_funding(rec, self.height, cold=True)
                 except Capacity:
-                    self.cold_opens -= 1
+                    self._cold_opens -= 1
                 except WalletdError as exc:
                     log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
             if scope.cancelled_caught:
