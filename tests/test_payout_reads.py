@@ -39,12 +39,14 @@ def _count_reads(app: App) -> Counter[str]:
 
 
 @pytest.mark.parametrize("kind", ["release", "refund"])
+@pytest.mark.parametrize("warm", [True, False], ids=["session-open", "session-closed"])
 async def test_a_payout_call_reads_the_escrow_record_once(
-    tmp_path: Path, autojump_clock: trio.abc.Clock, kind: str
+    tmp_path: Path, autojump_clock: trio.abc.Clock, kind: str, warm: bool
 ) -> None:
-    """A release (or refund) of a ready escrow with its session open reads the escrow's record
-    once (and its state once, to answer 404 before any lease is taken); the payout is
-    submitted and the answer shows it."""
+    """A release (or refund) of a ready escrow reads the escrow's record once (and its state
+    once, to answer 404 before any lease is taken); with its session closed, opening the
+    session reads the record once more (the registry's wallet spec). The payout is submitted
+    and the answer shows it."""
     world = FakeWalletWorld()
     app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     async with trio.open_nursery() as nursery:
@@ -54,10 +56,12 @@ async def test_a_payout_call_reads_the_escrow_record_once(
         app.monitor.height = world.height
         await app.monitor.cycle()
         payee = world.add_wallet("payee", "x").address
+        if not warm:
+            await app.registry.close("r1", reason="idle")
 
         counts = _count_reads(app)
         status, body = await call(app, "POST", f"/v1/escrows/r1/{kind}", {"address": payee})
         assert status == 202, body
         assert body["payout"]["txid"]
-        assert dict(counts) == {"get_escrow": 1, "escrow_state": 1}
+        assert dict(counts) == {"get_escrow": 1 if warm else 2, "escrow_state": 1}
         nursery.cancel_scope.cancel()
