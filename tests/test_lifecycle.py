@@ -147,7 +147,9 @@ async def test_concurrent_releases_send_once(
         assert [a[0] for a in answers] == [202, 202, 202]
         assert len({a[1]["payout"]["txid"] for a in answers}) == 1
         assert world.epoch(esc["multisig_address"]) == 1  # one spend left the escrow
-        assert not app.lifecycle._locks  # nothing kept per escrow once its payouts are answered
+        assert (
+            not app.lifecycle._payouts._locks
+        )  # nothing kept per escrow once its payouts are answered
         nursery.cancel_scope.cancel()
 
 

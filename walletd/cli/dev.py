@@ -31,7 +31,7 @@ from walletd.api.routes import parse_json_object
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, LogConfig, MoneroConfig, MonitorConfig
 from walletd.errors import InvalidRequest, NotFound, RpcCallError, StateDirBusy, Unavailable
-from walletd.escrows.lifecycle import check_address_format
+from walletd.escrows.payouts import check_address_format
 from walletd.ids import check_escrow_id
 from walletd.jsontypes import JsonObject
 from walletd.ops.logs import configure_logging

@@ -89,13 +89,13 @@ class PayoutKind(enum.StrEnum):
 
 
 class PayoutPhase(enum.StrEnum):
-    """How far a payout has got (see `walletd.escrows.lifecycle`)."""
+    """How far a payout has got (see `walletd.escrows.payouts`)."""
 
     INTENT = "intent"  # kind and address recorded; nothing signed
     SIGNED = "signed"  # the signed blob and its txids recorded; only this blob is ever submitted
     SUBMITTED = "submitted"  # the daemon accepted it
     # The co-signer found the proposal was not this payout: nothing was signed, and no resume
-    # or recovery ever drives it again; a new release/refund call replaces it (lifecycle).
+    # or recovery ever drives it again; a new release/refund call replaces it (payouts).
     REFUSED = "refused"
 
 
@@ -130,7 +130,7 @@ class Payout:
     fee: int | None = None
     last_error: str | None = None  # why the last attempt stopped, until one succeeds
     fee_priority: int | None = None  # wallet-rpc's priority for the sweep, once proposed
-    # Each time a host starts driving it (lifecycle): how often, when it last began, the host
+    # Each time a host starts driving it (payouts): how often, when it last began, the host
     # that did (a cluster: the one whose liveness decides whether another may adopt it), and
     # the earliest time an automatic retry may start (exponential back-off).
     attempts: int = 0
