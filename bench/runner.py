@@ -55,7 +55,7 @@ from bench.report import ItemResult
 from tests.regtest.wallet_rpc_proc import MultisigSet, WalletRpcProcess
 from walletd.escrows.model import Payout, PayoutKind, PayoutPhase
 from walletd.ids import ROLES, Role
-from walletd.state.store import Store
+from walletd.state.sqlite_store import Store
 from walletd.testing.regtest import MonerodProcess
 from walletd.wallets import fastopen
 

@@ -127,7 +127,7 @@ async def test_writes_without_a_lease_are_refused(hosts: tuple[Host, Host]) -> N
         with pytest.raises(Fenced):
             await write
     assert await _snapshot(a.store) == before
-    assert a.leases.fenced_writes == 6
+    assert a.leases.statistics().fenced_writes == 6
     assert a.store.errors == 0  # a refused write is not the database failing
     event = await a.store.append_event("daemon_started", None, {})
     assert event.seq == 1
@@ -166,7 +166,7 @@ async def test_a_stale_owner_changes_nothing(db_url: str, hosts: tuple[Host, Hos
     with pytest.raises(Fenced):
         await a.store.append_event("payout_submitted", "e1", {})
     assert await _snapshot(b.store) == before
-    assert a.leases.fenced_writes == 3
+    assert a.leases.statistics().fenced_writes == 3
     rec = await b.store.get_escrow("e1")
     assert rec is not None
     assert rec.payout == signed  # the new owner resubmits exactly this blob

@@ -23,7 +23,7 @@ from walletd.escrows.model import (
     utcnow,
 )
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
-from walletd.state.store import SCHEMA_VERSION, Store
+from walletd.state.sqlite_store import SCHEMA_VERSION, Store
 from walletd.state.vault import Vault
 
 

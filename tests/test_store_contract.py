@@ -35,8 +35,8 @@ from walletd.escrows.model import (
     utcnow,
 )
 from walletd.state.columns import payout_from_json, payout_to_json
-from walletd.state.seam import LocalState, StateStore
-from walletd.state.store import EscrowChanges, NewEvent, Store
+from walletd.state.sqlite_store import LocalState, Store
+from walletd.state.store import EscrowChanges, NewEvent, StateStore
 
 ESCROWS = ("e1", "e2", "e3", "E9", "nobody")  # the ids the cases use: the pg host leases them all
 

@@ -57,8 +57,8 @@ from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, PreExchange, Store, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
-from walletd.state.ownership import LocalOwnership, Ownership
-from walletd.state.seam import StateStore
+from walletd.state.ownership import Ownership
+from walletd.state.store import StateStore
 from walletd.wallets.chain import Chain
 
 __all__ = ["Monitor", "MonitorStatistics"]
@@ -92,11 +92,11 @@ class Monitor:
         events: EventLog,
         chain: Chain,
         metrics: Metrics,
-        ownership: Ownership | None = None,
+        ownership: Ownership,
     ) -> None:
         # In a cluster each escrow is watched by the host holding it; an unheld one by whichever
         # host opens it first with a free slot (the cold worker), so the hosts share the work.
-        self._ownership: Ownership = ownership or LocalOwnership()
+        self._ownership: Ownership = ownership
         self._store = store
         self._registry = registry
         self._events = events

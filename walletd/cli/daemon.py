@@ -142,15 +142,13 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
         return EXIT_RUNTIME
     with lock:  # held until the process ends
         try:
-            app = App(config, config_path)
+            app = App(config, config_path, exit_backstop=config.daemon.shutdown_timeout + 10)
         except (ConfigError, VaultError) as exc:
             log.error("cannot start", error=str(exc))
             return EXIT_CONFIG
         except OSError as exc:
             log.error("cannot start", error=str(exc))
             return EXIT_RUNTIME
-
-        app.exit_backstop = config.daemon.shutdown_timeout + 10
 
         started = False
 

@@ -25,8 +25,8 @@ from walletd.escrows.service import EscrowService
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
 from walletd.state.events import EventLog
-from walletd.state.ownership import LocalOwnership, Ownership
-from walletd.state.seam import StateStore
+from walletd.state.ownership import Ownership
+from walletd.state.store import StateStore
 from walletd.state.vault import Vault
 from walletd.wallets.chain import Chain
 
@@ -51,9 +51,9 @@ class Lifecycle:
         daemon_check: float = 2.0,
         fee_priority: int = 0,
         fee_tolerance: float = 2.0,
-        ownership: Ownership | None = None,
+        ownership: Ownership,
     ) -> None:
-        self._ownership: Ownership = ownership or LocalOwnership()
+        self._ownership: Ownership = ownership
         self._payouts = Payouts(
             store=store,
             escrows=escrows,
@@ -121,6 +121,5 @@ class Lifecycle:
                 await self.recover()
             except StoreUnavailable as exc:  # serve anyway: /v1/health reports the database
                 log.error("start-up recovery stopped", error=exc.message)
-            if self._ownership.clustered:
-                await self._retries.run()
+            await self._ownership.adopt_orphans(self._retries.run)  # a cluster's dead hosts
             await trio.sleep_forever()

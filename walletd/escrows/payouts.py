@@ -91,7 +91,7 @@ from walletd.sessions.messages import (
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
 from walletd.state.ownership import Ownership
-from walletd.state.seam import StateStore
+from walletd.state.store import StateStore
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain
 

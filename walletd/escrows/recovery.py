@@ -18,7 +18,7 @@ from walletd.escrows.payouts import Payouts
 from walletd.escrows.retries import RESUMABLE, PayoutRetries, retry_source
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.ownership import Ownership
-from walletd.state.seam import StateStore
+from walletd.state.store import StateStore
 
 __all__ = ["Recovery"]
 

@@ -39,7 +39,7 @@ from walletd.escrows.model import EscrowRecord, EscrowState, Payout, PayoutPhase
 from walletd.escrows.service import EscrowService
 from walletd.ops.metrics import Metrics
 from walletd.state.ownership import Ownership
-from walletd.state.seam import StateStore
+from walletd.state.store import StateStore
 
 __all__ = [
     "ORPHAN_CHECK_INTERVAL",
