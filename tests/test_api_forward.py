@@ -17,7 +17,7 @@ import trio
 
 from tests.fakes import fake_app
 from walletd.api.errors import status_and_code
-from walletd.api.forward import ClusterForwarding, Here, SingleHost
+from walletd.api.forward import AnswerHere, ClusterForwarding, Here
 from walletd.api.forward.incoming import reply_from_response, request_from_call
 from walletd.api.forward.outgoing import CLAIM_WAIT, call_from_request, response_from_reply
 from walletd.api.messages import TCP_PEER, PeerCred, Request, Response
@@ -119,7 +119,7 @@ async def test_a_single_host_answers_every_request_here() -> None:
     """One host holds every escrow: whatever the route, the request runs here."""
     here = Handler()
     for needs_owner in (True, False):
-        answer = await SingleHost().answer(request(), "e1", here, needs_owner=needs_owner)
+        answer = await AnswerHere().answer(request(), "e1", here, needs_owner=needs_owner)
         assert answer == HERE_ANSWER
     assert here.runs == 2
 

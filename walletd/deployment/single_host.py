@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from walletd.api.forward import SingleHost as AnswerHere
+from walletd.api.forward import AnswerHere
 from walletd.cluster.hosts import HostInfo
 from walletd.cluster.leases import Lease
 from walletd.daemon.services import Service

@@ -2,7 +2,7 @@
 
 A route hands `Forwarding.answer` the request, the escrow its route matched (None for a route
 without `{id}`), whether its handler needs the escrow's session (so, in a cluster, the host
-holding the escrow), and `here`, which runs the handler on this host. On one host (`SingleHost`)
+holding the escrow), and `here`, which runs the handler on this host. On one host (`AnswerHere`)
 every request is answered here. In a cluster (`ClusterForwarding`) a request whose escrow
 another live host holds is answered there, through the cluster database. The routes never ask
 which of the two they have.
@@ -15,7 +15,7 @@ from typing import Protocol
 
 from walletd.api.messages import Request, Response
 
-__all__ = ["Forwarding", "Here", "SingleHost"]
+__all__ = ["AnswerHere", "Forwarding", "Here"]
 
 Here = Callable[[], Awaitable[Response]]  # the route's handler, run on this host
 
@@ -30,7 +30,7 @@ class Forwarding(Protocol):
         ...
 
 
-class SingleHost:
+class AnswerHere:
     """One host: it holds every escrow, so every request is answered here."""
 
     async def answer(
