@@ -27,7 +27,7 @@ from tests.fakes import FakeDaemon, call, fake_config, make_fake_multisig, start
 from tests.pgtest import cluster_of, start_cluster
 from walletd.app import App, prepare_dirs
 from walletd.cluster.leases import Tenure
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.config import ClusterConfig
 from walletd.escrows import retries
 from walletd.escrows.model import (

@@ -19,7 +19,7 @@ from walletd.cluster.db import Database
 from walletd.cluster.lease_ownership import ClusterOwnership
 from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.errors import Fenced
 from walletd.escrows.model import (

@@ -1,7 +1,7 @@
 """What every `StateStore` does, SQLite or the cluster's PostgreSQL: each case runs against both.
 
 The PostgreSQL store runs as the one host holding the lease of every escrow the cases use (its
-fencing is tested in test_cluster_pg_store.py); the PostgreSQL cases skip without
+fencing is tested in test_cluster_postgres_store.py); the PostgreSQL cases skip without
 WALLETD_TEST_PG_URL, as every `pg` test does.
 """
 
@@ -20,7 +20,7 @@ from tests.pgtest import fresh_database
 from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.errors import IllegalMove, PayoutChanged
 from walletd.escrows.model import (
     EscrowRecord,

@@ -11,7 +11,7 @@ import trio
 from walletd import __version__
 from walletd.cluster.hosts import HostInfo
 from walletd.cluster.leases import Lease
-from walletd.cluster.pg_store import timestamp
+from walletd.cluster.postgres_store import timestamp
 from walletd.errors import RpcError, StoreUnavailable
 from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject

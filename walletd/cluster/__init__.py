@@ -11,8 +11,8 @@ imports it at run time beyond that.
   `statistics()` counts the refused writes.
 - `lease_ownership`: `ClusterOwnership`, this host's holdings of those leases: the lease-based
   `walletd.state.ownership.Ownership` (the wallet files restored and saved around a session).
-- `pg_store`: the state store on PostgreSQL (escrows, payout proofs, the event feed), every escrow
-  write fenced, each event a NOTIFY; the pair of `walletd.state.sqlite_store`.
+- `postgres_store`: the state store on PostgreSQL (escrows, payout proofs, the event feed),
+  every escrow write fenced, each event a NOTIFY; the pair of `walletd.state.sqlite_store`.
 - `wallet_files`: the wallet files kept in the database, a few versions each.
 - `hosts`: each host's heartbeat (sessions, capacity) and which hosts are live.
 - `holder`: keeps one lease renewed and declares it lost, on the boot clock, before it

@@ -32,7 +32,7 @@ from walletd.cluster.leases import Lease, Leases
 from walletd.cluster.metrics import ClusterFigures
 from walletd.cluster.migrations import migrate
 from walletd.cluster.notifications import EVENTS_CHANNEL, Listener
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import ClusterConfig
 from walletd.errors import ClusterUnavailable, ConfigError

@@ -28,7 +28,7 @@ from walletd.cluster.lease_ownership import ClusterOwnership
 from walletd.cluster.leases import Lease
 from walletd.cluster.metrics import register as register_cluster_metrics
 from walletd.cluster.node import ClusterNode
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import ClusterConfig
 from walletd.daemon.services import Service, Stage

@@ -2,7 +2,8 @@
 
 - `store`: the `StateStore` protocol (what the daemon needs from its database, whichever it is)
   and the records both stores share; `sqlite_store`: one host's SQLite store (escrows, payouts,
-  the event log) and `LocalState`, the protocol over it (a cluster's: `walletd.cluster.pg_store`).
+  the event log) and `LocalState`, the protocol over it (a cluster's:
+  `walletd.cluster.postgres_store`, which needs the cluster's leases for its fencing).
 - `events`: the event log and its long polls.
 - `ownership`: the `Ownership` protocol (which host may act on an escrow) and `LocalOwnership`,
   one host's (a cluster's: `walletd.cluster.lease_ownership`).

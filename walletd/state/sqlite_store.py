@@ -1,6 +1,6 @@
 """One host's state store: escrows, payouts and the event log in one SQLite database in the state
 directory. `Store` is the database; `LocalState` is the `walletd.state.store.StateStore` over it
-(the cluster's counterpart: `walletd.cluster.pg_store`).
+(the cluster's counterpart: `walletd.cluster.postgres_store`).
 
 WAL journal with synchronous=FULL: a payout intent that was committed survives a power cut, and a
 crash mid-write leaves the previous state. Every change is one transaction. The schema carries a

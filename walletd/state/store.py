@@ -2,7 +2,7 @@
 the records both databases share (an event, an escrow's changes, the database failing).
 
 Two implementations, named as a pair: `walletd.state.sqlite_store` (`LocalState` over the
-embedded SQLite `Store` of one host) and `walletd.cluster.pg_store` (`PgStore`, the cluster's
+embedded SQLite `Store` of one host) and `walletd.cluster.postgres_store` (`PgStore`, the cluster's
 PostgreSQL), whose every call is a round trip made in a worker thread. The protocol is async for
 the second: the SQLite calls stay inline (they never checkpoint, so a caller's read-modify-write
 is as atomic as before) behind `async def`. The two `_nowait` calls are the exception, as trio's

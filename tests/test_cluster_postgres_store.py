@@ -16,7 +16,7 @@ from walletd.cluster.db import Database
 from walletd.cluster.hosts import Hosts
 from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.pg_store import EVENTS_CHANNEL, PgStore
+from walletd.cluster.postgres_store import EVENTS_CHANNEL, PgStore
 from walletd.errors import ClusterUnavailable, Fenced, StoreUnavailable
 from walletd.escrows.model import (
     EscrowRecord,
