@@ -132,7 +132,7 @@ async def test_a_request_for_a_dead_hosts_escrow_is_not_forwarded_to_it(
         assert cluster_of(b).node.forwarder.not_answered == 0, (
             "a forward to the dead host was waited on"
         )
-        assert cluster_of(b).node.forwarder.forwarded == 0
+        assert cluster_of(b).node.forwarder.statistics().answered == 0
         tenure = cluster_of(b).node.ownership.tenure_of("e1")
         assert tenure is not None
         assert tenure.epoch > held.epoch

@@ -197,6 +197,6 @@ class ClusterNode:
             leases_acquired=held.acquired,
             leases_lost=held.lost,
             fenced_writes=self.leases.statistics().fenced_writes,
-            forwarded_sent=self.forwarder.forwarded,
-            forwarded_served=server.served if server is not None else 0,
+            forwarded_sent=self.forwarder.statistics().answered,
+            forwarded_served=server.statistics().answered if server is not None else 0,
         )

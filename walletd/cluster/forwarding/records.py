@@ -18,6 +18,7 @@ __all__ = [
     "ForwardHandler",
     "ForwardedCall",
     "ForwardedReply",
+    "ForwardingStatistics",
     "OwnerCheck",
     "forward_channel",
     "forwarding_channels",
@@ -44,6 +45,14 @@ def reply_channel(host_id: str) -> str:
 def forwarding_channels(host_id: str) -> tuple[str, str]:
     """The channels a host's Listener must LISTEN on for forwarding, both ways."""
     return forward_channel(host_id), reply_channel(host_id)
+
+
+@attrs.frozen
+class ForwardingStatistics:
+    """What a host's `Forwarder.statistics()` and `ForwardServer.statistics()` report (since
+    start): requests another host answered for this one, or this one for another."""
+
+    answered: int
 
 
 @attrs.frozen

@@ -21,6 +21,7 @@ from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding.records import (
     ForwardedCall,
     ForwardedReply,
+    ForwardingStatistics,
     OwnerCheck,
     forward_channel,
     reply_channel,
@@ -65,9 +66,13 @@ class Forwarder:
         self.host_id = host_id
         self.poll_seconds = poll_seconds
         self._waiting: dict[int, trio.Event] = {}
-        self.forwarded = 0  # calls answered by another host (metrics, once wired)
+        self._answered = 0  # calls another host answered for this one
         self.not_answered = 0  # withdrawn unclaimed at the timeout
         self.unknown = 0  # claimed but not answered in time
+
+    def statistics(self) -> ForwardingStatistics:
+        """Calls forwarded from here that another host answered (since start)."""
+        return ForwardingStatistics(answered=self._answered)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Wake each waiting call when its reply is announced (all of them after a possible
@@ -143,7 +148,7 @@ class Forwarder:
                     )
                 raise self._timed_out(row_id, to_host, found)
             reply = found  # it came at the last moment
-        self.forwarded += 1
+        self._answered += 1
         return reply
 
     async def _await_reply(

@@ -22,6 +22,7 @@ from walletd.cluster.forwarding.records import (
     ForwardedCall,
     ForwardedReply,
     ForwardHandler,
+    ForwardingStatistics,
     forward_channel,
     reply_channel,
 )
@@ -77,9 +78,13 @@ class ForwardServer:
         self._max_concurrent = max_concurrent
         self._claiming = True
         self._idle = trio.CancelScope()  # the wait for new rows; cancelled by stop_claiming
-        self.served = 0  # requests run and answered (metrics, once wired)
+        self._answered = 0  # requests run here and answered
         self.replies_dropped = 0  # answered after the origin gave up (row gone)
         self.purged = 0
+
+    def statistics(self) -> ForwardingStatistics:
+        """Requests forwarded here that this host ran and answered (since start)."""
+        return ForwardingStatistics(answered=self._answered)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (cancelling also cancels the requests being run)."""
@@ -145,7 +150,7 @@ class ForwardServer:
                 )
                 return
             if written:
-                self.served += 1
+                self._answered += 1
             else:
                 self.replies_dropped += 1
                 log.warning(
