@@ -39,6 +39,7 @@ from walletd.daemon.startup import (
 from walletd.deployment.choose import deployment_for
 from walletd.errors import ConfigError, InheritedSocketError
 from walletd.escrows.lifecycle import Lifecycle
+from walletd.escrows.parts import EscrowParts
 from walletd.escrows.service import EscrowService
 from walletd.monitor import Monitor
 from walletd.ops import notify
@@ -150,30 +151,25 @@ class App:
             required_confirmations=config.monitor.required_confirmations,
             ownership=self.ownership,
         )
-        self.lifecycle = Lifecycle(
+        parts = EscrowParts(
             store=self.store,
             escrows=self.escrows,
             registry=self.registry,
             events=self.events,
-            vault=self.vault,
             chain=self.chain,
+            metrics=self.metrics,
+            ownership=self.ownership,
+        )
+        self.lifecycle = Lifecycle(
+            parts,
+            vault=self.vault,
             wallet_dir=m.wallet_dir,
             state_dir=state,
-            metrics=self.metrics,
             daemon_check=config.monitor.height_check,
             fee_priority=m.fee_priority,
             fee_tolerance=m.payout_fee_tolerance,
-            ownership=self.ownership,
         )
-        self.monitor = Monitor(
-            config.monitor,
-            store=self.store,
-            registry=self.registry,
-            events=self.events,
-            chain=self.chain,
-            metrics=self.metrics,
-            ownership=self.ownership,
-        )
+        self.monitor = Monitor(config.monitor, parts)
         self.status = Status(
             registry=self.registry,
             store=self.store,

@@ -41,6 +41,7 @@ import trio
 from walletd.config import MonitorConfig
 from walletd.errors import Capacity, StoreUnavailable, WalletdError
 from walletd.escrows.model import EscrowRecord, ExpectedPayout, utcnow
+from walletd.escrows.parts import EscrowParts
 from walletd.escrows.transitions import (
     PAYING,
     WATCHED,
@@ -52,14 +53,10 @@ from walletd.escrows.transitions import (
     funding_seen,
     lost_payout,
 )
-from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, PreExchange, Store, SubmitPayout
-from walletd.sessions.registry import Caller, Registry
-from walletd.state.events import EventLog
+from walletd.sessions.registry import Caller
 from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore
-from walletd.wallets.chain import Chain
 
 __all__ = ["Monitor", "MonitorStatistics"]
 
@@ -86,22 +83,16 @@ class Monitor:
     def __init__(
         self,
         cfg: MonitorConfig,
-        *,
-        store: StateStore,
-        registry: Registry,
-        events: EventLog,
-        chain: Chain,
-        metrics: Metrics,
-        ownership: Ownership,
+        parts: EscrowParts,
     ) -> None:
         # In a cluster each escrow is watched by the host holding it; an unheld one by whichever
         # host opens it first with a free slot (the cold worker), so the hosts share the work.
-        self._ownership: Ownership = ownership
-        self._store = store
-        self._registry = registry
-        self._events = events
-        self._chain = chain
-        self._metrics = metrics
+        self._ownership: Ownership = parts.ownership
+        self._store = parts.store
+        self._registry = parts.registry
+        self._events = parts.events
+        self._chain = parts.chain
+        self._metrics = parts.metrics
         self.enabled: bool = cfg.enabled
         self.interval: float = cfg.poll_interval
         self.cold_interval: float = cfg.cold_interval

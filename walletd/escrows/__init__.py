@@ -2,6 +2,7 @@
 
 - `model`: the records walletd keeps about an escrow, and the moves its states may make.
 - `transitions`: the escrow's rules as pure functions: next state, payout phase and wallet step.
+- `parts`: what every escrow job works with (store, records, sessions, events, chain, ownership).
 - `service`: escrow records, the wallet specs their sessions open, adoption, reads.
 - `creation`: a new escrow's three wallets made one 2-of-3 multisig, or nothing left behind.
 - `payouts`: a release or refund driven exactly once, and its proof.

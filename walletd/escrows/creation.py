@@ -28,17 +28,13 @@ from walletd.errors import (
     public_error,
 )
 from walletd.escrows.model import EscrowRecord, EscrowState, WalletRef
-from walletd.escrows.service import EscrowService
+from walletd.escrows.parts import EscrowParts
 from walletd.ids import ROLES, Role, wallet_file_for
 from walletd.sessions.messages import SetupMultisig
-from walletd.sessions.registry import Caller, Registry
+from walletd.sessions.registry import Caller
 from walletd.sessions.session import NO_DAEMON_CONNECTION, SessionSpec, WalletSpec
-from walletd.state.events import EventLog
-from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
-from walletd.wallets.chain import Chain
 
 __all__ = ["Creation"]
 
@@ -48,28 +44,23 @@ log = structlog.get_logger(__name__)
 class Creation:
     def __init__(
         self,
+        parts: EscrowParts,
         *,
-        store: StateStore,
-        escrows: EscrowService,
-        registry: Registry,
-        events: EventLog,
         vault: Vault,
-        chain: Chain,
         wallet_dir: Path,
         state_dir: Path,
         daemon_check: float,
-        ownership: Ownership,
     ) -> None:
-        self._store = store
-        self._escrows = escrows
-        self._registry = registry
-        self._events = events
+        self._store = parts.store
+        self._escrows = parts.escrows
+        self._registry = parts.registry
+        self._events = parts.events
+        self._chain = parts.chain
+        self._ownership = parts.ownership
         self._vault = vault
-        self._chain = chain
         self._wallet_dir = wallet_dir
         self._state_dir = state_dir  # abandoned wallet files go under it
         self._daemon_check = daemon_check  # how long monerod may take to answer before a create
-        self._ownership = ownership
         self._creating: dict[str, trio.Event] = {}
 
     async def create(

@@ -18,17 +18,11 @@ import trio
 from walletd.errors import StoreUnavailable
 from walletd.escrows.creation import Creation
 from walletd.escrows.model import EscrowRecord, PayoutKind, PayoutProof
+from walletd.escrows.parts import EscrowParts
 from walletd.escrows.payouts import Payouts
 from walletd.escrows.recovery import Recovery
 from walletd.escrows.retries import PayoutRetries
-from walletd.escrows.service import EscrowService
-from walletd.ops.metrics import Metrics
-from walletd.sessions.registry import Registry
-from walletd.state.events import EventLog
-from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore
 from walletd.state.vault import Vault
-from walletd.wallets.chain import Chain
 
 __all__ = ["Lifecycle"]
 
@@ -38,60 +32,29 @@ log = structlog.get_logger(__name__)
 class Lifecycle:
     def __init__(
         self,
+        parts: EscrowParts,
         *,
-        store: StateStore,
-        escrows: EscrowService,
-        registry: Registry,
-        events: EventLog,
         vault: Vault,
-        chain: Chain,
         wallet_dir: Path,
         state_dir: Path,
-        metrics: Metrics,
         daemon_check: float = 2.0,
         fee_priority: int = 0,
         fee_tolerance: float = 2.0,
-        ownership: Ownership,
     ) -> None:
-        self._ownership: Ownership = ownership
-        self._payouts = Payouts(
-            store=store,
-            escrows=escrows,
-            registry=registry,
-            events=events,
-            chain=chain,
-            metrics=metrics,
-            ownership=self._ownership,
-            fee_priority=fee_priority,
-            fee_tolerance=fee_tolerance,
-        )
+        self._ownership = parts.ownership
+        self._payouts = Payouts(parts, fee_priority=fee_priority, fee_tolerance=fee_tolerance)
         self._retries = PayoutRetries(
-            store=store,
-            escrows=escrows,
-            ownership=self._ownership,
-            metrics=metrics,
-            run_payout=self._payouts.drive,
-            driving=self._payouts.driving,
+            parts, run_payout=self._payouts.drive, driving=self._payouts.driving
         )
         self._creation = Creation(
-            store=store,
-            escrows=escrows,
-            registry=registry,
-            events=events,
+            parts,
             vault=vault,
-            chain=chain,
             wallet_dir=wallet_dir,
             state_dir=state_dir,
             daemon_check=daemon_check,
-            ownership=self._ownership,
         )
         self._recovery = Recovery(
-            store=store,
-            registry=registry,
-            ownership=self._ownership,
-            creation=self._creation,
-            payouts=self._payouts,
-            retries=self._retries,
+            parts, creation=self._creation, payouts=self._payouts, retries=self._retries
         )
         self.recovered = self._recovery.recovered  # recover() is done: walletd may report ready
 

@@ -61,8 +61,8 @@ from walletd.escrows.model import (
     PayoutProof,
     utcnow,
 )
+from walletd.escrows.parts import EscrowParts
 from walletd.escrows.retries import RESUMABLE, attempted
-from walletd.escrows.service import EscrowService
 from walletd.escrows.transitions import (
     SIGNERS,
     Answer,
@@ -80,7 +80,6 @@ from walletd.escrows.transitions import (
     submitted,
 )
 from walletd.ops import failpoints
-from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import (
     GetPayoutProof,
     PreparePayout,
@@ -88,12 +87,8 @@ from walletd.sessions.messages import (
     SyncAll,
     ValidateAddress,
 )
-from walletd.sessions.registry import Caller, Registry
-from walletd.state.events import EventLog
-from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore
+from walletd.sessions.registry import Caller
 from walletd.wallets import multisig
-from walletd.wallets.chain import Chain
 
 __all__ = ["Payouts", "check_address_format"]
 
@@ -126,26 +121,20 @@ class _Drive:
 class Payouts:
     def __init__(
         self,
+        parts: EscrowParts,
         *,
-        store: StateStore,
-        escrows: EscrowService,
-        registry: Registry,
-        events: EventLog,
-        chain: Chain,
-        metrics: Metrics,
-        ownership: Ownership,
         fee_priority: int = 0,
         fee_tolerance: float = 2.0,
     ) -> None:
-        self._ownership = ownership
-        self._metrics = metrics
+        self._store = parts.store
+        self._escrows = parts.escrows
+        self._registry = parts.registry
+        self._events = parts.events
+        self._chain = parts.chain
+        self._metrics = parts.metrics
+        self._ownership = parts.ownership
         self._fee_priority = fee_priority  # wallet-rpc's priority for payout sweeps
         self._fee_tolerance = fee_tolerance  # a payout's fee may be this times the expected one
-        self._store = store
-        self._escrows = escrows
-        self._registry = registry
-        self._events = events
-        self._chain = chain
         self._locks: dict[str, trio.Lock] = {}
         self._drives: dict[str, _Drive] = {}
         self._nursery: trio.Nursery | None = None

@@ -14,11 +14,10 @@ import trio
 from walletd.errors import Unavailable, WalletdError
 from walletd.escrows.creation import Creation
 from walletd.escrows.model import EscrowState
+from walletd.escrows.parts import EscrowParts
 from walletd.escrows.payouts import Payouts
 from walletd.escrows.retries import RESUMABLE, PayoutRetries, retry_source
-from walletd.sessions.registry import Caller, Registry
-from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore
+from walletd.sessions.registry import Caller
 
 __all__ = ["Recovery"]
 
@@ -28,17 +27,15 @@ log = structlog.get_logger(__name__)
 class Recovery:
     def __init__(
         self,
+        parts: EscrowParts,
         *,
-        store: StateStore,
-        registry: Registry,
-        ownership: Ownership,
         creation: Creation,
         payouts: Payouts,
         retries: PayoutRetries,
     ) -> None:
-        self._store = store
-        self._registry = registry
-        self._ownership = ownership
+        self._store = parts.store
+        self._registry = parts.registry
+        self._ownership = parts.ownership
         self._creation = creation
         self._payouts = payouts
         self._retries = retries

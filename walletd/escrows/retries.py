@@ -36,10 +36,7 @@ import trio
 
 from walletd.errors import OwnedElsewhere, StoreUnavailable, WalletdError
 from walletd.escrows.model import EscrowRecord, EscrowState, Payout, PayoutPhase, utcnow
-from walletd.escrows.service import EscrowService
-from walletd.ops.metrics import Metrics
-from walletd.state.ownership import Ownership
-from walletd.state.store import StateStore
+from walletd.escrows.parts import EscrowParts
 
 __all__ = [
     "ORPHAN_CHECK_INTERVAL",
@@ -106,20 +103,17 @@ class PayoutRetries:
 
     def __init__(
         self,
+        parts: EscrowParts,
         *,
-        store: StateStore,
-        escrows: EscrowService,
-        ownership: Ownership,
-        metrics: Metrics,
         run_payout: Callable[[EscrowRecord], Awaitable[object]],
         driving: Callable[[str], bool],
     ) -> None:
         """`run_payout(record)`: drive the record's payout and wait for it (the payouts');
         `driving(escrow_id)`: whether this host drives it now."""
-        self._store = store
-        self._escrows = escrows
-        self._ownership = ownership
-        self._metrics = metrics
+        self._store = parts.store
+        self._escrows = parts.escrows
+        self._ownership = parts.ownership
+        self._metrics = parts.metrics
         self._run_payout = run_payout
         self._driving = driving
         self._retrying: set[str] = set()  # escrows whose retry is being decided or driven
