@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import attrs
 import pytest
 import trio
 
-from bench.postgres import PrivatePostgres, server_bin
+from bench.postgres import PrivatePostgres
 from tests.pgtest import admin_url
 from walletd.cluster.db import (
     CONNECT_TIMEOUT,
@@ -38,16 +37,6 @@ pytestmark = pytest.mark.pg
 
 TTL = 5.0
 EXIT_RUNTIME = 1
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL of this test's own, which it may stop and start."""
-    bin_dir = server_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
-    with PrivatePostgres(bin_dir) as pg:
-        yield pg
 
 
 def _select_one(conn: Connection) -> int:
