@@ -222,12 +222,20 @@ async def run_host(nursery: trio.Nursery, app: App) -> None:
 
 
 async def two_hosts(
-    nursery: trio.Nursery, root: Path, url: str
+    nursery: trio.Nursery,
+    root: Path,
+    url: str,
+    *,
+    world: FakeWalletWorld | None = None,
+    fake_monerod: bool = False,
 ) -> tuple[App, App, FakeWalletWorld]:
-    """Hosts `a` and `b` on one fake world, both running."""
-    world = FakeWalletWorld()
-    a = fake_host(root, world, url, "a")
-    b = fake_host(root, world, url, "b")
+    """Hosts `a` and `b` on one fake world (a new one unless given), both running; with
+    `fake_monerod` each has a `FakeDaemon` of that world as its monerod."""
+    world = FakeWalletWorld() if world is None else world
+    a, b = (
+        fake_host(root, world, url, host_id, chain=FakeDaemon(world) if fake_monerod else None)
+        for host_id in ("a", "b")
+    )
     for app in (a, b):
         await run_host(nursery, app)
     return a, b, world

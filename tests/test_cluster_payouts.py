@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from tests.fakes import FakeDaemon, call
-from tests.harness import CLUSTER_TTL, fake_host, run_host, shared_multisig
+from tests.harness import CLUSTER_TTL, fake_host, run_host, shared_multisig, two_hosts
 from walletd.app import App
 from walletd.cluster.leases import Tenure
 from walletd.cluster.pg_store import PgStore
@@ -130,12 +130,7 @@ async def test_a_payout_left_by_a_dead_host_is_resumed_once_by_one_survivor(
     else, though each looked for payouts to retry many times meanwhile."""
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
-        a, b = (
-            fake_host(tmp_path, world, db_url, "a", chain=FakeDaemon(world)),
-            fake_host(tmp_path, world, db_url, "b", chain=FakeDaemon(world)),
-        )
-        for app in (a, b):
-            await run_host(nursery, app)
+        a, b, _ = await two_hosts(nursery, tmp_path, db_url, world=world, fake_monerod=True)
         await _adopted(world, a, "e1")
         await _left_by_a_dead_host(a, world, db_url, "e1", world.height)
         with trio.fail_after(HANG):
@@ -163,12 +158,7 @@ async def test_a_failing_payout_is_retried_by_its_own_host_with_back_off(
     began no earlier than the retry time the previous one recorded, and none was signed."""
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
-        a, b = (
-            fake_host(tmp_path, world, db_url, "a", chain=FakeDaemon(world)),
-            fake_host(tmp_path, world, db_url, "b", chain=FakeDaemon(world)),
-        )
-        for app in (a, b):
-            await run_host(nursery, app)
+        a, b, _ = await two_hosts(nursery, tmp_path, db_url, world=world, fake_monerod=True)
         await _adopted(world, a, "e2")
         await _left_by_a_dead_host(a, world, db_url, "e2", world.height + 1000)
         seen: dict[int, Payout] = {}  # each attempt as first read (attempts are >= 0.8 s apart)
