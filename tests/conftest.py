@@ -1,5 +1,5 @@
-"""Fixtures shared by the cluster tests (marker `pg`): a fresh database, it migrated, and a
-PostgreSQL server of a test's own.
+"""Fixtures shared by many tests: a socket path AF_UNIX takes; for the cluster tests (marker
+`pg`) a fresh database, it migrated, and a PostgreSQL server of a test's own.
 
 The other shared set-ups are functions a test calls in its own nursery: `tests/harness.py` (an
 app on fakes, a ready escrow, waiting for a state, cluster hosts on fakes) and, for the regtest
@@ -8,7 +8,11 @@ tests, `tests/regtest/harness.py` and the fixtures in `tests/regtest/conftest.py
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +51,17 @@ def own_pg() -> Iterator[PrivatePostgres]:
         pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
     with PrivatePostgres(bin_dir) as pg:
         yield pg
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Iterator[Path]:
+    """A socket path short enough for AF_UNIX (about 107 bytes at most)."""
+    path = tmp_path / "w.sock"
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    short = tempfile.mkdtemp(prefix="wd-", dir="/tmp")
+    try:
+        yield Path(short) / "w.sock"
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

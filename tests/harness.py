@@ -16,12 +16,15 @@ tests have their own over HTTP in `tests/regtest/harness.py`, polling with `unti
   hosts of one cluster on the test PostgreSQL (marker `pg`), sharing the fake world and the key.
 - `shared_multisig(world, prefix)`: a ready set whose files are in every host's wallet dir.
 - `escrow_record(escrow_id)`: an `EscrowRecord` as a store holds it, for the store tests.
+- `run_walletd(*args)`: `python -m walletd ...` run to its end (config checks, refusals).
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +60,7 @@ __all__ = [
     "ready_escrow",
     "run_host",
     "run_monitor",
+    "run_walletd",
     "shared_multisig",
     "two_hosts",
     "until_state",
@@ -280,4 +284,19 @@ def escrow_record(
         payout=payout,
         created_at=now,
         updated_at=now,
+    )
+
+
+# ---- walletd as a command ------------------------------------------------------------------------
+
+
+def run_walletd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m walletd *args` run to its end, its output captured; `timeout` is a hang
+    bound (a loaded 2-core machine), not a timing."""
+    return subprocess.run(
+        [sys.executable, "-m", "walletd", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
     )

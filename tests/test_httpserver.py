@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,20 +32,6 @@ TIMEOUT = 10.0
 def fresh_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     """capture_logs cannot see a logger cached by an earlier configure_logging(): use a new one."""
     monkeypatch.setattr(httpserver, "log", structlog.get_logger(httpserver.__name__))
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Iterator[Path]:
-    """A socket path short enough for AF_UNIX (about 107 bytes at most)."""
-    path = tmp_path / "w.sock"
-    if len(os.fsencode(path)) < 100:
-        yield path
-        return
-    short = tempfile.mkdtemp(prefix="wd-", dir="/tmp")
-    try:
-        yield Path(short) / "w.sock"
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
 
 
 async def echo(request: Request) -> Response:
