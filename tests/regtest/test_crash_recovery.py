@@ -247,9 +247,8 @@ async def test_kill_during_creation_leaves_nothing_and_retry_creates(
 
         await wd.start(failpoints=["creating_multisig"])
         async with wd.client() as client:
-            assert (await escrow_of(client, "keep-1"))["multisig_address"] == kept[
-                "multisig_address"
-            ]
+            kept_after = await escrow_of(client, "keep-1")
+            assert kept_after["multisig_address"] == kept["multisig_address"]
             await _balance_ok(client, "keep-1")
             before = await _check_restarted(wd, client, before)
             with pytest.raises(httpx.TransportError):
