@@ -54,7 +54,7 @@ from bench.procs import die_with_parent
 from bench.report import ItemResult
 from walletd.escrows.model import Payout, PayoutKind, PayoutPhase
 from walletd.ids import ROLES, Role
-from walletd.state.store import Store
+from walletd.state.sqlite_store import Store
 from walletd.testing.regtest import MonerodProcess
 from walletd.testing.wallet_rpc_process import MultisigSet, WalletRpcProcess
 from walletd.wallets import fastopen

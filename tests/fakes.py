@@ -10,13 +10,12 @@ from typing import Any
 import attrs
 import trio
 
-from walletd.api.server import PeerCred, Request, Response
+from walletd.api.messages import PeerCred, Request, Response
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, MoneroConfig, MonitorConfig, SessionsConfig
 from walletd.errors import RpcUnreachable
 from walletd.ids import ROLES, Role
-from walletd.state.seam import LocalState
-from walletd.state.store import Store
+from walletd.state.sqlite_store import LocalState, Store
 from walletd.testing.fake_chain import FEE_PER_BYTE, FakeWalletWorld
 from walletd.testing.fake_multisig import make_fake_multisig_files
 from walletd.testing.fake_pool import FakePool
@@ -87,7 +86,7 @@ def fake_app(
 
 
 def sqlite(app: App) -> Store:
-    """The app's SQLite store itself, for tests that look under the async seam."""
+    """The app's SQLite store itself, for tests that look under the async state store."""
     assert isinstance(app.store, LocalState)
     return app.store.sqlite
 

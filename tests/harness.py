@@ -41,6 +41,7 @@ from tests.fakes import (
     make_fake_multisig,
     start,
 )
+from tests.pgtest import start_cluster
 from walletd.app import App, prepare_dirs
 from walletd.config import ClusterConfig
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, Payout, WalletRef, utcnow
@@ -219,9 +220,7 @@ def fake_host(
 
 async def run_host(nursery: trio.Nursery, app: App) -> None:
     """Join the cluster (heartbeat, leases, forwarding) and start the host's parts in `nursery`."""
-    assert app.cluster is not None
-    await app.cluster.start(app.vault.fingerprint())
-    await nursery.start(app.run_cluster)
+    await start_cluster(nursery, app)
     await start(nursery, app)
 
 

@@ -14,8 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+import trio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from walletd.app import App
+from walletd.deployment.cluster import Cluster
 
 ENV = "WALLETD_TEST_PG_URL"
 
@@ -53,3 +57,17 @@ def url_of(conninfo: str) -> str:
     """The postgresql:// URL (what `[cluster] database_url` takes) of a `fresh_database()`."""
     dbname = str(conninfo_to_dict(conninfo)["dbname"])
     return urlunsplit(urlsplit(admin_url())._replace(path=f"/{dbname}"))
+
+
+def cluster_of(app: App) -> Cluster:
+    """The app's cluster deployment (a cluster test builds its app with `[cluster]`)."""
+    assert isinstance(app.deployment, Cluster), app.deployment
+    return app.deployment
+
+
+async def start_cluster(nursery: trio.Nursery, app: App) -> None:
+    """What `App.run` does for the cluster before its other parts: connect, then run the
+    cluster's background parts (heartbeat, renewals, forwarded requests)."""
+    cluster = cluster_of(app)
+    await cluster.start(app.vault.fingerprint())
+    await nursery.start(cluster.run)

@@ -22,17 +22,13 @@ import structlog
 import structlog.testing
 import trio
 
-from walletd.errors import Capacity, RpcAuthError, RpcError, RpcUnreachable
+from walletd.errors import Capacity, ChildStartError, RpcAuthError, RpcError, RpcUnreachable
 from walletd.wallets import children, spawning
-from walletd.wallets.children import (
-    STORE_TIMEOUT,
-    ChildPool,
-    ChildSettings,
-    ChildStartError,
-    WalletProcess,
-)
+from walletd.wallets.child_control import STORE_TIMEOUT
+from walletd.wallets.children import ChildPool, ChildSettings, PoolStatistics
 from walletd.wallets.endpoints import Endpoint, EndpointPool
 from walletd.wallets.orphans import remove_orphans
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 from walletd.wallets.spawning import wallet_rpc_argv
 
@@ -213,23 +209,27 @@ async def test_credentials_stay_out_of_cmdline_and_environment(tmp_path: Path) -
 
 
 async def test_spares_are_kept_ready(tmp_path: Path) -> None:
-    """A warm pool hands out a ready spare and starts a replacement; extra releases retire."""
+    """A warm pool hands out a ready spare and starts a replacement; extra releases retire.
+    Its statistics say how many processes are idle and handed out at each step."""
     with trio.fail_after(30):
         async with _running_pool(_settings(tmp_path, spares=2)) as pool:
             assert len(pool.idle) == 2
+            assert pool.statistics() == PoolStatistics(idle=2, busy=0, restarts=0)
             ready = {p.pid for p in pool.idle}
             proc = await pool.acquire()
             assert proc.pid in ready  # no start was waited for
             assert proc.uses == 1
             assert len(pool.idle) == 1
+            assert pool.statistics() == PoolStatistics(idle=1, busy=1, restarts=0)
             await _until(lambda: len(pool.idle) == 2)
             assert proc not in pool.idle
+            assert pool.statistics() == PoolStatistics(idle=2, busy=1, restarts=0)
             # The pool already has its spares: the released process is stopped, not kept.
             await pool.release(proc)
             assert proc.exited.is_set()
             assert proc.returncode == 0
             assert len(pool.idle) == 2
-            assert pool.restarts == 0
+            assert pool.statistics() == PoolStatistics(idle=2, busy=0, restarts=0)
 
 
 async def test_a_daemon_switch_restarts_children_against_the_new_daemon(tmp_path: Path) -> None:
@@ -281,7 +281,7 @@ async def test_killed_child_is_noticed_and_replaced(tmp_path: Path) -> None:
             await victim.exited.wait()
             assert victim.returncode == -signal.SIGKILL
             await _until(lambda: len(pool.idle) == 1 and pool.idle[0] is not victim)
-            assert pool.restarts == 1
+            assert pool.statistics().restarts == 1
 
             busy = await pool.acquire()
             assert busy.pid is not None
@@ -291,7 +291,7 @@ async def test_killed_child_is_noticed_and_replaced(tmp_path: Path) -> None:
             with pytest.raises(RpcUnreachable):
                 await busy.rpc.call("get_version", timeout=2.0)
             await pool.discard(busy)
-            assert pool.restarts == 2
+            assert pool.statistics().restarts == 2
             await _until(lambda: len(pool.idle) == 1)
 
 
@@ -406,7 +406,7 @@ async def test_hung_child_is_killed_within_bounds(tmp_path: Path) -> None:
             await pool.discard(busy)  # store (times out), SIGTERM (pending), SIGKILL
             assert trio.current_time() - started < STORE_TIMEOUT + s.stop_timeout + 1.0
             assert busy.returncode == -signal.SIGKILL
-            assert pool.restarts == 0  # hung, not dead
+            assert pool.statistics().restarts == 0  # hung, not dead
 
             # An idle hung spare at shutdown: no store, SIGTERM, then SIGKILL.
             await _until(lambda: len(pool.idle) == 1)
@@ -457,7 +457,7 @@ async def test_failed_replacement_is_retried_after_a_backoff(tmp_path: Path) -> 
             assert pool.idle == ()
             refuse.unlink()
             await _until(lambda: len(pool.idle) == 1)
-            assert pool.restarts == 1
+            assert pool.statistics().restarts == 1
 
 
 CHILD_OF_WALLETD = """
@@ -543,7 +543,9 @@ async def test_endpoint_pool_hands_out_each_endpoint_once(tmp_path: Path) -> Non
                 }
                 with pytest.raises(Capacity):
                     await pool.acquire()
+                assert pool.statistics() == PoolStatistics(idle=0, busy=2, restarts=0)
                 await pool.release(a)
+                assert pool.statistics() == PoolStatistics(idle=1, busy=1, restarts=0)
                 again = await pool.acquire()
                 assert again is a
                 assert again.uses == 2
@@ -557,7 +559,7 @@ async def test_endpoint_pool_hands_out_each_endpoint_once(tmp_path: Path) -> Non
                 await pool.release(back)
                 with pytest.raises(ValueError, match="not held"):
                     await pool.release(back)
-                assert pool.restarts == 0
+                assert pool.statistics().restarts == 0
                 nursery.cancel_scope.cancel()
             await children.release(child)
 

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.fakes import FakeDaemon, call, fake_config, make_fake_multisig, start
+from tests.pgtest import start_cluster
 from walletd.app import App, prepare_dirs
 from walletd.cluster.db import Connection, Database
 from walletd.cluster.wallet_files import REPLACED_DIR
@@ -21,7 +22,7 @@ from walletd.config import ClusterConfig
 from walletd.ids import ROLES
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool, FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 pytestmark = pytest.mark.pg
 
@@ -80,9 +81,7 @@ async def test_an_adoption_reusing_an_abandoned_id_keeps_its_own_files(
     world.file_dirs.append(wallet_dir)
     app = App(config, pool=FakePool(world), chain=FakeDaemon(world))
     async with trio.open_nursery() as nursery:
-        assert app.cluster is not None
-        await app.cluster.start(app.vault.fingerprint())
-        await nursery.start(app.run_cluster)
+        await start_cluster(nursery, app)
         await start(nursery, app)
         with pytest.MonkeyPatch.context() as mp:
             _failing_creations(app, mp)

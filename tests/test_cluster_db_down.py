@@ -21,15 +21,10 @@ import trio
 from bench.postgres import PrivatePostgres
 from tests.harness import run_walletd
 from tests.pgtest import admin_url
-from walletd.cluster.db import (
-    CONNECT_TIMEOUT,
-    ClusterUnavailable,
-    Connection,
-    Database,
-    bounds_for,
-)
+from walletd.cluster.db import CONNECT_TIMEOUT, Connection, Database, bounds_for
 from walletd.cluster.leases import Leases
 from walletd.cluster.migrations import migrate
+from walletd.errors import ClusterUnavailable
 from walletd.testing.walletd_process import write_config
 
 pytestmark = pytest.mark.pg

@@ -20,7 +20,7 @@ import trio
 
 from tests.fakes import call
 from tests.harness import CLUSTER_TTL, fake_host, run_host, shared_multisig
-from tests.pgtest import advance_db_clock
+from tests.pgtest import advance_db_clock, cluster_of
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 
@@ -81,8 +81,7 @@ async def test_a_request_for_a_dead_hosts_escrow_is_not_forwarded_to_it(
         await nursery.start(_run_parts, b)
         a_scope, a_done = await _killable(nursery, a)
         await _adopt(a, world, "e1")
-        assert a.cluster is not None
-        held = a.cluster.ownership.tenure_of("e1")
+        held = cluster_of(a).node.ownership.tenure_of("e1")
         assert held is not None
         # "kill -9": a stops, and the rows stay as a left them (a real kill releases nothing):
         # the lease runs on for a while, the heartbeat is already past lease_ttl.
@@ -101,14 +100,15 @@ async def test_a_request_for_a_dead_hosts_escrow_is_not_forwarded_to_it(
             " WHERE host_id = 'a'",
             TTL + 0.5,
         )
-        assert b.cluster is not None
         with trio.fail_after(HANG):
             status, body = await call(b, "GET", "/v1/escrows/e1/balance?refresh=true")
         assert status == 200, body
         assert body["balance"] == 5 * 10**11
-        assert b.cluster.forwarder.not_answered == 0, "a forward to the dead host was waited on"
-        assert b.cluster.forwarder.forwarded == 0
-        tenure = b.cluster.ownership.tenure_of("e1")
+        assert cluster_of(b).node.forwarder.not_answered == 0, (
+            "a forward to the dead host was waited on"
+        )
+        assert cluster_of(b).node.forwarder.statistics().answered == 0
+        tenure = cluster_of(b).node.ownership.tenure_of("e1")
         assert tenure is not None
         assert tenure.epoch > held.epoch
         assert b.registry.is_open("e1")
@@ -131,14 +131,12 @@ async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survi
         claimed.set()
         await trio.sleep_forever()
 
-    a._serve_forwarded = claim_then_hang  # type: ignore[method-assign]
+    cluster_of(a).forwarding.incoming = lambda api: claim_then_hang  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_parts, b)
         a_scope, a_done = await _killable(nursery, a)
         await _adopt(a, world, "e1")
-        assert a.cluster is not None
-        assert b.cluster is not None
-        held = a.cluster.ownership.tenure_of("e1")
+        held = cluster_of(a).node.ownership.tenure_of("e1")
         assert held is not None
         answer: list[tuple[int, Any]] = []
 
@@ -166,7 +164,7 @@ async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survi
         status, body = answer[0]
         assert status == 200, body
         assert body["balance"] == 5 * 10**11
-        assert b.cluster.forwarder.unknown == 1
+        assert cluster_of(b).node.forwarder.unknown == 1
         assert b.registry.is_open("e1")
         nursery.cancel_scope.cancel()
 
@@ -182,24 +180,33 @@ async def test_a_graceful_stop_hands_the_lease_back_and_the_survivor_serves_at_o
     world = FakeWalletWorld()
     a = fake_host(tmp_path, world, db_url, "a")
     b = fake_host(tmp_path, world, db_url, "b")
-    assert a.cluster is not None
-    assert b.cluster is not None
     answers: list[tuple[int, str]] = []
     released_while: list[bool] = []
     stored = a.ownership.wallets_stored
-    release = a.cluster.leases.release
+    release = cluster_of(a).node.leases.release
 
     async def slow_store(escrow_id: str, files: Any) -> None:  # Any: as wallets_stored's
         if a._stop.is_set():
             await trio.sleep(1.0)  # a real session's files take a while to upload
         await stored(escrow_id, files)
 
+    pool_stopped = trio.Event()
+    run_pool = a.pool.run
+
+    async def recorded_pool(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await run_pool(task_status=task_status)
+        finally:
+            pool_stopped.set()
+
     async def recorded_release(tenure: Any) -> bool:  # Any: a Tenure
-        released_while.append(not a._scopes["pool"].cancel_called)
+        released_while.append(not pool_stopped.is_set())
         return await release(tenure)
 
+    a.pool.run = recorded_pool  # type: ignore[method-assign,assignment]
+
     a.ownership.wallets_stored = slow_store  # type: ignore[method-assign]
-    a.cluster.leases.release = recorded_release  # type: ignore[method-assign]
+    cluster_of(a).node.leases.release = recorded_release  # type: ignore[method-assign]
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_parts, b)
@@ -229,7 +236,7 @@ async def test_a_graceful_stop_hands_the_lease_back_and_the_survivor_serves_at_o
         assert failed == [], failed
         assert released_while == [True], "the lease was not handed back before the end"
         assert b.registry.is_open("e1")
-        tenure = b.cluster.ownership.tenure_of("e1")
+        tenure = cluster_of(b).node.ownership.tenure_of("e1")
         assert tenure is not None
         status, cluster = await call(b, "GET", "/v1/cluster")
         assert status == 200, cluster

@@ -31,8 +31,9 @@ from hypothesis.stateful import (
 
 from tests.pgtest import fresh_database
 from walletd.cluster.db import Connection, Database
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
+from walletd.cluster.leases import Leases, Tenure, append_event
 from walletd.cluster.migrations import migrate
+from walletd.errors import Fenced
 
 pytestmark = pytest.mark.pg
 

@@ -15,18 +15,17 @@ import pytest
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
     Forwarder,
     ForwardHandler,
-    ForwardOutcomeUnknown,
     ForwardServer,
-    OwnerDidNotAnswer,
     forwarding_channels,
 )
 from walletd.cluster.notifications import Listener
+from walletd.errors import ClusterUnavailable, ForwardOutcomeUnknown, OwnerDidNotAnswer
 
 pytestmark = pytest.mark.pg
 
@@ -124,7 +123,7 @@ async def test_forwarded_request_is_answered_by_the_owner(db: Database, db_url: 
         }
         assert await count_rows(db) == 0
         assert b.server is not None
-        assert b.server.served == 1
+        assert b.server.statistics().answered == 1
 
 
 async def test_replies_come_back_fast_on_notifications(db: Database, db_url: str) -> None:
@@ -282,7 +281,7 @@ async def test_claimed_but_slow_request_reports_unknown_outcome(db: Database, db
                 if b.server.replies_dropped:
                     break
                 await trio.sleep(0.05)
-        assert b.server.served == 0
+        assert b.server.statistics().answered == 0
 
 
 class FailingForwarder(Forwarder):
@@ -369,7 +368,7 @@ async def test_two_servers_for_one_host_run_each_request_once(db: Database, db_u
                     nursery.start_soon(one, a.forwarder, n)
         assert b1.server is not None
         assert b2.server is not None
-        assert b1.server.served + b2.server.served == 40
+        assert b1.server.statistics().answered + b2.server.statistics().answered == 40
     assert runs == {str(n).encode(): 1 for n in range(40)}
 
 

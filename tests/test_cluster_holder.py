@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Database
+from walletd.cluster.db import Database
 from walletd.cluster.holder import LeaseHolder
 from walletd.cluster.leases import Leases, Tenure
+from walletd.errors import ClusterUnavailable
 
 TTL = 15.0
 TENURE = Tenure("e1", "A", 1)

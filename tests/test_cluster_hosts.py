@@ -15,7 +15,7 @@ import trio
 
 from tests.fakes import call
 from tests.harness import CLUSTER_TTL, shared_multisig, two_hosts
-from tests.pgtest import advance_db_clock
+from tests.pgtest import advance_db_clock, cluster_of
 
 pytestmark = pytest.mark.pg
 
@@ -83,24 +83,22 @@ async def test_a_host_that_loses_its_lease_stops_and_the_other_takes_over(
         a, b, world = await two_hosts(nursery, tmp_path, db_url)
         s = await shared_multisig(world, "m2")
         assert (await call(a, "POST", "/v1/escrows", s.adopt_body("e2")))[0] == 201
-        assert a.cluster is not None
-        assert b.cluster is not None
-        epoch = a.cluster.ownership.tenure_of("e2")
+        epoch = cluster_of(a).node.ownership.tenure_of("e2")
         assert epoch is not None
         advance_db_clock(db_url, TTL * 2)
         with trio.fail_after(TTL * 3):
             while a.registry.is_open("e2"):  # noqa: ASYNC110 - the registry offers no wait for one
                 await trio.sleep(0.05)
-        assert a.cluster.ownership.tenure_of("e2") is None
-        assert a.cluster.figures().leases_lost == 1
-        refused = a.cluster.figures().fenced_writes
+        assert cluster_of(a).node.ownership.tenure_of("e2") is None
+        assert cluster_of(a).node.statistics().leases_lost == 1
+        refused = cluster_of(a).node.statistics().fenced_writes
         with pytest.raises(Exception, match="lease"):
             await a.store.append_event("funded", "e2", {})
-        assert a.cluster.figures().fenced_writes == refused + 1
+        assert cluster_of(a).node.statistics().fenced_writes == refused + 1
         status, body = await call(b, "GET", "/v1/escrows/e2/balance")
         assert status == 200, body
         assert b.registry.is_open("e2")
-        tenure = b.cluster.ownership.tenure_of("e2")
+        tenure = cluster_of(b).node.ownership.tenure_of("e2")
         assert tenure is not None
         assert tenure.epoch > epoch.epoch
         nursery.cancel_scope.cancel()

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from walletd.cli.cluster_key import KeyRefused, export_key, import_key
+from walletd.cli.cluster_key import export_key, import_key
 from walletd.cli.daemon import main
+from walletd.errors import KeyRefused
 from walletd.state.vault import Vault
 
 

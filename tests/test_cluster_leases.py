@@ -8,10 +8,11 @@ import pytest
 import trio
 
 from tests.pgtest import advance_db_clock
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.holder import LeaseHolder
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event
+from walletd.cluster.leases import Leases, Tenure, append_event
 from walletd.cluster.migrations import migrate, migrations
+from walletd.errors import ClusterUnavailable, Fenced
 
 pytestmark = pytest.mark.pg
 
@@ -143,7 +144,7 @@ async def test_fenced_write_refuses_stale_epochs(db: Database, db_url: str) -> N
     with pytest.raises(Fenced):  # never leased at all
         await leases.fenced_write(Tenure("e2", "A", 1), _write_event(a))
     assert await leases.fenced_write(b, _write_event(b)) == 2
-    assert leases.fenced_writes == 3
+    assert leases.statistics().fenced_writes == 3
 
     def events(conn: Connection) -> list[tuple[int, str, int]]:
         return [

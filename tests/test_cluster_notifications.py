@@ -6,8 +6,8 @@ import psycopg
 import pytest
 import trio
 
-from walletd.cluster.db import ClusterUnavailable
 from walletd.cluster.notifications import EVENTS_CHANNEL, Listener, notify
+from walletd.errors import ClusterUnavailable
 
 pytestmark = pytest.mark.pg
 

@@ -22,9 +22,10 @@ import trio
 
 from tests.fakes import FakeDaemon, call
 from tests.harness import CLUSTER_TTL, fake_host, run_host, shared_multisig, two_hosts
+from tests.pgtest import cluster_of
 from walletd.app import App
 from walletd.cluster.leases import Tenure
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.escrows import retries
 from walletd.escrows.model import (
     EscrowRecord,
@@ -52,9 +53,8 @@ async def _adopted(world: FakeWalletWorld, app: App, escrow_id: str) -> None:
     assert status == 201, body
     world.credit(s.address, AMOUNT, unlocked=True)
     await app.registry.close(escrow_id, reason="explicit")
-    assert app.cluster is not None
     with trio.fail_after(HANG):  # released in the database, not only forgotten here
-        while await app.cluster.ownership.owner_of(escrow_id) is not None:  # noqa: ASYNC110
+        while await cluster_of(app).node.ownership.owner_of(escrow_id) is not None:  # noqa: ASYNC110
             await trio.sleep(0.05)
 
 
@@ -63,7 +63,7 @@ async def _left_by_a_dead_host(
 ) -> None:
     """What host "dead" left: the escrow ready and its release at intent, one attempt made and
     its back-off over, the lease released, its last heartbeat an hour old."""
-    cluster = app.cluster
+    cluster = cluster_of(app).node
     assert cluster is not None
     tenure = await cluster.leases.acquire(escrow_id, "dead")
     assert tenure is not None
@@ -221,11 +221,10 @@ async def test_a_suspend_during_a_payout_sends_no_money(
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
         a = fake_host(tmp_path, world, db_url, "a", chain=FakeDaemon(world))
-        assert a.cluster is not None
-        a.cluster.ownership.clock = clock
+        cluster_of(a).node.ownership.clock = clock
         await run_host(nursery, a)
         await _adopted(world, a, "e3")
-        async with a.cluster.ownership.holding("e3"):
+        async with cluster_of(a).node.ownership.holding("e3"):
             funding = Funding(AMOUNT, AMOUNT, 10, utcnow(), ready_height=world.height)
             await a.store.update_escrow("e3", state=EscrowState.FUNDED)
             await a.store.update_escrow("e3", state=EscrowState.READY, funding=funding)
@@ -238,7 +237,7 @@ async def test_a_suspend_during_a_payout_sends_no_money(
         if suspended_at == "describe_transfer":
             assert world.call_count("sign_multisig") == 0
         with trio.fail_after(HANG):
-            while a.cluster.figures().leases_lost == 0:  # noqa: ASYNC110 - no event for it
+            while cluster_of(a).node.statistics().leases_lost == 0:  # noqa: ASYNC110 - no event for it
                 await trio.sleep(0.05)
         rec: EscrowRecord | None = await a.store.get_escrow("e3")
         assert rec is not None

@@ -19,11 +19,12 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.holder import LeaseHolder
 from walletd.cluster.leases import Leases, Tenure, append_event
 from walletd.cluster.migrations import migrate
 from walletd.cluster.node import POOL_SIZE
+from walletd.errors import ClusterUnavailable
 
 pytestmark = pytest.mark.pg
 

@@ -17,11 +17,12 @@ import trio
 from tests.harness import escrow_record
 from tests.pgtest import advance_db_clock
 from walletd.cluster.db import Database
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.lease_ownership import ClusterOwnership
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.ownership import ClusterOwnership
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
+from walletd.errors import Fenced
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,

@@ -17,16 +17,10 @@ import trio
 from tests.pgtest import advance_db_clock, fresh_database, url_of
 from walletd.cli.daemon import main
 from walletd.cluster.db import Connection, Database
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.wallet_files import (
-    MANIFEST,
-    ExportRefused,
-    ImportRefused,
-    WalletFiles,
-    WalletFilesMissing,
-    abandon_wallet_files,
-)
+from walletd.cluster.wallet_files import MANIFEST, WalletFiles, abandon_wallet_files
+from walletd.errors import ExportRefused, Fenced, ImportRefused, WalletFilesMissing
 from walletd.ops import logs
 
 pytestmark = pytest.mark.pg

@@ -17,7 +17,7 @@ from tests.harness import app_on_fakes
 from walletd.app import App
 from walletd.jsontypes import JsonObject
 from walletd.testing.fake_pool import FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 AMOUNT = 10**12
 

@@ -18,9 +18,13 @@ import structlog
 import trio
 
 import walletd
+from walletd.api import connection as httpconnection
 from walletd.api import server as httpserver
-from walletd.api.server import Request, Response, serve_unix
+from walletd.api.messages import Request, Response
+from walletd.api.server import serve_unix
 from walletd.cli import walletctl as ctl
+from walletd.cli import walletctl_output as output
+from walletd.cli.walletctl_client import Client
 
 ESCROW = {
     "escrow_id": "order-42",
@@ -128,7 +132,8 @@ def _error(status: int, code: str, message: str) -> Response:
 @pytest.fixture(autouse=True)
 def quiet_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The server's log lines would mix with walletctl's output on stdout: capture them instead."""
-    monkeypatch.setattr(httpserver, "log", structlog.get_logger(httpserver.__name__))
+    for module in (httpserver, httpconnection):
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
     with structlog.testing.capture_logs():
         yield
 
@@ -169,7 +174,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_table_aligns_columns() -> None:
     """Cells are padded to their column's widest, right-aligned where asked, no trailing space."""
-    text = ctl.table(("NAME", "N"), [("a", "1"), ("long-name", "100")], right=(1,))
+    text = output.table(("NAME", "N"), [("a", "1"), ("long-name", "100")], right=(1,))
     assert text.splitlines() == ["NAME         N", "a            1", "long-name  100"]
 
 
@@ -300,17 +305,17 @@ def test_follow_prints_events_until_ctrl_c(
     stub: Stub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """events --follow long-polls with timeout=30 from `next` and ends quietly on Ctrl-C."""
-    real_call = ctl.Client.call
+    real_call = Client.call
     polls = 0
 
-    def call(self: ctl.Client, *args: Any, **kwargs: Any) -> Any:
+    def call(self: Client, *args: Any, **kwargs: Any) -> Any:
         nonlocal polls
         polls += 1
         if polls == 4:
             raise KeyboardInterrupt
         return real_call(self, *args, **kwargs)
 
-    monkeypatch.setattr(ctl.Client, "call", call)
+    monkeypatch.setattr(Client, "call", call)
     code, out, err = run(capsys, "--json", "events", "--follow")
     assert (code, err) == (0, "")
     assert [json.loads(line) for line in out.splitlines()] == EVENTS
@@ -426,7 +431,7 @@ def test_event_amounts_are_shown_in_xmr() -> None:
         "previous_balance": 1_500_000_000_000,
         "confirmations": 0,
     }
-    details = ctl._event_row(event)[-1]
+    details = output.event_row(event)[-1]
     assert details == (
         "balance=0.000000000000XMR unlocked_balance=0.000000000000XMR "
         "previous_balance=1.500000000000XMR confirmations=0"

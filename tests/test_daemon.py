@@ -48,7 +48,7 @@ async def test_sighup_reloads_limits(tmp_path: Path, autojump_clock: trio.abc.Cl
             f'[monero]\ndaemon_address = "127.0.0.1:1"\nwallet_dir = "{cfg.monero.wallet_dir}"\n'
             "[sessions]\nmax_active = 2\n[monitor]\nenabled = false\nrequired_confirmations = 7\n"
         )
-        app.config_path = config
+        app.reloader.path = config
         os.kill(os.getpid(), signal.SIGHUP)
         await trio.sleep(5)
         assert app.registry.limits.max_active == 2

@@ -17,7 +17,7 @@ from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool, FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import DaemonRpc
 
 AMOUNT = 10**12

@@ -340,13 +340,13 @@ async def test_a_lost_payout_is_not_resubmitted_to_a_daemon_behind(
 
         fakes[A].lag = 5
         fakes[A].forgotten.add(txid)  # its pool was flushed
-        cycles = app.monitor.cycles
+        cycles = app.monitor.statistics().cycles
         with trio.fail_after(300):
             while True:  # a few monitor cycles that saw the payout missing
-                if app.monitor.cycles >= cycles + 5:
+                if app.monitor.statistics().cycles >= cycles + 5:
                     break
                 await trio.sleep(1)
-        assert app.monitor.session_calls["resubmit"] == 0
+        assert app.monitor.statistics().resubmits == 0
         assert world.call_count("submit_multisig") == submits
 
         fakes[A].lag = 0
@@ -355,5 +355,5 @@ async def test_a_lost_payout_is_not_resubmitted_to_a_daemon_behind(
                 if world.call_count("submit_multisig") > submits:
                     break
                 await trio.sleep(1)
-        assert app.monitor.session_calls["resubmit"] >= 1
+        assert app.monitor.statistics().resubmits >= 1
         nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""Tests of walletd.api.server: HTTP/1.1 on h11 over a Unix socket, with every limit enforced."""
+"""Tests of the HTTP server (walletd.api.server, .connection, .request_parsing): HTTP/1.1 on h11
+over a Unix socket, with every limit enforced."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ import pytest
 import structlog
 import trio
 
+from walletd.api import connection as httpconnection
 from walletd.api import server as httpserver
-from walletd.api.server import PeerCred, Request, Response, ServerLimits, serve_unix
+from walletd.api.connection import ServerLimits
+from walletd.api.messages import Handler, PeerCred, Request, Response
+from walletd.api.server import serve_unix
 from walletd.ops import logs as walletd_logs
 
 TIMEOUT = 10.0
@@ -31,7 +35,8 @@ TIMEOUT = 10.0
 @pytest.fixture(autouse=True)
 def fresh_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     """capture_logs cannot see a logger cached by an earlier configure_logging(): use a new one."""
-    monkeypatch.setattr(httpserver, "log", structlog.get_logger(httpserver.__name__))
+    for module in (httpserver, httpconnection):
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
 
 
 async def echo(request: Request) -> Response:
@@ -48,9 +53,7 @@ async def echo(request: Request) -> Response:
     )
 
 
-async def start(
-    nursery: trio.Nursery, path: Path, handler: httpserver.Handler = echo, **kwargs: Any
-) -> None:
+async def start(nursery: trio.Nursery, path: Path, handler: Handler = echo, **kwargs: Any) -> None:
     await nursery.start(partial(serve_unix, path, handler, **kwargs))
 
 

@@ -38,9 +38,12 @@ def test_the_layers_hold() -> None:
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        ("state/store.py", "walletd.sessions.registry"),  # state knows nothing of sessions
+        ("state/sqlite_store.py", "walletd.sessions.registry"),  # state knows nothing of sessions
         ("wallets/rpc.py", "walletd.escrows.service"),  # wallets know nothing of escrows
         ("sessions/session.py", "walletd.api.routes"),  # nothing below the API imports it
+        ("sessions/handles.py", "walletd.cluster.leases"),  # sessions know no cluster
+        ("escrows/transitions/funding.py", "trio"),  # the escrow's rules do no I/O
+        ("api/status.py", "walletd.deployment.choose"),  # only the app picks the deployment
     ],
 )
 def test_a_forbidden_import_breaks_the_build(tmp_path: Path, module: str, forbidden: str) -> None:

@@ -16,7 +16,7 @@ from tests.harness import AMOUNT, app_on_fakes, run_monitor, wait_state
 from walletd.app import App
 from walletd.testing.fake_chain import FEE, FakeWalletWorld
 from walletd.testing.fake_pool import FakeProcess
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 
 def _received(world: FakeWalletWorld, address: str) -> list[int]:
@@ -119,7 +119,9 @@ async def test_concurrent_releases_send_once(
         assert [a[0] for a in answers] == [202, 202, 202]
         assert len({a[1]["payout"]["txid"] for a in answers}) == 1
         assert world.epoch(esc["multisig_address"]) == 1  # one spend left the escrow
-        assert not app.lifecycle._locks  # nothing kept per escrow once its payouts are answered
+        assert (
+            not app.lifecycle._payouts._locks
+        )  # nothing kept per escrow once its payouts are answered
         nursery.cancel_scope.cancel()
 
 
@@ -229,7 +231,7 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
             await trio.sleep(5)
         states = [e.state.value for e in await app.store.list_escrows()]
         assert states.count("funded") + states.count("ready") == 30, states
-        assert app.registry.stats().active_sessions <= 10
+        assert app.registry.statistics().active_sessions <= 10
         nursery.cancel_scope.cancel()
 
 

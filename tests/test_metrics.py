@@ -155,11 +155,12 @@ async def test_payouts_by_kind_and_outcome_and_monitor_lag(
         _, stuck = await call(app, "POST", "/v1/escrows", {"escrow_id": "p2", "amount": AMOUNT})
         await _wait_until(app, "walletd_monitor_lag_blocks", 0)
         fake_pool(app).fake_of("escrow-p2-buyer").hang()
-        cycles = app.monitor.cycles
+        cycles = app.monitor.statistics().cycles
         world.mine(3)
         with trio.fail_after(60):
             while True:
-                if app.monitor.cycles > cycles:  # the cycle at the new height has begun
+                # the cycle at the new height has begun
+                if app.monitor.statistics().cycles > cycles:
                     break
                 await trio.sleep(1)
         world.mine(4)

@@ -16,10 +16,10 @@ from tests.fakes import call
 from tests.harness import AMOUNT, app_on_fakes, ready_escrow, run_monitor
 from walletd.app import App
 from walletd.config import parse_config
-from walletd.errors import ConfigError
+from walletd.errors import ConfigError, PayoutRefused
 from walletd.escrows.model import PayoutPhase
 from walletd.testing.fake_chain import FEE, FakeWalletWorld, fake_address
-from walletd.wallets.payout_check import DUST, Expected, PayoutRefused, check
+from walletd.wallets.payout_check import DUST, Expected, check
 
 OTHER = fake_address("someone-else")
 Outputs = tuple[tuple[str, int], ...]

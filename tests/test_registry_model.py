@@ -566,7 +566,7 @@ class RegistryMachine(RuleBasedStateMachine):
                     nursery.start_soon(one, escrow_id)
                     # Queued before the next one starts (arrival order known), and at once:
                     # the clock does not move while this task is runnable.
-                    while sum(self.registry.stats().waiting.values()) < queued:
+                    while sum(self.registry.statistics().waiting.values()) < queued:
                         await trio.lowlevel.checkpoint()
             return results
 
@@ -714,7 +714,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     async def _snapshot(self) -> Snapshot:
         await trio.lowlevel.checkpoint()
-        stats = attrs.asdict(self.registry.stats())
+        stats = attrs.asdict(self.registry.statistics())
         sessions = [(i.escrow_id, i.busy) for i in self.registry.sessions()]
         return Snapshot(sessions, stats, trio.current_time())
 
@@ -738,6 +738,7 @@ class RegistryMachine(RuleBasedStateMachine):
             assert stats[name] == self.counts[name], (name, stats, dict(self.counts))
         assert stats["failed"] == 0
         assert self.restarts == self.restarts_expected
+        assert stats["wallet_rpc_restarts"] == self.restarts_expected  # closed sessions' too
         assert self.hold_failures == []
 
     @invariant()

@@ -20,10 +20,10 @@ import pytest
 from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases
 from walletd.cluster.wallet_files import WalletFiles
-from walletd.errors import RpcCallError
+from walletd.errors import NotRepaired, RpcCallError
 from walletd.state.backups import Backups
 from walletd.wallets.keys_lock import lock_holder
-from walletd.wallets.repair import NotRepaired, WalletRepair
+from walletd.wallets.repair import WalletRepair
 from walletd.wallets.rpc import DAMAGE_SIGNS
 
 MULTISIG = "4" + "M" * 94

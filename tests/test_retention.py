@@ -13,8 +13,7 @@ import trio
 from tests.fakes import call, sqlite
 from tests.harness import AMOUNT, app_on_fakes, run_monitor, wait_state
 from walletd.state.events import PRUNE_INTERVAL, EventLog
-from walletd.state.seam import LocalState
-from walletd.state.store import Store
+from walletd.state.sqlite_store import LocalState, Store
 
 OLD = "2000-01-01T00:00:00.000Z"
 

@@ -25,14 +25,14 @@ from tests.fakes import (
     start,
 )
 from walletd.app import App
-from walletd.cluster.db import ClusterUnavailable
-from walletd.cluster.leases import Fenced
-from walletd.errors import SessionFailed, Unavailable
+from walletd.errors import ClusterUnavailable, Fenced, LeaseLost, SessionFailed, Unavailable
 from walletd.ids import ROLES, Role
 from walletd.sessions.handles import SessionSpec, WalletSpec
+from walletd.sessions.limits import SessionStatistics
+from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.messages import GetBalance, Store
 from walletd.sessions.registry import Limits
-from walletd.sessions.session import EscrowSession, LeaseLost, OnStored, SessionHandle
+from walletd.sessions.session import EscrowSession, OnStored
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 from walletd.wallets.rpc import DAMAGE_SIGNS
@@ -76,7 +76,7 @@ async def test_concurrent_opens_share_one(tmp_path: Path, autojump_clock: trio.a
                 inner.start_soon(one)
         assert world.call_count("open_wallet") - opens_before == 3
         assert sorted(r[1]["created"] for r in results) == [False, False, False, False, True]
-        assert app.registry.stats().active_sessions == 1
+        assert app.registry.statistics().active_sessions == 1
         nursery.cancel_scope.cancel()
 
 
@@ -192,6 +192,50 @@ async def test_killed_wallet_rpc_is_restored(
         nursery.cancel_scope.cancel()
 
 
+async def test_restarts_are_counted_once_their_session_has_closed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The registry's statistics count every wallet-rpc its sessions replaced since start: those
+    of a session that has closed since (evicted, here) still count, and none twice."""
+    async with trio.open_nursery() as nursery:
+        app, _, pool, sets = await _setup(nursery, tmp_path, 2, max_active=1)
+        await call(app, "POST", "/v1/escrows/e0/session")
+        pool.fake_of(sets[0].files["vendor"]).kill()
+        pool.fake_of(sets[0].files["arbiter"]).kill()
+        assert (await call(app, "GET", "/v1/escrows/e0/balance"))[0] == 200
+        assert app.registry.statistics().wallet_rpc_restarts == 2
+        await call(app, "POST", "/v1/escrows/e1/session")  # evicts e0's session
+        assert not app.registry.is_open("e0")
+        pool.fake_of(sets[1].files["buyer"]).kill()
+        assert (await call(app, "GET", "/v1/escrows/e1/balance"))[0] == 200
+        assert app.registry.statistics().wallet_rpc_restarts == 3
+        assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_reports_its_own_statistics(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session's statistics say how often it restored its wallets and how many processes
+    that took: one restore of two lost processes is one restore, two restarts."""
+    world = FakeWalletWorld()
+    s = await make_fake_multisig(world, "stat")
+    pool = FakePool(world)
+    wallets = {role: WalletSpec(s.files[role], s.password) for role in ROLES}
+    session = EscrowSession(SessionSpec("e-stat", wallets, s.address), pool, store_interval=1e9)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        handle = await nursery.start(session.run)
+        assert session.statistics() == SessionStatistics(0, 0, 0)
+        pool.fake_of(s.files["buyer"]).kill()
+        pool.fake_of(s.files["vendor"]).kill()
+        await handle.request(GetBalance())
+        assert session.statistics() == SessionStatistics(
+            restores=1, wallet_rpc_restarts=2, warm_payouts=0
+        )
+        nursery.cancel_scope.cancel()
+
+
 async def test_dead_spares_are_passed_over(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     """kill -9 of every process, spares included: the restore takes another process for each
     spare that turns out dead, and the next call still succeeds."""
@@ -203,7 +247,9 @@ async def test_dead_spares_are_passed_over(tmp_path: Path, autojump_clock: trio.
         assert status == 200, body
         assert pool.fake_of(sets[0].files["vendor"]).dead is False
         assert (await call(app, "GET", "/v1/stats"))[1]["wallet_rpc_restarts"] == 1
-        assert pool.restarts == 3  # the vendor's process and both dead spares were discarded
+        assert (
+            pool.statistics().restarts == 3
+        )  # the vendor's process and both dead spares were discarded
         nursery.cancel_scope.cancel()
 
 
@@ -407,7 +453,7 @@ async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
     async with trio.open_nursery() as nursery:
         app, _, _, _ = await _setup(nursery, tmp_path, 2, max_active=1)
         await app.registry.close("e1")
-        opened_before = app.registry.stats().opened
+        opened_before = app.registry.statistics().opened
         answers: dict[str, int] = {}
 
         async def balance(escrow_id: str) -> None:
@@ -418,7 +464,7 @@ async def test_a_fresh_session_is_not_evicted_before_its_caller_uses_it(
             await trio.sleep(0.1)  # e1's opening is under way, e0 leaves for it
             calls.start_soon(balance, "e0")
         assert answers == {"e0": 200, "e1": 200}
-        assert app.registry.stats().opened - opened_before == 2  # one opening each, no reopen
+        assert app.registry.statistics().opened - opened_before == 2  # one opening each, no reopen
         nursery.cancel_scope.cancel()
 
 
@@ -647,6 +693,32 @@ async def test_a_fenced_save_stops_the_session(
         assert isinstance(h.ended[0], LeaseLost)
         assert calls == ["buyer"]
         assert all(f not in h.world.locks for f in h.wallets.files.values()), "wallets left open"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_fenced_session_kills_its_processes_unsaved_and_never_reopens(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Once fenced (its lease lost), a session's three processes are killed at once with
+    nothing stored, and its next call fails as a session failure without opening any wallet
+    again: another host may have the escrow's wallets open by then."""
+
+    async def on_stored(escrow_id: str, role: Role, file: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        h = await _hooked_session(nursery, on_stored)
+        stores = {f: h.world.stores[f] for f in h.wallets.files.values()}
+        opens = h.world.call_count("open_wallet")
+        await h.session.fence()
+        assert all(f not in h.world.locks for f in h.wallets.files.values())
+        assert {f: h.world.stores[f] for f in h.wallets.files.values()} == stores
+        with pytest.raises(SessionFailed, match="lost the escrow's lease"):
+            await h.handle.request(GetBalance(refresh=False))
+        await trio.sleep(1)
+        assert h.world.call_count("open_wallet") == opens
+        assert len(h.ended) == 1
+        assert isinstance(h.ended[0], SessionFailed)
         nursery.cancel_scope.cancel()
 
 

@@ -223,15 +223,15 @@ async def test_a_payout_whose_caller_went_away_leaves_its_place(
         await trio.sleep(1)
         nursery.start_soon(w.pay, "e3")
         await trio.sleep(1)
-        assert w.registry.stats().waiting["payout"] == 2
+        assert w.registry.statistics().waiting["payout"] == 2
         await trio.sleep(10)
-        assert w.registry.stats().waiting["payout"] == 1
+        assert w.registry.statistics().waiting["payout"] == 1
         await trio.sleep(60)  # both reads ended: e3 took a slot, the other is free
-        assert w.registry.stats().waiting["payout"] == 0
+        assert w.registry.statistics().waiting["payout"] == 0
         assert w.opened() == ["e3"]
         await w.read("e4")
         await w.read("e5")  # both slots usable: nothing was kept for the caller that left
-        assert w.registry.stats().active_sessions == CAP
+        assert w.registry.statistics().active_sessions == CAP
         nursery.cancel_scope.cancel()
 
 

@@ -18,7 +18,7 @@ import structlog
 
 from tests.fakes import fake_app
 from tests.harness import run_walletd
-from walletd import app as app_module
+from walletd.daemon import reload as reload_module
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 from walletd.testing.walletd_process import WalletdProcess, toml_value, write_config
@@ -182,10 +182,10 @@ def test_sighup_under_walletd_dev_says_it_does_nothing(
     a warning instead of silently doing nothing."""
     world = FakeWalletWorld()
     app = fake_app(tmp_path, world, FakePool(world))
-    assert app.config_path is None  # as in walletd.cli.dev
-    monkeypatch.setattr(app_module, "log", structlog.get_logger(app_module.__name__))
+    assert app.reloader.path is None  # as in walletd.cli.dev
+    monkeypatch.setattr(reload_module, "log", structlog.get_logger(reload_module.__name__))
     with structlog.testing.capture_logs() as logs:
-        app.reload()
+        app.reloader.reload()
     assert [(e["log_level"], e["event"], e["reason"]) for e in logs] == [
         ("warning", "reload ignored", "no config file to re-read (walletd dev); restart")
     ]

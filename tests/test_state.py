@@ -12,19 +12,18 @@ from typing import Any
 import pytest
 
 from tests.harness import escrow_record
-from walletd.errors import InvalidRequest
+from walletd.errors import IllegalMove, InvalidRequest, VaultError
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
     Funding,
-    IllegalMove,
     Payout,
     PayoutKind,
     PayoutPhase,
 )
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
-from walletd.state.store import SCHEMA_VERSION, Store
-from walletd.state.vault import Vault, VaultError
+from walletd.state.sqlite_store import SCHEMA_VERSION, Store
+from walletd.state.vault import Vault
 
 
 def _record(escrow_id: str = "e1") -> EscrowRecord:

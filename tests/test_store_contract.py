@@ -1,7 +1,7 @@
 """What every `StateStore` does, SQLite or the cluster's PostgreSQL: each case runs against both.
 
 The PostgreSQL store runs as the one host holding the lease of every escrow the cases use (its
-fencing is tested in test_cluster_pg_store.py); the PostgreSQL cases skip without
+fencing is tested in test_cluster_postgres_store.py); the PostgreSQL cases skip without
 WALLETD_TEST_PG_URL, as every `pg` test does.
 """
 
@@ -21,23 +21,22 @@ from tests.pgtest import fresh_database
 from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
+from walletd.errors import IllegalMove, PayoutChanged
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
     ExpectedPayout,
     Funding,
-    IllegalMove,
     Payout,
-    PayoutChanged,
     PayoutKind,
     PayoutPhase,
     PayoutProof,
     utcnow,
 )
 from walletd.state.columns import payout_from_json, payout_to_json
-from walletd.state.seam import LocalState, StateStore
-from walletd.state.store import EscrowChanges, NewEvent, Store
+from walletd.state.sqlite_store import LocalState, Store
+from walletd.state.store import EscrowChanges, NewEvent, StateStore
 
 ESCROWS = ("e1", "e2", "e3", "E9", "nobody")  # the ids the cases use: the pg host leases them all
 

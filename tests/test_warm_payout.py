@@ -78,9 +78,9 @@ async def test_release_on_a_pre_exchanged_session_makes_no_exchange(
         assert not await _exchanged(app, "w1")
         await _cycle(app, world)
         assert await _exchanged(app, "w1")
-        assert app.monitor.session_calls["pre_exchange"] == 1
+        assert app.monitor.statistics().pre_exchanges == 1
         await _cycle(app, world)  # done once: not asked again
-        assert app.monitor.session_calls["pre_exchange"] == 1
+        assert app.monitor.statistics().pre_exchanges == 1
 
         vendor = world.add_wallet("vendor-payout", "x")
         since = len(world.calls)
@@ -217,7 +217,7 @@ async def test_a_payout_in_flight_is_not_disturbed(
         # No timeouts around these waits: a failed release fails the test through the nursery.
         await proposed.wait()  # the payout is being prepared
         await _cycle(app, world)  # the payout is recorded: the monitor leaves the escrow alone
-        assert app.monitor.session_calls["pre_exchange"] == 0
+        assert app.monitor.statistics().pre_exchanges == 0
         # Asked directly (e.g. a monitor check sent just before the payout was recorded).
         asked = await app.registry.call("w4", PreExchange(), caller=Caller.MONITOR)
         assert asked is False

@@ -23,12 +23,15 @@ check alone; the escrow is not marked as looked at, so the next cycle tries it a
 What the monitor keeps per escrow (last refresh height, last cold check) is dropped at each
 cycle for escrows no longer watched (ready, paid out, removed): it stays as big as the set of
 escrows awaiting funding, not every escrow ever made.
+
+What an escrow's check leads to (its next state, a resubmit, its end) is decided by the pure
+rules of `walletd.escrows.transitions`; the monitor reads, calls and writes what they name.
+`statistics()` tells what it has done so far (`MonitorStatistics`).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -36,34 +39,47 @@ import structlog
 import trio
 
 from walletd.config import MonitorConfig
-from walletd.errors import Capacity, WalletdError
-from walletd.escrows.model import (
-    EscrowRecord,
-    EscrowState,
-    ExpectedPayout,
-    Funding,
-    Payout,
-    utcnow,
+from walletd.errors import Capacity, StoreUnavailable, WalletdError
+from walletd.escrows.model import EscrowRecord, ExpectedPayout, utcnow
+from walletd.escrows.transitions import (
+    PAYING,
+    WATCHED,
+    FundingSeen,
+    WaitForDaemon,
+    confirmations_seen,
+    exchange_ahead,
+    finished,
+    funding_seen,
+    lost_payout,
 )
-from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.messages import Funding as SeenFunding
 from walletd.sessions.messages import GetFunding, PreExchange, Store, SubmitPayout
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog
-from walletd.state.ownership import LocalOwnership, Ownership
-from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
+from walletd.state.ownership import Ownership
+from walletd.state.store import StateStore
 from walletd.wallets.chain import Chain
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "MonitorStatistics"]
 
 log = structlog.get_logger(__name__)
 
-WATCHED = (EscrowState.AWAITING_FUNDING, EscrowState.FUNDED)
 CHECK_TIMEOUT = 120.0  # one escrow's check; a refresh after a long absence can take a while
 CONCURRENT_CHECKS = 4
-PAYING = (EscrowState.RELEASING, EscrowState.REFUNDING)  # each has one move: its end
+
+
+@attrs.frozen
+class MonitorStatistics:
+    """What the monitor has done since it was made (as trio's `ParkingLot.statistics()`)."""
+
+    cycles: int  # cycles begun (each at a known chain height)
+    cold_opens: int  # cold checks that got a session (one refused for want of a slot is not)
+    # What it asked the escrows' sessions, by kind:
+    funding_checks: int  # refresh and read the funding (warm or cold)
+    wallet_stores: int  # store the wallets after a funding change
+    pre_exchanges: int  # exchange multisig info ahead of a payout
+    resubmits: int  # relay a lost payout's recorded blob again
 
 
 class Monitor:
@@ -76,11 +92,11 @@ class Monitor:
         events: EventLog,
         chain: Chain,
         metrics: Metrics,
-        ownership: Ownership | None = None,
+        ownership: Ownership,
     ) -> None:
         # In a cluster each escrow is watched by the host holding it; an unheld one by whichever
         # host opens it first with a free slot (the cold worker), so the hosts share the work.
-        self._ownership: Ownership = ownership or LocalOwnership()
+        self._ownership: Ownership = ownership
         self._store = store
         self._registry = registry
         self._events = events
@@ -99,10 +115,24 @@ class Monitor:
         self._first_height: int | None = None
         self._cycled_height: int | None = None  # the height the last finished cycle ran at
         self._cycle_done = trio.Event()  # set (and replaced) as each cycle finishes
-        self.cycles = 0
-        self.session_calls: Counter[str] = Counter()  # what the monitor asked sessions, by kind
-        self.cold_opens = 0
+        self._cycles = 0
+        self._cold_opens = 0
+        self._funding_checks = 0
+        self._wallet_stores = 0
+        self._pre_exchanges = 0
+        self._resubmits = 0
         self._limiter = trio.CapacityLimiter(CONCURRENT_CHECKS)
+
+    def statistics(self) -> MonitorStatistics:
+        """What the monitor has done so far."""
+        return MonitorStatistics(
+            cycles=self._cycles,
+            cold_opens=self._cold_opens,
+            funding_checks=self._funding_checks,
+            wallet_stores=self._wallet_stores,
+            pre_exchanges=self._pre_exchanges,
+            resubmits=self._resubmits,
+        )
 
     async def wait_cycled(self, height: int) -> None:
         """Return once a cycle has checked the warm escrows at `height` or above."""
@@ -157,7 +187,7 @@ class Monitor:
         height = self.height
         if height is None:
             return
-        self.cycles += 1
+        self._cycles += 1
         escrows = await self._store.list_escrows()
         self._forget_unwatched({r.escrow_id for r in escrows if r.state in WATCHED})
         elsewhere = await self._ownership.owned_elsewhere()
@@ -206,70 +236,44 @@ class Monitor:
     async def check_funding(self, rec: EscrowRecord, height: int, *, cold: bool = False) -> None:
         if self._refreshed_at.get(rec.escrow_id) == height:
             return  # no new block since this wallet last looked: nothing can have changed
-        self.session_calls["funding"] += 1
+        self._funding_checks += 1
         async with self._ownership.holding(rec.escrow_id):  # the write below is fenced by it
             funding = await self._registry.call(
                 rec.escrow_id,
                 GetFunding(refresh=True, amount=rec.amount),
                 caller=Caller.COLD_MONITOR if cold else Caller.MONITOR,
             )
-            await self._apply_funding(rec, funding, height)
+            await self._apply_funding(rec.escrow_id, funding, height)
         # Only once recorded: a check whose result the database refused is redone next cycle.
         self._refreshed_at[rec.escrow_id] = height
 
-    async def _apply_funding(self, rec: EscrowRecord, f: SeenFunding, height: int) -> None:
-        fresh = await self._store.get_escrow(rec.escrow_id)
-        if fresh is None or fresh.state not in WATCHED:
+    async def _apply_funding(self, escrow_id: str, f: SeenFunding, height: int) -> None:
+        # The check's one read of the record, fresh under the lease and after the refresh: the
+        # listed one may be a cycle old, and the write below sets the state and funding whole
+        # (a payout may have started meanwhile: then nothing is written).
+        rec = await self._store.get_escrow(escrow_id)
+        if rec is None:
+            return  # gone meanwhile (an abandoned creation)
+        seen = FundingSeen(f.balance, f.unlocked_balance, f.confirmations, f.height)
+        move = funding_seen(rec, seen, height=height, now=utcnow())
+        if move is None:
             return  # moved on meanwhile (a payout started)
-        state = fresh.state
-        funding = Funding(
-            balance=f.balance,
-            unlocked_balance=f.unlocked_balance,
-            confirmations=f.confirmations,
-            checked_at=utcnow(),
-        )
-        seen: JsonObject = {
-            "balance": f.balance,
-            "unlocked_balance": f.unlocked_balance,
-            "confirmations": f.confirmations,
-        }
-        events: list[tuple[str, JsonObject]] = []
-        if state is EscrowState.AWAITING_FUNDING and f.balance >= fresh.amount:
-            state = EscrowState.FUNDED
-            events.append(("funded", seen))
-        elif state is EscrowState.FUNDED and f.balance < fresh.amount <= fresh.funding.balance:
-            # A reorg took (part of) the deposit away before it was ready. States only move
-            # forward, so the escrow stays funded, but it cannot become ready on funds that are
-            # gone (the check below needs them unlocked and confirmed): the server hears it once,
-            # when the balance drops, and again `ready` if the funds are mined back.
-            events.append(("funding_reorged", {**seen, "previous_balance": fresh.funding.balance}))
+        if move.reorged_from is not None:
             log.warning(
                 "funding reorged away",
-                escrow_id=rec.escrow_id,
+                escrow_id=escrow_id,
                 balance=f.balance,
-                previous_balance=fresh.funding.balance,
+                previous_balance=move.reorged_from,
             )
-        if (
-            state is EscrowState.FUNDED
-            and f.unlocked_balance >= fresh.amount
-            and f.confirmations >= fresh.required_confirmations
-        ):
-            state = EscrowState.READY
-            events.append(("ready", seen))
-            # The wallet's own height after its refresh is the chain that showed the funds
-            # ready; the cycle's cached daemon height may be older than that (blocks mined
-            # since the cycle began), and a ready height set too low would let a payout go to a
-            # daemon that has not seen the deposit.
-            funding = attrs.evolve(funding, ready_height=max(height, f.height))
-        await self._events.change(rec.escrow_id, events, state=state, funding=funding)
-        if events:
-            await self._store_wallets(rec.escrow_id)
+        await self._events.change(escrow_id, move.events, state=move.state, funding=move.funding)
+        if move.step is not None:
+            await self._store_wallets(escrow_id)
 
     async def _store_wallets(self, escrow_id: str) -> None:
         """The wallets just saw the escrow's funding change: store them now, not at the next
         periodic store, so a crash (or, in a cluster, the next owner, which opens the files
         last saved in the database) does not start from wallets that never saw the deposit."""
-        self.session_calls["store"] += 1
+        self._wallet_stores += 1
         try:
             await self._registry.call(escrow_id, Store(), caller=Caller.MONITOR)
         except WalletdError as exc:  # the periodic store will do it
@@ -278,11 +282,7 @@ class Monitor:
             )
 
     def _wants_exchange(self, rec: EscrowRecord) -> bool:
-        if (
-            not self.pre_exchange_enabled
-            or rec.state is not EscrowState.READY
-            or rec.payout is not None
-        ):
+        if not self.pre_exchange_enabled or not exchange_ahead(rec):
             return False
         # Low priority: never into a session with an API call in hand; the next cycle will do.
         info = self._registry.session_info(rec.escrow_id)
@@ -291,70 +291,71 @@ class Monitor:
     async def pre_exchange(self, rec: EscrowRecord, height: int) -> None:
         """Exchange the escrow's multisig info ahead of its payout. Never once a payout is
         recorded: the session also refuses it once it has begun preparing one."""
+        # Read again: the cycle listed it before waiting for a check slot, and a payout
+        # recorded since then must not meet an exchange.
         fresh = await self._store.get_escrow(rec.escrow_id)
         if fresh is None or not self._wants_exchange(fresh):
             return
-        self.session_calls["pre_exchange"] += 1
+        self._pre_exchanges += 1
         await self._registry.call(rec.escrow_id, PreExchange(), caller=Caller.MONITOR)
 
     async def check_payout(self, rec: EscrowRecord, height: int) -> None:
         payout = rec.payout
-        txid = payout.txid if payout else None
-        if payout is None or not txid:
+        if payout is None or not payout.txid:
             return
         async with self._ownership.holding(rec.escrow_id):  # its writes are fenced by it
-            await self._check_submitted(rec, payout, txid, height)
+            await self._check_submitted(rec, payout.txid, height)
 
-    async def _check_submitted(
-        self, rec: EscrowRecord, payout: Payout, txid: str, height: int
-    ) -> None:
+    async def _check_submitted(self, rec: EscrowRecord, txid: str, height: int) -> None:
+        """Count the payout's confirmations (the listed record: every write is compare-and-set
+        on its payout), end the escrow at the required number, resubmit a lost payout."""
         status = await self._chain.tx_status(txid)
         if status is None:
             await self._resubmit(rec)
             return
         confirmations = status.confirmations(height)
-        if confirmations != payout.confirmations:
+        payout = confirmations_seen(rec, confirmations)
+        if payout is not None:
             rec = await self._store.update_escrow(
                 rec.escrow_id,
-                payout=attrs.evolve(payout, confirmations=confirmations),
-                expect_payout=ExpectedPayout.of(payout),  # still the submitted one read
+                payout=payout,
+                expect_payout=ExpectedPayout.of(rec.payout),  # still the submitted one read
             )
-        if confirmations >= rec.required_confirmations:
-            (final,) = rec.state.moves
-            done = {"txid": txid, "confirmations": confirmations}
-            await self._events.change(rec.escrow_id, [(final, done)], state=final)
-            self._metrics.payout(payout.kind.value, "confirmed")
+        end = finished(rec, confirmations)
+        if end is not None:
+            await self._events.change(rec.escrow_id, [end.event], state=end.state)
+            assert rec.payout is not None
+            self._metrics.payout(rec.payout.kind.value, "confirmed")
             await self._registry.close(rec.escrow_id, reason="finished")
 
     async def _resubmit(self, rec: EscrowRecord) -> None:
         """The daemon lost the payout (pool flushed, restart): relay the recorded blob again. It
         is the same signed transaction, so this can never make a second payout."""
-        payout = rec.payout
-        assert payout is not None
-        assert payout.txids is not None
-        assert payout.signed_txset is not None
-        ready_at = rec.funding.ready_height
-        if ready_at is not None and self.height is not None and self.height < ready_at:
+        step = lost_payout(rec, self.height)
+        if step is None:
+            return
+        if isinstance(step, WaitForDaemon):
             log.warning(
                 "monerod in use is behind the escrow's ready height; resubmit later",
                 escrow_id=rec.escrow_id,
-                height=self.height,
-                ready_height=ready_at,
+                height=step.height,
+                ready_height=step.ready_height,
             )
             return
+        assert rec.payout is not None
         log.warning(
             "payout not known to monerod; resubmitting the recorded blob",
             escrow_id=rec.escrow_id,
-            txid=payout.txid,
+            txid=rec.payout.txid,
         )
-        self.session_calls["resubmit"] += 1
+        self._resubmits += 1
         self._ownership.check_held(rec.escrow_id)  # relays money: the lease must be valid
         await self._registry.call(
             rec.escrow_id,
-            SubmitPayout("arbiter", payout.txids, payout.signed_txset),
+            SubmitPayout(step.signer, step.txids, step.signed_txset),
             caller=Caller.MONITOR,
         )
-        self._metrics.payout(payout.kind.value, "resubmitted")
+        self._metrics.payout(rec.payout.kind.value, "resubmitted")
 
     # ---- cold escrows ----------------------------------------------------------------------------
 
@@ -374,10 +375,10 @@ class Monitor:
             assert self.height is not None
             with trio.move_on_after(CHECK_TIMEOUT) as scope:
                 try:
-                    self.cold_opens += 1
+                    self._cold_opens += 1
                     await self.check_funding(rec, self.height, cold=True)
                 except Capacity:
-                    self.cold_opens -= 1
+                    self._cold_opens -= 1
                 except WalletdError as exc:
                     log.warning("cold check failed", escrow_id=rec.escrow_id, error=str(exc))
             if scope.cancelled_caught:

@@ -23,7 +23,7 @@ from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_bytes
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, Payout, WalletRef, utcnow
 from walletd.ids import ROLES
-from walletd.state.store import Store
+from walletd.state.sqlite_store import Store
 
 __all__ = ["MemorySnapshot", "many_escrows", "memory_result", "snapshot"]
 

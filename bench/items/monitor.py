@@ -68,7 +68,7 @@ async def _measure(
         return partial(app.escrows.adopt, f"w{i}", XMR, None, wallets, digest)
 
     await in_batches([adopt(i, ms) for i, ms in enumerate(sets)])
-    if app.registry.stats().active_sessions != len(sets):
+    if app.registry.statistics().active_sessions != len(sets):
         raise RuntimeError("not every escrow has a warm session")
     app.monitor.height = await daemon.height()
     first = await _cycle(app)  # every escrow is new to the monitor: all checked once

@@ -33,7 +33,7 @@ from tests.fakes import FakeDaemon, call, fake_app, start
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 __all__ = ["run_payouts"]
 
@@ -119,9 +119,9 @@ async def _measure(root: Path) -> dict[str, Any]:
         pool.open_delay = OPEN_DELAY  # from here on, as a wallet-rpc open would
         vendor = world.add_wallet("bench-vendor", "x").address
 
-        opened = app.registry.stats().opened
+        opened = app.registry.statistics().opened
         result["baseline"] = await _releases(app, vendor, base)
-        result["baseline_opens"] = app.registry.stats().opened - opened
+        result["baseline_opens"] = app.registry.statistics().opened - opened
         reads: Counter[int] = Counter()
         read_s: list[float] = []  # reads that ended once the release calls began
         stop = trio.Event()
@@ -139,14 +139,14 @@ async def _measure(root: Path) -> dict[str, Any]:
             for escrow_id in readers:
                 readers_nursery.start_soon(reader, escrow_id)
             await trio.sleep(2 * OPEN_DELAY + 1)  # the readers' sessions fill the cap
-            opened = app.registry.stats().opened
+            opened = app.registry.statistics().opened
             measuring = True
             result["pressure"] = await _releases(app, vendor, loaded)
-            result["pressure_opens"] = app.registry.stats().opened - opened
+            result["pressure_opens"] = app.registry.statistics().opened - opened
             stop.set()
         result["reads"] = reads
         result["read_s"] = read_s
-        result["waiting_after"] = app.registry.stats().waiting
+        result["waiting_after"] = app.registry.statistics().waiting
         nursery.cancel_scope.cancel()
     return result
 

@@ -202,7 +202,7 @@ def _log_lines(text: str, *needles: str) -> list[str]:
 
 
 def _refusals(text: str) -> list[str]:
-    """Log lines about a write refused by fencing (walletd.cluster.leases.Fenced's messages:
+    """Log lines about a write refused by fencing (walletd.errors.Fenced's messages:
     "lease lost (epoch N stale)", "no lease held by this host"; or a line naming it fenced)."""
     marks = ("stale)", "no lease held", "fenced write", "write fenced", "write refused")
     return [x for x in text.splitlines() if any(m in x.lower() for m in marks)]

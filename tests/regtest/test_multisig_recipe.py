@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from walletd.errors import RpcCallError
+from walletd.errors import PayoutRefused, RpcCallError
 from walletd.testing.regtest import (
     Monerod,
     MonerodProcess,
@@ -45,7 +45,6 @@ from walletd.wallets.multisig import (
     sync_multisig_info,
     validate_address,
 )
-from walletd.wallets.payout_check import PayoutRefused
 from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 pytestmark = pytest.mark.regtest

@@ -7,6 +7,7 @@ right types, bounded nesting. Nothing here logs a request body (it may carry wal
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 
@@ -14,15 +15,14 @@ import structlog
 import trio
 
 from walletd.api.errors import error_answer
-from walletd.api.forwarding import FORWARDED_BY, Forward
-from walletd.api.server import Request, Response
+from walletd.api.forward import Forwarding
+from walletd.api.messages import Request, Response
 from walletd.api.status import Status
 from walletd.errors import (
     Internal,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    OwnedElsewhere,
     PublicError,
 )
 from walletd.escrows.lifecycle import Lifecycle
@@ -33,7 +33,6 @@ from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Caller, Registry
 from walletd.state.events import EventLog, page_json
-from walletd.state.ownership import LocalOwnership, Ownership
 
 __all__ = ["UNMATCHED", "Api", "MetricsOnly", "parse_json_object"]
 
@@ -125,11 +124,10 @@ class Api:
         events: EventLog,
         status: Status,
         metrics: Metrics,
-        ownership: Ownership | None = None,
-        forward: Forward | None = None,
+        forwarding: Forwarding,
     ) -> None:
-        self._ownership: Ownership = ownership or LocalOwnership()
-        self._forward = forward  # a cluster: hands a request to the host holding its escrow
+        """`forwarding`: where each request is answered (a cluster: on the escrow's host)."""
+        self._forwarding = forwarding
         self._metrics = metrics
         self._escrows = escrows
         self._lifecycle = lifecycle
@@ -152,7 +150,7 @@ class Api:
         self._route("/v1/events", GET=self.events)
         self._route("/metrics", GET=self.metrics)
         # What needs the escrow's session, so in a cluster runs on the host holding the escrow.
-        self._on_owner: set[Handler] = {
+        self._needs_owner: set[Handler] = {
             self.balance,
             self.transfer,
             self.open_session,
@@ -192,9 +190,13 @@ class Api:
                 raise NotFound(f"no such endpoint: {request.path[:200]}")
             _, methods, params = found
             handler = _handler(request.method, methods, params)
-            if self._forward is not None and FORWARDED_BY not in request.headers:
-                return route, await self._on_owner_host(request, handler, params, self._forward)
-            return route, await handler(request, params)
+            response = await self._forwarding.answer(
+                request,
+                params.get("id"),
+                functools.partial(handler, request, params),
+                needs_owner=handler in self._needs_owner,
+            )
+            return route, response
         except MethodNotAllowed as exc:
             status, body, _ = error_answer(exc)
             return route, Response.json(status, body, headers=(("allow", ", ".join(exc.allowed)),))
@@ -208,26 +210,6 @@ class Api:
             else:
                 log.warning("request failed", path=request.path, error=str(exc))
             return route, Response.json(status, body)
-
-    async def _on_owner_host(
-        self, request: Request, handler: Handler, params: dict[str, str], forward: Forward
-    ) -> Response:
-        """A cluster: serve it here unless another live host holds the escrow; then it is
-        served there, its session staying where it is (no moving back and forth). Only once:
-        a forwarded request that finds the escrow moved again is answered 503 (retry)."""
-        escrow_id = params.get("id")
-        local = escrow_id is None or self._registry.is_open(escrow_id)
-        if not local and handler in self._on_owner:
-            assert escrow_id is not None
-            owner = await self._ownership.owner_elsewhere(escrow_id)
-            if owner is not None:
-                return await forward(owner, request)
-        try:
-            return await handler(request, params)
-        except OwnedElsewhere as exc:  # taken by another host since (or a creation there)
-            if not exc.host_id:
-                raise
-            return await forward(exc.host_id, request)
 
     def _find(
         self, segments: tuple[str, ...]

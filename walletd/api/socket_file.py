@@ -21,9 +21,10 @@ from pathlib import Path
 
 import trio
 
+from walletd.errors import InheritedSocketError
+
 __all__ = [
     "LISTEN_FDS_START",
-    "InheritedSocketError",
     "bind_unix",
     "listened_socket",
     "unlink_if_ours",
@@ -31,10 +32,6 @@ __all__ = [
 
 _PROBE_TIMEOUT = 1.0  # to tell a live socket from a stale one at start-up
 LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
-
-
-class InheritedSocketError(Exception):
-    """The socket systemd passed is not one walletd can serve on safely."""
 
 
 def listened_socket(path: Path, mode: int) -> socket.socket | None:

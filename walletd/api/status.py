@@ -1,47 +1,69 @@
-"""What `/v1/stats`, `/v1/health` and `/metrics` report: the registry, the database, monerod."""
+"""What `/v1/stats`, `/v1/health`, `/v1/cluster` and `/metrics` report: the registry, the
+database, monerod, the hosts. Everything it reports is read when asked, from the parts given to
+its constructor (their `statistics()`, their state): it keeps no figure of its own."""
 
 from __future__ import annotations
 
-import socket
+from typing import Protocol
 
 import trio
 
 from walletd import __version__
-from walletd.cluster.node import ClusterNode
-from walletd.cluster.pg_store import timestamp
-from walletd.errors import RpcError
-from walletd.escrows.model import utcnow
+from walletd.cluster.hosts import HostInfo
+from walletd.cluster.leases import Lease
+from walletd.cluster.postgres_store import timestamp
+from walletd.errors import RpcError, StoreUnavailable
 from walletd.escrows.service import STATES
 from walletd.jsontypes import JsonObject
 from walletd.ops.metrics import Metrics
 from walletd.sessions.registry import Registry
-from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
+from walletd.state.store import StateStore
 from walletd.wallets.chain import Chain
 from walletd.wallets.failover import DaemonFailover
 from walletd.wallets.fastopen import FastOpen
 
-__all__ = ["Status"]
+__all__ = ["Hosts", "Status"]
 
 _DAEMON_WAIT = 3.0  # seconds /v1/health waits for monerod's height
 
 
+class Hosts(Protocol):
+    """The hosts serving the escrows (`walletd.deployment`): this one alone, or a cluster's."""
+
+    @property
+    def host_id(self) -> str: ...
+
+    async def hosts_and_leases(self) -> tuple[list[HostInfo], list[Lease]]: ...
+
+
 class Status:
     def __init__(
-        self, *, registry: Registry, store: StateStore, chain: Chain, metrics: Metrics
+        self,
+        *,
+        registry: Registry,
+        store: StateStore,
+        chain: Chain,
+        metrics: Metrics,
+        hosts: Hosts,
+        fast_open: FastOpen | None = None,
+        daemons: DaemonFailover | None = None,
     ) -> None:
+        """`fast_open`: whether children preload it; `daemons`: which monerod is in use (None:
+        one chain given by a test)."""
         self._registry = registry
         self._store = store
         self._chain = chain
         self._metrics = metrics
-        self.wallet_rpc_restarts = 0  # wallet-rpc processes replaced since start (/v1/stats)
-        self.fast_open: FastOpen | None = None  # set by the app: whether children preload it
-        self.daemons: DaemonFailover | None = None  # set by the app: which monerod is in use
-        self.host_id = socket.gethostname()  # [cluster] host_id when set (by the app)
-        self.cluster: ClusterNode | None = None  # set by the app in a cluster
+        self._hosts = hosts
+        self._fast_open = fast_open
+        self._daemons = daemons
+
+    @property
+    def fast_open(self) -> FastOpen | None:
+        return self._fast_open
 
     def stats_json(self) -> JsonObject:
-        stats = self._registry.stats()
+        stats = self._registry.statistics()
         return {
             "active_sessions": stats.active_sessions,
             "max_sessions": stats.max_sessions,
@@ -56,26 +78,16 @@ class Status:
             "misses": stats.misses,
             "failed": stats.failed,
             "waiting": dict(stats.waiting),
-            "wallet_rpc_restarts": self.wallet_rpc_restarts,
+            "wallet_rpc_restarts": stats.wallet_rpc_restarts,
         }
 
     async def cluster_json(self) -> JsonObject:
         """`GET /v1/cluster`: every running host (live while its last heartbeat is younger
         than lease_ttl; a host stopped gracefully is gone) and every live escrow lease, from
         the cluster database; on one host, this host alone and no leases."""
-        if self.cluster is None:
-            stats = self._registry.stats()
-            host: JsonObject = {
-                "host_id": self.host_id,
-                "last_seen": utcnow(),
-                "sessions": stats.active_sessions,
-                "max_sessions": stats.max_sessions,
-                "live": True,
-            }
-            return {"host_id": self.host_id, "hosts": [host], "leases": []}
-        hosts, leases = await self.cluster.cluster_view()
+        hosts, leases = await self._hosts.hosts_and_leases()
         return {
-            "host_id": self.host_id,
+            "host_id": self._hosts.host_id,
             "hosts": [
                 {
                     "host_id": h.host_id,
@@ -100,14 +112,14 @@ class Status:
     async def health(self) -> tuple[int, JsonObject]:
         body: JsonObject = {
             "version": __version__,
-            "active_sessions": self._registry.stats().active_sessions,
+            "active_sessions": self._registry.statistics().active_sessions,
         }
-        if self.fast_open is not None:
-            body["fast_open"] = self.fast_open.enabled
-            if not self.fast_open.enabled:
-                body["fast_open_reason"] = self.fast_open.reason
-        if self.daemons is not None:
-            body["daemon"] = self.daemons.current
+        if self._fast_open is not None:
+            body["fast_open"] = self._fast_open.enabled
+            if not self._fast_open.enabled:
+                body["fast_open_reason"] = self._fast_open.reason
+        if self._daemons is not None:
+            body["daemon"] = self._daemons.current
         reasons = []
         try:
             body["escrows"] = await self._store.count_escrows()
@@ -132,7 +144,7 @@ class Status:
         return 200, body
 
     async def metrics_text(self) -> tuple[bytes, str]:
-        stats = self._registry.stats()
+        stats = self._registry.statistics()
         by_state = {s.value: 0 for s in STATES}
         try:
             for rec in await self._store.list_escrows():

@@ -24,9 +24,9 @@ from walletd.cli.cluster_key import add_key_parser, run_key
 from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases
 from walletd.cluster.migrations import migrate
-from walletd.cluster.wallet_files import ExportRefused, ImportRefused, WalletFiles
+from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import Config
-from walletd.errors import Unavailable
+from walletd.errors import ExportRefused, ImportRefused, Unavailable
 from walletd.ops.logs import configure_logging
 
 __all__ = ["add_parser", "run_cluster"]

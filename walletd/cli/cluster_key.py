@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from walletd.config import Config
-from walletd.state.vault import KEY_BYTES, Vault, VaultError
+from walletd.errors import KeyRefused, VaultError
+from walletd.state.vault import KEY_BYTES, Vault
 
-__all__ = ["KeyRefused", "add_key_parser", "export_key", "import_key", "run_key"]
+__all__ = ["add_key_parser", "export_key", "import_key", "run_key"]
 
 KEY_FILE = "walletd.key"
-
-
-class KeyRefused(Exception):
-    """The key was not copied; the message says why (never the key itself)."""
 
 
 def add_key_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

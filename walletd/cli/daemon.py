@@ -21,9 +21,8 @@ import trio
 from walletd import __version__
 from walletd.cli import cluster
 from walletd.config import Config, load_config
-from walletd.errors import ConfigError, first_error
+from walletd.errors import ConfigError, StoreUnavailable, first_error
 from walletd.ops import preflight
-from walletd.state.store import StoreUnavailable
 
 __all__ = ["EXIT_CONFIG", "EXIT_RUNTIME", "main"]
 
@@ -98,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 def _probe_database(url: str) -> str | None:
     """One connection to the cluster database: None if it answers, else the line saying which
     database (key, host, port; never the password) and libpq's reason."""
-    from walletd.cluster.db import ClusterUnavailable, Database
+    from walletd.cluster.db import Database
+    from walletd.errors import ClusterUnavailable
 
     async def probe() -> None:
         db = Database(url, max_size=1)
@@ -114,9 +114,9 @@ def _probe_database(url: str) -> str | None:
 def run_daemon(config: Config, config_path: Path | None) -> int:
     """Run walletd until SIGTERM/SIGINT; returns the process exit code."""
     from walletd.app import App, prepare_dirs
+    from walletd.errors import StateDirBusy, VaultError
     from walletd.ops.logs import configure_logging
-    from walletd.state.statelock import StateDirBusy, StateLock
-    from walletd.state.vault import VaultError
+    from walletd.state.statelock import StateLock
 
     fmt = config.log.format
     if fmt == "json" and sys.stderr.isatty():
@@ -142,15 +142,13 @@ def run_daemon(config: Config, config_path: Path | None) -> int:
         return EXIT_RUNTIME
     with lock:  # held until the process ends
         try:
-            app = App(config, config_path)
+            app = App(config, config_path, exit_backstop=config.daemon.shutdown_timeout + 10)
         except (ConfigError, VaultError) as exc:
             log.error("cannot start", error=str(exc))
             return EXIT_CONFIG
         except OSError as exc:
             log.error("cannot start", error=str(exc))
             return EXIT_RUNTIME
-
-        app.exit_backstop = config.daemon.shutdown_timeout + 10
 
         started = False
 

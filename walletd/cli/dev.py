@@ -26,18 +26,18 @@ from pathlib import Path
 import structlog
 import trio
 
+from walletd.api.messages import Request, Response
 from walletd.api.routes import parse_json_object
-from walletd.api.server import Request, Response
 from walletd.app import App, prepare_dirs
 from walletd.config import Config, DaemonConfig, LogConfig, MoneroConfig, MonitorConfig
-from walletd.errors import InvalidRequest, NotFound, RpcCallError, Unavailable
-from walletd.escrows.lifecycle import check_address_format
+from walletd.errors import InvalidRequest, NotFound, RpcCallError, StateDirBusy, Unavailable
+from walletd.escrows.payouts import check_address_format
 from walletd.ids import check_escrow_id
 from walletd.jsontypes import JsonObject
 from walletd.ops.logs import configure_logging
-from walletd.state.statelock import StateDirBusy, StateLock
+from walletd.state.statelock import StateLock
 from walletd.testing.regtest import Monerod, start_monerod
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.process import WalletProcess
 
 __all__ = ["Faucet", "dev_config", "run_dev"]
 

@@ -8,240 +8,51 @@ walletd degraded; 2 walletd could not be reached, or the command line is wrong.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any
 from urllib.parse import quote
 
-import httpx
 import shtab
 
 from walletd import __version__
+from walletd.cli.walletctl_client import Client, CtlError
+from walletd.cli.walletctl_output import (
+    ATOMIC_PER_XMR,
+    EVENT_HEADERS,
+    EVENT_WIDTHS,
+    Fields,
+    duration,
+    event_row,
+    pairs,
+    print_json,
+    table,
+    text,
+    xmr,
+)
 from walletd.errors import InvalidRequest
 from walletd.ids import check_escrow_id
 from walletd.jsontypes import JsonObject
 
-__all__ = ["CtlError", "main", "table"]
+__all__ = ["main"]
 
 DEFAULT_SOCKET = "/run/walletd/walletd.sock"
-ATOMIC_PER_XMR = 10**12
-_TIMEOUT = 100.0  # above walletd's default request_timeout (90 s): walletd times out first
 _POLL_S = 30  # long poll of --follow; walletd allows up to 60
-_EVENT_KEYS = ("seq", "at", "type", "escrow_id")
-_EVENT_WIDTHS = (6, 24, 18, 36)  # so the lines of --follow align across answers
-# Event fields that are atomic units: shown in XMR (--json keeps walletd's integers).
-_AMOUNT_KEYS = frozenset({"amount", "fee", "balance", "unlocked_balance", "previous_balance"})
 
 
-class CtlError(Exception):
-    """Stops walletctl with `message` on stderr and `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# ---- talking to walletd --------------------------------------------------------------------------
-
-
-class Client:
-    """A synchronous HTTP client on walletd's socket; walletd's errors become `CtlError`s."""
-
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=socket_path),
-            base_url="http://walletd",  # the host is ignored on a Unix socket
-            timeout=_TIMEOUT,
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str | int] | None = None,
-        body: JsonObject | None = None,
-        timeout: float = _TIMEOUT,
-        also_ok: Iterable[int] = (),
-        progress: bool = True,
-    ) -> Any:
-        """The JSON answer; statuses in `also_ok` are answers too unless they carry an error.
-        A spinner shows on a terminal if it takes over a second (`progress`: not for long polls)."""
-        try:
-            with _progress(f"{method} {path}", enabled=progress):
-                response = self._http.request(
-                    method, path, params=params, json=body, timeout=timeout
-                )
-        except httpx.ConnectError as exc:
-            raise CtlError(self._cannot_connect(exc), 2) from None
-        except httpx.TimeoutException:
-            raise CtlError(f"walletd at {self.socket_path} did not answer in time", 2) from None
-        except httpx.TransportError as exc:
-            raise CtlError(f"talking to walletd at {self.socket_path}: {exc}", 2) from None
-        try:
-            body = response.json()
-        except ValueError:
-            raise CtlError(
-                f"{self.socket_path} answered HTTP {response.status_code} without JSON: "
-                "is it walletd's socket?",
-                2,
-            ) from None
-        error = body.get("error") if isinstance(body, dict) else None
-        if response.is_success or (response.status_code in also_ok and error is None):
-            return body
-        if isinstance(error, dict):
-            raise CtlError(f"{error.get('code')}: {error.get('message')}", 1)
-        raise CtlError(f"HTTP {response.status_code} without an error description", 1)
-
-    def _cannot_connect(self, exc: httpx.ConnectError) -> str:
-        where = self.socket_path
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, FileNotFoundError):
-            return (
-                f"no socket at {where}: is walletd running? "
-                "(choose another socket with --socket or $WALLETD_SOCKET)"
-            )
-        if isinstance(cause, ConnectionRefusedError):
-            return f"nothing listens on {where}: walletd is not running (stale socket)"
-        if isinstance(cause, PermissionError):
-            return f"permission denied on {where}: is this user in walletd's group?"
-        return f"cannot connect to walletd at {where}: {cause or exc}"
-
-
-@contextlib.contextmanager
-def _progress(what: str, *, enabled: bool = True, after: float = 1.0) -> Iterator[None]:
-    """A spinner on stderr while a call takes more than `after` seconds; only on a terminal, so
-    scripts and pipes see nothing."""
-    if not enabled or not sys.stderr.isatty():
-        yield
-        return
-    done = threading.Event()
-
-    def spin() -> None:
-        if done.wait(after):
-            return
-        frames, i = "|/-\\", 0
-        while not done.wait(0.1):
-            sys.stderr.write(f"\r{frames[i % 4]} waiting for walletd: {what}")
-            sys.stderr.flush()
-            i += 1
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
-# ---- formatting ----------------------------------------------------------------------------------
-
-
-def table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    *,
-    right: Iterable[int] = (),
-    min_widths: Sequence[int] = (),
-    header: bool = True,
-) -> str:
-    """Rows as text columns two spaces apart; columns in `right` are right-aligned (numbers)."""
-    lines = [list(headers)] if header else []
-    body = [list(r) for r in rows]
-    widths = [
-        max([len(h), *(len(r[i]) for r in body), *min_widths[i : i + 1]])
-        for i, h in enumerate(headers)
-    ]
-    right = set(right)
-    lines += body
-    return "\n".join(
-        "  ".join(
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(line)
-        ).rstrip()
-        for line in lines
-    )
-
-
-def _pairs(items: Iterable[tuple[str, str]]) -> str:
-    """Key-value lines with the values aligned."""
-    return table(("", ""), items, header=False)
-
-
-def _xmr(atomic: object) -> str:
-    """Atomic units as XMR with all 12 decimals, computed exactly (no float)."""
-    if not isinstance(atomic, int):
-        return _text(atomic)
-    sign, atomic = ("-", -atomic) if atomic < 0 else ("", atomic)
-    whole, frac = divmod(atomic, ATOMIC_PER_XMR)
-    return f"{sign}{whole}.{frac:012d}"
-
-
-def _atomic(xmr: str) -> int:
+def _atomic(amount: str) -> int:
     """An XMR amount typed by a person ("1.5") as atomic units, exactly; argparse type."""
     try:
-        value = Decimal(xmr) * ATOMIC_PER_XMR
+        value = Decimal(amount) * ATOMIC_PER_XMR
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not an XMR amount: {xmr!r}") from None
+        raise argparse.ArgumentTypeError(f"not an XMR amount: {amount!r}") from None
     if not value.is_finite() or value <= 0 or value != value.to_integral_value():
-        raise argparse.ArgumentTypeError(f"not a positive XMR amount (12 decimals at most): {xmr}")
+        raise argparse.ArgumentTypeError(
+            f"not a positive XMR amount (12 decimals at most): {amount}"
+        )
     return int(value)
-
-
-def _duration(seconds: object) -> str:
-    if not isinstance(seconds, int | float):
-        return _text(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
-
-
-class _Fields:
-    """Takes fields out of a JSON object; `rest()` lists those nobody took.
-
-    A newer walletd may add fields: they are shown as they come rather than hidden."""
-
-    def __init__(self, obj: JsonObject) -> None:
-        self._rest = dict(obj)
-
-    def __call__(self, key: str) -> Any:
-        return self._rest.pop(key, None)
-
-    def rest(self) -> list[tuple[str, str]]:
-        return [(k.replace("_", " "), _text(v)) for k, v in self._rest.items()]
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2))
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -251,37 +62,37 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     health = client.call("GET", "/v1/health", also_ok=(503,))  # 503: degraded, still an answer
     stats = client.call("GET", "/v1/stats")
     if args.json:
-        _print_json({"health": health, "stats": stats})
+        print_json({"health": health, "stats": stats})
     else:
-        h, s = _Fields(health), _Fields(stats)
-        items = [("status", _text(h("status")))]
+        h, s = Fields(health), Fields(stats)
+        items = [("status", text(h("status")))]
         if "reason" in health:
-            items.append(("reason", _text(h("reason"))))
+            items.append(("reason", text(h("reason"))))
         h("active_sessions")  # the same number as in stats
         items += [
-            ("version", _text(h("version"))),
-            ("daemon height", _text(h("daemon_height"))),
-            ("escrows", _text(h("escrows"))),
+            ("version", text(h("version"))),
+            ("daemon height", text(h("daemon_height"))),
+            ("escrows", text(h("escrows"))),
             (
                 "sessions",
-                f"{_text(s('active_sessions'))} of {_text(s('max_sessions'))} "
+                f"{text(s('active_sessions'))} of {text(s('max_sessions'))} "
                 f"({round(100 * float(s('utilization') or 0))}%)",
             ),
-            ("average session age", _duration(s("avg_age_s"))),
-            ("oldest session", _duration(s("oldest_age_s"))),
-            ("opened / closed", f"{_text(s('opened'))} / {_text(s('closed'))}"),
-            ("evicted / expired", f"{_text(s('evicted'))} / {_text(s('expired'))}"),
-            ("hits / misses", f"{_text(s('hits'))} / {_text(s('misses'))}"),
-            ("wallet-rpc restarts", _text(s("wallet_rpc_restarts"))),
+            ("average session age", duration(s("avg_age_s"))),
+            ("oldest session", duration(s("oldest_age_s"))),
+            ("opened / closed", f"{text(s('opened'))} / {text(s('closed'))}"),
+            ("evicted / expired", f"{text(s('evicted'))} / {text(s('expired'))}"),
+            ("hits / misses", f"{text(s('hits'))} / {text(s('misses'))}"),
+            ("wallet-rpc restarts", text(s("wallet_rpc_restarts"))),
         ]
-        print(_pairs(items + h.rest() + s.rest()))
+        print(pairs(items + h.rest() + s.rest()))
     return 0 if health.get("status") == "ok" else 1
 
 
 def cmd_sessions(client: Client, args: argparse.Namespace) -> int:
     body = client.call("GET", "/v1/sessions")
     if args.json:
-        _print_json(body)
+        print_json(body)
         return 0
     sessions = body["sessions"]
     if not sessions:
@@ -290,9 +101,9 @@ def cmd_sessions(client: Client, args: argparse.Namespace) -> int:
     rows = [
         (
             s["escrow_id"],
-            _duration(s.get("age_s")),
-            _duration(s.get("idle_s")),
-            _text(s.get("busy")),
+            duration(s.get("age_s")),
+            duration(s.get("idle_s")),
+            text(s.get("busy")),
         )
         for s in sessions
     ]
@@ -303,31 +114,31 @@ def cmd_sessions(client: Client, args: argparse.Namespace) -> int:
 def cmd_escrow_show(client: Client, args: argparse.Namespace) -> int:
     escrow = client.call("GET", f"/v1/escrows/{quote(args.id, safe='')}")
     if args.json:
-        _print_json(escrow)
+        print_json(escrow)
         return 0
-    e = _Fields(escrow)
+    e = Fields(escrow)
     funding = e("funding") or {}
     items = [
-        ("escrow", _text(e("escrow_id"))),
-        ("state", _text(e("state"))),
-        ("address", _text(e("multisig_address"))),
-        ("amount", f"{_xmr(e('amount'))} XMR"),
-        ("balance", f"{_xmr(funding.get('balance'))} XMR"),
-        ("unlocked", f"{_xmr(funding.get('unlocked_balance'))} XMR"),
+        ("escrow", text(e("escrow_id"))),
+        ("state", text(e("state"))),
+        ("address", text(e("multisig_address"))),
+        ("amount", f"{xmr(e('amount'))} XMR"),
+        ("balance", f"{xmr(funding.get('balance'))} XMR"),
+        ("unlocked", f"{xmr(funding.get('unlocked_balance'))} XMR"),
         (
             "confirmations",
-            f"{_text(funding.get('confirmations'))} of {_text(e('required_confirmations'))}",
+            f"{text(funding.get('confirmations'))} of {text(e('required_confirmations'))}",
         ),
-        ("checked at", _text(funding.get("checked_at"))),
+        ("checked at", text(funding.get("checked_at"))),
     ]
     payout = e("payout")
     if payout:
         items += [
-            ("payout", _text(payout.get("kind"))),
-            ("payout address", _text(payout.get("address"))),
-            ("payout txid", _text(payout.get("txid"))),
-            ("payout confirmations", _text(payout.get("confirmations"))),
-            ("payout submitted at", _text(payout.get("submitted_at"))),
+            ("payout", text(payout.get("kind"))),
+            ("payout address", text(payout.get("address"))),
+            ("payout txid", text(payout.get("txid"))),
+            ("payout confirmations", text(payout.get("confirmations"))),
+            ("payout submitted at", text(payout.get("submitted_at"))),
         ]
     else:
         items.append(("payout", "-"))
@@ -335,14 +146,14 @@ def cmd_escrow_show(client: Client, args: argparse.Namespace) -> int:
     opened = "closed"
     if session.get("open"):
         opened = (
-            f"open for {_duration(session.get('age_s'))}, idle {_duration(session.get('idle_s'))}"
+            f"open for {duration(session.get('age_s'))}, idle {duration(session.get('idle_s'))}"
         )
     items += [
         ("session", opened),
-        ("created at", _text(e("created_at"))),
-        ("updated at", _text(e("updated_at"))),
+        ("created at", text(e("created_at"))),
+        ("updated at", text(e("updated_at"))),
     ]
-    print(_pairs(items + e.rest()))
+    print(pairs(items + e.rest()))
     return 0
 
 
@@ -370,16 +181,16 @@ def cmd_escrow_balance(client: Client, args: argparse.Namespace) -> int:
     params: dict[str, str | int] = {"refresh": "true"} if args.refresh else {}
     body = client.call("GET", _escrow_path(args.id, "/balance"), params=params)
     if args.json:
-        _print_json(body)
+        print_json(body)
         return 0
-    b = _Fields(body)
+    b = Fields(body)
     items = [
-        ("balance", f"{_xmr(b('balance'))} XMR"),
-        ("unlocked", f"{_xmr(b('unlocked_balance'))} XMR"),
-        ("blocks to unlock", _text(b("blocks_to_unlock"))),
-        ("height", _text(b("height"))),
+        ("balance", f"{xmr(b('balance'))} XMR"),
+        ("unlocked", f"{xmr(b('unlocked_balance'))} XMR"),
+        ("blocks to unlock", text(b("blocks_to_unlock"))),
+        ("height", text(b("height"))),
     ]
-    print(_pairs(items + b.rest()))
+    print(pairs(items + b.rest()))
     return 0
 
 
@@ -387,18 +198,18 @@ def cmd_escrow_transfer(client: Client, args: argparse.Namespace) -> int:
     path = _escrow_path(args.id, f"/transfers/{quote(args.txid, safe='')}")
     body = client.call("GET", path)
     if args.json:
-        _print_json(body)
+        print_json(body)
         return 0
-    t = _Fields(body)
+    t = Fields(body)
     items = [
-        ("txid", _text(t("txid"))),
-        ("direction", _text(t("direction"))),
-        ("amount", f"{_xmr(t('amount'))} XMR"),
-        ("height", _text(t("height"))),
-        ("confirmations", _text(t("confirmations"))),
-        ("in pool", _text(t("in_pool"))),
+        ("txid", text(t("txid"))),
+        ("direction", text(t("direction"))),
+        ("amount", f"{xmr(t('amount'))} XMR"),
+        ("height", text(t("height"))),
+        ("confirmations", text(t("confirmations"))),
+        ("in pool", text(t("in_pool"))),
     ]
-    print(_pairs(items + t.rest()))
+    print(pairs(items + t.rest()))
     return 0
 
 
@@ -406,7 +217,7 @@ def cmd_escrow_list(client: Client, args: argparse.Namespace) -> int:
     params: dict[str, str | int] = {} if args.state is None else {"state": args.state}
     body = client.call("GET", "/v1/escrows", params=params)
     if args.json:
-        _print_json(body)
+        print_json(body)
         return 0
     escrows = body["escrows"]
     if not escrows:
@@ -418,12 +229,12 @@ def cmd_escrow_list(client: Client, args: argparse.Namespace) -> int:
         rows.append(
             (
                 e["escrow_id"],
-                _text(e.get("state")),
-                _xmr(e.get("amount")),
-                _xmr(funding.get("balance")),
-                f"{_text(funding.get('confirmations'))}/{_text(e.get('required_confirmations'))}",
+                text(e.get("state")),
+                xmr(e.get("amount")),
+                xmr(funding.get("balance")),
+                f"{text(funding.get('confirmations'))}/{text(e.get('required_confirmations'))}",
                 "open" if (e.get("session") or {}).get("open") else "-",
-                _text(e.get("updated_at")),
+                text(e.get("updated_at")),
             )
         )
     headers = ("ESCROW", "STATE", "AMOUNT XMR", "BALANCE XMR", "CONF", "SESSION", "UPDATED")
@@ -434,7 +245,7 @@ def cmd_escrow_list(client: Client, args: argparse.Namespace) -> int:
 def cmd_session_open(client: Client, args: argparse.Namespace) -> int:
     body = client.call("POST", f"/v1/escrows/{quote(args.id, safe='')}/session")
     if args.json:
-        _print_json(body)
+        print_json(body)
     elif body.get("created"):
         print(f"session {args.id} opened in {float(body.get('open_s') or 0):.1f}s")
     else:
@@ -445,21 +256,10 @@ def cmd_session_open(client: Client, args: argparse.Namespace) -> int:
 def cmd_session_close(client: Client, args: argparse.Namespace) -> int:
     body = client.call("DELETE", f"/v1/escrows/{quote(args.id, safe='')}/session")
     if args.json:
-        _print_json(body)
+        print_json(body)
     else:
         print(f"session {args.id} {'closed' if body.get('closed') else 'was not open'}")
     return 0
-
-
-def _detail(key: str, value: object) -> str:
-    if key in _AMOUNT_KEYS and isinstance(value, int):
-        return f"{key}={_xmr(value)}XMR"
-    return f"{key}={_text(value)}"
-
-
-def _event_row(event: JsonObject) -> list[str]:
-    details = " ".join(_detail(k, v) for k, v in event.items() if k not in _EVENT_KEYS)
-    return [*(_text(event.get(k)) for k in _EVENT_KEYS), details]
 
 
 def cmd_events(client: Client, args: argparse.Namespace) -> int:
@@ -474,10 +274,9 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
             events += body["events"]
             after = body["next"]
         if args.json:
-            _print_json({"events": events, "next": after})
+            print_json({"events": events, "next": after})
         elif events:
-            headers = ("SEQ", "AT", "TYPE", "ESCROW", "DETAILS")
-            print(table(headers, map(_event_row, events), right=(0,)))
+            print(table(EVENT_HEADERS, map(event_row, events), right=(0,)))
         else:
             print("no events")
         return 0
@@ -495,12 +294,11 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(event))  # one event per line: easy to stream into jq
                 else:
-                    headers = ("SEQ", "AT", "TYPE", "ESCROW", "DETAILS")
                     row = table(
-                        headers,
-                        [_event_row(event)],
+                        EVENT_HEADERS,
+                        [event_row(event)],
                         right=(0,),
-                        min_widths=_EVENT_WIDTHS,
+                        min_widths=EVENT_WIDTHS,
                         header=header,
                     )
                     print(row)

@@ -42,9 +42,9 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from walletd.state.store import StoreUnavailable
+from walletd.errors import ClusterUnavailable
 
-__all__ = ["Bounds", "ClusterUnavailable", "Connection", "Database", "bounds_for", "describe_url"]
+__all__ = ["Bounds", "Connection", "Database", "bounds_for", "describe_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -144,11 +144,6 @@ def _reason(exc: BaseException) -> str:
     (libpq names host, port, user, never the password)."""
     last = str(exc).rsplit("failed: ", 1)[-1].strip()
     return " ".join(last.splitlines()[0].split()) if last else type(exc).__name__
-
-
-class ClusterUnavailable(StoreUnavailable):
-    """The cluster database cannot be reached or failed a statement for a reason not our own
-    (a `StoreUnavailable`: whoever handles the database failing handles this)."""
 
 
 class Database:

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable
 from walletd.cluster.leases import Leases, Tenure
+from walletd.errors import ClusterUnavailable
 
 __all__ = ["SLICE", "LeaseHolder", "boottime"]
 

@@ -21,20 +21,19 @@ from typing import TypeVar
 import attrs
 
 from walletd.cluster.db import Connection, Database
+from walletd.errors import Fenced
 from walletd.jsontypes import JsonMapping
-from walletd.state.store import StoreUnavailable
 
-__all__ = ["Fenced", "Lease", "Leases", "Tenure", "append_event", "append_event_row"]
+__all__ = [
+    "Lease",
+    "LeaseStatistics",
+    "Leases",
+    "Tenure",
+    "append_event",
+    "append_event_row",
+]
 
 T = TypeVar("T")
-
-
-class Fenced(StoreUnavailable):
-    """A write about an escrow came from a host whose lease is stale (expired or superseded).
-
-    A `StoreUnavailable` (503): the write was refused and nothing changed; the request may
-    succeed later, on the escrow's current owner, and background tasks skip it as they skip a
-    database failure."""
 
 
 @attrs.frozen
@@ -57,13 +56,20 @@ class Lease:
     live: bool  # unexpired by the database clock when read
 
 
+@attrs.frozen
+class LeaseStatistics:
+    """What `Leases.statistics()` reports (since start)."""
+
+    fenced_writes: int  # writes refused: a stale lease, or none held
+
+
 class Leases:
     """Acquire, renew and release escrow leases; run fenced writes. Counts refused writes."""
 
     def __init__(self, db: Database, ttl: float) -> None:
         self.db = db
         self.ttl = ttl
-        self.fenced_writes = 0  # writes refused as stale: exported as a metric once wired
+        self._fenced_writes = 0  # writes refused as stale (`statistics`)
         self._count_lock = threading.Lock()  # jobs run in several worker threads
 
     # ---- the jobs, sync (run in a worker thread by Database) ------------------------------------
@@ -147,7 +153,7 @@ class Leases:
             ).fetchone()
             if row is None or row[0] != tenure.host_id or row[1] != tenure.epoch or not row[2]:
                 with self._count_lock:
-                    self.fenced_writes += 1
+                    self._fenced_writes += 1
                 raise Fenced(f"escrow {tenure.escrow_id}: lease lost (epoch {tenure.epoch} stale)")
             return write(conn)
 
@@ -157,8 +163,12 @@ class Leases:
         """The error for a write about an escrow this host holds no lease on (never had one, or
         has given it up or lost it): counted with the stale writes, and nothing is written."""
         with self._count_lock:
-            self.fenced_writes += 1
+            self._fenced_writes += 1
         return Fenced(f"escrow {escrow_id}: no lease held by this host")
+
+    def statistics(self) -> LeaseStatistics:
+        with self._count_lock:
+            return LeaseStatistics(fenced_writes=self._fenced_writes)
 
     # ---- the trio API ---------------------------------------------------------------------------
 

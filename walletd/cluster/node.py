@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
+from walletd.cluster.db import Connection, Database
 from walletd.cluster.forwarding import (
     ForwardedCall,
     ForwardedReply,
@@ -27,15 +27,15 @@ from walletd.cluster.forwarding import (
     forwarding_channels,
 )
 from walletd.cluster.hosts import HostInfo, Hosts, LeaseOwner
+from walletd.cluster.lease_ownership import ClusterOwnership
 from walletd.cluster.leases import Lease, Leases
 from walletd.cluster.metrics import ClusterFigures
 from walletd.cluster.migrations import migrate
 from walletd.cluster.notifications import EVENTS_CHANNEL, Listener
-from walletd.cluster.ownership import ClusterOwnership
-from walletd.cluster.pg_store import PgStore
+from walletd.cluster.postgres_store import PgStore
 from walletd.cluster.wallet_files import WalletFiles
 from walletd.config import ClusterConfig
-from walletd.errors import ConfigError
+from walletd.errors import ClusterUnavailable, ConfigError
 
 __all__ = ["ClusterNode"]
 
@@ -187,7 +187,8 @@ class ClusterNode:
         leases = [lease for lease in await self.leases.list() if lease.live]
         return hosts, leases
 
-    def figures(self) -> ClusterFigures:
+    def statistics(self) -> ClusterFigures:
+        """This host's cluster figures now (`/metrics`), each read from the part that counts it."""
         held = self.ownership.statistics()
         server = self._server
         return ClusterFigures(
@@ -195,7 +196,7 @@ class ClusterNode:
             leases_held=held.held,
             leases_acquired=held.acquired,
             leases_lost=held.lost,
-            fenced_writes=self.leases.fenced_writes,
-            forwarded_sent=self.forwarder.forwarded,
-            forwarded_served=server.served if server is not None else 0,
+            fenced_writes=self.leases.statistics().fenced_writes,
+            forwarded_sent=self.forwarder.statistics().answered,
+            forwarded_served=server.statistics().answered if server is not None else 0,
         )

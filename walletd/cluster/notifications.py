@@ -27,7 +27,8 @@ import trio
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from walletd.cluster.db import CONNECT_TIMEOUT, ClusterUnavailable, Connection
+from walletd.cluster.db import CONNECT_TIMEOUT, Connection
+from walletd.errors import ClusterUnavailable
 
 __all__ = ["EVENTS_CHANNEL", "Listener", "Subscription", "Wakeup", "notify"]
 

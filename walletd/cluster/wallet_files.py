@@ -44,16 +44,19 @@ import trio
 
 from walletd.cluster.db import Connection, Database
 from walletd.cluster.leases import Leases, Tenure
-from walletd.errors import InvalidRequest, Unavailable, WalletdError
+from walletd.errors import (
+    ExportRefused,
+    ImportRefused,
+    InvalidRequest,
+    Unavailable,
+    WalletFilesMissing,
+)
 from walletd.ids import ROLES, check_escrow_id
 
 __all__ = [
     "MANIFEST",
-    "ExportRefused",
-    "ImportRefused",
     "ImportSummary",
     "WalletFiles",
-    "WalletFilesMissing",
     "abandon_wallet_files",
 ]
 
@@ -63,18 +66,6 @@ MANIFEST = "manifest.json"
 FORMAT = "walletd-wallet-files"
 FORMAT_VERSION = 1
 REPLACED_DIR = ".replaced"  # in the wallet directory: local files restore kept aside
-
-
-class WalletFilesMissing(Unavailable):
-    """A wallet's `.keys` or cache file is not in the wallet directory after a store."""
-
-
-class ImportRefused(WalletdError):
-    """An export directory failed its checks (manifest, digests): nothing was imported."""
-
-
-class ExportRefused(WalletdError):
-    """The export's target exists already: an export never writes into an existing directory."""
 
 
 @attrs.frozen

@@ -35,7 +35,7 @@ from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import NO_DAEMON_CONNECTION, SessionSpec, WalletSpec
 from walletd.state.events import EventLog
 from walletd.state.ownership import Ownership
-from walletd.state.seam import StateStore
+from walletd.state.store import StateStore
 from walletd.state.vault import Vault
 from walletd.wallets import multisig
 from walletd.wallets.chain import Chain

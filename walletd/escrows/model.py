@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import attrs
 
-from walletd.errors import Conflict
+from walletd.errors import IllegalMove, PayoutChanged
 from walletd.ids import Role
 
 __all__ = [
@@ -23,9 +23,7 @@ __all__ = [
     "EscrowState",
     "ExpectedPayout",
     "Funding",
-    "IllegalMove",
     "Payout",
-    "PayoutChanged",
     "PayoutKind",
     "PayoutPhase",
     "PayoutProof",
@@ -37,10 +35,6 @@ __all__ = [
 def utcnow() -> str:
     """Now as an RFC 3339 UTC string with millisecond precision."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class IllegalMove(ValueError):
-    """A state change the escrow's states do not allow: a bug, never a client's mistake."""
 
 
 class EscrowState(enum.StrEnum):
@@ -95,13 +89,13 @@ class PayoutKind(enum.StrEnum):
 
 
 class PayoutPhase(enum.StrEnum):
-    """How far a payout has got (see `walletd.escrows.lifecycle`)."""
+    """How far a payout has got (see `walletd.escrows.payouts`)."""
 
     INTENT = "intent"  # kind and address recorded; nothing signed
     SIGNED = "signed"  # the signed blob and its txids recorded; only this blob is ever submitted
     SUBMITTED = "submitted"  # the daemon accepted it
     # The co-signer found the proposal was not this payout: nothing was signed, and no resume
-    # or recovery ever drives it again; a new release/refund call replaces it (lifecycle).
+    # or recovery ever drives it again; a new release/refund call replaces it (payouts).
     REFUSED = "refused"
 
 
@@ -136,18 +130,13 @@ class Payout:
     fee: int | None = None
     last_error: str | None = None  # why the last attempt stopped, until one succeeds
     fee_priority: int | None = None  # wallet-rpc's priority for the sweep, once proposed
-    # Each time a host starts driving it (lifecycle): how often, when it last began, the host
+    # Each time a host starts driving it (payouts): how often, when it last began, the host
     # that did (a cluster: the one whose liveness decides whether another may adopt it), and
     # the earliest time an automatic retry may start (exponential back-off).
     attempts: int = 0
     tried_at: str | None = None
     driver: str | None = None
     next_try_at: str | None = None
-
-
-class PayoutChanged(Conflict):
-    """A payout change found the recorded payout not where it expected (`ExpectedPayout`):
-    another writer moved it meanwhile. Nothing was written; the writer must read it again."""
 
 
 @attrs.frozen

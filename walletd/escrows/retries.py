@@ -34,13 +34,12 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import OwnedElsewhere, WalletdError
-from walletd.escrows.model import EscrowState, Payout, PayoutPhase, utcnow
+from walletd.errors import OwnedElsewhere, StoreUnavailable, WalletdError
+from walletd.escrows.model import EscrowRecord, EscrowState, Payout, PayoutPhase, utcnow
 from walletd.escrows.service import EscrowService
 from walletd.ops.metrics import Metrics
 from walletd.state.ownership import Ownership
-from walletd.state.seam import StateStore
-from walletd.state.store import StoreUnavailable
+from walletd.state.store import StateStore
 
 __all__ = [
     "ORPHAN_CHECK_INTERVAL",
@@ -112,10 +111,10 @@ class PayoutRetries:
         escrows: EscrowService,
         ownership: Ownership,
         metrics: Metrics,
-        run_payout: Callable[[str], Awaitable[None]],
+        run_payout: Callable[[EscrowRecord], Awaitable[object]],
         driving: Callable[[str], bool],
     ) -> None:
-        """`run_payout(escrow_id)`: drive the payout and wait for it (the lifecycle's);
+        """`run_payout(record)`: drive the record's payout and wait for it (the payouts');
         `driving(escrow_id)`: whether this host drives it now."""
         self._store = store
         self._escrows = escrows
@@ -158,7 +157,9 @@ class PayoutRetries:
         the payout between the list and the lease), then drive it."""
         try:
             async with self._ownership.holding(escrow_id):
-                payout = (await self._escrows.get(escrow_id)).payout
+                # The fresh read the decision is made on, and the record the drive starts from.
+                rec = await self._escrows.get(escrow_id)
+                payout = rec.payout
                 if payout is None or self._driving(escrow_id):
                     return
                 live = await self._ownership.live_hosts()
@@ -166,7 +167,7 @@ class PayoutRetries:
                 if source is None:
                     return
                 self.retried(escrow_id, payout, source)
-                await self._run_payout(escrow_id)
+                await self._run_payout(rec)
         except OwnedElsewhere:
             return  # another host took it first
         except WalletdError as exc:  # tried again after its back-off

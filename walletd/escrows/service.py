@@ -42,8 +42,8 @@ from walletd.sessions.messages import Balance, GetBalance, GetTransfer, Multisig
 from walletd.sessions.registry import Caller, Registry
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.state.events import EventLog
-from walletd.state.ownership import LocalOwnership, Ownership
-from walletd.state.seam import StateStore
+from walletd.state.ownership import Ownership
+from walletd.state.store import StateStore
 from walletd.state.vault import Vault
 
 __all__ = ["STATES", "EscrowService"]
@@ -73,9 +73,9 @@ class EscrowService:
         *,
         wallet_dir: Path,
         required_confirmations: int,
-        ownership: Ownership | None = None,
+        ownership: Ownership,
     ) -> None:
-        self.ownership: Ownership = ownership or LocalOwnership()
+        self.ownership: Ownership = ownership
         self.store = store
         self.vault = vault
         self.registry = registry

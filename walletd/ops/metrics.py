@@ -33,7 +33,7 @@ __all__ = ["PAYOUT_KINDS", "PAYOUT_OUTCOMES", "PAYOUT_RETRY_SOURCES", "Metrics",
 
 
 class SessionCounts(Protocol):
-    """The registry's figures a scrape reports (its `RegistryStats`; ops sits below sessions)."""
+    """The registry's figures a scrape reports (`RegistryStatistics`; ops sits below sessions)."""
 
     @property
     def active_sessions(self) -> int: ...

@@ -7,7 +7,9 @@ import enum
 import attrs
 import trio
 
-from walletd.sessions.session import SessionHandle, SessionSpec
+from walletd.errors import Conflict
+from walletd.sessions.handles import SessionSpec
+from walletd.sessions.mailbox import SessionHandle
 
 __all__ = ["MONEY_HOLD", "Entry", "State"]
 
@@ -43,6 +45,15 @@ class Entry:
     leave_reason: str | None = None
     leave_when_open: str | None = None  # a restart asked for while it was opening
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def check_spec(self, spec: SessionSpec | None) -> None:
+        """Conflict if the caller names wallets other than those this session opens. A leaving
+        entry is no one's to share: the caller waits for it to close and opens its own."""
+        if spec is not None and self.state is not State.LEAVING and spec != self.spec:
+            raise Conflict(
+                f"escrow {self.escrow_id!r} has a session on other wallets "
+                "(another request is registering this escrow id)"
+            )
 
     def last_use(self) -> float | None:
         """The last API or money-moving call (the monitor's do not count)."""

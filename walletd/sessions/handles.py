@@ -8,12 +8,12 @@ wallet is closed, and stops any process left holding one.
 Why a talk to the wrong wallet cannot happen: each process has its own random digest credentials,
 so if a dead child's port is taken by another process our calls get HTTP 401, not an answer
 (`_open_in` also refuses a process that `still_ours` says lost its port); a process is owned by
-exactly one session from `acquire` to `release` (`_open_one`, `_close_one`); and before every
-message that moves money the session checks each wallet's address again (`_check_identity`,
+exactly one session from `acquire` to `release` (`open_one`, `_close_one`); and before every
+message that moves money the session checks each wallet's address again (`check_identity`,
 which discards a process holding anything else).
 
-`WalletHandles` is a base class of `EscrowSession`, kept apart so this machinery reads on its
-own; the session's actor loop, its restart policy and its operations stay in `session`.
+A session owns one `WalletHandles` (its `_wallets`): this machinery reads on its own, and the
+session's actor loop, its restart policy and its operations stay in `session`.
 """
 
 from __future__ import annotations
@@ -27,16 +27,19 @@ import structlog
 import trio
 
 from walletd.errors import (
+    OPEN_FAILED,
+    HeldElsewhere,
     NoWalletFile,
     RpcCallError,
     RpcError,
     RpcUnreachable,
     SessionFailed,
+    Unavailable,
     first_error,
 )
-from walletd.ids import Role
-from walletd.wallets.children import ProcessPool, WalletProcess
-from walletd.wallets.keys_lock import HeldElsewhere
+from walletd.ids import ROLES, Role
+from walletd.wallets.children import ProcessPool
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
@@ -54,7 +57,6 @@ __all__ = [
 # The session's logger: these lines keep the logger name they had before the split.
 log = structlog.get_logger("walletd.sessions.session")
 
-OPEN_FAILED = -1
 FRESH_PROCESS_TRIES = 3  # processes tried for one open when the ones handed over turn out dead
 CLOSE_WALLET_TIMEOUT = 10.0  # close_wallet stores (ms normally); longer means a hung process
 
@@ -113,34 +115,81 @@ class Opener:
 
 
 class WalletHandles:
-    """Opening, identity checks and closing of a session's three handles (see the module doc)."""
+    """Opening, identity checks and closing of a session's three handles (see the module doc).
 
-    spec: SessionSpec
-    escrow_id: str
-    address: str | None
-    _pool: ProcessPool
-    _handles: dict[Role, Handle]
-    _open_timeout: float
-    _close_timeout: float
-    _close_wallet_timeout: float
-    _on_call: Callable[[str, float], None] | None
-    _repair: Repairer | None
-    _lock_probe: LockProbe | None
-    _reader_synced: bool
-    fenced: bool = False  # the escrow's lease was lost (a cluster): never open a wallet again
+    `address` is the escrow's multisig address as the wallets proved it (`check_identity`),
+    None until known (adopting, creating); `fenced` once the escrow's lease was lost."""
 
-    async def _open_all(self) -> None:
+    def __init__(
+        self,
+        spec: SessionSpec,
+        pool: ProcessPool,
+        *,
+        open_timeout: float,
+        close_timeout: float,
+        on_call: Callable[[str, float], None] | None = None,
+        repair: Repairer | None = None,
+        lock_probe: LockProbe | None = None,
+    ) -> None:
+        self.spec = spec
+        self.escrow_id = spec.escrow_id
+        self.address = spec.address
+        self.fenced = False  # the escrow's lease was lost (a cluster): never open a wallet again
+        self._pool = pool
+        self._open_timeout = open_timeout
+        # close_wallet gets at most half of the close bound: it always ends (answered or timed
+        # out) before the bound, leaving time to stop the process rather than abandon it.
+        self._close_timeout = close_timeout
+        self._close_wallet_timeout = min(CLOSE_WALLET_TIMEOUT, close_timeout / 2)
+        self._on_call = on_call
+        self._repair = repair
+        self._lock_probe = lock_probe
+        self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
+
+    def all(self) -> list[Handle]:
+        """The three handles, in role order."""
+        return list(self._handles.values())
+
+    def rpc(self, role: Role) -> WalletRpc:
+        """The client of `role`'s process; Unavailable while it has none."""
+        proc = self._handles[role].proc
+        if proc is None:
+            raise Unavailable(f"{role} wallet is not open")
+        return proc.rpc
+
+    def proc(self, role: Role) -> WalletProcess | None:
+        return self._handles[role].proc
+
+    def any_exited(self) -> bool:
+        """Some handle has no process, or its process exited."""
+        return any(not h.proc or not h.proc.alive() for h in self._handles.values())
+
+    async def lost(self) -> list[Handle]:
+        """The handles whose process is gone or no longer holds a wallet."""
+        return [
+            h
+            for h in self._handles.values()
+            if h.proc is None or not h.proc.alive() or not await self._still_open(h)
+        ]
+
+    async def open_all(self) -> None:
         try:
-            await together(self._open_one, self._handles.values())
+            await together(self.open_one, self._handles.values())
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._close_all()
+                await self.close_all()
             raise
-        await self._check_identity()
-        self._reader_synced = False
+        await self.check_identity()
         log.info("session opened", address=short(self.address))
 
-    async def _open_one(self, handle: Handle) -> None:
+    async def reopen(self, handle: Handle) -> None:
+        """Open `handle`'s wallet again in a fresh process (its old one discarded)."""
+        proc, handle.proc = handle.proc, None
+        if proc is not None:
+            await self._pool.discard(proc)
+        await self.open_one(handle)
+
+    async def open_one(self, handle: Handle) -> None:
         if self.fenced:
             raise SessionFailed("this host lost the escrow's lease; its wallets stay closed")
         fresh = 0
@@ -239,7 +288,7 @@ class WalletHandles:
         log.error("open given up: not the sole keys-lock holder", role=handle.role, holders=others)
         raise HeldElsewhere(reason)
 
-    async def _check_identity(self) -> None:
+    async def check_identity(self) -> None:
         """Every process must hold a wallet whose address is the escrow's multisig address."""
         if self.spec.create and self.address is None:
             return  # three distinct plain wallets until SetupMultisig makes them one
@@ -268,13 +317,28 @@ class WalletHandles:
         SIGTERM would store), and no wallet of it is opened again. What was not stored is not
         lost to the escrow: payouts are recorded in the database before they are sent, and the
         next owner opens the files last saved there."""
-        self.fenced = True
+        self.fenced = True  # first, before anything can yield: no reopen from here on
         procs = [h.proc for h in self._handles.values() if h.proc is not None]
         for handle in self._handles.values():
             handle.proc = None
         async with trio.open_nursery() as nursery:
             for proc in procs:
                 nursery.start_soon(functools.partial(self._pool.discard, proc, damaged=True))
+
+    async def drop_damaged(self, url: str, error: str) -> list[Role]:
+        """Kill, unsaved, the processes at `url` (a wallet there reported damage `error`); their
+        roles. SIGKILL: a SIGTERM would store the damaged wallet."""
+        damaged = [
+            h for h in self._handles.values() if h.proc is not None and h.proc.rpc.base_url == url
+        ]
+        for handle in damaged:
+            log.error(
+                "wallet reports damage; dropped unsaved and reopened", role=handle.role, error=error
+            )
+            proc, handle.proc = handle.proc, None
+            assert proc is not None
+            await self._pool.discard(proc, damaged=True)
+        return [h.role for h in damaged]
 
     async def _still_open(self, handle: Handle) -> bool:
         assert handle.proc is not None
@@ -284,7 +348,7 @@ class WalletHandles:
             return False
         return True
 
-    async def _close_all(self) -> None:
+    async def close_all(self) -> None:
         """Close every wallet within `close_timeout`; stop whatever process is left holding one.
 
         The session's end frees its registry slot, and a freed slot means the escrow may be
@@ -306,7 +370,7 @@ class WalletHandles:
                 await self._pool.discard(proc)  # bounded by the pool (SIGTERM, then SIGKILL)
 
     async def _close_one(self, handle: Handle) -> None:
-        proc = handle.proc  # stays ours (and discarded by _close_all) until handed back below
+        proc = handle.proc  # stays ours (and discarded by close_all) until handed back below
         if proc is None:
             return
         clean = True
@@ -325,7 +389,7 @@ class WalletHandles:
             await self._pool.release(proc)
         else:
             await self._pool.discard(proc)
-        handle.proc = None  # only now: a hand-back cut short is finished by _close_all's discard
+        handle.proc = None  # only now: a hand-back cut short is finished by close_all's discard
 
 
 async def together(fn: Callable[[Handle], Awaitable[None]], handles: Iterable[Handle]) -> None:

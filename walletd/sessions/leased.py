@@ -18,7 +18,9 @@ import trio
 
 from walletd.errors import SessionFailed
 from walletd.ids import ROLES
-from walletd.sessions.session import EscrowSession, SessionHandle
+from walletd.sessions.limits import SessionStatistics
+from walletd.sessions.mailbox import SessionHandle
+from walletd.sessions.session import EscrowSession
 from walletd.state.ownership import Ownership
 
 __all__ = ["LeasedSession"]
@@ -31,6 +33,9 @@ class LeasedSession:
         self.session = session
         self._ownership = ownership
 
+    def statistics(self) -> SessionStatistics:
+        return self.session.statistics()
+
     async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None:
         session = self.session
         escrow_id = session.escrow_id
@@ -39,8 +44,8 @@ class LeasedSession:
 
         async def lost() -> None:
             log.error("lease lost: killing the escrow's wallet-rpc processes", escrow_id=escrow_id)
-            session.fenced = True  # before anything can yield: no reopen from here on
             scope.cancel()
+            # Its first step, before anything can yield, refuses every reopen from here on.
             await session.fence()
 
         session.lease_check = lambda: self._ownership.check_held(escrow_id)

@@ -1,4 +1,8 @@
-"""The registry's limits (its part of the `[sessions]` config) and the figures it reports."""
+"""The registry's limits (its part of the `[sessions]` config) and the figures it reports.
+
+Figures are frozen snapshots, as trio's `statistics()` gives them: an actor offers
+`statistics()` (`Registry`, `EscrowSession`), and readers (`/v1/stats`, `/metrics`) only read
+them; no one else bumps an actor's counters."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import attrs
 
 from walletd.jsontypes import JsonObject
 
-__all__ = ["Limits", "RegistryStats", "SessionInfo"]
+__all__ = ["Limits", "RegistryStatistics", "SessionInfo", "SessionStatistics"]
 
 
 @attrs.frozen
@@ -42,7 +46,18 @@ class SessionInfo:
 
 
 @attrs.frozen
-class RegistryStats:
+class SessionStatistics:
+    """What one session did: `EscrowSession.statistics()`."""
+
+    restores: int  # times it restored its set of handles
+    wallet_rpc_restarts: int  # wallet-rpc processes replaced (one per handle lost in a restore)
+    warm_payouts: int  # payouts prepared without a multisig info exchange (warm_payout)
+
+
+@attrs.frozen
+class RegistryStatistics:
+    """The registry's figures: `Registry.statistics()` (`/v1/stats`, `/metrics`)."""
+
     active_sessions: int
     max_sessions: int
     utilization: float
@@ -56,3 +71,5 @@ class RegistryStats:
     misses: int
     failed: int
     waiting: dict[str, int] = attrs.field(factory=dict)  # callers queued for a slot, per kind
+    # wallet-rpc processes its sessions replaced since start, the sessions gone included
+    wallet_rpc_restarts: int = 0

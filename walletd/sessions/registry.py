@@ -38,15 +38,16 @@ from typing import Protocol, TypeVar
 import structlog
 import trio
 
-from walletd.errors import Capacity, Conflict, Unavailable, public_error
+from walletd.errors import Capacity, SessionClosed, Unavailable, public_error
 from walletd.sessions.entry import Entry as _Entry
 from walletd.sessions.entry import State as _State
-from walletd.sessions.limits import Limits, RegistryStats, SessionInfo
+from walletd.sessions.handles import SessionSpec
+from walletd.sessions.limits import Limits, RegistryStatistics, SessionInfo, SessionStatistics
+from walletd.sessions.mailbox import SessionHandle
 from walletd.sessions.messages import Leave, Message
-from walletd.sessions.session import SessionClosed, SessionHandle, SessionSpec
 from walletd.sessions.slots import Caller, SlotQueue, Waiter
 
-__all__ = ["Caller", "Limits", "Registry", "RegistryStats", "SessionInfo"]
+__all__ = ["Caller", "Limits", "Registry", "RegistryStatistics", "SessionInfo"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,8 @@ class RunnableSession(Protocol):
     """What `new_session` makes of a spec: an `EscrowSession` in production."""
 
     async def run(self, *, task_status: trio.TaskStatus[SessionHandle]) -> None: ...
+
+    def statistics(self) -> SessionStatistics: ...
 
 
 SessionRunner = Callable[[SessionSpec], RunnableSession]
@@ -87,6 +90,9 @@ class Registry:
         self._counters = dict.fromkeys(
             ("opened", "closed", "evicted", "expired", "hits", "misses", "failed"), 0
         )
+        # Sessions running now, and the wallet-rpc restarts of those that ended.
+        self._running: set[RunnableSession] = set()
+        self._ended_restarts = 0
 
     # ---- running ---------------------------------------------------------------------------------
 
@@ -217,11 +223,13 @@ class Registry:
             return None
         return self._info(entry, trio.current_time())
 
-    def stats(self) -> RegistryStats:
+    def statistics(self) -> RegistryStatistics:
         now = trio.current_time()
         open_entries = [e for e in self._entries.values() if e.state is _State.OPEN]
         ages = [now - (e.opened_at or now) for e in open_entries]
-        return RegistryStats(
+        restarts = self._ended_restarts
+        restarts += sum(s.statistics().wallet_rpc_restarts for s in self._running)
+        return RegistryStatistics(
             active_sessions=len(open_entries),
             max_sessions=self.limits.max_active,
             utilization=round(len(open_entries) / self.limits.max_active, 4),
@@ -229,6 +237,7 @@ class Registry:
             oldest_age_s=round(max(ages), 3) if ages else 0.0,
             **self._counters,
             waiting=self._queue.waiting(),
+            wallet_rpc_restarts=restarts,
         )
 
     # ---- slots and entries -----------------------------------------------------------------------
@@ -260,7 +269,7 @@ class Registry:
         while True:
             entry = self._entries.get(escrow_id)
             if entry is not None:
-                _check_spec(entry, spec)
+                entry.check_spec(spec)
             if entry is not None and entry.state is _State.OPEN:
                 self._counters["hits"] += 1
                 break
@@ -270,7 +279,7 @@ class Registry:
             self._counters["misses"] += 1
             if entry is None:
                 entry, created = await self._start_entry(escrow_id, spec, caller)
-                _check_spec(entry, spec)  # someone else's, started while we reserved a slot
+                entry.check_spec(spec)  # someone else's, started while we reserved a slot
             # Shared opening: every caller for this escrow waits on the same event. The opening
             # runs in the registry's nursery, so one caller giving up harms no other. While
             # they wait, the fresh session is not idle: no one may evict it before they use it.
@@ -467,6 +476,7 @@ class Registry:
 
     async def _supervise(self, entry: _Entry, spec: SessionSpec) -> None:
         session = self._new_session(spec)
+        self._running.add(session)
         try:
             with entry.scope:
                 await session.run(task_status=_OnReady(self, entry))
@@ -482,6 +492,8 @@ class Registry:
                 self._counters["failed"] += 1
                 log.error("session failed", escrow_id=entry.escrow_id, error=str(exc))
         finally:
+            self._running.discard(session)
+            self._ended_restarts += session.statistics().wallet_rpc_restarts
             self._finish(entry)
 
     def _opened(self, entry: _Entry, handle: SessionHandle) -> None:
@@ -573,16 +585,6 @@ class _OnReady:
     def started(self, value: SessionHandle | None = None) -> None:
         assert value is not None
         self._registry._opened(self._entry, value)
-
-
-def _check_spec(entry: _Entry, spec: SessionSpec | None) -> None:
-    """Conflict if the caller names wallets other than those the entry's session opens. A
-    leaving entry is no one's to share: the caller waits for it to close and opens its own."""
-    if spec is not None and entry.state is not _State.LEAVING and spec != entry.spec:
-        raise Conflict(
-            f"escrow {entry.escrow_id!r} has a session on other wallets "
-            "(another request is registering this escrow id)"
-        )
 
 
 def _fresh(error: BaseException) -> Exception:

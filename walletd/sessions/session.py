@@ -4,8 +4,9 @@ The session opens the buyer, vendor and arbiter wallets concurrently (each in it
 turns auto-refresh off (it would run on wallet-rpc's only RPC thread and stall our calls), checks
 that each process holds the wallet it expects, then serves its inbox one message at a time.
 How the handles open, prove their identity and close, and why a talk to the wrong wallet cannot
-happen, is `handles` (`WalletHandles`, a base class of `EscrowSession`); this module is the
-actor loop, the dispatch of messages, the restart policy and the operations.
+happen, is `handles` (the `WalletHandles` the session owns); reads of what the escrow holds go
+to its reader wallet (`reader`); callers reach the session through its mailbox (`mailbox`). This
+module is the actor loop, the dispatch of messages, the restart policy and the operations.
 
 The three handles fail together (OTP's one_for_all): when a process dies, hangs or loses its
 wallet, the session restores the whole set (a fresh process for each lost handle, every wallet
@@ -18,16 +19,17 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
 
 import attrs
 import outcome
 import structlog
 import trio
 
-from walletd.cluster.leases import Fenced
 from walletd.errors import (
     DamagedWallet,
+    Fenced,
+    LeaseLost,
+    MultisigError,
     NoWalletFile,
     RpcAuthError,
     RpcCallError,
@@ -42,7 +44,6 @@ from walletd.escrows.model import PayoutProof
 from walletd.ids import ROLES, Role
 from walletd.ops import failpoints
 from walletd.sessions.handles import (
-    CLOSE_WALLET_TIMEOUT,
     Handle,
     LockProbe,
     Repairer,
@@ -51,9 +52,9 @@ from walletd.sessions.handles import (
     WalletSpec,
     together,
 )
+from walletd.sessions.limits import SessionStatistics
+from walletd.sessions.mailbox import Envelope, SessionHandle, answer
 from walletd.sessions.messages import (
-    Balance,
-    Funding,
     GetBalance,
     GetFunding,
     GetPayoutProof,
@@ -69,88 +70,26 @@ from walletd.sessions.messages import (
     Store,
     SubmitPayout,
     SyncAll,
-    Transfer,
     ValidateAddress,
 )
+from walletd.sessions.reader import Reader
 from walletd.sessions.warm_payout import Exchanged, incoming, prepare
 from walletd.wallets import multisig
 from walletd.wallets.children import ProcessPool
 from walletd.wallets.rpc import WalletRpc
 
-__all__ = [
-    "EscrowSession",
-    "LeaseLost",
-    "OnStored",
-    "SessionClosed",
-    "SessionFailed",
-    "SessionHandle",
-    "SessionSpec",
-    "WalletSpec",
-]
+__all__ = ["EscrowSession", "OnStored", "SessionSpec", "WalletSpec"]
 
 log = structlog.get_logger(__name__)
 
-R = TypeVar("R")
-Reply = trio.MemorySendChannel[outcome.Outcome[object]]
-Envelope = tuple[Message[object], Reply]
-
 # Errors that mean "this handle's process is gone or no longer holds our wallet".
 LOST = (RpcUnreachable, RpcAuthError, RpcTimeout, NoWalletFile)
-TX_NOT_FOUND = -8
 NO_DAEMON_CONNECTION = -38  # wallet-rpc lost its link to monerod (monero issue 5044)
 
 
 # (escrow_id, role, wallet file name), awaited after each store of that wallet succeeded:
 # in a cluster, the save of its files to the database (walletd.cluster.wallet_files).
 OnStored = Callable[[str, Role, str], Awaitable[object]]
-
-
-class SessionClosed(WalletdError):
-    """The session stopped before it could take the request; the caller may open a new one."""
-
-
-class LeaseLost(SessionFailed):
-    """A wallet-file save was refused (`Fenced`): this host's lease on the escrow is stale.
-
-    Another host may own the escrow and open its wallets now, so this session must not touch
-    them again: it fails as a unit (SessionFailed), answering the call in hand with this error,
-    and closes its wallets. Closing stores them locally, which is harmless: local files are a
-    cache, and the new owner restores the database's version before it opens."""
-
-
-class SessionHandle:
-    """The registry's and callers' side of a session: a mailbox and nothing else."""
-
-    def __init__(self, escrow_id: str, send: trio.MemorySendChannel[Envelope]) -> None:
-        self.escrow_id = escrow_id
-        self._send = send
-        self.address: str | None = None
-        # The session holds a multisig info exchange that a payout may use (`PreExchange`).
-        self.exchanged = False
-
-    async def request(self, message: Message[R]) -> R:
-        """Send `message` and wait for its reply; SessionClosed if the session is gone."""
-        reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[object]](1)
-        try:
-            await self._send.send((message, reply_send))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise SessionClosed(self.escrow_id) from None
-        with reply_recv:
-            try:
-                result = await reply_recv.receive()
-            except trio.EndOfChannel:
-                raise SessionClosed(self.escrow_id) from None
-        # The session answers each message with its declared reply type (`_dispatch`).
-        return cast("R", result.unwrap())
-
-    def tell(self, message: Message[object]) -> bool:
-        """Deliver `message` without waiting for a reply (Leave); False if the inbox is gone."""
-        reply_send, _ = trio.open_memory_channel[outcome.Outcome[object]](1)
-        try:
-            self._send.send_nowait((message, reply_send))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
 
 
 @attrs.define
@@ -171,7 +110,7 @@ class RestartLimiter:
         return True
 
 
-class EscrowSession(WalletHandles):
+class EscrowSession:
     def __init__(
         self,
         spec: SessionSpec,
@@ -193,32 +132,29 @@ class EscrowSession(WalletHandles):
     ) -> None:
         self.spec = spec
         self.escrow_id = spec.escrow_id
-        self._pool = pool
+        self._wallets = WalletHandles(
+            spec,
+            pool,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            on_call=on_call,
+            repair=repair,
+            lock_probe=lock_probe,
+        )
+        self._reader = Reader(lambda: self._rpc("buyer"))
         self._open_timeout = open_timeout
-        # close_wallet gets at most half of the close bound: it always ends (answered or timed
-        # out) before the bound, leaving time to stop the process rather than abandon it.
-        self._close_timeout = close_timeout
-        self._close_wallet_timeout = min(CLOSE_WALLET_TIMEOUT, close_timeout / 2)
         self._limiter = RestartLimiter(restart_intensity, restart_period)
         self._on_restart = on_restart
         self._on_backup = on_backup
-        self._on_call = on_call
         self._store_interval = store_interval
         self._daemon_address = daemon_address
-        self._repair = repair
-        self._lock_probe = lock_probe
         self._on_damage = on_damage  # (escrow_id, role, wallet-rpc's message) once reopened
         self._on_stored = on_stored
         # The last store's files did not all reach on_stored's keeper (the cluster database).
         self.unsaved = False
-        self._handles = {role: Handle(role, spec.wallets[role]) for role in ROLES}
-        self.address = spec.address
         self.leave_reason: str | None = None
-        self.restarts = 0
-        self._reader_height: int | None = None
-        # The reader wallet synced with the chain since this process opened it: until then a
-        # transaction it does not know may be one it has not scanned yet.
-        self._reader_synced = False
+        self._restores = 0  # restorations of the set of handles
+        self._wallet_rpc_restarts = 0  # processes replaced by them (one per lost handle)
         self._handle: SessionHandle | None = None
         # The last exchange of multisig info among the three wallets and what it covered; None
         # when there is none a payout could use (see warm_payout).
@@ -227,7 +163,20 @@ class EscrowSession(WalletHandles):
         # Called right before a money-moving wallet call (sign, submit): raises if this host
         # may no longer move the escrow's funds (a cluster: its lease lapsed, `LeasedSession`).
         self.lease_check: Callable[[], None] = lambda: None
-        self.warm_payouts = 0  # payouts prepared without an exchange (tests, bench)
+        self._warm_payouts = 0  # payouts prepared without an exchange
+
+    def statistics(self) -> SessionStatistics:
+        """What this session did so far (the registry sums them over its sessions)."""
+        return SessionStatistics(
+            restores=self._restores,
+            wallet_rpc_restarts=self._wallet_rpc_restarts,
+            warm_payouts=self._warm_payouts,
+        )
+
+    async def fence(self) -> None:
+        """The escrow's lease is lost: kill every process of the session unsaved, and open no
+        wallet again (`WalletHandles.fence`; it refuses opens before its first checkpoint)."""
+        await self._wallets.fence()
 
     # ---- the actor loop --------------------------------------------------------------------------
 
@@ -238,8 +187,9 @@ class EscrowSession(WalletHandles):
         structlog.contextvars.bind_contextvars(escrow_id=self.escrow_id)
         try:
             with trio.fail_after(self._open_timeout):
-                await self._open_all()
-            handle.address = self.address
+                await self._wallets.open_all()
+            self._reader.synced = False
+            handle.address = self._wallets.address
             task_status.started(handle)
             async with inbox:
                 try:
@@ -269,11 +219,11 @@ class EscrowSession(WalletHandles):
                                     await self._serve(message)
                                 )
                             except SessionFailed as exc:
-                                _answer(reply, outcome.Error(SessionFailed(exc.message)))
+                                answer(reply, outcome.Error(SessionFailed(exc.message)))
                                 raise
                             except Exception as exc:  # noqa: BLE001 - every error goes to the caller
                                 result = outcome.Error(exc)
-                            _answer(reply, result)
+                            answer(reply, result)
                 finally:  # answer what is still queued: its caller retries
                     while True:
                         try:
@@ -286,14 +236,14 @@ class EscrowSession(WalletHandles):
         finally:
             send.close()
             with trio.CancelScope(shield=True):
-                await self._close_all()  # bounded by itself: close, else stop the processes
+                await self._wallets.close_all()  # bounded by itself: close, else stop the processes
 
     async def _relink_daemon(self) -> None:
         log.warning("wallet-rpc lost its daemon connection; relinking")
         for role in ROLES:
             # Only ever the daemon this process was started with: set_daemon to another one
             # breaks multisig transaction creation (monero issue 10246); a switch restarts it.
-            proc = self._handles[role].proc
+            proc = self._wallets.proc(role)
             address = (proc.daemon_address if proc else None) or self._daemon_address
             try:
                 await self._rpc(role).call("set_daemon", {"address": address, "trusted": True})
@@ -313,22 +263,20 @@ class EscrowSession(WalletHandles):
         repeated = False
         relinked = False
         while True:
-            if any(not h.proc or not h.proc.alive() for h in self._handles.values()):
+            if self._wallets.any_exited():
                 await self._restore("process exited")
             try:
                 if message.checks_identity:
-                    await self._check_identity()
+                    await self._wallets.check_identity()
                 result = await self._dispatch(message)
                 if message.changes_wallets:
                     await self._store_all()  # multisig state is lost on kill -9 unless stored
                 return result
-            except (*LOST, multisig.MultisigError, DamagedWallet) as exc:
+            except (*LOST, MultisigError, DamagedWallet) as exc:
                 damage = _damage_in(exc)
                 if damage is not None:
                     await self._drop_damaged(damage)
-                elif isinstance(exc, multisig.MultisigError) and not isinstance(
-                    exc.rpc_error, LOST
-                ):
+                elif isinstance(exc, MultisigError) and not isinstance(exc.rpc_error, LOST):
                     raise  # a wallet refused a multisig step: the caller gets the step and why
                 else:
                     log.warning("wallet-rpc lost", error=str(exc))
@@ -349,17 +297,17 @@ class EscrowSession(WalletHandles):
 
     async def _dispatch(self, message: Message[object]) -> object:
         if not isinstance(message, GetBalance | GetTransfer | Store):
-            self._reader_height = None  # anything else may have refreshed the reader wallet
+            self._reader.forget()  # anything else may have refreshed the reader wallet
         match message:
             case GetBalance(refresh=refresh):
-                return await self._balance(refresh)
+                return await self._reader.balance(refresh)
             case GetFunding(refresh=refresh, amount=amount):
-                return await self._funding(refresh, amount)
+                return await self._reader.funding(refresh, amount)
             case Refresh():
                 await self._rpc("buyer").call("refresh")
                 return None
             case GetTransfer(txid=txid):
-                return await self._transfer(txid)
+                return await self._reader.transfer(txid)
             case Store():
                 await self._store_all()
                 return None
@@ -396,8 +344,8 @@ class EscrowSession(WalletHandles):
     # ---- operations ------------------------------------------------------------------------------
 
     async def _setup_multisig(self) -> str:
-        if self.address is not None:
-            return self.address  # already done (a repeated request)
+        if self._wallets.address is not None:
+            return self._wallets.address  # already done (a repeated request)
         rpcs = {role: self._rpc(role) for role in ROLES}
         passwords = {role: self.spec.wallets[role].password for role in ROLES}
         # A wallet created while its wallet-rpc could not reach monerod takes an estimated
@@ -409,7 +357,7 @@ class EscrowSession(WalletHandles):
         failpoints.hit("creating_multisig")
         address = await multisig.make_multisig(rpcs, passwords)
         await self._store_all()
-        self.address = address
+        self._wallets.address = address
         return address
 
     async def _payout_proof(self, roles: tuple[Role, ...], txid: str, address: str) -> PayoutProof:
@@ -445,12 +393,12 @@ class EscrowSession(WalletHandles):
             max_fee_per_byte=message.max_fee_per_byte,
             before_sign=self.lease_check,
         )
-        self.warm_payouts += warm
+        self._warm_payouts += warm
         return payout
 
     async def _pre_exchange(self) -> bool:
         """Exchange multisig info among the three wallets ahead of a payout (`PreExchange`)."""
-        if self._payout_begun or self.address is None:
+        if self._payout_begun or self._wallets.address is None:
             return False
         rpcs = {role: self._rpc(role) for role in ROLES}
         await multisig.refresh(list(rpcs.values()))
@@ -470,7 +418,7 @@ class EscrowSession(WalletHandles):
             self._handle.exchanged = marker is not None
 
     async def _store_all(self) -> None:
-        await together(self._store_one, self._handles.values())
+        await together(self._store_one, self._wallets.all())
         await self._saved()
 
     async def _saved(self) -> None:
@@ -516,106 +464,24 @@ class EscrowSession(WalletHandles):
             await trio.to_thread.run_sync(self._on_backup, self.escrow_id, files, label)
 
     def _rpc(self, role: Role) -> WalletRpc:
-        proc = self._handles[role].proc
-        if proc is None:
-            raise Unavailable(f"{role} wallet is not open")
-        return proc.rpc
-
-    async def _balance(self, refresh: bool) -> Balance:
-        rpc = self._rpc("buyer")
-        if refresh:
-            await self._refresh_reader()
-        if self._reader_height is None:
-            # Auto-refresh is off, so the wallet's height moves only when we refresh it: one
-            # get_height after each refresh serves every balance read until the next one.
-            self._reader_height = int((await rpc.call("get_height")).get("height", 0))
-        bal = await rpc.call("get_balance", {"account_index": 0})
-        return Balance(
-            balance=int(bal.get("balance", 0)),
-            unlocked_balance=int(bal.get("unlocked_balance", 0)),
-            blocks_to_unlock=int(bal.get("blocks_to_unlock", 0)),
-            height=self._reader_height,
-        )
-
-    async def _funding(self, refresh: bool, amount: int | None = None) -> Funding:
-        """The escrow's funding, its confirmations counted on the payments that cover `amount`.
-
-        Not the minimum over every incoming transfer: anyone can send the address 1 piconero
-        every few blocks, and the newest dust would then hold a fully funded escrow out of
-        `ready` for ever. The oldest (most confirmed) transfers are taken first until they
-        add up to the amount; the last one taken is the least confirmed of that set."""
-        bal = await self._balance(refresh)
-        incoming = await self._rpc("buyer").call("get_transfers", {"in": True})
-        transfers = sorted(
-            (
-                (int(t.get("confirmations", 0)), int(t.get("amount", 0)))
-                for t in incoming.get("in", [])
-            ),
-            reverse=True,
-        )
-        confirmations = transfers[-1][0] if transfers else 0
-        if amount is not None:
-            covered = 0
-            for conf, value in transfers:
-                covered += value
-                if covered >= amount:
-                    confirmations = conf
-                    break
-        return Funding(
-            balance=bal.balance,
-            unlocked_balance=bal.unlocked_balance,
-            confirmations=confirmations,
-            height=bal.height,
-        )
-
-    async def _refresh_reader(self) -> None:
-        """Scan the chain in the reader wallet; its cached height is stale from here on."""
-        await self._rpc("buyer").call("refresh")
-        self._reader_height = None
-        self._reader_synced = True
-
-    async def _transfer(self, txid: str) -> Transfer | None:
-        rpc = self._rpc("buyer")
-        try:
-            result = await rpc.call("get_transfer_by_txid", {"txid": txid})
-        except RpcCallError as exc:
-            if exc.code != TX_NOT_FOUND:
-                raise
-            if self._reader_synced:
-                return None
-            # Not found in a wallet that has not scanned the chain since it was opened (a
-            # cache stored before the transaction arrived): scan, then ask once more.
-            await self._refresh_reader()
-            return await self._transfer(txid)
-        t = result.get("transfer") or {}
-        kind = str(t.get("type", "in"))
-        return Transfer(
-            txid=str(t.get("txid", txid)),
-            direction="out" if kind in ("out", "pending", "failed") else "in",
-            amount=int(t.get("amount", 0)),
-            height=int(t.get("height", 0)),
-            confirmations=int(t.get("confirmations", 0)),
-            in_pool=kind in ("pool", "pending"),
-        )
+        return self._wallets.rpc(role)
 
     # ---- restoring -----------------------------------------------------------------------------
 
     async def _restore(self, why: str) -> None:
-        self._reader_height = None
+        self._reader.forget()
         # A reopened wallet may have lost imports it never stored: exchange afresh.
         self._set_exchanged(None)
         if not self._limiter.allow():
             raise SessionFailed(f"restart limit reached ({why}); session gives up")
-        self.restarts += 1
-        log.warning("restoring session wallets", why=why, restart=self.restarts)
-        lost: list[Handle] = []
-        for handle in self._handles.values():
-            if handle.proc is None or not handle.proc.alive() or not await self._still_open(handle):
-                lost.append(handle)
+        self._restores += 1
+        log.warning("restoring session wallets", why=why, restart=self._restores)
+        lost = await self._wallets.lost()
         with trio.fail_after(self._open_timeout):
             await together(self._reopen, lost)
-        await self._check_identity()
+        await self._wallets.check_identity()
         for handle in lost:
+            self._wallet_rpc_restarts += 1
             if self._on_restart is not None:
                 maybe = self._on_restart(self.escrow_id, handle.role, why)
                 if maybe is not None:
@@ -626,39 +492,23 @@ class EscrowSession(WalletHandles):
         saving anything of it, and open the wallet again from its files; a damaged cache there
         fails that open and goes to the repairer (walletd.wallets.repair), which proves the
         damage before it touches a file."""
-        damaged = [
-            h
-            for h in self._handles.values()
-            if h.proc is not None and h.proc.rpc.base_url == exc.url
-        ]
+        damaged = await self._wallets.drop_damaged(exc.url, exc.rpc_message)
         if not damaged:
             raise exc  # not one of this session's processes: nothing here to drop
-        for handle in damaged:
-            log.error(
-                "wallet reports damage; dropped unsaved and reopened",
-                role=handle.role,
-                error=exc.rpc_message,
-            )
-            proc, handle.proc = handle.proc, None
-            assert proc is not None
-            await self._pool.discard(proc, damaged=True)
         await self._restore(f"damaged wallet: {exc.rpc_message}")
         if self._on_damage is not None:
-            for handle in damaged:
-                self._on_damage(self.escrow_id, handle.role, exc.rpc_message)
+            for role in damaged:
+                self._on_damage(self.escrow_id, role, exc.rpc_message)
 
     async def _reopen(self, handle: Handle) -> None:
-        proc, handle.proc = handle.proc, None
-        if proc is not None:
-            await self._pool.discard(proc)
-        await self._open_one(handle)
-        if self.address is not None:
+        await self._wallets.reopen(handle)
+        if self._wallets.address is not None:
             # A killed process lost everything since its last store, chain sync included: catch
             # up before answering, or a transaction the wallet knew a moment ago reads as unknown.
             # (Keyed on the multisig address, not spec.create: an escrow walletd created keeps
             # its creating spec for the session's whole life.)
             if handle.role == "buyer":
-                await self._refresh_reader()
+                await self._reader.refresh()
             else:
                 await self._rpc(handle.role).call("refresh")
 
@@ -667,14 +517,6 @@ def _damage_in(exc: Exception) -> DamagedWallet | None:
     """The damage report in `exc`, also when a multisig step carries it."""
     if isinstance(exc, DamagedWallet):
         return exc
-    if isinstance(exc, multisig.MultisigError) and isinstance(exc.rpc_error, DamagedWallet):
+    if isinstance(exc, MultisigError) and isinstance(exc.rpc_error, DamagedWallet):
         return exc.rpc_error
     return None
-
-
-def _answer(reply: Reply, result: outcome.Outcome[object]) -> None:
-    # The caller may have timed out and gone: that must never crash the actor.
-    try:
-        reply.send_nowait(result)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-        log.debug("reply dropped: caller gone")

@@ -29,10 +29,10 @@ import structlog
 import trio
 import trio.lowlevel
 
+from walletd.errors import StoreUnavailable
 from walletd.escrows.model import EscrowRecord, EscrowState
 from walletd.jsontypes import JsonObject
-from walletd.state.seam import LocalState, StateStore
-from walletd.state.store import EscrowChanges, EventRecord, NewEvent, Store, StoreUnavailable
+from walletd.state.store import EscrowChanges, EventRecord, NewEvent, StateStore
 
 __all__ = ["PRUNE_BATCH", "PRUNE_INTERVAL", "EventLog", "page_json"]
 
@@ -107,23 +107,23 @@ class EventLog:
         `session_announcement`: a session opened or closed, which an escrow being created or
         adopted does not announce (it gets its session_opened after escrow_created)."""
         soon = _Soon(type_, escrow_id, data, session_announcement)
-        if isinstance(self._store, LocalState):
-            try:
-                self._write_now(self._store.sqlite, soon)
-            except StoreUnavailable as exc:
-                _lost(soon, exc.message)
-            return
         try:
-            self._soon_send.send_nowait(soon)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            _lost(soon, "queue closed")
+            self._write_now(soon)
+        except trio.WouldBlock:  # a remote store: `run` writes it
+            try:
+                self._soon_send.send_nowait(soon)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                _lost(soon, "queue closed")
+        except StoreUnavailable as exc:
+            _lost(soon, exc.message)
 
-    def _write_now(self, store: Store, soon: _Soon) -> None:
+    def _write_now(self, soon: _Soon) -> None:
+        """Write `soon` inline (the embedded store), or `trio.WouldBlock` (a remote one)."""
         if soon.session_announcement:
-            state = store.escrow_state(soon.escrow_id or "")
+            state = self._store.escrow_state_nowait(soon.escrow_id or "")
             if state is None or state is EscrowState.CREATING:
                 return
-        self._published([store.append_event(soon.type, soon.escrow_id, soon.data)])
+        self._published([self._store.append_event_nowait(soon.type, soon.escrow_id, soon.data)])
 
     def close_queue(self) -> None:
         """No more `emit_soon`: `run` ends once it has written what is queued."""

@@ -1,7 +1,7 @@
-"""Which host may act on an escrow: the seam between the daemon and the cluster (issue 14).
+"""Which host may act on an escrow: the `Ownership` protocol, and one host's (`LocalOwnership`).
 
 On one host (`LocalOwnership`) the host owns every escrow and nothing here does anything. In a
-cluster (`walletd.cluster.ownership`) an escrow's wallets may be open, and its durable state
+cluster (`walletd.cluster.lease_ownership`) an escrow's wallets may be open, and its durable state
 written, only on the host holding the escrow's lease; `holding` takes the lease (or shares this
 host's), keeps it renewed, and calls `on_lost` if it is lost, before any other host can take it.
 The wallet files live in the database there: restored before an open, saved after each store.
@@ -21,11 +21,6 @@ OnLost = Callable[[], Awaitable[None]]
 
 
 class Ownership(Protocol):
-    @property
-    def clustered(self) -> bool:
-        """True when other hosts share the escrows (and this seam does something)."""
-        ...
-
     @property
     def host(self) -> str | None:
         """This host's id in a cluster (recorded as a payout's driver); None on one host."""
@@ -61,6 +56,11 @@ class Ownership(Protocol):
         """Every escrow another live host holds now (the monitor leaves those to it)."""
         ...
 
+    async def adopt_orphans(self, look: Callable[[], Awaitable[None]]) -> None:
+        """Keep `look` running: it takes over what hosts that died left half done (their
+        payouts). One host: no other host can leave anything behind, so it returns at once."""
+        ...
+
     async def restore_wallets(self, escrow_id: str, files: Mapping[Role, str]) -> None:
         """Before an open: bring the escrow's wallet files up to the last stored version."""
         ...
@@ -73,10 +73,6 @@ class Ownership(Protocol):
 
 class LocalOwnership:
     """One host: it owns every escrow; wallet files stay in `monero.wallet_dir`."""
-
-    @property
-    def clustered(self) -> bool:
-        return False
 
     @property
     def host(self) -> str | None:
@@ -98,6 +94,9 @@ class LocalOwnership:
 
     async def owned_elsewhere(self) -> set[str]:
         return set()
+
+    async def adopt_orphans(self, look: Callable[[], Awaitable[None]]) -> None:
+        return None
 
     async def restore_wallets(self, escrow_id: str, files: Mapping[Role, str]) -> None:
         return None

@@ -23,15 +23,11 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from walletd.errors import WalletdError
+from walletd.errors import StateDirBusy
 
-__all__ = ["LOCK_NAME", "StateDirBusy", "StateLock"]
+__all__ = ["LOCK_NAME", "StateLock"]
 
 LOCK_NAME = "walletd.lock"
-
-
-class StateDirBusy(WalletdError):
-    """Another process holds the state directory's lock."""
 
 
 class StateLock:

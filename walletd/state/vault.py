@@ -18,15 +18,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from walletd.errors import WalletdError
+from walletd.errors import VaultError
 
 __all__ = ["Vault", "VaultError"]
 
 KEY_BYTES = 32
-
-
-class VaultError(WalletdError):
-    """The key file is missing, unreadable, too open, or a ciphertext does not decrypt."""
 
 
 class Vault:

@@ -12,7 +12,8 @@ import trio
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_transport import FakeTransport
 from walletd.testing.fake_wallet_rpc import FakeWalletRpc
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.children import PoolStatistics
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["FakePool", "FakeProcess"]
@@ -44,13 +45,16 @@ class FakePool:
         self.open_delay = open_delay
         self.create_delay = create_delay
         self.call_timeout = call_timeout
-        self.restarts = 0
+        self._restarts = 0
         self.capacity: int | None = None
         self.idle: list[FakeProcess] = []
         self.in_use: dict[int, FakeProcess] = {}
         self.started = 0
         self.discarded_damaged = 0  # processes dropped with their wallet unsaved
         self.daemon_address = "127.0.0.1:18081"  # what new processes are "started" against
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(idle=len(self.idle), busy=len(self.in_use), restarts=self._restarts)
 
     def set_daemon_address(self, address: str) -> None:
         self.daemon_address = address
@@ -95,7 +99,7 @@ class FakePool:
         if fake_proc is None:
             return
         if fake_proc.fake.dead:
-            self.restarts += 1
+            self._restarts += 1
         if damaged:
             self.discarded_damaged += 1
             fake_proc.fake.kill()  # as ChildPool does: SIGKILL, nothing stored

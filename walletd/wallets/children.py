@@ -57,12 +57,9 @@ for externally run wallet-rpc processes.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
-import os
 import secrets
-import signal
 import subprocess
 from typing import Protocol
 
@@ -70,112 +67,51 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import RpcAuthError, RpcError, Unavailable
+from walletd.errors import ChildStartError
 from walletd.ops.logs import unlabelled
 from walletd.wallets import spawning
+from walletd.wallets.child_control import (
+    KILL_WAIT,
+    STORE_TIMEOUT,
+    drain,
+    terminate,
+    wait_exit,
+    wait_ready,
+)
+from walletd.wallets.process import ManagedChild, WalletProcess, managed
 from walletd.wallets.rpc import WalletRpc
-from walletd.wallets.spawning import ChildSettings, LiveChildren, Spawned, listener_is_owned_by
+from walletd.wallets.spawning import ChildSettings, LiveChildren, listener_is_owned_by
 
 __all__ = [
     "ChildPool",
     "ChildSettings",
-    "ChildStartError",
     "ProcessPool",
     "WalletProcess",
 ]
 
 log = structlog.get_logger(__name__)
 
-STORE_TIMEOUT = 2.0  # `store` before SIGTERM when a wallet may be open
-KILL_WAIT = 5.0  # after SIGKILL the kernel reaps at once; bounded anyway
-READY_POLL_INTERVAL = 0.05
-READY_CALL_TIMEOUT = 2.0
 START_ATTEMPTS = 3  # a child that exits before it is ready (port taken) is retried on a new port
-OUTPUT_TAIL = 20  # lines of output kept for error messages
-MAX_LINE = 400  # characters of one output line that reach the log
 DRAIN_GRACE = 1.0  # how long to read a dead child's last output
 MAX_START_BACKOFF = 30.0
 
 
-class ChildStartError(Unavailable):
-    """monero-wallet-rpc could not be started; `detail` says why, with its last output lines."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("monero-wallet-rpc could not be started")
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.message}: {self.detail}"
+# ---- the pool's interface ------------------------------------------------------------------------
 
 
-# ---- processes -----------------------------------------------------------------------------------
+@attrs.frozen
+class PoolStatistics:
+    """A pool's figures now (`ProcessPool.statistics()`, as trio's statistics() give them)."""
 
-
-class _Child:
-    """What only the pool needs to know about a managed child."""
-
-    def __init__(self, spawned: Spawned) -> None:
-        self.popen = spawned.popen
-        self.port = spawned.port
-        self.pidfd = spawned.pidfd
-        self.output = spawned.output
-        self.config_file = spawned.config_file
-        self.record_file = spawned.record_file
-        self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
-        self.drained = trio.Event()
-        self.gone = trio.Event()  # its supervisor finished: reaped and cleaned up
-        self.stopping = False  # we asked it to stop: its exit is expected
-        self.died = False  # it exited without being asked
-
-
-class WalletProcess:
-    """One monero-wallet-rpc: a managed child or an external endpoint, with its RPC client."""
-
-    def __init__(
-        self, ident: str, rpc: WalletRpc, *, pid: int | None = None, external: bool = False
-    ) -> None:
-        self.ident = ident
-        self.rpc = rpc
-        self.pid = pid
-        self.external = external
-        self.exited = trio.Event()
-        self.uses = 0
-        self.returncode: int | None = None
-        self.start_seconds: float | None = None  # managed: spawn to RPC-ready
-        # The monerod it was started with (--daemon-address); None: not ours to say (external).
-        self.daemon_address: str | None = None
-        # (escrow id, role) of the wallet this process holds now: what its log lines name.
-        self.wallet_of: tuple[str, str] | None = None
-        self._child: _Child | None = None
-
-    def labels(self) -> dict[str, str]:
-        """Log fields naming the escrow wallet held now; none for a spare or an empty process."""
-        if self.wallet_of is None:
-            return {}
-        escrow_id, role = self.wallet_of
-        return {"escrow_id": escrow_id, "role": role}
-
-    def alive(self) -> bool:
-        return not self.exited.is_set()
-
-    async def still_ours(self) -> bool:
-        """Before a wallet password is sent: the port still answers from this very process.
-
-        Checked at start, but a child that died a moment ago (not yet reaped, so `alive()`)
-        frees its port for anyone; the body of the next request, password included, would go
-        to whoever bound it. One /proc read per open, a millisecond. External endpoints are
-        the operator's to trust."""
-        if self._child is None:
-            return True
-        return await trio.to_thread.run_sync(listener_is_owned_by, self._child.port, self.pid)
-
-    def __repr__(self) -> str:  # never shows the credentials
-        return f"WalletProcess({self.ident}, pid={self.pid})"
+    idle: int  # ready processes owned by nobody
+    busy: int  # processes handed out (acquired, not yet released or discarded)
+    restarts: int  # processes that died (idle or in use) and were replaced since start
 
 
 class ProcessPool(Protocol):
-    restarts: int
     capacity: int | None
+
+    def statistics(self) -> PoolStatistics: ...
 
     async def acquire(self) -> WalletProcess: ...
 
@@ -199,7 +135,7 @@ class ChildPool:
     def __init__(self, settings: ChildSettings) -> None:
         self.settings = settings
         self.live = LiveChildren()
-        self.restarts = 0
+        self._restarts = 0
         self.capacity: int | None = None
         self._nursery: trio.Nursery | None = None
         self._closing = False
@@ -213,6 +149,9 @@ class ChildPool:
     def idle(self) -> tuple[WalletProcess, ...]:
         """The ready spares (started, no wallet, owned by nobody)."""
         return tuple(self._idle)
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(idle=len(self._idle), busy=len(self._busy), restarts=self._restarts)
 
     @property
     def pids(self) -> list[int]:
@@ -295,7 +234,7 @@ class ChildPool:
             if candidate.alive():
                 proc = candidate
                 break
-            self.restarts += 1  # a spare that died while idle: replaced below
+            self._restarts += 1  # a spare that died while idle: replaced below
         self._top_up()
         if proc is None:
             proc = await self._start()
@@ -336,11 +275,11 @@ class ChildPool:
         self._busy.discard(proc)
         if proc in self._idle:
             self._idle.remove(proc)
-        child = _managed(proc)
+        child = managed(proc)
         died = child.died
         await self._stop(proc, store=proc.alive() and not damaged, kill=damaged)
         if died:
-            self.restarts += 1
+            self._restarts += 1
             log.info("dead wallet-rpc discarded", ident=proc.ident, pid=proc.pid, **proc.labels())
         proc.wallet_of = None
         self._top_up()
@@ -430,18 +369,20 @@ class ChildPool:
             with trio.CancelScope(shield=True):
                 await rpc.aclose()
             raise ChildStartError(f"cannot run {self.settings.wallet_rpc_path}: {exc}") from exc
-        proc = WalletProcess(f"wallet-rpc:127.0.0.1:{port}", rpc, pid=spawned.popen.pid)
+        child = ManagedChild(spawned)
+        proc = WalletProcess(
+            f"wallet-rpc:127.0.0.1:{port}", rpc, pid=spawned.popen.pid, child=child
+        )
         proc.daemon_address = self.settings.daemon_address
-        proc._child = child = _Child(spawned)
         assert proc.pid is not None
         self._live[proc.pid] = proc
         failure: str | None = None
         foreign = False
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain, proc)
-                nursery.start_soon(self._wait_exit, proc)
-                failure = await self._wait_ready(proc)
+                nursery.start_soon(drain, proc)
+                nursery.start_soon(wait_exit, proc)
+                failure = await wait_ready(proc, self.settings)
                 if failure is None and not await trio.to_thread.run_sync(
                     listener_is_owned_by, port, proc.pid
                 ):
@@ -467,7 +408,12 @@ class ChildPool:
                 bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
                 with trio.move_on_after(bound) as cs:
                     cs.shield = True
-                    await self._terminate(proc, store=proc in self._busy, reap=True)
+                    await terminate(
+                        proc,
+                        stop_timeout=self.settings.stop_timeout,
+                        store=proc in self._busy,
+                        reap=True,
+                    )
                 if not proc.exited.is_set():
                     log.error(
                         "wallet-rpc could not be stopped or reaped", pid=proc.pid, **proc.labels()
@@ -487,84 +433,10 @@ class ChildPool:
                 raise _ExitedEarly(detail)
             raise ChildStartError(detail)
 
-    async def _wait_ready(self, proc: WalletProcess) -> str | None:
-        """None once `get_version` answers with our credentials, else why it never did."""
-        with trio.move_on_after(self.settings.start_timeout):
-            while True:
-                if proc.exited.is_set():
-                    return f"exited with code {proc.returncode} before it was ready"
-                try:
-                    await proc.rpc.call("get_version", timeout=READY_CALL_TIMEOUT)
-                except RpcAuthError:
-                    # Someone else answers on that port: ours will fail to bind and exit.
-                    with trio.move_on_after(self.settings.stop_timeout):
-                        await proc.exited.wait()
-                    if proc.exited.is_set():
-                        return f"port taken, exited with code {proc.returncode}"
-                    return "another process answers on its port (HTTP 401)"
-                except RpcError:
-                    pass  # not listening yet (or busy): poll again
-                else:
-                    return None
-                with trio.move_on_after(READY_POLL_INTERVAL):
-                    await proc.exited.wait()
-        return f"not ready within {self.settings.start_timeout:g} s"
-
     # ---- supervising -----------------------------------------------------------------------------
 
-    async def _drain(self, proc: WalletProcess) -> None:
-        """Read the child's stdout+stderr to the end, logging each line (bounded) at debug."""
-        child = _managed(proc)
-        pending = b""
-        try:
-            while chunk := await child.output.receive_some(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._output_line(proc, line)
-                if len(pending) > MAX_LINE * 4:  # no newline for a long time: log what we have
-                    self._output_line(proc, pending)
-                    pending = b""
-            if pending:
-                self._output_line(proc, pending)
-        except (trio.ClosedResourceError, OSError) as exc:
-            # The pipe closes when the child exits or is stopped: nothing left to drain.
-            log.debug(
-                "wallet-rpc output closed",
-                pid=proc.pid,
-                reason=type(exc).__name__,
-                **proc.labels(),
-            )
-        finally:
-            child.drained.set()
-
-    def _output_line(self, proc: WalletProcess, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip()[:MAX_LINE]
-        if line:
-            _managed(proc).tail.append(line)
-            log.debug("wallet-rpc output", pid=proc.pid, line=line, **proc.labels())
-
-    async def _wait_exit(self, proc: WalletProcess) -> None:
-        """Wait for the child to exit, reap it and set `exited` (one waiter at a time)."""
-        child = _managed(proc)
-        if proc.exited.is_set():
-            return
-        if child.pidfd is not None:
-            await trio.lowlevel.wait_readable(child.pidfd)
-        while True:  # the pidfd said it exited; poll() reaps it (or we poll without a pidfd)
-            code = child.popen.poll()
-            if code is not None:
-                break
-            await trio.sleep(0.05)
-        proc.returncode = code
-        if child.pidfd is not None:
-            os.close(child.pidfd)
-            child.pidfd = None
-        child.died = not child.stopping
-        proc.exited.set()
-
     def _after_exit(self, proc: WalletProcess) -> None:
-        child = _managed(proc)
+        child = managed(proc)
         if not child.died:
             return
         log.warning(
@@ -577,7 +449,7 @@ class ChildPool:
         )
         if proc in self._idle:
             self._idle.remove(proc)
-            self.restarts += 1
+            self._restarts += 1
             self._top_up()
 
     # ---- stopping --------------------------------------------------------------------------------
@@ -587,50 +459,16 @@ class ChildPool:
         bound = STORE_TIMEOUT + self.settings.stop_timeout + KILL_WAIT
         with trio.move_on_after(bound) as cs:
             cs.shield = True
-            await self._terminate(proc, store=store, reap=False, kill=kill)
-            await _managed(proc).gone.wait()
+            await terminate(
+                proc, stop_timeout=self.settings.stop_timeout, store=store, reap=False, kill=kill
+            )
+            await managed(proc).gone.wait()
             await proc.rpc.aclose()
         if not proc.exited.is_set():
             log.error("wallet-rpc did not stop", ident=proc.ident, pid=proc.pid, **proc.labels())
 
-    async def _terminate(
-        self, proc: WalletProcess, *, store: bool, reap: bool, kill: bool = False
-    ) -> None:
-        """`store` if asked, SIGTERM, wait `stop_timeout`, SIGKILL, wait; no-op once exited.
-        `kill`: SIGKILL at once."""
-        child = _managed(proc)
-        child.stopping = True
-        if proc.exited.is_set():
-            return
-
-        async def wait() -> None:
-            if reap:
-                await self._wait_exit(proc)
-            else:
-                await proc.exited.wait()
-
-        if store:
-            try:
-                await proc.rpc.call("store", timeout=STORE_TIMEOUT)
-            except (RpcError, OSError) as exc:
-                log.debug("store before stop failed", pid=proc.pid, error=str(exc), **proc.labels())
-        if not kill:
-            _signal(proc, signal.SIGTERM)
-            with trio.move_on_after(self.settings.stop_timeout):
-                await wait()
-            if proc.exited.is_set():
-                return
-            log.warning(
-                "wallet-rpc ignored SIGTERM; sending SIGKILL",
-                ident=proc.ident,
-                pid=proc.pid,
-                **proc.labels(),
-            )
-        _signal(proc, signal.SIGKILL)
-        await wait()
-
     def _forget(self, proc: WalletProcess) -> None:
-        child = _managed(proc)
+        child = managed(proc)
         if proc.pid is not None:
             self._live.pop(proc.pid, None)
         if proc in self._idle:
@@ -647,29 +485,11 @@ class ChildPool:
             spawning.prune_logs(self.settings.run_dir / "logs", self.live)
 
 
+# Private to this module: `_start_unlabelled` turns both into a retry on a new port, and the
+# last one into a `ChildStartError`; they never leave the pool (see walletd.errors).
 class _ExitedEarly(Exception):
     """The child exited before it was ready (most often: its port was taken meanwhile)."""
 
 
 class _ForeignListener(Exception):
     """Something other than the child answers on the child's port: never hand it out."""
-
-
-def _managed(proc: WalletProcess) -> _Child:
-    if proc._child is None:
-        raise ValueError(f"{proc!r} is not a managed child")
-    return proc._child
-
-
-def _signal(proc: WalletProcess, sig: signal.Signals) -> None:
-    """Signal a child that has not been reaped yet (so its pid cannot have been reused)."""
-    child = _managed(proc)
-    if proc.exited.is_set() or child.popen.returncode is not None:
-        return
-    try:
-        if child.pidfd is not None:
-            signal.pidfd_send_signal(child.pidfd, sig)
-        else:
-            child.popen.send_signal(sig)
-    except ProcessLookupError:
-        pass  # it exited between our check and the signal: what we wanted anyway

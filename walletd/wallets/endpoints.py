@@ -14,7 +14,8 @@ import structlog
 import trio
 
 from walletd.errors import Capacity, NoWalletFile, RpcError
-from walletd.wallets.children import WalletProcess
+from walletd.wallets.children import PoolStatistics
+from walletd.wallets.process import WalletProcess
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = ["Endpoint", "EndpointPool"]
@@ -47,7 +48,6 @@ class EndpointPool:
     ) -> None:
         if not endpoints:
             raise ValueError("EndpointPool needs at least one endpoint")
-        self.restarts = 0
         self.capacity: int | None = len(endpoints)
         self._acquire_timeout = acquire_timeout
         self._close_timeout = close_timeout
@@ -70,6 +70,10 @@ class EndpointPool:
         """External endpoints keep the daemon their operator gave them (config refuses failover
         with endpoints: re-pointing them would take `set_daemon`, monero issue 10246)."""
         raise ValueError(f"cannot move external wallet-rpc endpoints to {address}")
+
+    def statistics(self) -> PoolStatistics:
+        """Endpoints are never restarted by walletd: a dead one is kept out until it answers."""
+        return PoolStatistics(idle=self.free, busy=len(self._busy), restarts=0)
 
     @property
     def free(self) -> int:

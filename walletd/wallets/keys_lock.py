@@ -30,11 +30,7 @@ import os
 import struct
 from pathlib import Path
 
-from walletd.errors import RpcCallError
-
-__all__ = ["HeldElsewhere", "lock_holder", "lock_holders"]
-
-OPEN_FAILED = -1
+__all__ = ["lock_holder", "lock_holders"]
 
 _FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
 PROC_LOCKS = Path("/proc/locks")
@@ -76,12 +72,3 @@ def lock_holder(path: Path) -> int | None:
         os.close(fd)
     l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
     return None if l_type == fcntl.F_UNLCK else int(pid)
-
-
-class HeldElsewhere(RpcCallError):
-    """An open that succeeded but was given up: our wallet-rpc is not the keys-file lock's only
-    holder (see the module doc). Still the open's -1, worded as the repairer words a wallet held
-    by another process, so callers explain it the same way."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("open_wallet", OPEN_FAILED, reason)

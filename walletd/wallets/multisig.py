@@ -30,7 +30,7 @@ import attrs
 import structlog
 import trio
 
-from walletd.errors import MultisigError, RpcError
+from walletd.errors import MultisigError, MultisigSetupError, MultisigSpendError, RpcError
 from walletd.ids import ROLES, Role
 from walletd.jsontypes import JsonObject
 from walletd.wallets import payout_check
@@ -41,8 +41,6 @@ __all__ = [
     "THRESHOLD",
     "TOTAL",
     "MultisigError",
-    "MultisigSetupError",
-    "MultisigSpendError",
     "PayoutTx",
     "Proposal",
     "Role",
@@ -65,14 +63,6 @@ TOTAL = 3
 EXCHANGE_ROUNDS = 2  # 2-of-3 in 0.18: make_multisig, then two key exchange rounds
 
 K = TypeVar("K", bound=str)
-
-
-class MultisigSetupError(MultisigError):
-    """Creating the three wallets or making them a 2-of-3 multisig failed."""
-
-
-class MultisigSpendError(MultisigError):
-    """Syncing multisig info, proposing, co-signing or submitting a spend failed."""
 
 
 @attrs.frozen
@@ -329,7 +319,7 @@ async def check_proposal(
     Everything compared comes from the co-signer's own wallet, not from the proposer: the
     description of the transaction, the unlocked balance, the number of unlocked outputs a
     sweep spends (for the weight estimate). `max_fee_per_byte` already holds the tolerance.
-    Raises `payout_check.PayoutRefused`, or `MultisigSpendError` if a wallet call fails."""
+    Raises `PayoutRefused`, or `MultisigSpendError` if a wallet call fails."""
 
     async def call(method: str, params: JsonObject) -> JsonObject:
         return await _one(method, "cosigner", cosigner, params, MultisigSpendError)

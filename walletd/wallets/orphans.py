@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import structlog
 
-from walletd.wallets.children import KILL_WAIT
+from walletd.wallets.child_control import KILL_WAIT
 from walletd.wallets.spawning import (
     EXECUTABLE,
     ChildSettings,

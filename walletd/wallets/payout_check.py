@@ -31,20 +31,12 @@ from typing import Any
 
 import attrs
 
-from walletd.errors import Conflict
+from walletd.errors import PayoutRefused
 
-__all__ = ["DUST", "Expected", "PayoutRefused", "check"]
+__all__ = ["DUST", "Expected", "check"]
 
 # A sweep has no change; a few piconero of rounding would be harmless, more is money left behind.
 DUST = 1_000_000  # 1e-6 XMR
-
-
-class PayoutRefused(Conflict):
-    """The proposed payout is not the recorded one: nothing is signed (409 with the reason)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"payout refused before signing: {reason}")
-        self.reason = reason
 
 
 @attrs.frozen

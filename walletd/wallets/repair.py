@@ -47,26 +47,16 @@ from typing import Protocol
 
 import structlog
 
-from walletd.errors import RpcCallError
+from walletd.errors import OPEN_FAILED, NotRepaired, RpcCallError
 from walletd.ids import Role
 from walletd.state.backups import Backups
 from walletd.wallets.keys_lock import lock_holder
 
-__all__ = ["KeptVersions", "NotRepaired", "Opener", "WalletRepair"]
+__all__ = ["KeptVersions", "Opener", "WalletRepair"]
 
 log = structlog.get_logger(__name__)
 
-OPEN_FAILED = -1
 CHECK_SUFFIX = ".restore-check"  # the scratch name a backup is opened under before it is used
-
-
-class NotRepaired(RpcCallError):
-    """The open failed (-1) and nothing was repaired: the reason says why (held elsewhere, no
-    damage proven, no backup checked out). Still the open's -1, so callers that explain a
-    failed open (adoption: a missing file, a wrong password, a wallet open elsewhere) do."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("open_wallet", OPEN_FAILED, reason)
 
 
 class Opener(Protocol):

@@ -30,7 +30,7 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_host ON leases(host_id);
 
--- The escrows, as walletd/state/store.py keeps them in SQLite (JSON columns as jsonb).
+-- The escrows, as walletd/state/sqlite_store.py keeps them in SQLite (JSON columns as jsonb).
 CREATE TABLE escrows (
     escrow_id text PRIMARY KEY,
     state text NOT NULL,

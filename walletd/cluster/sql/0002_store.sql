@@ -1,4 +1,4 @@
--- The proofs of submitted payouts, as walletd/state/store.py keeps them in SQLite: beside the
+-- The proofs of submitted payouts, as walletd/state/sqlite_store.py keeps them in SQLite: beside the
 -- escrow row, not in its payout column, because the record is read, logged and shown everywhere
 -- and the transaction key only through the proof endpoint. No foreign key, as in SQLite: a proof
 -- is kept if its escrow row is deleted. The payout itself (intent, signed blob, submitted) stays in

@@ -13,11 +13,12 @@ import trio
 
 from tests.harness import escrow_record
 from tests.pgtest import advance_db_clock
-from walletd.cluster.db import ClusterUnavailable, Database
+from walletd.cluster.db import Database
 from walletd.cluster.hosts import Hosts
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.migrations import migrate
-from walletd.cluster.pg_store import EVENTS_CHANNEL, PgStore
+from walletd.cluster.postgres_store import EVENTS_CHANNEL, PgStore
+from walletd.errors import ClusterUnavailable, Fenced, StoreUnavailable
 from walletd.escrows.model import (
     EscrowRecord,
     EscrowState,
@@ -28,7 +29,7 @@ from walletd.escrows.model import (
     PayoutProof,
     utcnow,
 )
-from walletd.state.store import EventRecord, StoreUnavailable
+from walletd.state.store import EventRecord
 
 pytestmark = pytest.mark.pg
 
@@ -112,7 +113,7 @@ async def test_writes_without_a_lease_are_refused(hosts: tuple[Host, Host]) -> N
         with pytest.raises(Fenced):
             await write
     assert await _snapshot(a.store) == before
-    assert a.leases.fenced_writes == 6
+    assert a.leases.statistics().fenced_writes == 6
     assert a.store.errors == 0  # a refused write is not the database failing
     event = await a.store.append_event("daemon_started", None, {})
     assert event.seq == 1
@@ -151,7 +152,7 @@ async def test_a_stale_owner_changes_nothing(db_url: str, hosts: tuple[Host, Hos
     with pytest.raises(Fenced):
         await a.store.append_event("payout_submitted", "e1", {})
     assert await _snapshot(b.store) == before
-    assert a.leases.fenced_writes == 3
+    assert a.leases.statistics().fenced_writes == 3
     rec = await b.store.get_escrow("e1")
     assert rec is not None
     assert rec.payout == signed  # the new owner resubmits exactly this blob

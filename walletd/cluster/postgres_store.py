@@ -1,4 +1,4 @@
-"""The store on the cluster's PostgreSQL: what `walletd.state.store.Store` does on SQLite, fenced.
+"""The store on the cluster's PostgreSQL: what `walletd.state.sqlite_store` does on SQLite, fenced.
 
 Same methods, parameters, results and errors as the SQLite store (async), so the daemon runs on
 either: an `EscrowRecord` reads back identical from both (the JSON columns are written by the same
@@ -25,9 +25,10 @@ What PostgreSQL adds:
   counted in `errors`, remembered in `failure` until a write succeeds, and reported through
   `on_error`, as the SQLite store does for /v1/health and /metrics. A duplicate escrow id is the
   driver's `IntegrityError`, as it is sqlite3's there. `Fenced` (also a `StoreUnavailable`) is not
-  the database failing: it is counted by `Leases.fenced_writes` and logged, not in `errors`.
+  the database failing: it is counted in `Leases.statistics()` and logged, not in `errors`.
 
-`PgStore` is a `walletd.state.seam.StateStore`.
+`PgStore` is a `walletd.state.store.StateStore`; its `_nowait` calls always raise
+`trio.WouldBlock` (every call is a round trip).
 
 Escrow times (`created_at`, `updated_at`) are the writing host's `utcnow()` as in SQLite (the
 record's own data, kept in timestamptz columns); event times and proof times are the database's
@@ -42,10 +43,12 @@ from typing import Any, TypeVar, Unpack
 
 import psycopg
 import structlog
+import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection, Database
-from walletd.cluster.leases import Fenced, Leases, Tenure, append_event_row
+from walletd.cluster.db import Connection, Database
+from walletd.cluster.leases import Leases, Tenure, append_event_row
 from walletd.cluster.wallet_files import abandon_wallet_files
+from walletd.errors import ClusterUnavailable, Fenced
 from walletd.escrows.model import EscrowRecord, EscrowState, PayoutProof
 from walletd.jsontypes import JsonMapping
 from walletd.state.columns import (
@@ -401,6 +404,14 @@ class PgStore:
             return _append(conn, type_, escrow_id, data, tenure)
 
         return await self._fenced(escrow_id, write)
+
+    def escrow_state_nowait(self, escrow_id: str) -> EscrowState | None:
+        raise trio.WouldBlock  # a round trip: the caller awaits `escrow_state`
+
+    def append_event_nowait(
+        self, type_: str, escrow_id: str | None, data: JsonMapping
+    ) -> EventRecord:
+        raise trio.WouldBlock  # a round trip: the caller queues it for `append_event`
 
     async def events_after(self, seq: int, limit: int = 500) -> list[EventRecord]:
         def read(conn: Connection) -> list[EventRecord]:

@@ -1,4 +1,4 @@
-"""This host's holdings of escrow leases: the cluster's side of `walletd.state.ownership`.
+"""This host's holdings of escrow leases: the lease-based `walletd.state.ownership.Ownership`.
 
 One lease per escrow per host, shared by everything here that needs the escrow (its session,
 a creation, a payout step, a monitor check) and counted: the first holding acquires it (epoch
@@ -33,7 +33,7 @@ declare it lost. `check_held` is asked right before every money-moving wallet ca
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -43,12 +43,12 @@ import attrs
 import structlog
 import trio
 
-from walletd.cluster.db import ClusterUnavailable, Connection
+from walletd.cluster.db import Connection
 from walletd.cluster.holder import LeaseHolder, boottime
 from walletd.cluster.hosts import Hosts
-from walletd.cluster.leases import Fenced, Leases, Tenure
+from walletd.cluster.leases import Leases, Tenure
 from walletd.cluster.wallet_files import WalletFiles
-from walletd.errors import OwnedElsewhere, Unavailable
+from walletd.errors import ClusterUnavailable, Fenced, OwnedElsewhere, Unavailable
 from walletd.ids import Role
 from walletd.state.ownership import OnLost
 
@@ -115,10 +115,6 @@ class ClusterOwnership:
         self._lost = 0
 
     @property
-    def clustered(self) -> bool:
-        return True
-
-    @property
     def host(self) -> str | None:
         return self.host_id
 
@@ -128,6 +124,10 @@ class ClusterOwnership:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    async def adopt_orphans(self, look: Callable[[], Awaitable[None]]) -> None:
+        """Other hosts may die with payouts half done: `look` runs for as long as this host."""
+        await look()
 
     def statistics(self) -> HoldingStats:
         return HoldingStats(held=len(self._held), acquired=self._acquired, lost=self._lost)
