@@ -28,7 +28,7 @@ from tests.regtest.crash_helpers import CrashableWalletd, keys_holders, stray_wa
 from tests.regtest.harness import MONITOR
 from tests.regtest.walletd_proc import WalletdProcess
 
-__all__ = ["Cluster", "ClusterHost", "cluster_of", "metric_value", "wallets_held"]
+__all__ = ["Cluster", "ClusterHost", "cluster_on", "metric_value", "wallets_held"]
 
 VAULT_KEY_BYTES = 32
 
@@ -190,7 +190,7 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster_of(
+def cluster_on(
     root: Path, daemon_address: str, database_url: str, *, hosts: int, lease_ttl: float
 ) -> Iterator[Cluster]:
     """`hosts` hosts h1.. on `database_url` (not started) as the cluster tests run them: the

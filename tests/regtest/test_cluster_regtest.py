@@ -34,7 +34,7 @@ from tests.pgtest import fresh_database, url_of
 from tests.regtest.cluster_hosts import (
     Cluster,
     ClusterHost,
-    cluster_of,
+    cluster_on,
     metric_value,
     wallets_held,
 )
@@ -70,7 +70,7 @@ def cluster(tmp_path: Path, monerod: MonerodProcess) -> Iterator[Cluster]:
     wallet-rpc of any host outlived its walletd."""
     with (
         fresh_database() as conninfo,
-        cluster_of(
+        cluster_on(
             tmp_path, monerod.daemon_address, url_of(conninfo), hosts=3, lease_ttl=LEASE_TTL
         ) as hosts,
     ):

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from bench.postgres import PrivatePostgres
-from tests.regtest.cluster_hosts import Cluster, cluster_of
+from tests.regtest.cluster_hosts import Cluster, cluster_on
 from tests.regtest.crash_helpers import all_events, new_payee_address
 from tests.regtest.harness import HANG, create_escrows, fund_until_ready, mine, wait_state
 from tests.regtest.test_cluster_regtest import (
@@ -52,7 +52,7 @@ def two_hosts(
 ) -> Iterator[Cluster]:
     """h1 and h2 on the test's own PostgreSQL (not started); afterwards both are stopped and no
     wallet-rpc of either outlived its walletd."""
-    with cluster_of(
+    with cluster_on(
         tmp_path, monerod.daemon_address, own_pg.url, hosts=2, lease_ttl=LEASE_TTL
     ) as hosts:
         yield hosts
