@@ -15,16 +15,17 @@ from pathlib import Path
 
 import attrs
 
-from tests.regtest.wallet_rpc_proc import (
+from walletd.ids import ROLES
+from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import (
     Miner,
     MultisigSet,
     MultisigSetFactory,
     WalletRpcProcess,
-    create_plain_wallet,
+    private_chain,
     run_trio,
+    started_wallet_rpcs,
 )
-from walletd.ids import ROLES
-from walletd.testing.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
 
 __all__ = [
     "PASSWORD",
@@ -38,7 +39,6 @@ __all__ = [
 XMR = 10**12
 PASSWORD = "bench-pw"  # noqa: S105 - throwaway regtest wallets
 POOL_SIZE = 6  # two sets made at a time; more gains nothing on 2 cores (opens are CPU-bound)
-MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs
 UNLOCK_BLOCKS = 12  # a received output unlocks after 10 blocks; 2 spare
 
 
@@ -78,38 +78,12 @@ class Regtest:
 
 
 def start_regtest(stack: contextlib.ExitStack, root: Path) -> Regtest:
-    monerod = stack.enter_context(MonerodProcess(root / "monerod"))
+    monerod, miner = stack.enter_context(private_chain(root))
     direct_dir = root / "direct"
-    procs = [
-        stack.enter_context(
-            WalletRpcProcess(
-                wallet_dir=direct_dir,
-                work_dir=root / f"wallet-rpc-{i}",
-                daemon_address=monerod.daemon_address,
-            )
-        )
-        for i in range(POOL_SIZE)
-    ]
-    miner_proc = stack.enter_context(
-        WalletRpcProcess(
-            wallet_dir=root / "miner-wallets",
-            work_dir=root / "wallet-rpc-miner",
-            daemon_address=monerod.daemon_address,
-        )
+    procs = stack.enter_context(
+        started_wallet_rpcs(root, direct_dir, monerod.daemon_address, POOL_SIZE)
     )
-    for proc in [*procs, miner_proc]:  # started together above, so their starts overlap
-        proc.wait_ready()
-    address = run_trio(partial(_create_miner, miner_proc))
-    monerod.mine(MINER_BLOCKS, address)
-    return Regtest(root, monerod, procs, Miner(process=miner_proc, address=address), direct_dir)
-
-
-async def _create_miner(proc: WalletRpcProcess) -> str:
-    rpc = proc.client()
-    try:
-        return await create_plain_wallet(rpc, "miner")
-    finally:
-        await rpc.aclose()
+    return Regtest(root, monerod, procs, miner, direct_dir)
 
 
 def _wallet_files(directory: Path, name: str) -> list[Path]:

@@ -52,11 +52,11 @@ from bench.items.session_open import OpenSetup, run_open
 from bench.plan import Plan
 from bench.procs import die_with_parent
 from bench.report import ItemResult
-from tests.regtest.wallet_rpc_proc import MultisigSet, WalletRpcProcess
 from walletd.escrows.model import Payout, PayoutKind, PayoutPhase
 from walletd.ids import ROLES, Role
 from walletd.state.sqlite_store import Store
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import MultisigSet, WalletRpcProcess
 from walletd.wallets import fastopen
 
 __all__ = ["ITEMS", "Run"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,13 @@ async def make_fake_multisig(world: FakeWalletWorld, prefix: str) -> MultisigSet
     return MultisigSet(names, PASSWORD, address)
 
 
-def fake_config(root: Path, **sessions: Any) -> Config:
+def fake_config(root: Path, *, monero: Mapping[str, Any] | None = None, **sessions: Any) -> Config:
+    """A config for an app on fakes in `root`; `monero`: other `[monero]` settings."""
     return Config(
         daemon=DaemonConfig(socket_path=root / "s.sock", state_dir=root / "state"),
-        monero=MoneroConfig(daemon_address="127.0.0.1:1", wallet_dir=root / "wallets"),
+        monero=MoneroConfig(
+            daemon_address="127.0.0.1:1", wallet_dir=root / "wallets", **(monero or {})
+        ),
         sessions=SessionsConfig(**sessions),
         monitor=MonitorConfig(enabled=False),
     )
@@ -60,11 +64,12 @@ def fake_app(
     *,
     chain: Chain | None = None,
     foreign_locks: dict[str, set[int]] | None = None,
+    monero: Mapping[str, Any] | None = None,
     **sessions: Any,
 ) -> App:
     """`foreign_locks`: wallet name -> pids of outside processes that also hold its keys-file
     lock (what the real lock can show after two opens raced; the fake's own lock cannot)."""
-    config = fake_config(root, **sessions)
+    config = fake_config(root, monero=monero, **sessions)
     prepare_dirs(config)
     outside = foreign_locks if foreign_locks is not None else {}
 

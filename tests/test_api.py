@@ -8,27 +8,14 @@ the same surface through the real socket.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, fake_pool, make_fake_multisig, start
-from walletd.app import App
-from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
+from tests.fakes import call, fake_pool, make_fake_multisig
+from tests.harness import app_adopting
 
 TXID = "ab" * 32
-
-
-async def _app(nursery: trio.Nursery, tmp_path: Path) -> tuple[App, Any]:
-    world = FakeWalletWorld()
-    s = await make_fake_multisig(world, "a")
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
-    await start(nursery, app)
-    status, body = await call(app, "POST", "/v1/escrows", s.adopt_body("good"))
-    assert status == 201, body
-    return app, s
 
 
 BAD_REQUESTS: list[tuple[str, str, object, int, str]] = [
@@ -119,7 +106,7 @@ async def test_bad_requests_get_documented_errors(
 ) -> None:
     """A bad request gets its documented status and code; the daemon keeps serving."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _ = await app_adopting(nursery, tmp_path, "good")
         got_status, got = await call(app, method, path, body)
         assert (got_status, got["error"]["code"]) == (status, code), got
         assert isinstance(got["error"]["message"], str)
@@ -133,7 +120,7 @@ async def test_adopt_retry_conflict_and_errors(
     """Adopting: an identical retry is 200, other values 409, a wrong password 400, and nothing
     half-registered is left by a failure."""
     async with trio.open_nursery() as nursery:
-        app, s = await _app(nursery, tmp_path)
+        app, s = await app_adopting(nursery, tmp_path, "good")
         status, body = await call(app, "POST", "/v1/escrows", s.adopt_body("good"))
         assert status == 200
         assert body["multisig_address"] == s.address
@@ -159,7 +146,7 @@ async def test_adopt_retry_conflict_and_errors(
 async def test_adopt_refuses_plain_wallets(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     """Three plain wallets are not a 2-of-3 multisig: 400, and no escrow is recorded."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _ = await app_adopting(nursery, tmp_path, "good")
         world = fake_pool(app).world
         for role in ("buyer", "vendor", "arbiter"):
             world.add_wallet(f"plain-{role}", "pw")
@@ -182,7 +169,7 @@ async def test_no_password_in_answers_or_logs(
 ) -> None:
     """No wallet password appears in any answer or any log line."""
     async with trio.open_nursery() as nursery:
-        app, s = await _app(nursery, tmp_path)
+        app, s = await app_adopting(nursery, tmp_path, "good")
         answers = [
             await call(app, "GET", "/v1/escrows/good"),
             await call(app, "GET", "/v1/escrows"),
@@ -204,7 +191,7 @@ async def test_sessions_endpoint_and_escrow_view(
 ) -> None:
     """GET /v1/sessions lists most recently used first; the escrow object shows its session."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _ = await app_adopting(nursery, tmp_path, "good")
         status, body = await call(app, "GET", "/v1/escrows/good")
         assert status == 200
         assert body["state"] == "awaiting_funding"

@@ -11,9 +11,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +18,19 @@ import attrs
 import pytest
 import trio
 
-from bench.postgres import PrivatePostgres, server_bin
+from bench.postgres import PrivatePostgres
+from tests.harness import run_walletd
 from tests.pgtest import admin_url
 from walletd.cluster.db import CONNECT_TIMEOUT, Connection, Database, bounds_for
 from walletd.cluster.leases import Leases
 from walletd.cluster.migrations import migrate
 from walletd.errors import ClusterUnavailable
-from walletd.testing.walletd_process import toml_value
+from walletd.testing.walletd_process import write_config
 
 pytestmark = pytest.mark.pg
 
 TTL = 5.0
 EXIT_RUNTIME = 1
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL of this test's own, which it may stop and start."""
-    bin_dir = server_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
-    with PrivatePostgres(bin_dir) as pg:
-        yield pg
 
 
 def _select_one(conn: Connection) -> int:
@@ -120,23 +108,7 @@ def _config(tmp_path: Path, database_url: str) -> Path:
         "monitor": {"enabled": False},
         "cluster": {"database_url": database_url, "host_id": "h1", "lease_ttl": TTL},
     }
-    lines: list[str] = []
-    for name, values in config.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    path = tmp_path / "w.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _walletd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "walletd", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    return write_config(tmp_path / "w.toml", config)
 
 
 def test_start_with_the_database_down_says_which_and_why_in_one_json_line(
@@ -147,7 +119,7 @@ def test_start_with_the_database_down_says_which_and_why_in_one_json_line(
     reason; no driver lines (every line is JSON), no traceback, never the password."""
     port = _dead_port()
     path = _config(tmp_path, f"postgresql://walletd:hunter2pw@127.0.0.1:{port}/walletd")
-    done = _walletd("--config", str(path))
+    done = run_walletd("--config", str(path))
     assert done.returncode == EXIT_RUNTIME, done
     lines = [json.loads(x) for x in done.stderr.splitlines()]  # JSON only: no driver lines
     errors = [x for x in lines if x["level"] == "error"]
@@ -165,15 +137,15 @@ def test_check_config_probes_the_database_when_asked(tmp_path: Path) -> None:
     reached (exit 1, as at start-up), OK when it can."""
     port = _dead_port()
     path = _config(tmp_path, f"postgresql://walletd:hunter2pw@127.0.0.1:{port}/walletd")
-    offline = _walletd("--config", str(path), "--check-config")
+    offline = run_walletd("--config", str(path), "--check-config")
     assert (offline.returncode, offline.stdout.strip()) == (0, "OK"), offline
-    down = _walletd("--config", str(path), "--check-config", "--check-database")
+    down = run_walletd("--config", str(path), "--check-config", "--check-database")
     assert down.returncode == EXIT_RUNTIME, down
     assert f"cluster.database_url (127.0.0.1:{port})" in down.stderr, down.stderr
     assert len(down.stderr.splitlines()) == 1, down.stderr
     assert "hunter2pw" not in down.stderr + down.stdout
     good = _config(tmp_path, admin_url())
-    up = _walletd("--config", str(good), "--check-config", "--check-database")
+    up = run_walletd("--config", str(good), "--check-config", "--check-database")
     assert (up.returncode, up.stdout.strip()) == (0, "OK"), up
 
 

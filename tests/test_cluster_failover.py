@@ -11,52 +11,29 @@ with real processes (tests/regtest/test_cluster_regtest.py).
 
 from __future__ import annotations
 
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
-import attrs
 import psycopg
 import pytest
 import trio
 
-from tests.fakes import call, fake_config, make_fake_multisig, start
-from tests.pgtest import advance_db_clock, cluster_of, start_cluster
-from walletd.app import App, prepare_dirs
-from walletd.config import ClusterConfig
+from tests.fakes import call
+from tests.harness import CLUSTER_TTL, fake_host, run_host, shared_multisig
+from tests.pgtest import advance_db_clock, cluster_of
+from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
 
 pytestmark = pytest.mark.pg
 
-TTL = 3.0
+TTL = CLUSTER_TTL
 HANG = 60.0  # only against a hang on a loaded machine: never a timing claim
-
-
-def _host(root: Path, world: FakeWalletWorld, url: str, host_id: str) -> App:
-    """Host `host_id`, with the cluster's vault key (every host has the same key file)."""
-    config = attrs.evolve(
-        fake_config(root / host_id),
-        cluster=ClusterConfig(database_url=url, host_id=host_id, lease_ttl=TTL),
-    )
-    prepare_dirs(config)
-    key = root / "walletd.key"
-    if not key.exists():
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
-    shutil.copy2(key, config.daemon.state_dir / "walletd.key")
-    world.file_dirs.append(config.monero.wallet_dir)
-    for name in world.wallets:
-        world.write_files(name)
-    return App(config, pool=FakePool(world, open_delay=0.1, create_delay=0.1))
 
 
 async def _run_parts(app: App, *, task_status: trio.TaskStatus[None]) -> None:
     """The parts a host needs to serve (cluster, pool, registry, lifecycle), until cancelled."""
     async with trio.open_nursery() as nursery:
-        await start_cluster(nursery, app)
-        await start(nursery, app)
+        await run_host(nursery, app)
         task_status.started()
 
 
@@ -78,9 +55,7 @@ async def _killable(nursery: trio.Nursery, app: App) -> tuple[trio.CancelScope, 
 
 
 async def _adopt(app: App, world: FakeWalletWorld, escrow_id: str) -> None:
-    s = await make_fake_multisig(world, f"m-{escrow_id}")
-    for name in s.files.values():
-        world.write_files(name)
+    s = await shared_multisig(world, f"m-{escrow_id}")
     status, body = await call(app, "POST", "/v1/escrows", s.adopt_body(escrow_id))
     assert status == 201, body
     world.credit(s.address, 5 * 10**11, unlocked=True)
@@ -100,8 +75,8 @@ async def test_a_request_for_a_dead_hosts_escrow_is_not_forwarded_to_it(
     forwarded request withdrawn unanswered, none addressed to a), and b serves it as soon as
     a's lease has expired, under a new epoch."""
     world = FakeWalletWorld()
-    a = _host(tmp_path, world, db_url, "a")
-    b = _host(tmp_path, world, db_url, "b")
+    a = fake_host(tmp_path, world, db_url, "a")
+    b = fake_host(tmp_path, world, db_url, "b")
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_parts, b)
         a_scope, a_done = await _killable(nursery, a)
@@ -148,8 +123,8 @@ async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survi
     request's deadline: once a's lease has expired b runs the read itself and answers 200; the
     forwarded request is counted as one whose outcome is unknown."""
     world = FakeWalletWorld()
-    a = _host(tmp_path, world, db_url, "a")
-    b = _host(tmp_path, world, db_url, "b")
+    a = fake_host(tmp_path, world, db_url, "a")
+    b = fake_host(tmp_path, world, db_url, "b")
     claimed = trio.Event()
 
     async def claim_then_hang(call: Any) -> Any:  # Any: a ForwardedCall, never answered
@@ -203,8 +178,8 @@ async def test_a_graceful_stop_hands_the_lease_back_and_the_survivor_serves_at_o
     after the session is stored and closed (before its wallet-rpc pool and cluster parts
     stop), and b serves e1 from then on, under a new epoch."""
     world = FakeWalletWorld()
-    a = _host(tmp_path, world, db_url, "a")
-    b = _host(tmp_path, world, db_url, "b")
+    a = fake_host(tmp_path, world, db_url, "a")
+    b = fake_host(tmp_path, world, db_url, "b")
     answers: list[tuple[int, str]] = []
     released_while: list[bool] = []
     stored = a.ownership.wallets_stored
@@ -275,8 +250,8 @@ async def test_a_killed_host_is_not_live_after_lease_ttl(tmp_path: Path, db_url:
     lease_ttl: a host that stops beating (killed) is listed not live once lease_ttl has
     passed (database clock), while the host still beating stays live."""
     world = FakeWalletWorld()
-    a = _host(tmp_path, world, db_url, "a")
-    b = _host(tmp_path, world, db_url, "b")
+    a = fake_host(tmp_path, world, db_url, "a")
+    b = fake_host(tmp_path, world, db_url, "b")
     async with trio.open_nursery() as nursery:
         await nursery.start(_run_parts, b)
         a_scope, _ = await _killable(nursery, a)

@@ -8,58 +8,18 @@ same behaviours with real processes, real wallet-rpc and separate disks.
 
 from __future__ import annotations
 
-import secrets
-import shutil
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
-from tests.fakes import call, fake_config, make_fake_multisig, start
-from tests.pgtest import advance_db_clock, cluster_of, start_cluster
-from walletd.app import App, prepare_dirs
-from walletd.config import ClusterConfig
-from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
+from tests.fakes import call
+from tests.harness import CLUSTER_TTL, shared_multisig, two_hosts
+from tests.pgtest import advance_db_clock, cluster_of
 
 pytestmark = pytest.mark.pg
 
-TTL = 3.0
-
-
-def _host(root: Path, world: FakeWalletWorld, url: str, host_id: str) -> App:
-    """Host `host_id`, with the cluster's vault key (every host has the same key file)."""
-    config = attrs.evolve(
-        fake_config(root / host_id),
-        cluster=ClusterConfig(database_url=url, host_id=host_id, lease_ttl=TTL),
-    )
-    prepare_dirs(config)
-    key = root / "walletd.key"
-    if not key.exists():
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
-    shutil.copy2(key, config.daemon.state_dir / "walletd.key")
-    world.file_dirs.append(config.monero.wallet_dir)
-    for name in world.wallets:
-        world.write_files(name)
-    return App(config, pool=FakePool(world, open_delay=0.1, create_delay=0.1))
-
-
-async def _run(nursery: trio.Nursery, app: App) -> None:
-    await start_cluster(nursery, app)
-    await start(nursery, app)
-
-
-async def _two_hosts(
-    nursery: trio.Nursery, tmp_path: Path, url: str
-) -> tuple[App, App, FakeWalletWorld]:
-    world = FakeWalletWorld()
-    a = _host(tmp_path, world, url, "a")
-    b = _host(tmp_path, world, url, "b")
-    for app in (a, b):
-        await _run(nursery, app)
-    return a, b, world
+TTL = CLUSTER_TTL
 
 
 async def test_an_escrow_adopted_on_one_host_is_served_by_the_other(
@@ -69,10 +29,8 @@ async def test_an_escrow_adopted_on_one_host_is_served_by_the_other(
     whose session stays open there (b opens none), both answer the same, and b's event feed and
     /v1/cluster show what a did."""
     async with trio.open_nursery() as nursery:
-        a, b, world = await _two_hosts(nursery, tmp_path, db_url)
-        s = await make_fake_multisig(world, "m1")
-        for name in s.files.values():
-            world.write_files(name)
+        a, b, world = await two_hosts(nursery, tmp_path, db_url)
+        s = await shared_multisig(world, "m1")
         status, body = await call(a, "POST", "/v1/escrows", s.adopt_body("e1"))
         assert status == 201, body
         world.credit(s.address, 5 * 10**11, unlocked=True)
@@ -100,7 +58,7 @@ async def test_a_long_poll_on_one_host_wakes_on_another_hosts_event(
 ) -> None:
     """GET /v1/events long-polling on host b returns the event host a writes while it waits."""
     async with trio.open_nursery() as nursery:
-        a, b, _ = await _two_hosts(nursery, tmp_path, db_url)
+        a, b, _ = await two_hosts(nursery, tmp_path, db_url)
         newest = await b.events.last_seq()
 
         async def emit_on_a() -> None:
@@ -122,10 +80,8 @@ async def test_a_host_that_loses_its_lease_stops_and_the_other_takes_over(
     been paused), a kills the session's wallet-rpc processes, every write it tries about the
     escrow is refused, and host b serves the escrow from then on (a new epoch)."""
     async with trio.open_nursery() as nursery:
-        a, b, world = await _two_hosts(nursery, tmp_path, db_url)
-        s = await make_fake_multisig(world, "m2")
-        for name in s.files.values():
-            world.write_files(name)
+        a, b, world = await two_hosts(nursery, tmp_path, db_url)
+        s = await shared_multisig(world, "m2")
         assert (await call(a, "POST", "/v1/escrows", s.adopt_body("e2")))[0] == 201
         epoch = cluster_of(a).node.ownership.tenure_of("e2")
         assert epoch is not None

@@ -11,24 +11,21 @@ fake wallet-rpc and a fake monerod.
 from __future__ import annotations
 
 import itertools
-import secrets
-import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import attrs
 import psycopg
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_config, make_fake_multisig, start
-from tests.pgtest import cluster_of, start_cluster
-from walletd.app import App, prepare_dirs
+from tests.fakes import FakeDaemon, call
+from tests.harness import CLUSTER_TTL, fake_host, run_host, shared_multisig, two_hosts
+from tests.pgtest import cluster_of
+from walletd.app import App
 from walletd.cluster.leases import Tenure
 from walletd.cluster.postgres_store import PgStore
-from walletd.config import ClusterConfig
 from walletd.escrows import retries
 from walletd.escrows.model import (
     EscrowRecord,
@@ -41,43 +38,17 @@ from walletd.escrows.model import (
 )
 from walletd.escrows.retries import retry_delay
 from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
 
 pytestmark = pytest.mark.pg
 
-TTL = 3.0
+TTL = CLUSTER_TTL
 AMOUNT = 10**12
 HANG = 60.0  # a bound against hangs only (each wait below is a few seconds when all is well)
 
 
-def _host(root: Path, world: FakeWalletWorld, url: str, host_id: str) -> App:
-    """Host `host_id`, with the cluster's vault key (every host has the same key file)."""
-    config = attrs.evolve(
-        fake_config(root / host_id),
-        cluster=ClusterConfig(database_url=url, host_id=host_id, lease_ttl=TTL),
-    )
-    prepare_dirs(config)
-    key = root / "walletd.key"
-    if not key.exists():
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
-    shutil.copy2(key, config.daemon.state_dir / "walletd.key")
-    world.file_dirs.append(config.monero.wallet_dir)
-    for name in world.wallets:
-        world.write_files(name)
-    return App(config, pool=FakePool(world, open_delay=0.1), chain=FakeDaemon(world))
-
-
-async def _run(nursery: trio.Nursery, app: App) -> None:
-    await start_cluster(nursery, app)
-    await start(nursery, app)
-
-
 async def _adopted(world: FakeWalletWorld, app: App, escrow_id: str) -> None:
     """A funded escrow adopted on `app`, whose session is then closed and lease given back."""
-    s = await make_fake_multisig(world, escrow_id)
-    for name in s.files.values():
-        world.write_files(name)
+    s = await shared_multisig(world, escrow_id)
     status, body = await call(app, "POST", "/v1/escrows", s.adopt_body(escrow_id, AMOUNT))
     assert status == 201, body
     world.credit(s.address, AMOUNT, unlocked=True)
@@ -159,9 +130,7 @@ async def test_a_payout_left_by_a_dead_host_is_resumed_once_by_one_survivor(
     else, though each looked for payouts to retry many times meanwhile."""
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
-        a, b = _host(tmp_path, world, db_url, "a"), _host(tmp_path, world, db_url, "b")
-        for app in (a, b):
-            await _run(nursery, app)
+        a, b, _ = await two_hosts(nursery, tmp_path, db_url, world=world, fake_monerod=True)
         await _adopted(world, a, "e1")
         await _left_by_a_dead_host(a, world, db_url, "e1", world.height)
         with trio.fail_after(HANG):
@@ -189,9 +158,7 @@ async def test_a_failing_payout_is_retried_by_its_own_host_with_back_off(
     began no earlier than the retry time the previous one recorded, and none was signed."""
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
-        a, b = _host(tmp_path, world, db_url, "a"), _host(tmp_path, world, db_url, "b")
-        for app in (a, b):
-            await _run(nursery, app)
+        a, b, _ = await two_hosts(nursery, tmp_path, db_url, world=world, fake_monerod=True)
         await _adopted(world, a, "e2")
         await _left_by_a_dead_host(a, world, db_url, "e2", world.height + 1000)
         seen: dict[int, Payout] = {}  # each attempt as first read (attempts are >= 0.8 s apart)
@@ -253,9 +220,9 @@ async def test_a_suspend_during_a_payout_sends_no_money(
 
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
-        a = _host(tmp_path, world, db_url, "a")
+        a = fake_host(tmp_path, world, db_url, "a", chain=FakeDaemon(world))
         cluster_of(a).node.ownership.clock = clock
-        await _run(nursery, a)
+        await run_host(nursery, a)
         await _adopted(world, a, "e3")
         async with cluster_of(a).node.ownership.holding("e3"):
             funding = Funding(AMOUNT, AMOUNT, 10, utcnow(), ready_height=world.height)

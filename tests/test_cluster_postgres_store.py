@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import trio
 
+from tests.harness import escrow_record
 from tests.pgtest import advance_db_clock
 from walletd.cluster.db import Database
 from walletd.cluster.hosts import Hosts
@@ -26,7 +27,6 @@ from walletd.escrows.model import (
     PayoutKind,
     PayoutPhase,
     PayoutProof,
-    WalletRef,
     utcnow,
 )
 from walletd.state.store import EventRecord
@@ -37,21 +37,7 @@ TTL = 10.0
 
 
 def _record(escrow_id: str) -> EscrowRecord:
-    now = utcnow()
-    return EscrowRecord(
-        escrow_id=escrow_id,
-        state=EscrowState.AWAITING_FUNDING,
-        amount=5,
-        required_confirmations=10,
-        multisig_address=f"4{escrow_id}",
-        origin="adopted",
-        wallets={r: WalletRef(f"{escrow_id}-{r}", None) for r in ("buyer", "vendor", "arbiter")},
-        request_digest="d",
-        funding=Funding(),
-        payout=None,
-        created_at=now,
-        updated_at=now,
-    )
+    return escrow_record(escrow_id, sealed=None)
 
 
 @attrs.define

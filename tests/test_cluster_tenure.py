@@ -14,6 +14,7 @@ import attrs
 import pytest
 import trio
 
+from tests.harness import escrow_record
 from tests.pgtest import advance_db_clock
 from walletd.cluster.db import Database
 from walletd.cluster.lease_ownership import ClusterOwnership
@@ -29,7 +30,6 @@ from walletd.escrows.model import (
     Payout,
     PayoutKind,
     PayoutPhase,
-    WalletRef,
     utcnow,
 )
 
@@ -62,20 +62,14 @@ async def host(db_url: str, tmp_path: Path) -> AsyncIterator[Host]:
 
 
 def _ready(escrow_id: str, payout: Payout) -> EscrowRecord:
-    now = utcnow()
-    return EscrowRecord(
-        escrow_id=escrow_id,
+    funding = Funding(5, 5, 1, utcnow(), ready_height=1)
+    return escrow_record(
+        escrow_id,
         state=EscrowState.READY,
-        amount=5,
         required_confirmations=1,
-        multisig_address=f"4{escrow_id}",
-        origin="adopted",
-        wallets={r: WalletRef(f"{escrow_id}-{r}", None) for r in ("buyer", "vendor", "arbiter")},
-        request_digest="d",
-        funding=Funding(5, 5, 1, now, ready_height=1),
+        sealed=None,
+        funding=funding,
         payout=payout,
-        created_at=now,
-        updated_at=now,
     )
 
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
+from tests.fakes import call, fake_pool
+from tests.harness import app_on_fakes
 from walletd.app import App
 from walletd.jsontypes import JsonObject
-from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool, FakeProcess
+from walletd.testing.fake_pool import FakeProcess
 from walletd.wallets.process import WalletProcess
 
 AMOUNT = 10**12
@@ -62,12 +62,10 @@ async def test_an_escrow_being_created_reads_as_creating(
 ) -> None:
     """During its creation the escrow answers 200 "creating" and is listed; calls that need its
     wallets are 409 not_ready (never 404, never a second session); then it is awaiting_funding."""
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     result: dict[str, Any] = {}
     done = trio.Event()
     async with trio.open_nursery() as nursery:
-        await start(nursery, app)
+        app, _, _ = await app_on_fakes(nursery, tmp_path)
         with pytest.MonkeyPatch.context() as mp:
             gate = _Gate(app, mp)
             nursery.start_soon(_post, app, "c1", result, done)
@@ -99,12 +97,10 @@ async def test_an_abandoned_creation_leaves_no_escrow(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
     """A creation seen as "creating" that then fails is gone afterwards: 404, not listed."""
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     result: dict[str, Any] = {}
     done = trio.Event()
     async with trio.open_nursery() as nursery:
-        await start(nursery, app)
+        app, _, _ = await app_on_fakes(nursery, tmp_path)
         with pytest.MonkeyPatch.context() as mp:
             gate = _Gate(app, mp, fail=True)
             nursery.start_soon(_post, app, "c2", result, done)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -138,20 +136,6 @@ def quiet_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
     with structlog.testing.capture_logs():
         yield
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Iterator[Path]:
-    """A socket path short enough for AF_UNIX (about 107 bytes at most)."""
-    path = tmp_path / "w.sock"
-    if len(os.fsencode(path)) < 100:
-        yield path
-        return
-    short = tempfile.mkdtemp(prefix="wd-", dir="/tmp")
-    try:
-        yield Path(short) / "w.sock"
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from tests.fakes import call, raw_call, sqlite
-from tests.test_lifecycle import AMOUNT, _app, _received, _run_monitor, _wait_state
+from tests.harness import AMOUNT, app_on_fakes, run_monitor, wait_state
+from tests.test_lifecycle import _received
 from walletd.app import App
 
 
@@ -59,8 +60,8 @@ async def test_monitor_and_session_hook_survive_a_full_disk(
     walletd stays up and answers; /v1/health is 503 degraded naming the database and /metrics
     counts the errors. Once writes work again the escrow becomes funded and health is ok."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "f1", "amount": AMOUNT})
         assert status == 201, esc
         failing = _break_writes(app, monkeypatch)
@@ -78,7 +79,7 @@ async def test_monitor_and_session_hook_survive_a_full_disk(
         assert await _db_errors(app) >= 2
 
         failing.failing = False
-        await _wait_state(app, "f1", "funded")
+        await wait_state(app, "f1", "funded")
         status, health = await call(app, "GET", "/v1/health")
         assert (status, health["status"]) == (200, "ok"), health
         nursery.cancel_scope.cancel()
@@ -90,12 +91,12 @@ async def test_payout_whose_record_cannot_be_written_fails_only_itself(
     """A payout whose signed blob cannot be recorded (disk full) is not submitted, the caller
     gets 503 and walletd stays up; repeating the call once writes work pays out exactly once."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "p1", "amount": AMOUNT})
         assert status == 201, esc
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "p1", "ready")
+        await wait_state(app, "p1", "ready")
         vendor = world.add_wallet("vendor-payout", "x")
         release = {"address": vendor.address}
         failing = _break_writes(app, monkeypatch)
@@ -109,6 +110,6 @@ async def test_payout_whose_record_cannot_be_written_fails_only_itself(
         status, body = await call(app, "POST", "/v1/escrows/p1/release", release)
         assert status == 202, body
         world.mine(10)
-        await _wait_state(app, "p1", "completed")
+        await wait_state(app, "p1", "completed")
         assert len(_received(world, vendor.address)) == 1
         nursery.cancel_scope.cancel()

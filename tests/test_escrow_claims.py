@@ -17,15 +17,13 @@ import trio
 import trio.testing
 
 from tests.fakes import (
-    FakeDaemon,
     MultisigSet,
     call,
-    fake_app,
     fake_pool,
     make_fake_multisig,
     sqlite,
-    start,
 )
+from tests.harness import AMOUNT, app_on_fakes
 from walletd.app import App
 from walletd.errors import Conflict, InvalidRequest
 from walletd.escrows.model import EscrowRecord, EscrowState, Funding, WalletRef, utcnow
@@ -34,19 +32,6 @@ from walletd.sessions.messages import GetBalance
 from walletd.sessions.registry import Caller
 from walletd.sessions.session import SessionSpec, WalletSpec
 from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
-
-AMOUNT = 10**12
-
-
-async def _app(
-    nursery: trio.Nursery, tmp_path: Path, *prefixes: str, **sessions: Any
-) -> tuple[App, FakeWalletWorld, dict[str, MultisigSet]]:
-    world = FakeWalletWorld()
-    sets = {p: await make_fake_multisig(world, p) for p in prefixes}
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world), **sessions)
-    await start(nursery, app)
-    return app, world, sets
 
 
 def _copy_wallets(app: App, world: FakeWalletWorld, s: MultisigSet, prefix: str) -> MultisigSet:
@@ -86,7 +71,7 @@ async def test_overlapping_adoptions_of_the_same_files_make_one_escrow(
     (with the session cap full or not): the first is 201, the second 409 `conflict`, and only
     one escrow is listed, so one deposit can never make two escrows `ready`."""
     async with trio.open_nursery() as nursery:
-        app, _, sets = await _app(nursery, tmp_path, "a", max_active=max_active)
+        app, _, sets = await app_on_fakes(nursery, tmp_path, "a", max_active=max_active)
         s = sets["a"]
         answers = await _both(app, s.adopt_body("x"), s.adopt_body("y"))
         assert _codes(answers) == [(201, None), (409, "conflict")], answers
@@ -110,7 +95,7 @@ async def test_adopting_a_copy_of_an_escrows_wallets_is_refused(
     them is 409 `conflict` (whether the escrow is recorded or its adoption is still in flight),
     no second escrow is recorded, and the first keeps working."""
     async with trio.open_nursery() as nursery:
-        app, world, sets = await _app(nursery, tmp_path, "a")
+        app, world, sets = await app_on_fakes(nursery, tmp_path, "a")
         s = sets["a"]
         copy1 = _copy_wallets(app, world, s, "copy1")
         copy2 = _copy_wallets(app, world, s, "copy2")
@@ -139,7 +124,7 @@ async def test_create_while_the_same_id_is_being_adopted_is_a_conflict(
     with the adopted wallets' address, and the escrow recorded is the adopted one, naming the
     files that exist."""
     async with trio.open_nursery() as nursery:
-        app, world, sets = await _app(nursery, tmp_path, "a")
+        app, world, sets = await app_on_fakes(nursery, tmp_path, "a")
         s = sets["a"]
         create = {"escrow_id": "x", "amount": AMOUNT}
         answers = await _both(app, s.adopt_body("x"), create)
@@ -160,7 +145,7 @@ async def test_adopt_while_the_same_id_is_being_created_is_a_conflict(
     """The other order: an adoption of an id being created is 409 `conflict`; the created
     escrow keeps its own new wallets."""
     async with trio.open_nursery() as nursery:
-        app, _, sets = await _app(nursery, tmp_path, "a")
+        app, _, sets = await app_on_fakes(nursery, tmp_path, "a")
         s = sets["a"]
         create = {"escrow_id": "x", "amount": AMOUNT}
         answers = await _both(app, create, s.adopt_body("x"))
@@ -179,7 +164,7 @@ async def test_a_session_serves_only_the_spec_it_was_opened_from(
     is refused with `conflict` and never reaches that session's wallets; the same spec is
     served by it."""
     async with trio.open_nursery() as nursery:
-        app, world, sets = await _app(nursery, tmp_path, "a", "b")
+        app, world, sets = await app_on_fakes(nursery, tmp_path, "a", "b")
 
         def spec(s: MultisigSet) -> SessionSpec:
             wallets = {r: WalletSpec(s.files[r], s.password) for r in ROLES}
@@ -206,7 +191,7 @@ async def test_adopt_refuses_walletd_own_file_names(
     """Wallet files named like the ones walletd creates (`escrow-<id>-<role>`) cannot be adopted:
     400 `invalid_request` saying why, nothing recorded; the daemon keeps serving."""
     async with trio.open_nursery() as nursery:
-        app, _, sets = await _app(nursery, tmp_path, "escrow-y", "a")
+        app, _, sets = await app_on_fakes(nursery, tmp_path, "escrow-y", "a")
         status, body = await call(app, "POST", "/v1/escrows", sets["escrow-y"].adopt_body("z"))
         assert (status, body["error"]["code"]) == (400, "invalid_request"), body
         assert "walletd" in body["error"]["message"]
@@ -246,7 +231,7 @@ async def test_create_never_moves_files_a_recorded_escrow_uses(
     """An escrow recorded (adopted by an older walletd) with files named `escrow-y-*`: creating
     escrow `y` is 409 `conflict`, and escrow `z`'s wallet files stay where they are."""
     async with trio.open_nursery() as nursery:
-        app, _, sets = await _app(nursery, tmp_path, "escrow-y")
+        app, _, sets = await app_on_fakes(nursery, tmp_path, "escrow-y")
         s = sets["escrow-y"]
         _legacy_record(app, "z", "awaiting_funding", s)
         status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "y", "amount": 5})
@@ -266,7 +251,7 @@ async def test_undoing_a_creation_never_moves_files_another_escrow_uses(
     `z` uses: recovery forgets `y` but leaves `z`'s wallet files in place, and `z` keeps
     working."""
     async with trio.open_nursery() as nursery:
-        app, _, sets = await _app(nursery, tmp_path, "escrow-y")
+        app, _, sets = await app_on_fakes(nursery, tmp_path, "escrow-y")
         s = sets["escrow-y"]
         _legacy_record(app, "z", "awaiting_funding", s)
         _legacy_record(app, "y", "creating", s)

@@ -15,6 +15,7 @@ import attrs
 import trio
 
 from tests.fakes import call, fake_config, start
+from tests.harness import AMOUNT, ready_escrow, run_monitor
 from walletd.app import App, prepare_dirs
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_monerod import FakeMonerod
@@ -22,7 +23,6 @@ from walletd.testing.fake_pool import FakePool
 from walletd.wallets.failover import DaemonFailover
 
 A, B = "127.0.0.1:18081", "127.0.0.1:28081"
-AMOUNT = 10**12
 
 
 def _failover(world: FakeWalletWorld) -> tuple[DaemonFailover, list[tuple[str, str]]]:
@@ -209,21 +209,6 @@ async def test_switch_restarts_sessions_against_the_new_daemon_without_set_daemo
         nursery.cancel_scope.cancel()
 
 
-async def _ready_escrow(
-    nursery: trio.Nursery, app: App, world: FakeWalletWorld, escrow_id: str
-) -> None:
-    """Start the monitor, create `escrow_id`, fund it and wait until it is ready."""
-    app.monitor.enabled = True
-    app.monitor.interval = 5
-    app.monitor.height_check = 1
-    await nursery.start(app.monitor.run)
-    status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": escrow_id, "amount": AMOUNT})
-    assert status == 201, esc
-    world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
-    world.mine(10)
-    await _event(app, "ready")
-
-
 async def _event_after(app: App, type_: str, seen: dict[str, object]) -> dict[str, object]:
     with trio.fail_after(120):
         while True:
@@ -277,7 +262,8 @@ async def test_payout_waits_for_a_daemon_at_the_ready_height(
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
         app, fakes = await _failover_app(nursery, tmp_path, world)
-        await _ready_escrow(nursery, app, world, "f2")
+        await run_monitor(nursery, app)
+        await ready_escrow(app, world, "f2", confirmations=10)
 
         fakes[B].lag = 5
         fakes[A].down = True
@@ -305,7 +291,8 @@ async def test_a_payout_interrupted_by_a_switch_is_sent_once_from_its_signed_blo
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
         app, fakes = await _failover_app(nursery, tmp_path, world)
-        await _ready_escrow(nursery, app, world, "f4")
+        await run_monitor(nursery, app)
+        await ready_escrow(app, world, "f4", confirmations=10)
         pool = app.pool
         assert isinstance(pool, FakePool)
         for proc in pool.in_use.values():
@@ -343,7 +330,8 @@ async def test_a_lost_payout_is_not_resubmitted_to_a_daemon_behind(
     world = FakeWalletWorld()
     async with trio.open_nursery() as nursery:
         app, fakes = await _failover_app(nursery, tmp_path, world)
-        await _ready_escrow(nursery, app, world, "f5")
+        await run_monitor(nursery, app)
+        await ready_escrow(app, world, "f5", confirmations=10)
         vendor = world.add_wallet("vendor-payout", "x").address
         status, body = await call(app, "POST", "/v1/escrows/f5/release", {"address": vendor})
         assert status == 202, body

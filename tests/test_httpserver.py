@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,20 +37,6 @@ def fresh_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     """capture_logs cannot see a logger cached by an earlier configure_logging(): use a new one."""
     for module in (httpserver, httpconnection):
         monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Iterator[Path]:
-    """A socket path short enough for AF_UNIX (about 107 bytes at most)."""
-    path = tmp_path / "w.sock"
-    if len(os.fsencode(path)) < 100:
-        yield path
-        return
-    short = tempfile.mkdtemp(prefix="wd-", dir="/tmp")
-    try:
-        yield Path(short) / "w.sock"
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
 
 
 async def echo(request: Request) -> Response:

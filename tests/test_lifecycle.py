@@ -11,30 +11,12 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
+from tests.fakes import call, fake_pool
+from tests.harness import AMOUNT, app_on_fakes, run_monitor, wait_state
 from walletd.app import App
 from walletd.testing.fake_chain import FEE, FakeWalletWorld
-from walletd.testing.fake_pool import FakePool, FakeProcess
+from walletd.testing.fake_pool import FakeProcess
 from walletd.wallets.process import WalletProcess
-
-AMOUNT = 10**12
-
-
-async def _app(
-    nursery: trio.Nursery, tmp_path: Path, **sessions: Any
-) -> tuple[App, FakeWalletWorld]:
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world), **sessions)
-    await start(nursery, app)
-    return app, world
-
-
-async def _run_monitor(nursery: trio.Nursery, app: App) -> None:
-    app.monitor.enabled = True
-    app.monitor.interval = 5
-    app.monitor.height_check = 1
-    app.monitor.cold_interval = 5
-    await nursery.start(app.monitor.run)
 
 
 def _received(world: FakeWalletWorld, address: str) -> list[int]:
@@ -53,21 +35,11 @@ async def _events(app: App, escrow_id: str) -> list[str]:
     return [e["type"] for e in body["events"] if e["escrow_id"] == escrow_id]
 
 
-async def _wait_state(app: App, escrow_id: str, state: str, timeout: float = 300) -> dict[str, Any]:
-    with trio.fail_after(timeout):
-        while True:
-            _, body = await call(app, "GET", f"/v1/escrows/{escrow_id}")
-            if body.get("state") == state:
-                result: dict[str, Any] = body
-                return result
-            await trio.sleep(1)
-
-
 async def test_create_fund_release_complete(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     """The release path, every transition seen in /v1/events, vendor paid the amount less fee."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o1", "amount": AMOUNT})
         assert status == 201, esc
         assert len(esc["multisig_address"]) == 95
@@ -85,9 +57,9 @@ async def test_create_fund_release_complete(tmp_path: Path, autojump_clock: trio
         assert (status, body["error"]["code"]) == (409, "not_ready")
 
         world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
-        await _wait_state(app, "o1", "funded")
+        await wait_state(app, "o1", "funded")
         world.mine(10)
-        await _wait_state(app, "o1", "ready")
+        await wait_state(app, "o1", "ready")
 
         status, esc = await call(app, "POST", "/v1/escrows/o1/release", {"address": vendor.address})
         assert status == 202, esc
@@ -99,7 +71,7 @@ async def test_create_fund_release_complete(tmp_path: Path, autojump_clock: trio
         assert (refund[0], refund[1]["error"]["code"]) == (409, "conflict")
 
         world.mine(10)
-        esc = await _wait_state(app, "o1", "completed")
+        esc = await wait_state(app, "o1", "completed")
         assert esc["session"] == {"open": False}
         assert _received(world, vendor.address) == [AMOUNT - FEE]
         types = await _events(app, "o1")
@@ -125,11 +97,11 @@ async def test_concurrent_releases_send_once(
 ) -> None:
     """Two concurrent releases and a repeat give one payout transaction."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o2", "amount": AMOUNT})
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "o2", "ready")
+        await wait_state(app, "o2", "ready")
         vendor = world.add_wallet("v2", "x")
         answers: list[tuple[int, Any]] = []
 
@@ -161,11 +133,11 @@ async def test_conflicting_payout_says_what_differs(
     and that the other kind cannot follow, even to the same address; the same kind to another
     address is 409 naming the address as what differs; the same call again is the same payout."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o4", "amount": AMOUNT})
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "o4", "ready")
+        await wait_state(app, "o4", "ready")
         payee = world.add_wallet("p4", "x").address
         elsewhere = world.add_wallet("q4", "x").address
         status, done = await call(app, "POST", f"/v1/escrows/o4/{first}", {"address": payee})
@@ -187,16 +159,16 @@ async def test_conflicting_payout_says_what_differs(
 async def test_refund_path(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     """The refund path ends `refunded`, and the buyer receives the amount less the fee."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "o3", "amount": AMOUNT})
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "o3", "ready")
+        await wait_state(app, "o3", "ready")
         buyer = world.add_wallet("b3", "x")
         status, esc = await call(app, "POST", "/v1/escrows/o3/refund", {"address": buyer.address})
         assert (status, esc["state"]) == (202, "refunding")
         world.mine(10)
-        await _wait_state(app, "o3", "refunded")
+        await wait_state(app, "o3", "refunded")
         assert _received(world, buyer.address) == [AMOUNT - FEE]
         nursery.cancel_scope.cancel()
 
@@ -207,7 +179,7 @@ async def test_failed_creation_leaves_nothing(
     """A creation failing half way leaves no escrow, no open wallet, and names the failed step;
     the identical retry then succeeds."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
         pool = fake_pool(app)
         original = pool.acquire
 
@@ -240,8 +212,8 @@ async def test_thirty_escrows_cap_ten(tmp_path: Path, autojump_clock: trio.abc.C
     """With 30 watched escrows and a cap of 10, every escrow's funding is detected, and the
     monitor never evicts a session the API is using."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path, max_active=10)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path, max_active=10)
+        await run_monitor(nursery, app, cold_interval=5)
         addresses = {}
         for i in range(30):
             status, esc = await call(
@@ -268,15 +240,15 @@ async def test_one_stuck_wallet_does_not_stop_the_monitor(
 ) -> None:
     """A wallet-rpc that stops answering for one escrow never holds up another's funding."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         pool = fake_pool(app)
         _, stuck = await call(app, "POST", "/v1/escrows", {"escrow_id": "s1", "amount": AMOUNT})
         _, fine = await call(app, "POST", "/v1/escrows", {"escrow_id": "s2", "amount": AMOUNT})
         pool.fake_of("escrow-s1-buyer").hang()
         world.credit(stuck["multisig_address"], AMOUNT, unlocked=False)
         world.credit(fine["multisig_address"], AMOUNT, unlocked=False)
-        await _wait_state(app, "s2", "funded", timeout=120)
+        await wait_state(app, "s2", "funded", timeout=120)
         nursery.cancel_scope.cancel()
 
 
@@ -286,11 +258,11 @@ async def test_cosigner_killed_mid_payout_is_restored(
     """kill -9 of the co-signer while a release is being prepared: the session restores it,
     the release is answered, walletd keeps serving, and one payout leaves the escrow."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "k1", "amount": AMOUNT})
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "k1", "ready")
+        await wait_state(app, "k1", "ready")
         vendor = world.add_wallet("vk", "x")
         arbiter = fake_pool(app).fake_of("escrow-k1-arbiter")
         arbiter.call_delay = 10.0
@@ -326,11 +298,11 @@ async def test_restored_reader_of_a_created_escrow_catches_up(
     lost its unsaved sync, and must catch up before answering, so the funding transaction it
     saw a moment ago is still found (not a 404)."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path, store_interval=100_000)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path, store_interval=100_000)
+        await run_monitor(nursery, app, cold_interval=5)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "r1", "amount": AMOUNT})
         txid = world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "r1", "ready")
+        await wait_state(app, "r1", "ready")
         status, body = await call(app, "GET", f"/v1/escrows/r1/transfers/{txid}")
         assert status == 200, body
         fake_pool(app).fake_of("escrow-r1-buyer").kill()
@@ -347,13 +319,13 @@ async def test_dust_payments_do_not_hold_a_funded_escrow_out_of_ready(
     unlocked and has the required confirmations, even while someone keeps sending it 1
     piconero every block: the dust's own confirmations do not count."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "d1", "amount": AMOUNT})
         assert status == 201, esc
         address = esc["multisig_address"]
         world.credit(address, AMOUNT, unlocked=False)
-        await _wait_state(app, "d1", "funded")
+        await wait_state(app, "d1", "funded")
         state = "funded"
         for _ in range(30):  # dust every block (credit mines one), the monitor watching
             world.credit(address, 1, unlocked=False)
@@ -383,12 +355,12 @@ async def test_funding_reorged_away_before_ready_is_reported_and_never_ready(
     `funded` (states only move forward) and does not become ready however long the chain grows;
     when the funds are mined again it becomes ready as usual."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "rg", "amount": AMOUNT})
         assert status == 201, esc
         txid = world.credit(esc["multisig_address"], AMOUNT, unlocked=False)
-        await _wait_state(app, "rg", "funded")
+        await wait_state(app, "rg", "funded")
         world.reorg_away(txid)
         world.mine(1)
         await _wait_event(app, "rg", "funding_reorged")
@@ -405,7 +377,7 @@ async def test_funding_reorged_away_before_ready_is_reported_and_never_ready(
         assert (reorged[0]["balance"], reorged[0]["previous_balance"]) == (0, AMOUNT)
 
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "rg", "ready")
+        await wait_state(app, "rg", "ready")
         types = await _events(app, "rg")
         assert types.index("funding_reorged") < types.index("ready")
         nursery.cancel_scope.cancel()

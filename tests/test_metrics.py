@@ -17,7 +17,8 @@ import pytest
 import trio
 from prometheus_client import generate_latest
 
-from tests.fakes import FakeDaemon, call, fake_app, fake_config, fake_pool, raw_call, start
+from tests.fakes import FakeDaemon, call, fake_config, fake_pool, raw_call
+from tests.harness import AMOUNT, app_on_fakes, run_monitor
 from walletd import __version__
 from walletd.app import App, prepare_dirs
 from walletd.config import parse_config
@@ -26,7 +27,8 @@ from walletd.ops.metrics import Metrics
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
 
-AMOUNT = 10**12
+# The autojump clock leaps while a thread works (backups): no session may expire meanwhile.
+IDLE_TTL = 10**9
 
 
 async def _metrics(app: App) -> str:
@@ -51,21 +53,6 @@ def _unused_port() -> int:
         return port
 
 
-async def _app(nursery: trio.Nursery, tmp_path: Path) -> tuple[App, FakeWalletWorld]:
-    world = FakeWalletWorld()
-    # The autojump clock leaps while a thread works (backups): no session may expire meanwhile.
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world), idle_ttl=10**9)
-    await start(nursery, app)
-    return app, world
-
-
-async def _run_monitor(nursery: trio.Nursery, app: App) -> None:
-    app.monitor.enabled = True
-    app.monitor.interval = 5
-    app.monitor.height_check = 1
-    await nursery.start(app.monitor.run)
-
-
 async def _wait_until(app: App, series: str, wanted: float, timeout: float = 300) -> None:
     with trio.fail_after(timeout):
         while True:
@@ -81,7 +68,7 @@ async def test_session_ages_are_a_snapshot_that_does_not_reset(
     `_gcount`/`_gsum` that follow the open sessions, and no `_count`, `_sum` or `_created`
     that a scrape would reset (which made rate() and dashboards wrong)."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _, _ = await app_on_fakes(nursery, tmp_path, idle_ttl=IDLE_TTL)
         for escrow_id in ("a1", "a2"):
             body = {"escrow_id": escrow_id, "amount": AMOUNT}
             assert (await call(app, "POST", "/v1/escrows", body))[0] == 201
@@ -110,7 +97,7 @@ async def test_api_requests_are_counted_by_route_template(
     """API requests are counted by route template, method and status, with their latency;
     no escrow id ever becomes a label value, and unknown paths and methods share one label."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _, _ = await app_on_fakes(nursery, tmp_path, idle_ttl=IDLE_TTL)
         body = {"escrow_id": "order-77", "amount": AMOUNT}
         assert (await call(app, "POST", "/v1/escrows", body))[0] == 201
         assert (await call(app, "GET", "/v1/escrows/order-77"))[0] == 200
@@ -143,8 +130,8 @@ async def test_payouts_by_kind_and_outcome_and_monitor_lag(
     monitor's lag is the blocks monerod is ahead of the last finished cycle: it grows while a
     stuck wallet holds a cycle and is back to 0 once a cycle finishes."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path, idle_ttl=IDLE_TTL)
+        await run_monitor(nursery, app)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "p1", "amount": AMOUNT})
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
         with trio.fail_after(300):
@@ -189,7 +176,7 @@ async def test_promtool_finds_nothing_to_complain_about(
     """`promtool check metrics` (Prometheus's own linter) passes the whole /metrics text, with
     every kind of series present: build info, sessions, rpc calls, API requests, payouts."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _, _ = await app_on_fakes(nursery, tmp_path, idle_ttl=IDLE_TTL)
         assert (await call(app, "POST", "/v1/escrows", {"escrow_id": "q1", "amount": AMOUNT}))[
             0
         ] == 201

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, sqlite, start
-from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
-
-AMOUNT = 10**12
+from tests.fakes import call, sqlite
+from tests.harness import app_on_fakes, ready_escrow
 
 
 async def test_a_check_from_a_stale_listing_does_not_end_an_ended_escrow_again(
@@ -19,14 +16,9 @@ async def test_a_check_from_a_stale_listing_does_not_end_an_ended_escrow_again(
     """A confirmation check made on a record listed while the escrow was releasing, after
     another check has completed it (a cluster host that listed it before the owner finished),
     records the new count and tells nothing: one `completed` event, and the monitor goes on."""
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     async with trio.open_nursery() as nursery:
-        await start(nursery, app)
-        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "c1", "amount": AMOUNT})
-        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        app.monitor.height = world.height
-        await app.monitor.cycle()
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await ready_escrow(app, world, "c1", by_hand=True)
         payee = world.add_wallet("payee", "x").address
         status, body = await call(app, "POST", "/v1/escrows/c1/release", {"address": payee})
         assert status == 202, body

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, start
+from tests.fakes import call
+from tests.harness import app_on_fakes
 from walletd.state.ownership import LocalOwnership
-from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
 
 COLD_INTERVAL = 60.0
 
@@ -39,10 +38,8 @@ async def test_an_escrow_taken_over_from_a_dead_host_is_not_cold_opened_at_once(
     """An escrow awaiting funding, held by another host, is never opened here by the cold
     worker; when that host dies (the escrow unheld), the cold worker leaves it for a
     cold_interval (a request that needs it opens it meanwhile), then checks it as usual."""
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     async with trio.open_nursery() as nursery:
-        await start(nursery, app)
+        app, _, _ = await app_on_fakes(nursery, tmp_path)
         status, body = await call(app, "POST", "/v1/escrows", {"escrow_id": "t1", "amount": 10**12})
         assert status == 201, body
         assert (await call(app, "DELETE", "/v1/escrows/t1/session"))[0] == 200

@@ -17,6 +17,7 @@ import trio
 import yaml
 
 from tests.fakes import FakeDaemon, fake_app, make_fake_multisig, raw_call, start
+from tests.harness import run_monitor, until_state
 from walletd.app import App
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
@@ -97,6 +98,11 @@ class Checker:
             return value
         return response.body.decode()
 
+    async def escrow(self, escrow_id: str) -> dict[str, Any]:
+        """GET /v1/escrows/{id}, validated (what `until_state` reads)."""
+        escrow: dict[str, Any] = await self("GET", f"/v1/escrows/{escrow_id}", status=200)
+        return escrow
+
 
 def test_every_route_is_documented_and_every_documented_route_exists(tmp_path: Path) -> None:
     """The routes walletd serves and the paths in docs/openapi.yaml are the same, method by
@@ -112,15 +118,6 @@ def test_every_route_is_documented_and_every_documented_route_exists(tmp_path: P
     assert doc["openapi"].startswith("3.1")
 
 
-async def _wait_state(check: Checker, escrow_id: str, state: str) -> dict[str, Any]:
-    with trio.fail_after(600):
-        while True:
-            body: dict[str, Any] = await check("GET", f"/v1/escrows/{escrow_id}", status=200)
-            if body["state"] == state:
-                return body
-            await trio.sleep(1)
-
-
 async def test_every_documented_operation_answers_as_documented(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -134,11 +131,7 @@ async def test_every_documented_operation_answers_as_documented(
     check = Checker(app, doc)
     async with trio.open_nursery() as nursery:
         await start(nursery, app)
-        app.monitor.enabled = True
-        app.monitor.interval = 5
-        app.monitor.height_check = 1
-        app.monitor.cold_interval = 5
-        await nursery.start(app.monitor.run)
+        await run_monitor(nursery, app, cold_interval=5)
 
         create = {"escrow_id": "o1", "amount": AMOUNT, "required_confirmations": 5}
         escrow = await check("POST", "/v1/escrows", create, status=201)
@@ -161,8 +154,8 @@ async def test_every_documented_operation_answers_as_documented(
 
         txid = world.credit(escrow["multisig_address"], AMOUNT, unlocked=True)
         world.credit(multisig.address, AMOUNT, unlocked=True)
-        await _wait_state(check, "o1", "ready")
-        await _wait_state(check, "a1", "ready")
+        await until_state(check.escrow, "o1", "ready", timeout=600)
+        await until_state(check.escrow, "a1", "ready", timeout=600)
         await check("GET", "/v1/escrows/o1/balance", status=200)
         await check("GET", "/v1/escrows/o1/balance?refresh=true", status=200)
         await check("GET", "/v1/escrows/o1/balance?refresh=maybe", status=400)
@@ -183,7 +176,7 @@ async def test_every_documented_operation_answers_as_documented(
         await check("POST", "/v1/escrows/a1/refund", {"address": buyer}, status=202)
         await check("POST", "/v1/escrows/nope/refund", {"address": buyer}, status=404)
         world.mine(10)
-        await _wait_state(check, "o1", "completed")
+        await until_state(check.escrow, "o1", "completed", timeout=600)
 
         await check("GET", "/v1/stats", status=200)
         await check("GET", "/v1/cluster", status=200)

@@ -9,20 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, fake_config, start
-from walletd.app import App, prepare_dirs
+from tests.fakes import call
+from tests.harness import AMOUNT, app_on_fakes, ready_escrow, run_monitor
+from walletd.app import App
 from walletd.config import parse_config
 from walletd.errors import ConfigError, PayoutRefused
 from walletd.escrows.model import PayoutPhase
 from walletd.testing.fake_chain import FEE, FakeWalletWorld, fake_address
-from walletd.testing.fake_pool import FakePool
 from walletd.wallets.payout_check import DUST, Expected, check
 
-AMOUNT = 10**12
 OTHER = fake_address("someone-else")
 Outputs = tuple[tuple[str, int], ...]
 
@@ -30,28 +28,11 @@ Outputs = tuple[tuple[str, int], ...]
 async def _ready_escrow(
     nursery: trio.Nursery, tmp_path: Path, escrow_id: str, fee_priority: int | None = None
 ) -> tuple[App, FakeWalletWorld, str]:
-    world = FakeWalletWorld()
-    if fee_priority is None:
-        app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
-    else:
-        config = fake_config(tmp_path)
-        config = attrs.evolve(config, monero=attrs.evolve(config.monero, fee_priority=fee_priority))
-        prepare_dirs(config)
-        app = App(config, pool=FakePool(world), chain=FakeDaemon(world))
-    await start(nursery, app)
-    app.monitor.enabled = True
-    app.monitor.interval = 5
-    app.monitor.height_check = 1
-    app.monitor.cold_interval = 5
-    await nursery.start(app.monitor.run)
-    status, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": escrow_id, "amount": AMOUNT})
-    assert status == 201, esc
-    world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-    with trio.fail_after(300):  # the monitor's next look (virtual time)
-        while True:
-            if (await call(app, "GET", f"/v1/escrows/{escrow_id}"))[1]["state"] == "ready":
-                break
-            await trio.sleep(1)
+    """A ready escrow with the monitor running, and a payee address."""
+    monero = {} if fee_priority is None else {"fee_priority": fee_priority}
+    app, world, _ = await app_on_fakes(nursery, tmp_path, monero=monero)
+    await run_monitor(nursery, app, cold_interval=5)
+    await ready_escrow(app, world, escrow_id)
     return app, world, world.add_wallet(f"payee-{escrow_id}", "x").address
 
 

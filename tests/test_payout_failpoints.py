@@ -9,12 +9,11 @@ import pytest
 import trio
 
 from tests.fakes import FakeDaemon, call, fake_app, sqlite, start
+from tests.harness import ready_escrow
 from walletd.escrows.model import PayoutPhase
 from walletd.ops import failpoints
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-
-AMOUNT = 10**12
 
 
 async def test_failpoints_fall_between_the_records_and_the_submit(
@@ -35,10 +34,7 @@ async def test_failpoints_fall_between_the_records_and_the_submit(
     monkeypatch.setattr(failpoints, "hit", hit)
     async with trio.open_nursery() as nursery:
         await start(nursery, app)
-        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "f1", "amount": AMOUNT})
-        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        app.monitor.height = world.height
-        await app.monitor.cycle()
+        await ready_escrow(app, world, "f1", by_hand=True)
         payee = world.add_wallet("payee", "x").address
         seen.clear()  # creation's own (creating_multisig)
         status, body = await call(app, "POST", "/v1/escrows/f1/release", {"address": payee})

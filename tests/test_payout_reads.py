@@ -15,12 +15,10 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, start
+from tests.fakes import call
+from tests.harness import app_on_fakes, ready_escrow
 from walletd.app import App
-from walletd.testing.fake_chain import FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
 
-AMOUNT = 10**12
 READS = ("get_escrow", "escrow_state", "list_escrows")
 
 
@@ -47,14 +45,9 @@ async def test_a_payout_call_reads_the_escrow_record_once(
     once, to answer 404 before any lease is taken); with its session closed, opening the
     session reads the record once more (the registry's wallet spec). The payout is submitted
     and the answer shows it."""
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
     async with trio.open_nursery() as nursery:
-        await start(nursery, app)
-        _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "r1", "amount": AMOUNT})
-        world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        app.monitor.height = world.height
-        await app.monitor.cycle()
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await ready_escrow(app, world, "r1", by_hand=True)
         payee = world.add_wallet("payee", "x").address
         if not warm:
             await app.registry.close("r1", reason="idle")

@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from tests.fakes import call, sqlite
-from tests.test_lifecycle import AMOUNT, _app, _run_monitor, _wait_state
+from tests.harness import AMOUNT, app_on_fakes, run_monitor, wait_state
 from walletd.state.events import PRUNE_INTERVAL, EventLog
 from walletd.state.sqlite_store import LocalState, Store
 
@@ -62,7 +62,7 @@ async def test_stale_cursor_gets_the_oldest_kept_and_is_told(
     """GET /v1/events?after=N with N older than the oldest kept event answers the oldest kept
     events onward with "pruned": true; a cursor at or past the pruned range is not told."""
     async with trio.open_nursery() as nursery:
-        app, _ = await _app(nursery, tmp_path)
+        app, _, _ = await app_on_fakes(nursery, tmp_path)
         for _ in range(10):
             await app.events.emit("funded", "e1")
         _age_all(sqlite(app))
@@ -84,12 +84,12 @@ async def test_monitor_forgets_escrows_it_no_longer_watches(
     """The monitor's per-escrow bookkeeping is dropped once an escrow leaves the watched
     states (ready, paid out, or removed), so it does not grow with every escrow ever made."""
     async with trio.open_nursery() as nursery:
-        app, world = await _app(nursery, tmp_path)
-        await _run_monitor(nursery, app)
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await run_monitor(nursery, app, cold_interval=5)
         _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": "m1", "amount": AMOUNT})
         await call(app, "DELETE", "/v1/escrows/m1/session")  # watched cold, then warm
         world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-        await _wait_state(app, "m1", "ready")
+        await wait_state(app, "m1", "ready")
         await trio.sleep(30)  # a few cycles
         assert "m1" not in app.monitor._refreshed_at
         assert "m1" not in app.monitor._cold_checked

@@ -24,6 +24,7 @@ from tests.fakes import (
     raw_call,
     start,
 )
+from tests.harness import run_monitor
 from walletd.app import App
 from walletd.errors import Capacity
 from walletd.ids import ROLES
@@ -284,11 +285,7 @@ async def test_a_release_is_answered_while_readers_hold_every_slot(
         pool = FakePool(fake, call_timeout=1e9)
         app = fake_app(tmp_path, fake, pool, chain=FakeDaemon(fake), max_active=CAP)
         await start(nursery, app)
-        app.monitor.enabled = True
-        app.monitor.interval = 5
-        app.monitor.height_check = 1
-        app.monitor.cold_interval = 5
-        await nursery.start(app.monitor.run)
+        await run_monitor(nursery, app, cold_interval=5)
         for escrow_id in ("r0", "r1", "p0"):
             status, esc = await call(
                 app, "POST", "/v1/escrows", {"escrow_id": escrow_id, "amount": AMOUNT}

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,31 +17,13 @@ import pytest
 import structlog
 
 from tests.fakes import fake_app
+from tests.harness import run_walletd
 from walletd.daemon import reload as reload_module
 from walletd.testing.fake_chain import FakeWalletWorld
 from walletd.testing.fake_pool import FakePool
-from walletd.testing.walletd_process import WalletdProcess, toml_value
+from walletd.testing.walletd_process import WalletdProcess, toml_value, write_config
 
 EXIT_RUNTIME, EXIT_CONFIG = 1, 2
-
-
-def _walletd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "walletd", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
-
-
-def _write(path: Path, config: dict[str, dict[str, Any]]) -> Path:
-    lines: list[str] = []
-    for name, values in config.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _good(tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -62,8 +42,8 @@ def _with(config: dict[str, dict[str, Any]], section: str, **values: Any) -> dic
 
 def test_check_config_says_ok_for_a_good_config(tmp_path: Path) -> None:
     """`walletd --check-config` on a usable config prints OK and exits 0, creating nothing."""
-    path = _write(tmp_path / "w.toml", _good(tmp_path))
-    done = _walletd("--config", str(path), "--check-config")
+    path = write_config(tmp_path / "w.toml", _good(tmp_path))
+    done = run_walletd("--config", str(path), "--check-config")
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "OK", "")
     assert not (tmp_path / "state").exists()
 
@@ -77,7 +57,7 @@ def test_check_config_lists_every_problem_by_key(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     config = _with(config, "monero", wallet_rpc_path=str(tmp_path / "no-such-wallet-rpc"))
     config = _with(config, "daemon", state_dir=str(tmp_path / "a-file"))
-    done = _walletd("--config", str(_write(tmp_path / "w.toml", config)), "--check-config")
+    done = run_walletd("--config", str(write_config(tmp_path / "w.toml", config)), "--check-config")
     assert done.returncode == EXIT_CONFIG, done
     lines = done.stderr.splitlines()
     assert len(lines) == 3, lines
@@ -95,7 +75,7 @@ def test_check_config_finds_a_binary_that_is_not_executable(tmp_path: Path) -> N
     binary = tmp_path / "monero-wallet-rpc"
     binary.write_text("")
     config = _with(_good(tmp_path), "monero", wallet_rpc_path=str(binary))
-    done = _walletd("--config", str(_write(tmp_path / "w.toml", config)), "--check-config")
+    done = run_walletd("--config", str(write_config(tmp_path / "w.toml", config)), "--check-config")
     assert done.returncode == EXIT_CONFIG
     assert done.stderr.strip().endswith(f"monero.wallet_rpc_path: {binary} is not executable")
 
@@ -131,7 +111,7 @@ def test_a_bad_config_stops_start_up_with_one_line_and_exit_2(
     path = tmp_path / "w.toml"
     if case != "missing file":
         path.write_text(text(_good(tmp_path)))
-    done = _walletd("--config", str(path))
+    done = run_walletd("--config", str(path))
     assert done.returncode == EXIT_CONFIG, done
     lines = done.stderr.splitlines()
     assert len(lines) == 1, lines
@@ -219,13 +199,13 @@ def test_a_vault_key_others_may_read_is_named_by_check_and_start(tmp_path: Path)
     key = tmp_path / "state" / "walletd.key"
     key.write_bytes(b"k" * 32)
     key.chmod(0o644)
-    path = _write(tmp_path / "w.toml", config)
-    checked = _walletd("--config", str(path), "--check-config")
+    path = write_config(tmp_path / "w.toml", config)
+    checked = run_walletd("--config", str(path), "--check-config")
     assert checked.returncode == EXIT_CONFIG
     assert checked.stderr.splitlines() == [
         f"walletd: daemon.state_dir: {key}: key file must be mode 0600, is 0644"
     ]
-    done = _walletd("--config", str(path))
+    done = run_walletd("--config", str(path))
     assert done.returncode == EXIT_CONFIG, done
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert str(key) in done.stderr
@@ -236,8 +216,8 @@ def test_a_file_in_the_socket_path_is_a_config_problem(tmp_path: Path) -> None:
     """A regular file where the socket goes: --check-config names daemon.socket_path, exit 2."""
     config = _good(tmp_path)
     Path(config["daemon"]["socket_path"]).write_text("")
-    path = _write(tmp_path / "w.toml", config)
-    done = _walletd("--config", str(path), "--check-config")
+    path = write_config(tmp_path / "w.toml", config)
+    done = run_walletd("--config", str(path), "--check-config")
     assert done.returncode == EXIT_CONFIG
     assert done.stderr.splitlines() == [
         f"walletd: daemon.socket_path: {config['daemon']['socket_path']} exists and is not a socket"
@@ -249,12 +229,12 @@ def test_a_socket_another_server_listens_on_stops_start_up_in_one_line(tmp_path:
     (systemd may retry: it may be an old walletd going away) with one line, no traceback."""
     config = _good(tmp_path)
     config = _with(config, "monero", spare_processes=0)
-    path = _write(tmp_path / "w.toml", config)
-    assert _walletd("--config", str(path), "--check-config").returncode == 0
+    path = write_config(tmp_path / "w.toml", config)
+    assert run_walletd("--config", str(path), "--check-config").returncode == 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
         other.bind(config["daemon"]["socket_path"])
         other.listen(8)
-        done = _walletd("--config", str(path))
+        done = run_walletd("--config", str(path))
     assert done.returncode == EXIT_RUNTIME, done
     lines = [line for line in done.stderr.splitlines() if '"error"' in line]
     assert len(lines) == 1, done.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import escrow_record
 from walletd.errors import IllegalMove, InvalidRequest, VaultError
 from walletd.escrows.model import (
     EscrowRecord,
@@ -19,8 +20,6 @@ from walletd.escrows.model import (
     Payout,
     PayoutKind,
     PayoutPhase,
-    WalletRef,
-    utcnow,
 )
 from walletd.ids import check_escrow_id, check_txid, check_wallet_file, wallet_file_for
 from walletd.state.sqlite_store import SCHEMA_VERSION, Store
@@ -28,23 +27,7 @@ from walletd.state.vault import Vault
 
 
 def _record(escrow_id: str = "e1") -> EscrowRecord:
-    now = utcnow()
-    return EscrowRecord(
-        escrow_id=escrow_id,
-        state=EscrowState.AWAITING_FUNDING,
-        amount=5,
-        required_confirmations=10,
-        multisig_address="4abc",
-        origin="adopted",
-        wallets={
-            r: WalletRef(f"{escrow_id}-{r}", "sealed") for r in ("buyer", "vendor", "arbiter")
-        },
-        request_digest="d",
-        funding=Funding(),
-        payout=None,
-        created_at=now,
-        updated_at=now,
-    )
+    return escrow_record(escrow_id, multisig_address="4abc")
 
 
 def test_event_sequence_survives_reopen(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import attrs
 import pytest
 import trio
 
+from tests.harness import escrow_record
 from tests.pgtest import fresh_database
 from walletd.cluster.db import Database
 from walletd.cluster.leases import Leases, Tenure
@@ -31,7 +32,6 @@ from walletd.escrows.model import (
     PayoutKind,
     PayoutPhase,
     PayoutProof,
-    WalletRef,
     utcnow,
 )
 from walletd.state.columns import payout_from_json, payout_to_json
@@ -79,23 +79,7 @@ async def store(backend: str, tmp_path: Path) -> AsyncIterator[StateStore]:
 
 
 def _record(escrow_id: str = "e1", *, created_at: str | None = None) -> EscrowRecord:
-    now = created_at or utcnow()
-    return EscrowRecord(
-        escrow_id=escrow_id,
-        state=EscrowState.AWAITING_FUNDING,
-        amount=5,
-        required_confirmations=10,
-        multisig_address=f"4{escrow_id}",
-        origin="adopted",
-        wallets={
-            r: WalletRef(f"{escrow_id}-{r}", "sealed") for r in ("buyer", "vendor", "arbiter")
-        },
-        request_digest="d",
-        funding=Funding(),
-        payout=None,
-        created_at=now,
-        updated_at=now,
-    )
+    return escrow_record(escrow_id, created_at=created_at)
 
 
 async def test_escrow_round_trip_and_update(store: StateStore) -> None:

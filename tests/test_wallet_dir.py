@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.fakes import fake_config
+from tests.harness import run_walletd
 from walletd.app import prepare_dirs
 from walletd.errors import ConfigError
 from walletd.ops import preflight
@@ -40,16 +39,6 @@ def _config_file(tmp_path: Path) -> Path:
     return path
 
 
-def _walletd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "walletd", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize("mode", [0o750, 0o755, 0o701, 0o740, 0o777], ids=lambda m: f"{m:04o}")
 def test_a_wallet_dir_others_can_reach_stops_check_and_start(tmp_path: Path, mode: int) -> None:
     """A wallet directory group or others can read or search: --check-config names
@@ -59,13 +48,13 @@ def test_a_wallet_dir_others_can_reach_stops_check_and_start(tmp_path: Path, mod
     wallets.mkdir()
     wallets.chmod(mode)
     path = _config_file(tmp_path)
-    checked = _walletd("--config", str(path), "--check-config")
+    checked = run_walletd("--config", str(path), "--check-config")
     assert checked.returncode == EXIT_CONFIG, checked
     assert checked.stderr.splitlines() == [
         f"walletd: monero.wallet_dir: {wallets} is mode {mode:04o}; walletd's wallets must be "
         f"reachable by walletd's user only (chmod 0700 {wallets}), and nothing else may open them"
     ]
-    started = _walletd("--config", str(path))
+    started = run_walletd("--config", str(path))
     assert started.returncode == EXIT_CONFIG, started
     assert len(started.stderr.splitlines()) == 1, started.stderr
     assert "monero.wallet_dir" in started.stderr

@@ -13,30 +13,15 @@ from typing import Any
 import pytest
 import trio
 
-from tests.fakes import FakeDaemon, call, fake_app, fake_pool, start
+from tests.fakes import call, fake_pool
+from tests.harness import AMOUNT, app_on_fakes, ready_escrow
 from walletd.app import App
 from walletd.sessions.messages import PreExchange
 from walletd.sessions.registry import Caller
 from walletd.testing.fake_chain import FEE, FakeWalletWorld
-from walletd.testing.fake_pool import FakePool
 from walletd.testing.fake_spending import STALE
 
-AMOUNT = 10**12
 EXCHANGE = ("export_multisig_info", "import_multisig_info")
-
-
-async def _ready_escrow(
-    nursery: trio.Nursery, tmp_path: Path, escrow_id: str
-) -> tuple[App, FakeWalletWorld, dict[str, Any]]:
-    world = FakeWalletWorld()
-    app = fake_app(tmp_path, world, FakePool(world), chain=FakeDaemon(world))
-    await start(nursery, app)
-    _, esc = await call(app, "POST", "/v1/escrows", {"escrow_id": escrow_id, "amount": AMOUNT})
-    world.credit(esc["multisig_address"], AMOUNT, unlocked=True)
-    await _cycle(app, world)
-    _, esc = await call(app, "GET", f"/v1/escrows/{escrow_id}")
-    assert esc["state"] == "ready", esc
-    return app, world, esc
 
 
 async def _cycle(app: App, world: FakeWalletWorld) -> None:
@@ -88,7 +73,8 @@ async def test_release_on_a_pre_exchanged_session_makes_no_exchange(
     three wallets (GET shows `multisig_exchanged`); the release is then refresh, propose,
     co-sign, submit: no export/import in it, and the whole balance is paid once."""
     async with trio.open_nursery() as nursery:
-        app, world, esc = await _ready_escrow(nursery, tmp_path, "w1")
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        esc = await ready_escrow(app, world, "w1", by_hand=True)
         assert not await _exchanged(app, "w1")
         await _cycle(app, world)
         assert await _exchanged(app, "w1")
@@ -113,7 +99,8 @@ async def test_funds_arriving_after_the_exchange_cause_a_fresh_exchange(
     """More funds after the pre-exchange: their outputs are not covered by it (a sweep would
     leave them out), so the release exchanges afresh and pays both payments, in one tx."""
     async with trio.open_nursery() as nursery:
-        app, world, esc = await _ready_escrow(nursery, tmp_path, "w2")
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        esc = await ready_escrow(app, world, "w2", by_hand=True)
         await _cycle(app, world)
         assert await _exchanged(app, "w2")
         world.credit(esc["multisig_address"], AMOUNT // 2, unlocked=True)
@@ -134,7 +121,8 @@ async def test_a_restored_wallet_rpc_means_a_fresh_exchange(
     """kill -9 of a signer's wallet-rpc after the pre-exchange: the session restores it, and the
     release exchanges afresh (the reopened wallet may lack what it never stored) and pays once."""
     async with trio.open_nursery() as nursery:
-        app, world, esc = await _ready_escrow(nursery, tmp_path, "w6")
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        esc = await ready_escrow(app, world, "w6", by_hand=True)
         await _cycle(app, world)
         assert await _exchanged(app, "w6")
         fake_pool(app).fake_of("escrow-w6-vendor").kill()
@@ -162,7 +150,8 @@ async def test_a_warm_payout_refused_for_stale_info_exchanges_afresh(
     """wallet-rpc refuses the warm proposal or signature for want of fresh multisig info: the
     release exchanges afresh, proposes again and pays the whole balance once (202, no error)."""
     async with trio.open_nursery() as nursery:
-        app, world, esc = await _ready_escrow(nursery, tmp_path, "w5")
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        esc = await ready_escrow(app, world, "w5", by_hand=True)
         await _cycle(app, world)
         assert await _exchanged(app, "w5")
         fake_pool(app).fake_of(f"escrow-w5-{role}").fail_next(method, code, message)
@@ -185,7 +174,8 @@ async def test_a_reopened_session_exchanges_afresh(
     """The exchange is known to the session that made it only: after the session is closed and
     reopened (no pre-exchange since), a refund exchanges afresh and pays the whole balance."""
     async with trio.open_nursery() as nursery:
-        app, world, _ = await _ready_escrow(nursery, tmp_path, "w3")
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        await ready_escrow(app, world, "w3", by_hand=True)
         await _cycle(app, world)
         assert await _exchanged(app, "w3")
         assert (await call(app, "DELETE", "/v1/escrows/w3/session"))[1]["closed"] is True
@@ -209,7 +199,8 @@ async def test_a_payout_in_flight_is_not_disturbed(
     that has begun a payout refuses one: no export/import between signing and submitting, and
     one payout of the whole balance."""
     async with trio.open_nursery() as nursery:
-        app, world, esc = await _ready_escrow(nursery, tmp_path, "w4")
+        app, world, _ = await app_on_fakes(nursery, tmp_path)
+        esc = await ready_escrow(app, world, "w4", by_hand=True)
         vendor = world.add_wallet("vendor-payout", "x")
         arbiter = fake_pool(app).fake_of("escrow-w4-arbiter")
         arbiter.call_delay = 5.0  # the payout's steps on the co-signer take a while

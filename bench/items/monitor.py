@@ -26,7 +26,6 @@ from bench.daemon import XMR
 from bench.plan import Plan
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_ms, summarize
-from tests.regtest.wallet_rpc_proc import MultisigSet
 from walletd.app import App, prepare_dirs
 from walletd.config import (
     Config,
@@ -37,6 +36,7 @@ from walletd.config import (
     SessionsConfig,
 )
 from walletd.ids import ROLES, Role
+from walletd.testing.wallet_rpc_process import MultisigSet
 from walletd.wallets.rpc import DaemonRpc
 
 __all__ = ["run_monitor"]

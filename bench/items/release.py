@@ -24,7 +24,7 @@ from bench.daemon import wait_exchanged
 from bench.plan import Plan
 from bench.report import ItemResult, Row, Target
 from bench.stats import fmt_s, summarize
-from tests.regtest.wallet_rpc_proc import MultisigSet
+from walletd.testing.wallet_rpc_process import MultisigSet
 from walletd.wallets import multisig
 from walletd.wallets.rpc import WalletRpc
 

@@ -17,7 +17,7 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -25,9 +25,10 @@ import psycopg
 import trio
 
 from tests.regtest.crash_helpers import CrashableWalletd, keys_holders, stray_wallet_rpcs
+from tests.regtest.harness import MONITOR
 from tests.regtest.walletd_proc import WalletdProcess
 
-__all__ = ["Cluster", "ClusterHost", "metric_value", "wallets_held"]
+__all__ = ["Cluster", "ClusterHost", "cluster_on", "metric_value", "wallets_held"]
 
 VAULT_KEY_BYTES = 32
 
@@ -186,3 +187,28 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         return left
+
+
+@contextlib.contextmanager
+def cluster_on(
+    root: Path, daemon_address: str, database_url: str, *, hosts: int, lease_ttl: float
+) -> Iterator[Cluster]:
+    """`hosts` hosts h1.. on `database_url` (not started) as the cluster tests run them: the
+    tests' monitor, 4 sessions, one spare wallet-rpc, a 60 s request timeout. Afterwards every
+    host is stopped and no wallet-rpc of any host outlived its walletd (asserted)."""
+    cluster = Cluster(
+        root,
+        daemon_address,
+        database_url,
+        hosts=hosts,
+        lease_ttl=lease_ttl,
+        monitor=MONITOR,
+        sessions={"max_active": 4},
+        monero={"spare_processes": 1},
+        daemon={"request_timeout": 60},
+    )
+    try:
+        yield cluster
+    finally:
+        left = cluster.close()
+    assert left == [], f"wallet-rpc children outlived their walletd: {left}"

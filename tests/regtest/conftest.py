@@ -8,35 +8,37 @@ clients are function-scoped fixtures opened in the test's own trio run.
 - `monerod`: one regtest node per session (`walletd.testing.regtest.MonerodProcess`).
 - `wallet_rpc_pool`: six wallet-rpc processes; `wallet_rpcs` gives a test async clients to them
   and closes whatever wallets the test left open.
-- `miner` / `miner_rpc`: a plain wallet with unlocked coinbase outputs, to fund escrows.
+- `miner` / `miner_rpc`: a plain wallet with unlocked coinbase outputs, to fund escrows
+  (`walletd.testing.wallet_rpc_process.mining_wallet`).
 - `make_multisig_sets(wallet_dir, n, password)`: ready 2-of-3 sets, closed, in `wallet_dir`.
 - `payee_process` / `payee`: one plain wallet of our own for the session; every payout goes to a
   fresh subaddress of it (`crash_helpers.new_payee_address`), so tests never share a destination.
+
+What the tests do with these (create, fund until ready, wait for a state, over HTTP) is in
+`tests/regtest/harness.py`; a chain of a test's own is `wallet_rpc_process.private_chain`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.regtest.wallet_rpc_proc import (
+from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import (
     Miner,
     MultisigSetFactory,
     WalletRpcProcess,
     close_wallets,
-    create_plain_wallet,
-    run_trio,
+    mining_wallet,
+    plain_wallet_process,
+    started_wallet_rpcs,
 )
-from walletd.testing.regtest import COINBASE_UNLOCK_BLOCKS, MonerodProcess
 from walletd.wallets.rpc import DaemonRpc, WalletRpc
 
 POOL_SIZE = 6  # two multisig sets at a time; more gains nothing on 2 cores (CPU-bound opens)
-MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs to spend
 
 
 @pytest.fixture(scope="session")
@@ -56,55 +58,23 @@ def monerod(regtest_dir: Path) -> Iterator[MonerodProcess]:
 @pytest.fixture(scope="session")
 def wallet_rpc_pool(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[list[WalletRpcProcess]]:
     """Six processes sharing one wallet dir; started together, then waited for."""
-    with contextlib.ExitStack() as stack:
-        pool = [
-            stack.enter_context(
-                WalletRpcProcess(
-                    wallet_dir=regtest_dir / "pool-wallets",
-                    work_dir=regtest_dir / f"wallet-rpc-{index}",
-                    daemon_address=monerod.daemon_address,
-                )
-            )
-            for index in range(POOL_SIZE)
-        ]
-        for proc in pool:
-            proc.wait_ready()
+    pool_dir = regtest_dir / "pool-wallets"
+    with started_wallet_rpcs(regtest_dir, pool_dir, monerod.daemon_address, POOL_SIZE) as pool:
         yield pool
 
 
 @pytest.fixture(scope="session")
 def miner(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[Miner]:
     """A plain wallet in its own process, with MINER_BLOCKS coinbase outputs (40 unlocked)."""
-    with WalletRpcProcess(
-        wallet_dir=regtest_dir / "miner-wallets",
-        work_dir=regtest_dir / "wallet-rpc-miner",
-        daemon_address=monerod.daemon_address,
-    ) as proc:
-        proc.wait_ready()
-        address = run_trio(functools.partial(_create_wallet, proc, "miner"))
-        monerod.mine(MINER_BLOCKS, address)
-        yield Miner(process=proc, address=address)
-
-
-async def _create_wallet(proc: WalletRpcProcess, name: str) -> str:
-    rpc = proc.client()
-    try:
-        return await create_plain_wallet(rpc, name)
-    finally:
-        await rpc.aclose()
+    with mining_wallet(regtest_dir, monerod) as mined:
+        yield mined
 
 
 @pytest.fixture(scope="session")
 def payee_process(regtest_dir: Path, monerod: MonerodProcess) -> Iterator[WalletRpcProcess]:
     """A wallet-rpc of our own with one plain wallet `payee`, for the whole session (one per
     module made the second module's `create_wallet` fail: the wallet directory is the session's)."""
-    with WalletRpcProcess(
-        wallet_dir=regtest_dir / "payee-wallets",
-        work_dir=regtest_dir / "wallet-rpc-payee",
-        daemon_address=monerod.daemon_address,
-    ) as proc:
-        proc.wait_ready()
-        run_trio(functools.partial(_create_wallet, proc, "payee"))
+    with plain_wallet_process(regtest_dir, "payee", monerod.daemon_address) as (proc, _):
         yield proc
 
 

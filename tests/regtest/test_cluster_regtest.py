@@ -31,21 +31,31 @@ import pytest
 import trio
 
 from tests.pgtest import fresh_database, url_of
-from tests.regtest.cluster_hosts import Cluster, ClusterHost, metric_value, wallets_held
+from tests.regtest.cluster_hosts import (
+    Cluster,
+    ClusterHost,
+    cluster_on,
+    metric_value,
+    wallets_held,
+)
 from tests.regtest.crash_helpers import all_events, new_payee_address, received_by
-from tests.regtest.wallet_rpc_proc import Miner
+from tests.regtest.harness import (
+    AMOUNT,
+    HANG,
+    create_escrow,
+    create_escrows,
+    fund_until_ready,
+    mine,
+    wait_state,
+)
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = [pytest.mark.regtest, pytest.mark.pg]
 
-XMR = 10**12
-AMOUNT = 2 * XMR
-UNLOCK = 11  # blocks after which a received output is unlocked and has 10 confirmations
 LEASE_TTL = 5.0  # seconds; the config's minimum is 3
-MONITOR = {"poll_interval": 2, "height_check": 0.3, "cold_interval": 2}
-HANG = 300.0  # a bound only to fail a hang on a loaded 2-core machine, never a timing claim
 LOAD_ROOM = 4.0  # a loaded 2-core machine: opens and renewals several times slower than idle
 FENCED = "walletd_cluster_fenced_writes_total"
 FORWARDED = "walletd_cluster_forwarded_requests_total"
@@ -58,84 +68,16 @@ FORWARDED = "walletd_cluster_forwarded_requests_total"
 def cluster(tmp_path: Path, monerod: MonerodProcess) -> Iterator[Cluster]:
     """h1, h2, h3 on one fresh database (not started); afterwards every host is stopped and no
     wallet-rpc of any host outlived its walletd."""
-    with fresh_database() as conninfo:
-        hosts = Cluster(
-            tmp_path,
-            monerod.daemon_address,
-            url_of(conninfo),
-            lease_ttl=LEASE_TTL,
-            monitor=MONITOR,
-            sessions={"max_active": 4},
-            monero={"spare_processes": 1},
-            daemon={"request_timeout": 60},
-        )
-        try:
-            yield hosts
-        finally:
-            left = hosts.close()
-        assert left == [], f"wallet-rpc children outlived their walletd: {left}"
+    with (
+        fresh_database() as conninfo,
+        cluster_on(
+            tmp_path, monerod.daemon_address, url_of(conninfo), hosts=3, lease_ttl=LEASE_TTL
+        ) as hosts,
+    ):
+        yield hosts
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-async def _mine(monerod: MonerodProcess, miner: Miner, blocks: int) -> None:
-    await trio.to_thread.run_sync(monerod.mine, blocks, miner.address)
-
-
-async def _create(client: httpx.AsyncClient, escrow_id: str) -> dict[str, Any]:
-    r = await client.post("/v1/escrows", json={"escrow_id": escrow_id, "amount": AMOUNT})
-    assert r.status_code == 201, r.text
-    escrow: dict[str, Any] = r.json()
-    assert escrow["state"] == "awaiting_funding"
-    return escrow
-
-
-async def _create_many(client: httpx.AsyncClient, ids: list[str]) -> dict[str, dict[str, Any]]:
-    made: dict[str, dict[str, Any]] = {}
-
-    async def one(escrow_id: str) -> None:
-        made[escrow_id] = await _create(client, escrow_id)
-
-    async with trio.open_nursery() as nursery:
-        for escrow_id in ids:
-            nursery.start_soon(one, escrow_id)
-    return made
-
-
-async def _wait_state(client: httpx.AsyncClient, escrow_id: str, state: str) -> dict[str, Any]:
-    with trio.fail_after(HANG):
-        while True:
-            r = await client.get(f"/v1/escrows/{escrow_id}")
-            assert r.status_code == 200, r.text
-            escrow: dict[str, Any] = r.json()
-            if escrow["state"] == state:
-                return escrow
-            await trio.sleep(0.3)
-
-
-async def _fund_until_ready(
-    client: httpx.AsyncClient,
-    monerod: MonerodProcess,
-    miner: Miner,
-    escrows: dict[str, dict[str, Any]],
-) -> str:
-    """Pay AMOUNT to every escrow in one transaction, mine until unlocked, wait (asking through
-    `client`) until each is `ready`; returns the funding txid."""
-    payer = miner.process.client()
-    try:
-        await payer.call("refresh")
-        destinations = [
-            {"amount": AMOUNT, "address": e["multisig_address"]} for e in escrows.values()
-        ]
-        answer = await payer.call("transfer", {"destinations": destinations})
-    finally:
-        await payer.aclose()
-    await _mine(monerod, miner, UNLOCK)
-    for escrow_id in escrows:
-        ready = await _wait_state(client, escrow_id, "ready")
-        assert ready["funding"]["unlocked_balance"] == AMOUNT
-    return str(answer["tx_hash"])
 
 
 async def _until_ok(
@@ -373,8 +315,8 @@ async def test_escrow_created_on_one_host_is_served_by_the_others(
         cluster["h2"].client() as h2,
         cluster["h3"].client() as h3,
     ):
-        escrow = await _create(h1, "any-1")
-        txid = await _fund_until_ready(h1, monerod, miner, {"any-1": escrow})
+        escrow = await create_escrow(h1, "any-1")
+        txid = await fund_until_ready(h1, monerod, miner, {"any-1": escrow})
         # The session is open on h1, its wallets scanned up to the tip: nothing changes below.
         tip = await trio.to_thread.run_sync(monerod.height)
         r = await h1.get("/v1/escrows/any-1/balance", params={"refresh": True})
@@ -471,8 +413,8 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
     h1 = cluster["h1"]
     await cluster.start()
     async with h1.client() as c1, cluster["h2"].client() as c2, cluster["h3"].client() as c3:
-        escrows = await _create_many(c1, ids)
-        await _fund_until_ready(c1, monerod, miner, escrows)
+        escrows = await create_escrows(c1, ids)
+        await fund_until_ready(c1, monerod, miner, escrows)
         for escrow_id in ids:  # every session open on h1
             r = await c1.get(f"/v1/escrows/{escrow_id}/balance")
             assert r.status_code == 200, r.text
@@ -536,9 +478,9 @@ async def test_kill9_of_a_host_under_a_stream_of_calls_and_payouts(
             releases += retries
             assert r.json()["state"] == "releasing", r.text
             paid[escrow_id] = index
-        await _mine(monerod, miner, 10)
+        await mine(monerod, miner, 10)
         for escrow_id in ids:
-            await _wait_state(c2, escrow_id, "completed")
+            await wait_state(c2, escrow_id, "completed")
         txids = await _payouts_once(payee, c3, paid)
         print(f"cluster: releases through h3 after the kill: 503s retried {releases}; {txids}")
     documented = LEASE_TTL + one_open
@@ -563,8 +505,8 @@ async def test_paused_owner_resumed_changes_nothing(
     h1 = cluster["h1"]
     await cluster.start()
     async with h1.client() as c1, cluster["h2"].client() as c2, cluster["h3"].client() as c3:
-        escrow = await _create(c1, "stop-1")
-        await _fund_until_ready(c1, monerod, miner, {"stop-1": escrow})
+        escrow = await create_escrow(c1, "stop-1")
+        await fund_until_ready(c1, monerod, miner, {"stop-1": escrow})
         r = await c1.get("/v1/escrows/stop-1/balance")
         assert r.status_code == 200, r.text
         before = await _lease_holder(c2, "stop-1")
@@ -662,8 +604,8 @@ async def test_paused_owner_resumed_changes_nothing(
         if fenced:
             assert fence_lines, "h1's refused writes were counted but not logged"
         assert await _holder_id(c3, "stop-1") in ("h2", "h3")
-        await _mine(monerod, miner, 10)
-        await _wait_state(c3, "stop-1", "completed")
+        await mine(monerod, miner, 10)
+        await wait_state(c3, "stop-1", "completed")
         await _payouts_once(payee, c3, {"stop-1": index})
         assert (
             await cluster.query(
@@ -689,8 +631,8 @@ async def test_graceful_stop_of_the_owner_hands_its_escrows_over(
     h1 = cluster["h1"]
     await cluster.start()
     async with h1.client() as c1, cluster["h2"].client() as c2, cluster["h3"].client() as c3:
-        escrows = await _create_many(c1, ids)
-        await _fund_until_ready(c1, monerod, miner, escrows)
+        escrows = await create_escrows(c1, ids)
+        await fund_until_ready(c1, monerod, miner, escrows)
         for escrow_id in ids:
             r = await c1.get(f"/v1/escrows/{escrow_id}/balance")
             assert r.status_code == 200, r.text
@@ -745,8 +687,8 @@ async def test_wiped_disk_wallets_restored_from_the_database(
     h1 = cluster["h1"]
     await cluster.start("h1")
     async with h1.client() as c1:
-        escrow = await _create(c1, "wipe-1")
-        await _fund_until_ready(c1, monerod, miner, {"wipe-1": escrow})
+        escrow = await create_escrow(c1, "wipe-1")
+        await fund_until_ready(c1, monerod, miner, {"wipe-1": escrow})
         r = await c1.get("/v1/escrows/wipe-1/balance", params={"refresh": True})
         assert r.status_code == 200, r.text
         history = [e["type"] for e in await all_events(c1) if e["escrow_id"] == "wipe-1"]
@@ -782,6 +724,6 @@ async def test_wiped_disk_wallets_restored_from_the_database(
         r, _ = await _until_ok(
             c1, "POST", "/v1/escrows/wipe-1/release", ok=202, json={"address": address}
         )
-        await _mine(monerod, miner, 10)
-        await _wait_state(c1, "wipe-1", "completed")
+        await mine(monerod, miner, 10)
+        await wait_state(c1, "wipe-1", "completed")
         await _payouts_once(payee, c1, {"wipe-1": index})

@@ -37,17 +37,23 @@ from tests.regtest.crash_helpers import (
     stray_wallet_rpcs,
     wait_event_after,
 )
-from tests.regtest.wallet_rpc_proc import Miner
+from tests.regtest.harness import (
+    AMOUNT,
+    MONITOR,
+    create_escrow,
+    create_escrows,
+    escrow_of,
+    fund_until_ready,
+    mine,
+    wait_state,
+)
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
 
-XMR = 10**12
-AMOUNT = 2 * XMR
-UNLOCK = 11  # blocks after which a received output is unlocked and has 10 confirmations
-MONITOR = {"poll_interval": 2, "height_check": 0.3, "cold_interval": 2}
 SEED = int(os.environ.get("CRASH_SEED", str(time.time_ns() % 2**32)))
 
 
@@ -80,69 +86,6 @@ def walletd_root(
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-async def _mine(monerod: MonerodProcess, miner: Miner, blocks: int) -> None:
-    await trio.to_thread.run_sync(monerod.mine, blocks, miner.address)
-
-
-async def _create(client: httpx.AsyncClient, escrow_id: str) -> dict[str, Any]:
-    r = await client.post("/v1/escrows", json={"escrow_id": escrow_id, "amount": AMOUNT})
-    assert r.status_code == 201, r.text
-    escrow: dict[str, Any] = r.json()
-    assert escrow["state"] == "awaiting_funding"
-    return escrow
-
-
-async def _create_many(client: httpx.AsyncClient, ids: list[str]) -> dict[str, dict[str, Any]]:
-    made: dict[str, dict[str, Any]] = {}
-
-    async def one(escrow_id: str) -> None:
-        made[escrow_id] = await _create(client, escrow_id)
-
-    async with trio.open_nursery() as nursery:
-        for escrow_id in ids:
-            nursery.start_soon(one, escrow_id)
-    return made
-
-
-async def _state(client: httpx.AsyncClient, escrow_id: str) -> dict[str, Any]:
-    r = await client.get(f"/v1/escrows/{escrow_id}")
-    assert r.status_code == 200, r.text
-    escrow: dict[str, Any] = r.json()
-    return escrow
-
-
-async def _wait_state(client: httpx.AsyncClient, escrow_id: str, state: str) -> dict[str, Any]:
-    while True:
-        escrow = await _state(client, escrow_id)
-        if escrow["state"] == state:
-            return escrow
-        await trio.sleep(0.3)
-
-
-async def _fund_until_ready(
-    client: httpx.AsyncClient,
-    monerod: MonerodProcess,
-    miner: Miner,
-    escrows: dict[str, dict[str, Any]],
-) -> str:
-    """Pay AMOUNT to every escrow in one transaction, mine until unlocked, wait for `ready`;
-    returns the funding txid."""
-    payer = miner.process.client()
-    try:
-        await payer.call("refresh")
-        destinations = [
-            {"amount": AMOUNT, "address": e["multisig_address"]} for e in escrows.values()
-        ]
-        answer = await payer.call("transfer", {"destinations": destinations})
-    finally:
-        await payer.aclose()
-    await _mine(monerod, miner, UNLOCK)
-    for escrow_id in escrows:
-        ready = await _wait_state(client, escrow_id, "ready")
-        assert ready["funding"]["unlocked_balance"] == AMOUNT
-    return str(answer["tx_hash"])
 
 
 async def _balance_ok(client: httpx.AsyncClient, escrow_id: str) -> None:
@@ -277,9 +220,9 @@ async def _complete_and_check(
     figures: Figures,
 ) -> None:
     """Mine the confirmations, wait until every paid escrow is completed, check the payees."""
-    await _mine(monerod, miner, 10)
+    await mine(monerod, miner, 10)
     for escrow_id in paid:
-        final = await _wait_state(client, escrow_id, "completed")
+        final = await wait_state(client, escrow_id, "completed")
         assert final["payout"]["confirmations"] >= 10
     await _check_payees(payee, client, paid, figures)
 
@@ -298,13 +241,14 @@ async def test_kill_during_creation_leaves_nothing_and_retry_creates(
     with trio.fail_after(180):
         await wd.start()
         async with wd.client() as client:
-            kept = await _create(client, "keep-1")
+            kept = await create_escrow(client, "keep-1")
             before = await all_events(client)
         await wd.kill9()  # idle: nothing in flight
 
         await wd.start(failpoints=["creating_multisig"])
         async with wd.client() as client:
-            assert (await _state(client, "keep-1"))["multisig_address"] == kept["multisig_address"]
+            kept_after = await escrow_of(client, "keep-1")
+            assert kept_after["multisig_address"] == kept["multisig_address"]
             await _balance_ok(client, "keep-1")
             before = await _check_restarted(wd, client, before)
             with pytest.raises(httpx.TransportError):
@@ -325,7 +269,7 @@ async def test_kill_during_creation_leaves_nothing_and_retry_creates(
             assert again.status_code == 200, again.text
             assert again.json()["multisig_address"] == created.json()["multisig_address"]
             for escrow_id in ("keep-1", "crash-1"):
-                assert (await _state(client, escrow_id))["state"] == "awaiting_funding"
+                assert (await escrow_of(client, escrow_id))["state"] == "awaiting_funding"
                 await _balance_ok(client, escrow_id)
             events = await _check_restarted(wd, client, before)
             made = [e["escrow_id"] for e in events if e["type"] == "escrow_created"]
@@ -361,7 +305,7 @@ async def test_kill_after_sign_and_after_submit_pays_once(
         async with wd.client() as client:
             done: dict[str, Any] = {}
             with trio.move_on_after(60):
-                done = await _wait_state(client, escrow_id, "releasing")
+                done = await wait_state(client, escrow_id, "releasing")
             await _assert_serving(wd)
             assert done, f"{escrow_id} did not reach releasing after the restart"
             retried = await _release_until_accepted(client, escrow_id, address[escrow_id][0], calls)
@@ -376,8 +320,8 @@ async def test_kill_after_sign_and_after_submit_pays_once(
         # Only a payout reaches `after_sign`: creating and funding run with it armed.
         await wd.start(failpoints=["after_sign"])
         async with wd.client() as client:
-            escrows = await _create_many(client, list(address))
-            await _fund_until_ready(client, monerod, miner, escrows)
+            escrows = await create_escrows(client, list(address))
+            await fund_until_ready(client, monerod, miner, escrows)
             before = await all_events(client)
         await crash_release("pay-1")
         before = await resumed("pay-1", before)
@@ -386,11 +330,11 @@ async def test_kill_after_sign_and_after_submit_pays_once(
         await wd.start(failpoints=["after_submit"])
         async with wd.client() as client:
             before = await _check_restarted(wd, client, before)
-            assert (await _state(client, "pay-2"))["state"] == "ready"
+            assert (await escrow_of(client, "pay-2"))["state"] == "ready"
         await crash_release("pay-2")
         # The daemon has the payout: a block mined while walletd is down holds it, so the
         # restarted walletd resubmits a transaction that is already on the chain.
-        await _mine(monerod, miner, 1)
+        await mine(monerod, miner, 1)
         await resumed("pay-2", before)
 
         async with wd.client() as client:
@@ -434,8 +378,8 @@ async def test_random_kills_under_load(
     with trio.fail_after(330):
         await wd.start()
         async with wd.client() as client:
-            escrows = await _create_many(client, funded)
-            await _fund_until_ready(client, monerod, miner, escrows)
+            escrows = await create_escrows(client, funded)
+            await fund_until_ready(client, monerod, miner, escrows)
         known.update({eid: e["multisig_address"] for eid, e in escrows.items()})
         created: list[str] = []
         for round_no in (1, 2, 3):
@@ -485,7 +429,7 @@ async def test_random_kills_under_load(
                 created.append(new_id)
                 # The release: not started (ready, no payout) or resumed; never a second payout.
                 if release_id is not None:
-                    pending = await _state(client, release_id)
+                    pending = await escrow_of(client, release_id)
                     assert pending["state"] in ("ready", "releasing"), pending
                     accepted = await _release_until_accepted(
                         client, release_id, address[release_id][0], calls
@@ -540,8 +484,8 @@ async def test_child_kills_under_a_stream_of_calls(
     with trio.fail_after(300):
         await wd.start()
         async with wd.client() as client:
-            escrows = await _create_many(client, ids)
-            txid = await _fund_until_ready(client, monerod, miner, escrows)
+            escrows = await create_escrows(client, ids)
+            txid = await fund_until_ready(client, monerod, miner, escrows)
             files = {f"escrow-{eid}-{role}.keys" for eid in ids for role in ROLES}
             stop = trio.Event()
 
@@ -636,8 +580,8 @@ async def test_cosigner_killed_during_payout_walletd_survives(
     with trio.fail_after(200):
         await wd.start()
         async with wd.client() as client:
-            escrows = await _create_many(client, ["cos-1"])
-            await _fund_until_ready(client, monerod, miner, escrows)
+            escrows = await create_escrows(client, ["cos-1"])
+            await fund_until_ready(client, monerod, miner, escrows)
             answers: dict[str, httpx.Response] = {}
             async with trio.open_nursery() as nursery:
                 url = "/v1/escrows/cos-1/release"

@@ -22,26 +22,21 @@ import httpx
 import pytest
 import trio
 
-from bench.postgres import PrivatePostgres, server_bin
-from tests.regtest.cluster_hosts import Cluster
+from bench.postgres import PrivatePostgres
+from tests.regtest.cluster_hosts import Cluster, cluster_on
 from tests.regtest.crash_helpers import all_events, new_payee_address
+from tests.regtest.harness import HANG, create_escrows, fund_until_ready, mine, wait_state
 from tests.regtest.test_cluster_regtest import (
-    HANG,
-    MONITOR,
     ReadStream,
-    _create_many,
-    _fund_until_ready,
     _key,
-    _mine,
     _payouts_once,
     _strictly_increasing,
     _until,
     _until_served,
-    _wait_state,
 )
-from tests.regtest.wallet_rpc_proc import Miner
 from walletd.cluster.db import CONNECT_TIMEOUT
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = [pytest.mark.regtest, pytest.mark.pg]
@@ -52,36 +47,15 @@ OUTAGE = 2 * LEASE_TTL + 2  # seconds the database stays down: longer than a lea
 
 
 @pytest.fixture
-def own_pg() -> Iterator[PrivatePostgres]:
-    bin_dir = server_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
-    with PrivatePostgres(bin_dir) as pg:
-        yield pg
-
-
-@pytest.fixture
 def two_hosts(
     tmp_path: Path, monerod: MonerodProcess, own_pg: PrivatePostgres
 ) -> Iterator[Cluster]:
     """h1 and h2 on the test's own PostgreSQL (not started); afterwards both are stopped and no
     wallet-rpc of either outlived its walletd."""
-    hosts = Cluster(
-        tmp_path,
-        monerod.daemon_address,
-        own_pg.url,
-        hosts=2,
-        lease_ttl=LEASE_TTL,
-        monitor=MONITOR,
-        sessions={"max_active": 4},
-        monero={"spare_processes": 1},
-        daemon={"request_timeout": 60},
-    )
-    try:
+    with cluster_on(
+        tmp_path, monerod.daemon_address, own_pg.url, hosts=2, lease_ttl=LEASE_TTL
+    ) as hosts:
         yield hosts
-    finally:
-        left = hosts.close()
-    assert left == [], f"wallet-rpc children outlived their walletd: {left}"
 
 
 def _answered(streams: list[ReadStream], start: float, end: float) -> list[tuple[float, int]]:
@@ -112,8 +86,8 @@ async def test_database_outage_longer_than_a_lease_then_back(
     await two_hosts.start()
     ids = ["out-1", "out-2", "out-pay"]
     async with h1.client() as c1, h2.client() as c2:
-        escrows = await _create_many(c1, ids)
-        await _fund_until_ready(c1, monerod, miner, escrows)
+        escrows = await create_escrows(c1, ids)
+        await fund_until_ready(c1, monerod, miner, escrows)
         readers = [ReadStream(c, e) for e in ids[:2] for c in (c1, c2)]
         address, index = await new_payee_address(payee, "out-pay")
         released: list[httpx.Response] = []
@@ -214,8 +188,8 @@ async def test_database_outage_longer_than_a_lease_then_back(
             assert "Traceback" not in host.log_since(0), f"{host.host_id} logged a traceback"
 
         assert {r.json()["payout"]["address"] for r in released} == {address}
-        await _mine(monerod, miner, 10)
-        await _wait_state(c2, "out-pay", "completed")
+        await mine(monerod, miner, 10)
+        await wait_state(c2, "out-pay", "completed")
         await _payouts_once(payee, c1, {"out-pay": index})
         feed1, feed2 = await all_events(c1), await all_events(c2)
         assert _key(feed1) == _key(feed2)

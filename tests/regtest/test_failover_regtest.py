@@ -23,15 +23,13 @@ import httpx
 import pytest
 import trio
 
-from tests.regtest.conftest import MINER_BLOCKS
-from tests.regtest.wallet_rpc_proc import WalletRpcProcess, create_plain_wallet, fund
+from tests.regtest.harness import AMOUNT, MONITOR, wait_state
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import fund, mining_wallet
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
-AMOUNT = 2 * 10**12
-MONITOR = {"poll_interval": 2, "height_check": 0.3, "cold_interval": 2}
 WAIT = 300  # generous bound for any one condition on a loaded 2-core machine
 
 
@@ -52,14 +50,6 @@ async def _synced(leader: MonerodProcess, follower: MonerodProcess) -> int:
             target = await trio.to_thread.run_sync(leader.height)
             if await trio.to_thread.run_sync(follower.height) >= target:
                 return target
-            await trio.sleep(0.5)
-
-
-async def _wait_state(client: httpx.AsyncClient, escrow_id: str, state: str) -> None:
-    with trio.fail_after(WAIT):
-        while True:
-            if (await client.get(f"/v1/escrows/{escrow_id}")).json()["state"] == state:
-                return
             await trio.sleep(0.5)
 
 
@@ -91,18 +81,12 @@ class Setup:
 async def _setup(tmp_path: Path) -> AsyncIterator[Setup]:
     with contextlib.ExitStack() as stack:
         first, second = stack.enter_context(_two_nodes(tmp_path))
-        miner_proc = stack.enter_context(
-            WalletRpcProcess(
-                wallet_dir=tmp_path / "miner-wallets",
-                work_dir=tmp_path / "wallet-rpc-miner",
-                daemon_address=second.daemon_address,
-            )
+        # Mined on the first daemon; the miner's wallet-rpc follows the second, which stays up.
+        mined = stack.enter_context(
+            mining_wallet(tmp_path, first, daemon_address=second.daemon_address)
         )
-        miner_proc.wait_ready()
-        miner = miner_proc.client()
+        miner, miner_address = mined.process.client(), mined.address
         try:
-            miner_address = await create_plain_wallet(miner, "miner")
-            await trio.to_thread.run_sync(first.mine, MINER_BLOCKS, miner_address)
             await _synced(first, second)
             daemon = stack.enter_context(
                 WalletdProcess(
@@ -188,7 +172,7 @@ async def _fail_first_under_load(s: Setup, what: str, fail: Callable[[], Awaitab
         with trio.fail_after(WAIT):
             await wait_event(s.client, "funded", "fo-1")
         await trio.to_thread.run_sync(s.second.mine, 10, s.miner_address)
-        await _wait_state(s.client, "fo-1", "ready")
+        await wait_state(s.client, "fo-1", "ready")
         nursery.cancel_scope.cancel()
     stream.report(what, stopped_at)
 
@@ -217,7 +201,7 @@ async def test_first_daemon_stopped_under_load(tmp_path: Path, regtest_dir: Path
         assert (first_try.status_code, again.status_code) == (202, 202), first_try.text
         assert first_try.json()["payout"]["txid"] == again.json()["payout"]["txid"]
         await trio.to_thread.run_sync(s.second.mine, 10, s.miner_address)
-        await _wait_state(s.client, "fo-1", "completed")
+        await wait_state(s.client, "fo-1", "completed")
         assert len(await events_of(s.client, "payout_submitted")) == 1
         assert len(await events_of(s.client, "daemon_switched")) == 1
 

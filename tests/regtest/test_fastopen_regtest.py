@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory
 from tests.regtest.walletd_proc import WalletdProcess
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import MultisigSet, MultisigSetFactory
 from walletd.wallets import fastopen
 
 pytestmark = pytest.mark.regtest

@@ -8,28 +8,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from tests.regtest.wallet_rpc_proc import Miner, create_plain_wallet, fund
+from tests.regtest.harness import AMOUNT, MONITOR, fund_until_ready, mine
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner, create_plain_wallet, fund
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
-AMOUNT = 2 * 10**12
-MONITOR = {"poll_interval": 2, "height_check": 0.3, "cold_interval": 2}
 
 
 def _daemon(tmp_path: Path, monerod: MonerodProcess) -> WalletdProcess:
     return WalletdProcess(tmp_path / "w", monerod.daemon_address, monitor=MONITOR)
-
-
-async def _mine(monerod: MonerodProcess, miner: Miner, blocks: int) -> None:
-    await trio.to_thread.run_sync(monerod.mine, blocks, miner.address)
 
 
 async def _validate_calls(client: httpx.AsyncClient) -> float:
@@ -43,26 +37,6 @@ async def _received(rpc: WalletRpc) -> list[int]:
     await rpc.call("refresh")
     incoming = await rpc.call("get_transfers", {"in": True})
     return [int(t["amount"]) for t in incoming.get("in", [])]
-
-
-async def _fund_until_ready(
-    client: httpx.AsyncClient, monerod: MonerodProcess, miner: Miner, escrow: dict[str, Any]
-) -> None:
-    escrow_id = escrow["escrow_id"]
-    payer = miner.process.client()
-    try:
-        await payer.call("refresh")
-        await fund(payer, escrow["multisig_address"], AMOUNT)
-    finally:
-        await payer.aclose()
-    await _mine(monerod, miner, 1)
-    funded = await wait_event(client, "funded", escrow_id)
-    assert funded["balance"] >= AMOUNT
-    r = await client.post(f"/v1/escrows/{escrow_id}/release", json={"address": miner.address})
-    assert (r.status_code, r.json()["error"]["code"]) == (409, "not_ready")
-    await _mine(monerod, miner, 10)
-    await wait_event(client, "ready", escrow_id)
-    assert (await client.get(f"/v1/escrows/{escrow_id}")).json()["state"] == "ready"
 
 
 async def test_release_path(
@@ -85,7 +59,7 @@ async def test_release_path(
             retry = await client.post("/v1/escrows", json=body)  # identical: safe
             assert retry.status_code == 200
             assert retry.json()["multisig_address"] == escrow["multisig_address"]
-            await _fund_until_ready(client, monerod, miner, escrow)
+            await fund_until_ready(client, monerod, miner, {"order-1": escrow}, stepwise=True)
 
             url = "/v1/escrows/order-1/release"
             answers: list[httpx.Response] = []
@@ -106,7 +80,7 @@ async def test_release_path(
             )
             assert (other.status_code, other.json()["error"]["code"]) == (409, "conflict")
 
-            await _mine(monerod, miner, 10)
+            await mine(monerod, miner, 10)
             done = await wait_event(client, "completed", "order-1")
             assert done["txid"] in txids
             closed = await wait_event(client, "session_closed", "order-1")
@@ -147,7 +121,7 @@ async def test_refund_path_and_address_checks(
         async with daemon.client() as client:
             r = await client.post("/v1/escrows", json={"escrow_id": "order-2", "amount": AMOUNT})
             assert r.status_code == 201, r.text
-            await _fund_until_ready(client, monerod, miner, r.json())
+            await fund_until_ready(client, monerod, miner, {"order-2": r.json()}, stepwise=True)
 
             before = await _validate_calls(client)
             for bad in ("donate.getmonero.org", "alice@example.com", "4" * 94 + "0", ""):
@@ -163,7 +137,7 @@ async def test_refund_path_and_address_checks(
             r = await client.post("/v1/escrows/order-2/refund", json={"address": buyer_address})
             assert r.status_code == 202, r.text
             assert r.json()["state"] == "refunding"
-            await _mine(monerod, miner, 10)
+            await mine(monerod, miner, 10)
             await wait_event(client, "refunded", "order-2")
     received = await _received(buyer_rpc)
     assert len(received) == 1
@@ -191,7 +165,7 @@ async def test_release_after_funds_arrived_since_the_pre_exchange(
             r = await client.post("/v1/escrows", json={"escrow_id": "order-3", "amount": AMOUNT})
             assert r.status_code == 201, r.text
             escrow = r.json()
-            await _fund_until_ready(client, monerod, miner, escrow)
+            await fund_until_ready(client, monerod, miner, {"order-3": escrow}, stepwise=True)
             await _wait_exchanged(client, "order-3")
 
             payer = miner.process.client()
@@ -200,7 +174,7 @@ async def test_release_after_funds_arrived_since_the_pre_exchange(
                 await fund(payer, escrow["multisig_address"], AMOUNT // 2)
             finally:
                 await payer.aclose()
-            await _mine(monerod, miner, 11)  # mined and unlocked
+            await mine(monerod, miner, 11)  # mined and unlocked
             balance = (await client.get("/v1/escrows/order-3/balance?refresh=true")).json()
             assert balance["unlocked_balance"] == AMOUNT + AMOUNT // 2, balance
 
@@ -208,7 +182,7 @@ async def test_release_after_funds_arrived_since_the_pre_exchange(
             assert r.status_code == 202, r.text
             (submitted,) = await events_of(client, "payout_submitted")
             assert submitted["amount"] + submitted["fee"] == AMOUNT + AMOUNT // 2, submitted
-            await _mine(monerod, miner, 1)
+            await mine(monerod, miner, 1)
     received = await _received(vendor_rpc)
     assert len(received) == 1
     assert AMOUNT + AMOUNT // 2 - 10**10 < received[0] < AMOUNT + AMOUNT // 2

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import trio
 
-from tests.regtest.wallet_rpc_proc import Miner
 from tests.regtest.walletd_proc import WalletdProcess
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner
 
 pytestmark = pytest.mark.regtest
 ESCROWS = 30

@@ -15,15 +15,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.regtest.wallet_rpc_proc import (
-    Miner,
-    MultisigSet,
-    MultisigSetFactory,
-    WalletRpcProcess,
-    create_plain_wallet,
-    fund,
-    run_trio,
-)
 from walletd.errors import PayoutRefused, RpcCallError
 from walletd.testing.regtest import (
     Monerod,
@@ -31,6 +22,15 @@ from walletd.testing.regtest import (
     mine,
     mine_until_confirmed,
     start_monerod,
+)
+from walletd.testing.wallet_rpc_process import (
+    Miner,
+    MultisigSet,
+    MultisigSetFactory,
+    WalletRpcProcess,
+    create_plain_wallet,
+    fund,
+    run_trio,
 )
 from walletd.wallets.multisig import (
     ROLES,

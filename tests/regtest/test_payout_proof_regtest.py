@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.regtest.test_lifecycle_regtest import AMOUNT, _daemon, _fund_until_ready, _mine
-from tests.regtest.wallet_rpc_proc import Miner, create_plain_wallet
+from tests.regtest.harness import AMOUNT, fund_until_ready, mine
+from tests.regtest.test_lifecycle_regtest import _daemon
 from tests.regtest.walletd_proc import events_of, wait_event
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner, create_plain_wallet
 from walletd.wallets.rpc import WalletRpc
 
 pytestmark = pytest.mark.regtest
@@ -35,7 +36,7 @@ async def test_a_release_proof_verifies_on_an_independent_wallet(
             assert r.status_code == 201, r.text
             before = await client.get("/v1/escrows/proof-1/payout/proof")
             assert (before.status_code, before.json()["error"]["code"]) == (404, "not_found")
-            await _fund_until_ready(client, monerod, miner, r.json())
+            await fund_until_ready(client, monerod, miner, {"proof-1": r.json()}, stepwise=True)
             r = await client.post("/v1/escrows/proof-1/release", json={"address": vendor_address})
             assert r.status_code == 202, r.text
             payout = r.json()["payout"]
@@ -47,7 +48,7 @@ async def test_a_release_proof_verifies_on_an_independent_wallet(
             proof = r.json()
             assert set(proof) == {"txid", "address", "tx_key", "proof"}
             assert (proof["txid"], proof["address"]) == (payout["txid"], vendor_address)
-            await _mine(monerod, miner, 10)
+            await mine(monerod, miner, 10)
             await wait_event(client, "completed", "proof-1")
     params = {
         "txid": proof["txid"],

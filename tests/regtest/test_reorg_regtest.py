@@ -6,7 +6,6 @@ the session's shared chain would reach into other tests' funding.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,49 +13,19 @@ import httpx
 import pytest
 import trio
 
-from tests.regtest.conftest import MINER_BLOCKS
-from tests.regtest.wallet_rpc_proc import Miner, WalletRpcProcess, create_plain_wallet, fund
+from tests.regtest.harness import AMOUNT, MONITOR, pay
 from tests.regtest.walletd_proc import WalletdProcess, wait_event
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import Miner, private_chain
 
 pytestmark = pytest.mark.regtest
-AMOUNT = 2 * 10**12
-MONITOR = {"poll_interval": 2, "height_check": 0.3, "cold_interval": 2}
 
 
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[tuple[MonerodProcess, Miner]]:
     """A private monerod and a miner wallet with spendable coinbase outputs."""
-    with contextlib.ExitStack() as stack:
-        node = stack.enter_context(MonerodProcess(tmp_path / "monerod"))
-        proc = stack.enter_context(
-            WalletRpcProcess(
-                wallet_dir=tmp_path / "miner-wallets",
-                work_dir=tmp_path / "wallet-rpc-miner",
-                daemon_address=node.daemon_address,
-            )
-        )
-        proc.wait_ready()
-
-        async def create() -> str:
-            rpc = proc.client()
-            try:
-                return await create_plain_wallet(rpc, "miner")
-            finally:
-                await rpc.aclose()
-
-        address = trio.run(create)
-        node.mine(MINER_BLOCKS, address)
-        yield node, Miner(process=proc, address=address)
-
-
-async def _pay(miner: Miner, address: str) -> str:
-    payer = miner.process.client()
-    try:
-        await payer.call("refresh")
-        return await fund(payer, address, AMOUNT)
-    finally:
-        await payer.aclose()
+    with private_chain(tmp_path) as (node, miner):
+        yield node, miner
 
 
 def _reorg_away(node: MonerodProcess, txid: str, miner: Miner) -> None:
@@ -81,7 +50,7 @@ async def test_a_deposit_reorged_away_is_reported_and_the_escrow_waits_for_it(
             r = await client.post("/v1/escrows", json={"escrow_id": "rg", "amount": AMOUNT})
             assert r.status_code == 201, r.text
             address = r.json()["multisig_address"]
-            txid = await _pay(miner, address)
+            txid = await pay(miner, {address: AMOUNT})
             await trio.to_thread.run_sync(node.mine, 1, miner.address)
             await wait_event(client, "funded", "rg")
 
@@ -92,7 +61,7 @@ async def test_a_deposit_reorged_away_is_reported_and_the_escrow_waits_for_it(
             esc = (await client.get("/v1/escrows/rg")).json()
             assert esc["state"] == "funded"
 
-            await _pay(miner, address)
+            await pay(miner, {address: AMOUNT})
             await trio.to_thread.run_sync(node.mine, 11, miner.address)
             await wait_event(client, "ready", "rg")
             assert (await client.get("/v1/escrows/rg")).json()["state"] == "ready"

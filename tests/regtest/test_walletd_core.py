@@ -19,11 +19,11 @@ import httpx
 import pytest
 import trio
 
-from tests.regtest.wallet_rpc_proc import MultisigSet, MultisigSetFactory, WalletRpcProcess
 from tests.regtest.walletd_proc import WalletdProcess, events_of, wait_event
 from walletd.errors import NoWalletFile, RpcCallError
 from walletd.ids import ROLES
 from walletd.testing.regtest import MonerodProcess
+from walletd.testing.wallet_rpc_process import MultisigSet, MultisigSetFactory, WalletRpcProcess
 from walletd.wallets.fastopen import prepare as prepare_fast_open
 from walletd.wallets.keys_lock import lock_holders
 from walletd.wallets.rpc import WalletRpc

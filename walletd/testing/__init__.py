@@ -7,6 +7,8 @@ tests and walletd's benchmark use them too, and they ship in the wheel.
   (transfer, sweep and multisig rules), `fake_rpc_wire` (params, faults) and `fake_transport`.
 - `fake_pool`, `fake_multisig`: a process pool of fakes; ready-made multisig sets.
 - `regtest`: a private `monerod --regtest` (also what `walletd dev` runs).
+- `wallet_rpc_process`: monero-wallet-rpc processes of our own beside it: plain wallets, a miner,
+  a private chain, ready 2-of-3 multisig sets.
 - `walletd_process`: walletd as a real process, for tests and the bench.
 
 May import anything of walletd; nothing in walletd but the CLI's dev sandbox imports it.

@@ -13,14 +13,15 @@ to its address. Coinbase outputs unlock after 60 blocks.
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import httpx
@@ -32,6 +33,7 @@ from walletd.wallets.rpc import DaemonRpc
 
 __all__ = [
     "COINBASE_UNLOCK_BLOCKS",
+    "ChildProcess",
     "Monerod",
     "MonerodError",
     "MonerodProcess",
@@ -41,6 +43,7 @@ __all__ = [
     "monerod_argv",
     "start_monerod",
     "stop_process",
+    "wait_answering",
 ]
 
 log = structlog.get_logger(__name__)
@@ -250,7 +253,42 @@ async def _stop_process(process: trio.Process) -> None:
     await process.wait()
 
 
-class MonerodProcess:
+class ChildProcess:
+    """A process of ours as a synchronous context manager: `start` on entering, `stop` (SIGTERM,
+    then SIGKILL) on leaving, however the block ends. What `MonerodProcess` and the wallet-rpc
+    processes (`wallet_rpc_process.WalletRpcProcess`) have in common."""
+
+    _process: subprocess.Popen[bytes] | None = None
+    stop_timeout = STOP_TIMEOUT
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM (monerod and wallet-rpc store and exit), SIGKILL after `stop_timeout`
+        seconds; safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process(process, self.stop_timeout)
+
+
+class MonerodProcess(ChildProcess):
     """A regtest monerod as a synchronous context manager, for pytest session fixtures.
 
     >>> with MonerodProcess(tmp_path / "monerod") as node:  # doctest: +SKIP
@@ -272,7 +310,6 @@ class MonerodProcess:
         self._binary = binary
         self.peers: list[int] = []  # p2p ports of nodes to share a chain with (set before start)
         self._ready_timeout = ready_timeout
-        self._process: subprocess.Popen[bytes] | None = None
         self._client = httpx.Client(base_url=self.rpc_url, timeout=30.0, trust_env=False)
 
     @property
@@ -283,22 +320,6 @@ class MonerodProcess:
     def daemon_address(self) -> str:
         """`host:port` as monero-wallet-rpc's `--daemon-address` wants it."""
         return f"127.0.0.1:{self.rpc_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def __enter__(self) -> MonerodProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start monerod and wait until `get_info` answers; stops it again if that fails."""
@@ -325,25 +346,19 @@ class MonerodProcess:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + self._ready_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise MonerodError(
-                    f"monerod exited with status {self._process.returncode}; see {self.data_dir}"
-                )
-            try:
-                self.call("get_info", timeout=5.0)
-                return
-            except httpx.TransportError:
-                time.sleep(_POLL_INTERVAL)  # not listening yet
-        raise MonerodError(f"monerod did not answer get_info within {self._ready_timeout:.0f} s")
+        wait_answering(
+            self._process,
+            functools.partial(self.call, "get_info", timeout=5.0),
+            timeout=self._ready_timeout,
+            what="monerod get_info",
+            where=self.data_dir,
+            error=MonerodError,
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; safe to call twice."""
         self._client.close()
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process(process, STOP_TIMEOUT)
+        super().stop()
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0
@@ -366,6 +381,31 @@ class MonerodProcess:
         params = {"amount_of_blocks": blocks, "wallet_address": address, "starting_nonce": 0}
         self.call("generateblocks", params, timeout=max(60.0, blocks * 2.0))
         return self.height()
+
+
+def wait_answering(
+    process: subprocess.Popen[bytes],
+    probe: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    where: Path,
+    error: type[Exception],
+    interval: float = _POLL_INTERVAL,
+) -> None:
+    """Call `probe` until it answers (no `httpx.TransportError`: the port is not listening
+    yet) or `timeout` seconds passed; raise `error` at once if `process` exits meanwhile.
+    The readiness wait of every process the regtest harness starts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise error(f"{what}: exited with status {process.returncode}; see {where}")
+        try:
+            probe()
+            return
+        except httpx.TransportError:
+            time.sleep(interval)  # not listening yet
+    raise error(f"{what}: no answer within {timeout:.0f} s; see {where}")
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -24,7 +24,7 @@ import httpx
 
 from walletd.testing.regtest import stop_process
 
-__all__ = ["WalletdProcess", "children_of", "toml_value"]
+__all__ = ["WalletdProcess", "children_of", "toml_value", "write_config"]
 
 # sd_listen_fds' side of socket activation: the socket at fd 3, LISTEN_PID = the pid that execs.
 _ACTIVATION_SHIM = """
@@ -49,6 +49,16 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, config: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write `config` (section -> key -> value) to `path` as a walletd TOML file; returns it."""
+    lines: list[str] = []
+    for name, values in config.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def children_of(pid: int) -> list[int]:
@@ -103,12 +113,7 @@ class WalletdProcess:
             config.setdefault(name, {}).update(values)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.wallet_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.config = root / "walletd.toml"
-        lines: list[str] = []
-        for name, values in config.items():
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config = write_config(root / "walletd.toml", config)
         self.log_path = root / "walletd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,8 +1,12 @@
-"""monero-wallet-rpc child processes and multisig wallet sets for the regtest fixtures.
+"""monero-wallet-rpc processes of our own beside a regtest monerod (`regtest`): plain wallets,
+a miner, a private chain, and ready 2-of-3 multisig sets, for the regtest tests and the bench.
 
 `WalletRpcProcess` is a synchronous context manager (session fixtures cannot be async under
-pytest-trio); `MultisigSetFactory` makes ready 2-of-3 wallet sets with `multisig` across a
-pool of such processes and leaves the files closed (no lock held) for walletd to adopt.
+pytest-trio), a `regtest.ChildProcess` as monerod is. `started_wallet_rpcs` starts several at once,
+`plain_wallet_process` runs one with one plain wallet, `mining_wallet` makes that wallet a
+`Miner` with spendable coinbase outputs, and `private_chain` is a monerod of its own with such
+a miner. `MultisigSetFactory` makes ready 2-of-3 wallet sets with `multisig` across a pool
+of such processes and leaves the files closed (no lock held) for walletd to adopt.
 
 The command line follows monero-facts.md with the rules walletd itself keeps: loopback only, a
 port that was free, `--no-dns` plus `DNS_PUBLIC=tcp://127.0.0.1` (OpenAlias look-ups otherwise leak
@@ -12,16 +16,15 @@ line), and the log file, ring database and console output in a work directory of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import attrs
@@ -29,11 +32,18 @@ import httpx
 import trio
 
 from walletd.errors import NoWalletFile
-from walletd.testing.regtest import free_port, stop_process
+from walletd.testing.regtest import (
+    COINBASE_UNLOCK_BLOCKS,
+    ChildProcess,
+    MonerodProcess,
+    free_port,
+    wait_answering,
+)
 from walletd.wallets.multisig import ROLES, Role, create_wallets, make_multisig
 from walletd.wallets.rpc import WalletRpc
 
 __all__ = [
+    "MINER_BLOCKS",
     "Miner",
     "MultisigSet",
     "MultisigSetFactory",
@@ -42,14 +52,18 @@ __all__ = [
     "close_wallets",
     "create_plain_wallet",
     "fund",
+    "mining_wallet",
+    "plain_wallet_process",
+    "private_chain",
     "run_trio",
+    "started_wallet_rpcs",
     "wallet_rpc_argv",
 ]
 
 T = TypeVar("T")
 
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+MINER_BLOCKS = COINBASE_UNLOCK_BLOCKS + 40  # leaves 40 unlocked coinbase outputs to spend
 
 
 class WalletRpcProcessError(Exception):
@@ -92,7 +106,7 @@ def wallet_rpc_argv(
     ]
 
 
-class WalletRpcProcess:
+class WalletRpcProcess(ChildProcess):
     """One monero-wallet-rpc serving `wallet_dir`, with fresh random digest credentials."""
 
     def __init__(
@@ -120,15 +134,10 @@ class WalletRpcProcess:
             config_file=self._config_file,
             binary=binary,
         )
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def client(self, *, timeout: float = 180.0) -> WalletRpc:
         """A new async client for this process (the caller closes it, in its own trio run).
@@ -139,18 +148,6 @@ class WalletRpcProcess:
 
     def __repr__(self) -> str:  # never show the credentials
         return f"WalletRpcProcess(port={self.port}, pid={self.pid})"
-
-    def __enter__(self) -> WalletRpcProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the process without waiting for it (see `wait_ready`): starts overlap."""
@@ -186,25 +183,16 @@ class WalletRpcProcess:
         assert self._process is not None, "start() first"
         body = {"jsonrpc": "2.0", "id": 0, "method": "get_version", "params": {}}
         auth = httpx.DigestAuth(self.user, self.password)
-        deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, auth=auth, timeout=5.0, trust_env=False) as http:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise WalletRpcProcessError(
-                        f"wallet-rpc exited with {self._process.returncode}; see {self.work_dir}"
-                    )
-                try:
-                    http.post("/json_rpc", json=body).raise_for_status()
-                    return
-                except httpx.TransportError:
-                    time.sleep(0.1)  # not listening yet
-        raise WalletRpcProcessError(f"wallet-rpc not ready within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        """SIGTERM (wallet-rpc stores the open wallet and exits), SIGKILL after 10 s."""
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process(process, STOP_TIMEOUT)
+            wait_answering(
+                self._process,
+                lambda: http.post("/json_rpc", json=body).raise_for_status(),
+                timeout=timeout,
+                what="wallet-rpc get_version",
+                where=self.work_dir,
+                error=WalletRpcProcessError,
+                interval=0.1,
+            )
 
 
 def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
@@ -244,12 +232,84 @@ async def fund(payer: WalletRpc, address: str, amount: int) -> str:
     return str(answer["tx_hash"])
 
 
+@contextlib.contextmanager
+def started_wallet_rpcs(
+    root: Path, wallet_dir: Path, daemon_address: str, size: int
+) -> Iterator[list[WalletRpcProcess]]:
+    """`size` processes serving one `wallet_dir` (work dirs `root/wallet-rpc-<i>`), started
+    together so that their starts overlap, then waited for; stopped afterwards."""
+    with contextlib.ExitStack() as stack:
+        pool = [
+            stack.enter_context(
+                WalletRpcProcess(
+                    wallet_dir=wallet_dir,
+                    work_dir=root / f"wallet-rpc-{index}",
+                    daemon_address=daemon_address,
+                )
+            )
+            for index in range(size)
+        ]
+        for proc in pool:
+            proc.wait_ready()
+        yield pool
+
+
+@contextlib.contextmanager
+def plain_wallet_process(
+    root: Path, name: str, daemon_address: str
+) -> Iterator[tuple[WalletRpcProcess, str]]:
+    """A wallet-rpc of its own (wallet dir `root/<name>-wallets`, work dir
+    `root/wallet-rpc-<name>`) serving one new plain wallet `name`, left open; yields the
+    process and the wallet's address, and stops the process afterwards."""
+    with WalletRpcProcess(
+        wallet_dir=root / f"{name}-wallets",
+        work_dir=root / f"wallet-rpc-{name}",
+        daemon_address=daemon_address,
+    ) as proc:
+        proc.wait_ready()
+        address = run_trio(functools.partial(_create_plain, proc, name))
+        yield proc, address
+
+
+async def _create_plain(proc: WalletRpcProcess, name: str) -> str:
+    rpc = proc.client()
+    try:
+        return await create_plain_wallet(rpc, name)
+    finally:
+        await rpc.aclose()
+
+
 @attrs.frozen
 class Miner:
     """A plain wallet that mined enough blocks to have unlocked coinbase outputs to spend."""
 
     process: WalletRpcProcess
     address: str
+
+
+@contextlib.contextmanager
+def mining_wallet(
+    root: Path,
+    monerod: MonerodProcess,
+    *,
+    blocks: int = MINER_BLOCKS,
+    daemon_address: str | None = None,
+) -> Iterator[Miner]:
+    """A plain wallet `miner` in a wallet-rpc of its own that mined `blocks` blocks on `monerod`
+    (by default 40 coinbase outputs past the unlock). `daemon_address`: the daemon its wallet-rpc
+    follows, if not `monerod` (another node of the same chain)."""
+    follows = monerod.daemon_address if daemon_address is None else daemon_address
+    with plain_wallet_process(root, "miner", follows) as (proc, address):
+        monerod.mine(blocks, address)
+        yield Miner(process=proc, address=address)
+
+
+@contextlib.contextmanager
+def private_chain(root: Path) -> Iterator[tuple[MonerodProcess, Miner]]:
+    """A regtest monerod of its own (`root/monerod`) and a `mining_wallet` on it: a chain a test
+    may reorganise or stop without reaching into anyone else's."""
+    with MonerodProcess(root / "monerod") as node, mining_wallet(root, node) as miner:
+        yield node, miner
 
 
 @attrs.frozen
