@@ -104,7 +104,7 @@ async def test_a_request_for_a_dead_hosts_escrow_is_not_forwarded_to_it(
             status, body = await call(b, "GET", "/v1/escrows/e1/balance?refresh=true")
         assert status == 200, body
         assert body["balance"] == 5 * 10**11
-        assert cluster_of(b).node.forwarder.not_answered == 0, (
+        assert cluster_of(b).node.forwarder.statistics().not_answered == 0, (
             "a forward to the dead host was waited on"
         )
         assert cluster_of(b).node.forwarder.statistics().answered == 0
@@ -164,7 +164,7 @@ async def test_a_read_claimed_by_a_host_that_then_dies_is_run_again_on_the_survi
         status, body = answer[0]
         assert status == 200, body
         assert body["balance"] == 5 * 10**11
-        assert cluster_of(b).node.forwarder.unknown == 1
+        assert cluster_of(b).node.forwarder.statistics().unknown == 1
         assert b.registry.is_open("e1")
         nursery.cancel_scope.cancel()
 

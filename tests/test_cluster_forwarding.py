@@ -187,7 +187,7 @@ async def test_unanswered_request_times_out_and_never_runs(db: Database, db_url:
             await a.forwarder.forward("b", call(body=SECRET), timeout=0.5)
         assert 0.5 <= trio.current_time() - started < 4
         assert await count_rows(db) == 0
-        assert a.forwarder.not_answered == 1
+        assert a.forwarder.statistics().not_answered == 1
         async with host(db, db_url, "b", record, scan_seconds=0.1):
             await trio.sleep(0.5)
         assert ran == []

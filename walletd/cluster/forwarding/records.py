@@ -50,9 +50,13 @@ def forwarding_channels(host_id: str) -> tuple[str, str]:
 @attrs.frozen
 class ForwardingStatistics:
     """What a host's `Forwarder.statistics()` and `ForwardServer.statistics()` report (since
-    start): requests another host answered for this one, or this one for another."""
+    start): requests another host answered for this one, or this one for another; and, on the
+    sending side, those withdrawn unclaimed (never run) or claimed and left unanswered (outcome
+    unknown)."""
 
     answered: int
+    not_answered: int = 0
+    unknown: int = 0
 
 
 @attrs.frozen

@@ -67,12 +67,14 @@ class Forwarder:
         self.poll_seconds = poll_seconds
         self._waiting: dict[int, trio.Event] = {}
         self._answered = 0  # calls another host answered for this one
-        self.not_answered = 0  # withdrawn unclaimed at the timeout
-        self.unknown = 0  # claimed but not answered in time
+        self._not_answered = 0  # withdrawn unclaimed at the timeout
+        self._unknown = 0  # claimed but not answered in time
 
     def statistics(self) -> ForwardingStatistics:
-        """Calls forwarded from here that another host answered (since start)."""
-        return ForwardingStatistics(answered=self._answered)
+        """Calls forwarded from here: answered, withdrawn unrun, outcome unknown (since start)."""
+        return ForwardingStatistics(
+            answered=self._answered, not_answered=self._not_answered, unknown=self._unknown
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Wake each waiting call when its reply is announced (all of them after a possible
@@ -128,7 +130,7 @@ class Forwarder:
             found = await self._withdraw(row_id)
             if found == "unclaimed":
                 raise
-            self.unknown += 1
+            self._unknown += 1
             raise ForwardOutcomeUnknown(
                 f"the request forwarded to owner host {to_host} may have run, but its answer"
                 " was lost (cluster database failed); its outcome is unknown"
@@ -140,7 +142,7 @@ class Forwarder:
             found = await self._withdraw(row_id)
             if not isinstance(found, ForwardedReply):
                 if reply == _GONE and found != "unclaimed":
-                    self.unknown += 1
+                    self._unknown += 1
                     log.warning("forwarded request's owner gone", id=row_id, to_host=to_host)
                     raise OwnerGone(
                         f"owner host {to_host} took the request and then lost the escrow"
@@ -195,12 +197,12 @@ class Forwarder:
 
     def _timed_out(self, row_id: int, to_host: str, found: str) -> Exception:
         if found == "unclaimed":
-            self.not_answered += 1
+            self._not_answered += 1
             log.warning("forwarded request withdrawn unanswered", id=row_id, to_host=to_host)
             return OwnerDidNotAnswer(
                 f"owner host {to_host} did not answer in time; the request was not run"
             )
-        self.unknown += 1
+        self._unknown += 1
         log.warning("forwarded request outcome unknown", id=row_id, to_host=to_host)
         return ForwardOutcomeUnknown(
             f"owner host {to_host} took the request but did not answer in time;"
